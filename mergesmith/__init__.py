@@ -1,0 +1,3 @@
+"""mergesmith: model merging for Hugging Face checkpoints."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,84 @@
+"""What a merge method declares about itself: its parameters, its input contract and its paper.
+
+Every method module exposes a frozen ``Params`` dataclass, a pure function
+``merge(base, experts, params, rng) -> Tensor`` and a ``SPEC = MethodSpec(...)``.
+The catalogue in ``methods/__init__.py`` is a plain dict of those specs.
+
+Parameters come in two scopes, as in mergekit's YAML:
+- global: one value for the tensor (``normalize``, ``lambda``, ``t``); a plain dataclass field;
+- per model: one value per expert (``weight``, ``density``); a tuple field declared with ``per_model(...)``,
+  ordered like ``experts``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal
+
+MISSING = dataclasses.MISSING
+
+BasePolicy = Literal["required", "optional", "unused"]
+
+
+def per_model(default: Any = MISSING, *, doc: str = "") -> Any:
+    """A per-model parameter: the dataclass holds a tuple with one value per expert.
+
+    ``default`` is the value for one model when the config gives none (MISSING makes the parameter required).
+    """
+    return field(default=(), metadata={"per_model": True, "default": default, "doc": doc})
+
+
+def param(default: Any = MISSING, *, doc: str = "", alias: str | None = None) -> Any:
+    """A global parameter. ``alias`` is its YAML name when that is not a Python identifier (``lambda``)."""
+    meta = {"per_model": False, "doc": doc, "alias": alias}
+    if default is MISSING:
+        return field(metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    name: str  # the YAML name
+    field_name: str  # the dataclass field
+    per_model: bool
+    default: Any  # MISSING when required
+    type: Any
+    doc: str
+
+    @property
+    def required(self) -> bool:
+        return self.default is MISSING
+
+
+def param_infos(params_cls: type) -> dict[str, ParamInfo]:
+    """The parameters of a method's Params dataclass, keyed by their YAML name."""
+    infos: dict[str, ParamInfo] = {}
+    for f in dataclasses.fields(params_cls):
+        meta = f.metadata
+        yaml_name = meta.get("alias") or f.name
+        if meta.get("per_model"):
+            default = meta.get("default", MISSING)
+        else:
+            default = f.default if f.default is not MISSING else MISSING
+        infos[yaml_name] = ParamInfo(yaml_name, f.name, bool(meta.get("per_model")), default, f.type, meta.get("doc", ""))
+    return infos
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    merge: Callable[..., Any]
+    params: type
+    paper: str  # citation: authors, year, title, arXiv id
+    base: BasePolicy  # whether the method needs the base model's tensor
+    min_models: int = 1  # experts, not counting the base
+    max_models: int | None = None
+    randomized: bool = False  # uses the rng (DARE, DELLA); tested by distribution, not by golden values
+    # Order of experts does not change the result (up to float rounding) as the paper defines the method.
+    order_invariant: bool = True
+    # Optional streaming protocol for methods whose output at a position depends only on the inputs at that
+    # position plus per-tensor scalars: ``context(blocks, params, rng)`` then ``merge_block(...)`` per row block.
+    context: Callable[..., Any] | None = None
+    merge_block: Callable[..., Any] | None = None
+    description: str = ""
