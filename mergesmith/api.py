@@ -1,0 +1,221 @@
+"""The Python API: ``merge(config, out_dir)`` for checkpoints on disk, ``merge_state_dicts`` for tensors in memory."""
+
+from __future__ import annotations
+
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import yaml
+
+from mergesmith import __version__
+from mergesmith.config import MergeConfig, load_config, referenced_models
+from mergesmith.engine.execute import ExecutionReport, execute
+from mergesmith.engine.plan import MergePlan, TensorJob, build_plan
+from mergesmith.engine.rng import TensorRng
+from mergesmith.errors import ConfigError, MergesmithError
+from mergesmith.io import open_checkpoint
+from mergesmith.io.atomic import StagedOutput
+from mergesmith.io.model_files import (
+    copy_side_files,
+    dtype_name,
+    sha256_file,
+    write_config,
+    write_manifest,
+    write_model_card,
+)
+from mergesmith.io.writer import ShardedWriter, parse_size
+from mergesmith.methods import METHODS, get_method
+from mergesmith.methods._spec import param_infos
+
+
+@dataclass
+class MergeResult:
+    out_dir: Path
+    plan: MergePlan
+    report: ExecutionReport
+    seconds: float
+    shards: dict[str, str]
+
+
+def open_models(config: MergeConfig) -> dict[str, Any]:
+    """Open every checkpoint the config names (headers only)."""
+    opened: dict[str, Any] = {}
+    try:
+        for name in referenced_models(config):
+            opened[name] = open_checkpoint(name)
+    except BaseException:
+        for ckpt in opened.values():
+            ckpt.close()
+        raise
+    return opened
+
+
+def plan_merge(config: str | Path | dict | MergeConfig) -> MergePlan:
+    """Validate a config against the checkpoints' headers and return the per-tensor plan. Reads no weights."""
+    cfg = load_config(config)
+    return build_plan(cfg, open_models(cfg))
+
+
+def merge(
+    config: str | Path | dict | MergeConfig,
+    out_dir: str | Path,
+    *,
+    force: bool = False,
+    seed: int | None = None,
+    threads: int | None = None,
+    max_shard_size: str | int = "5GB",
+    memory_budget: int | None = None,
+    strict: bool = False,
+    progress: Callable[[TensorJob], None] | None = None,
+    on_plan: Callable[[MergePlan], None] | None = None,
+) -> MergeResult:
+    """Stream a merge of checkpoints into ``out_dir`` (written atomically; inputs are never modified)."""
+    started = time.perf_counter()
+    cfg = load_config(config)
+    if seed is not None:
+        cfg = cfg.model_copy(update={"seed": seed})
+    shard_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
+    checkpoints = open_models(cfg)
+    try:
+        plan = build_plan(cfg, checkpoints)
+        if on_plan is not None:
+            on_plan(plan)
+        input_files = _input_files(plan)
+        roots = [Path(c.root) for c in plan.checkpoints]
+        output = StagedOutput(out_dir, force=force, inputs=roots)
+        with output as staging, ThreadPoolExecutor(1) as hasher:
+            # Input hashes are computed beside the merge (they read the same files, mostly from the page cache).
+            input_hashes = hasher.submit(lambda: {str(p): sha256_file(p) for p in input_files})
+            entries = [(job.out_name, job.out_dtype, job.shape) for job in plan.jobs]
+            writer = ShardedWriter(staging, entries, shard_bytes)
+            report = execute(
+                plan,
+                writer.write,
+                seed=cfg.seed,
+                threads=threads or min(4, os.cpu_count() or 1),
+                budget_bytes=memory_budget,
+                strict=strict,
+                progress=progress,
+            )
+            shards = writer.finish()
+            _write_side_files(plan, staging, shards, input_hashes.result())
+            output.commit()
+        return MergeResult(Path(out_dir), plan, report, time.perf_counter() - started, shards)
+    finally:
+        for ckpt in checkpoints.values():
+            ckpt.close()
+
+
+def _input_files(plan: MergePlan) -> list[Path]:
+    files: list[Path] = []
+    for ckpt in plan.checkpoints:
+        files.extend(Path(p) for p in ckpt.weight_files)
+        if ckpt.config_path is not None:
+            files.append(Path(ckpt.config_path))
+    return sorted(set(files))
+
+
+def _write_side_files(plan: MergePlan, out: Path, shards: dict[str, str], input_hashes: dict[str, str]) -> None:
+    cfg = plan.config
+    ref = plan.checkpoints[plan.reference]
+    out_dtypes = {dtype_name(j.out_dtype) for j in plan.jobs if j.copy_from is None}
+    out_dtype = out_dtypes.pop() if len(out_dtypes) == 1 else None
+    write_config(ref.config_path and Path(ref.config_path), out, out_dtype, plan.out_layer_count)
+    tok_source = cfg.tokenizer_source
+    tok_model = plan.model_names[plan.reference] if tok_source in (None, "base") else tok_source
+    tok_root = plan.checkpoints[plan.model_index(tok_model)].root
+    copy_side_files(Path(tok_root) if tok_root else None, out)
+    config_yaml = yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
+    write_model_card(out, plan.method.name, plan.method.paper, plan.model_names, cfg.base_model, config_yaml)
+    write_manifest(
+        out,
+        {
+            "mergesmith_version": __version__,
+            "method": plan.method.name,
+            "seed": cfg.seed,
+            "config": cfg.model_dump(mode="json"),
+            "inputs": {name: _model_files(plan, i, input_hashes) for i, name in enumerate(plan.model_names)},
+            "outputs": shards,
+            "tensors": len(plan.jobs),
+        },
+    )
+
+
+def _model_files(plan: MergePlan, index: int, hashes: dict[str, str]) -> dict[str, str]:
+    ckpt = plan.checkpoints[index]
+    paths = [Path(p) for p in ckpt.weight_files] + ([Path(ckpt.config_path)] if ckpt.config_path else [])
+    return {p.name: hashes[str(p)] for p in paths}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# In memory
+
+
+def merge_state_dicts(
+    base: Mapping[str, torch.Tensor] | None,
+    experts: Sequence[Mapping[str, torch.Tensor]],
+    method: str,
+    *,
+    seed: int = 0,
+    **params: Any,
+) -> dict[str, torch.Tensor]:
+    """Merge state dicts with one method. Scalars apply to every expert; per-model parameters also take a list.
+
+    >>> merge_state_dicts(base, [sd1, sd2], "ties", density=0.2, weight=[0.5, 0.5])
+    Tensors are merged in fp32 (fp64 stays fp64) and returned in the experts' dtype.
+    """
+    spec = get_method(method)
+    if not experts:
+        raise MergesmithError("merge_state_dicts needs at least one expert state dict")
+    if spec.base == "required" and base is None:
+        raise MergesmithError(f"method {method} needs the base model's state dict")
+    values = _params_for(spec, len(experts), params)
+    names = list(experts[0])
+    for i, sd in enumerate(experts[1:], start=1):
+        if set(sd) != set(names):
+            diff = sorted(set(sd) ^ set(names))[:3]
+            raise MergesmithError(f"expert {i} has different tensor names than expert 0 (e.g. {diff}); merge models of one architecture")
+    out: dict[str, torch.Tensor] = {}
+    for name in names:
+        first = experts[0][name]
+        if not first.is_floating_point():
+            out[name] = first.clone()
+            continue
+        compute = torch.float64 if first.dtype == torch.float64 else torch.float32
+        base_t = base[name].to(compute) if base is not None and spec.base != "unused" else None
+        tensors = [sd[name].to(compute) for sd in experts]
+        merged = spec.merge(base_t, tensors, spec.params(**values), TensorRng(seed, name))
+        out[name] = merged.to(first.dtype)
+    return out
+
+
+def _params_for(spec, n_experts: int, given: dict[str, Any]) -> dict[str, Any]:
+    infos = param_infos(spec.params)
+    unknown = sorted(set(given) - set(infos))
+    if unknown:
+        raise ConfigError(f"unknown parameter {unknown[0]!r} for {spec.name}; allowed: {', '.join(sorted(infos))}")
+    values: dict[str, Any] = {}
+    for name, info in infos.items():
+        if name in given:
+            value = given[name]
+        elif info.required:
+            raise ConfigError(f"method {spec.name} needs parameter {name!r}")
+        else:
+            value = info.default
+        if info.per_model:
+            if isinstance(value, (list, tuple)):
+                if len(value) != n_experts:
+                    raise ConfigError(f"parameter {name!r} has {len(value)} values for {n_experts} experts")
+                value = tuple(value)
+            else:
+                value = (value,) * n_experts
+        values[info.field_name] = value
+    return values
+
+
+__all__ = ["merge", "merge_state_dicts", "plan_merge", "MergeResult", "METHODS"]

@@ -1,0 +1,162 @@
+"""The ``mergesmith`` command: parses arguments, calls the library, prints. No merging logic lives here.
+
+Heavy modules (torch, transformers) are imported inside the commands so ``mergesmith --help`` starts fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import sys
+from pathlib import Path
+
+import click
+
+
+def _user_errors(func):
+    """Turn MergesmithError (and bad-input errors from pydantic/torch layers) into one line and exit code 2."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        from mergesmith.errors import MergesmithError
+
+        try:
+            return func(*args, **kwargs)
+        except MergesmithError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; no output was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="mergesmith")
+def main() -> None:
+    """mergesmith: merge fine-tuned models of one base model into one model.
+
+    \b
+    mergesmith merge config.yaml OUT_DIR   stream a merge of checkpoints (mergekit YAML accepted)
+    mergesmith plan config.yaml            validate and print the per-tensor plan (reads headers only)
+    mergesmith methods                     list the merge methods and their parameters
+    mergesmith demo                        build tiny local checkpoints and merge them with several methods
+    """
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+@click.option("--seed", type=int, default=None, help="Seed for random methods (overrides the config's seed; default 0).")
+@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Tensors merged at once (default: cores, at most 4).")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB, 500MiB, 1000000).")
+@click.option("--memory-budget", default=None, help="Bytes of tensors in flight (default: what the largest tensor needs).")
+@click.option("--strict", is_flag=True, help="Refuse inputs with NaN or Inf values instead of warning.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_user_errors
+def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool, quiet: bool) -> None:
+    """Merge the checkpoints named in CONFIG into OUT_DIR."""
+    from mergesmith.api import merge as run_merge
+    from mergesmith.errors import MergesmithError
+    from mergesmith.io.writer import parse_size
+
+    try:
+        shard_bytes = parse_size(max_shard_size)
+        budget = parse_size(memory_budget) if memory_budget else None
+    except ValueError as exc:
+        raise MergesmithError(str(exc)) from None
+    bar = _ProgressBar(disabled=quiet)
+    result = run_merge(
+        config,
+        out_dir,
+        force=force,
+        seed=seed,
+        threads=threads,
+        max_shard_size=shard_bytes,
+        memory_budget=budget,
+        strict=strict,
+        progress=bar.update,
+        on_plan=bar.start,
+    )
+    bar.close()
+    for line in result.report.nonfinite:
+        click.echo(f"warning: non-finite input values: {line} (pass --strict to refuse them)", err=True)
+    for line in result.report.fp16_clamped:
+        click.echo(f"warning: values beyond float16 range clamped in {line}", err=True)
+    click.echo(
+        f"merged {result.report.tensors} tensors ({result.report.bytes_written / 1e6:.1f} MB) with "
+        f"{result.plan.method.name} into {out_dir} in {result.seconds:.1f} s ({len(result.shards)} shard(s))"
+    )
+
+
+class _ProgressBar:
+    """tqdm over output bytes, with the tensor count beside it."""
+
+    def __init__(self, disabled: bool):
+        self.disabled = disabled
+        self.bar = None
+        self.done = 0
+        self.total = 0
+
+    def start(self, plan) -> None:
+        if self.disabled:
+            return
+        from tqdm import tqdm
+
+        self.total = len(plan.jobs)
+        self.bar = tqdm(
+            total=sum(j.out_nbytes for j in plan.jobs), unit="B", unit_scale=True, desc="merging", file=sys.stderr,
+            dynamic_ncols=True,
+        )
+
+    def update(self, job) -> None:
+        if self.bar is None:
+            return
+        self.done += 1
+        self.bar.set_postfix_str(f"{self.done}/{self.total} tensors", refresh=False)
+        self.bar.update(job.out_nbytes)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+@main.command()
+@click.argument("config", type=click.Path(path_type=Path))
+@click.option("--limit", type=int, default=None, help="Print at most this many tensor rows.")
+@_user_errors
+def plan(config: Path, limit: int | None) -> None:
+    """Validate CONFIG against the checkpoints' headers and print the per-tensor plan (no weights are read)."""
+    from mergesmith.api import plan_merge
+    from mergesmith.report_plan import format_plan
+
+    merge_plan = plan_merge(config)
+    try:
+        click.echo(format_plan(merge_plan, limit=limit))
+    finally:
+        for ckpt in merge_plan.checkpoints:
+            ckpt.close()
+
+
+@main.command()
+def methods() -> None:
+    """List the merge methods, their papers and parameters."""
+    from mergesmith.report_plan import format_methods
+
+    click.echo(format_methods())
+
+
+@main.command()
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
+@click.option("--force", is_flag=True, help="Replace the demo directory if it exists.")
+@_user_errors
+def demo(out_dir: Path, force: bool) -> None:
+    """Build tiny local LLaMA checkpoints (a base and three fine-tunes) and merge them with several methods."""
+    from mergesmith.demo import run_demo
+
+    run_demo(out_dir, force=force, echo=click.echo)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

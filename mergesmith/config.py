@@ -1,0 +1,372 @@
+"""Merge configuration: mergekit's YAML schema, validated strictly, and resolution of per-tensor parameters.
+
+Unknown keys are errors that name their YAML path and the allowed keys. Per-tensor parameter values (filters,
+layer gradients) are resolved here into plain numbers, before any weight is read, following mergekit's rules so
+its configs mean the same thing:
+- precedence: the model's own ``parameters`` in its ``models``/``sources`` entry, then the slice's, then the
+  top-level ``parameters``; the first setting that resolves to a value wins;
+- a list of numbers is a gradient over the layers of the slice, interpolated piecewise-linearly at
+  t = layer / (layers - 1) (t = 1 for a one-layer slice, t = 0 for tensors outside the layer stack);
+- a list of ``{filter, value}`` picks the first entry whose filter is a substring of the tensor name (``*`` or
+  no filter matches everything).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mergesmith.errors import ConfigError
+from mergesmith.methods import METHODS, MethodSpec
+from mergesmith.methods._spec import ParamInfo, param_infos
+
+Scalar = Union[bool, int, float, str]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConditionalParameter(_Strict):
+    value: Union[Scalar, list[Scalar]]
+    filter: str | None = None
+
+
+ParameterSetting = Union[Scalar, list[ConditionalParameter], list[Scalar], ConditionalParameter]
+Parameters = dict[str, ParameterSetting]
+
+
+class ModelEntry(_Strict):
+    model: str
+    parameters: Parameters | None = None
+
+
+class SliceSource(_Strict):
+    model: str
+    layer_range: tuple[int, int]
+    parameters: Parameters | None = None
+
+    @field_validator("layer_range")
+    @classmethod
+    def _ordered(cls, value: tuple[int, int]) -> tuple[int, int]:
+        if value[0] < 0 or value[1] <= value[0]:
+            raise ValueError(f"layer_range {list(value)} must be [start, end) with 0 <= start < end")
+        return value
+
+
+class OutputSlice(_Strict):
+    sources: list[SliceSource] = Field(min_length=1)
+    base_model: str | None = None
+    parameters: Parameters | None = None
+
+
+DTYPES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float64": "float64", "fp64": "float64", "double": "float64",
+}
+
+
+class MergeConfig(_Strict):
+    merge_method: str
+    models: list[ModelEntry] | None = None
+    slices: list[OutputSlice] | None = None
+    base_model: str | None = None
+    parameters: Parameters | None = None
+    dtype: str | None = None
+    out_dtype: str | None = None
+    tokenizer_source: str | None = None
+    # mergesmith's own keys
+    seed: int = 0
+    name: str | None = None
+
+    @field_validator("dtype", "out_dtype")
+    @classmethod
+    def _known_dtype(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value not in DTYPES:
+            raise ValueError(f"unknown dtype {value!r}; use one of float32, float16, bfloat16, float64")
+        return DTYPES[value]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _pydantic_message(err: ValidationError, source: str) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) if not isinstance(p, int) else f"[{p}]" for p in first["loc"]).replace(".[", "[")
+    # For unions pydantic reports one error per branch; the location up to the union is what the user needs.
+    if first["type"] == "extra_forbidden":
+        parent = loc.rsplit(".", 1)[0] if "." in loc else "top level"
+        key = str(first["loc"][-1])
+        allowed = _allowed_keys(first["loc"][:-1])
+        return f"{source}: unknown key {key!r} at {loc}; allowed keys {'at ' + parent if parent != 'top level' else 'at the top level'}: {', '.join(allowed)}"
+    if first["type"] == "missing":
+        return f"{source}: missing required key {loc}"
+    return f"{source}: {loc}: {first['msg']}"
+
+
+def _allowed_keys(loc: tuple) -> list[str]:
+    model: type[BaseModel] = MergeConfig
+    names = [p for p in loc if not isinstance(p, int)]
+    for name in names:
+        field = model.model_fields.get(str(name))
+        if field is None:
+            break
+        ann = str(field.annotation)
+        nested = next((m for m in (ModelEntry, OutputSlice, SliceSource) if m.__name__ in ann), None)
+        if nested is None:
+            break
+        model = nested
+    return sorted(model.model_fields)
+
+
+class _NoPythonTagsLoader(yaml.SafeLoader):
+    """Safe loading only: ``!!python/object`` and friends are refused by SafeLoader."""
+
+
+def load_config(source: str | Path | dict | MergeConfig) -> MergeConfig:
+    """Parse a YAML file, a YAML string's parsed dict or a MergeConfig into a validated MergeConfig."""
+    if isinstance(source, MergeConfig):
+        config, label = source, "config"
+    else:
+        if isinstance(source, dict):
+            data, label = source, "config"
+        else:
+            path = Path(source)
+            label = str(path)
+            if not path.is_file():
+                raise ConfigError(f"{path}: config file not found; pass the path of a merge YAML file")
+            try:
+                data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoPythonTagsLoader)
+            except yaml.YAMLError as exc:
+                mark = getattr(exc, "problem_mark", None)
+                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+                raise ConfigError(f"{path}: not valid YAML{where}: {problem}; only plain YAML is accepted (no tags)") from None
+            except UnicodeDecodeError:
+                raise ConfigError(f"{path}: not a UTF-8 text file; pass a merge YAML file") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{label}: expected a mapping with merge_method and models or slices at the top level")
+        unsupported = {"modules", "tokenizer", "chat_template"} & set(data)
+        if unsupported:
+            key = sorted(unsupported)[0]
+            raise ConfigError(f"{label}: {key!r} is not supported by mergesmith yet; remove it (use models or slices, and tokenizer_source)")
+        try:
+            config = MergeConfig.model_validate(data)
+        except ValidationError as err:
+            raise ConfigError(_pydantic_message(err, label)) from None
+    check_config(config, label)
+    return config
+
+
+def check_config(config: MergeConfig, label: str = "config") -> None:
+    """Everything that can be checked without opening a checkpoint."""
+    if (config.models is None) == (config.slices is None):
+        raise ConfigError(f"{label}: give exactly one of 'models' or 'slices'")
+    if config.models is not None and not config.models:
+        raise ConfigError(f"{label}: 'models' is empty; list at least one model to merge")
+    if config.merge_method not in METHODS:
+        raise ConfigError(
+            f"{label}: unknown merge_method {config.merge_method!r}; known methods: {', '.join(sorted(METHODS))}"
+        )
+    if config.tokenizer_source == "union":
+        raise ConfigError(
+            f"{label}: tokenizer_source 'union' needs vocabulary alignment, which mergesmith does not do yet; "
+            "use 'base' or the name of one of the models"
+        )
+    method = METHODS[config.merge_method]
+    infos = param_infos(method.params)
+    _check_parameter_block(config.parameters, "parameters", infos, method, allow_global=True, label=label)
+    if config.models is not None:
+        seen: set[str] = set()
+        for i, entry in enumerate(config.models):
+            if entry.model in seen:
+                raise ConfigError(f"{label}: models[{i}]: {entry.model!r} is listed twice; list each model once")
+            seen.add(entry.model)
+            _check_parameter_block(entry.parameters, f"models[{i}].parameters", infos, method, allow_global=False, label=label)
+    else:
+        for s, out_slice in enumerate(config.slices or []):
+            _check_parameter_block(out_slice.parameters, f"slices[{s}].parameters", infos, method, allow_global=True, label=label)
+            lengths = {src.layer_range[1] - src.layer_range[0] for src in out_slice.sources}
+            if len(lengths) > 1:
+                raise ConfigError(f"{label}: slices[{s}]: every source of a slice must span the same number of layers, got {sorted(lengths)}")
+            for j, src in enumerate(out_slice.sources):
+                _check_parameter_block(src.parameters, f"slices[{s}].sources[{j}].parameters", infos, method, allow_global=False, label=label)
+    if config.tokenizer_source not in (None, "base") and config.tokenizer_source not in referenced_models(config):
+        raise ConfigError(
+            f"{label}: tokenizer_source {config.tokenizer_source!r} is not one of the models; use 'base' or a listed model"
+        )
+
+
+def _check_parameter_block(
+    block: Parameters | None, where: str, infos: dict[str, ParamInfo], method: MethodSpec, *, allow_global: bool, label: str
+) -> None:
+    for key, setting in (block or {}).items():
+        if key not in infos:
+            allowed = ", ".join(sorted(infos)) or "none"
+            raise ConfigError(
+                f"{label}: {where}.{key}: unknown parameter for {method.name}; allowed: {allowed}"
+            )
+        if not allowed_here(infos[key], allow_global):
+            raise ConfigError(
+                f"{label}: {where}.{key}: {key!r} is a global parameter of {method.name}; "
+                "move it to the top-level (or slice) parameters"
+            )
+        for value in _leaf_values(setting):
+            coerce_value(infos[key], value, f"{label}: {where}.{key}")
+
+
+def allowed_here(info: ParamInfo, allow_global: bool) -> bool:
+    return info.per_model or allow_global
+
+
+def _leaf_values(setting: ParameterSetting) -> list[Scalar]:
+    if isinstance(setting, ConditionalParameter):
+        return _leaf_values(setting.value)
+    if isinstance(setting, list):
+        out: list[Scalar] = []
+        for item in setting:
+            out.extend(_leaf_values(item))
+        return out
+    return [setting]
+
+
+# Ranges checked in the plan, so a bad value never reaches a half-written output.
+_RANGES: dict[str, tuple[float, float, bool, bool]] = {
+    # name: (low, high, low inclusive, high inclusive)
+    "density": (0.0, 1.0, False, True),
+    "t": (0.0, 1.0, True, True),
+    "gamma": (0.0, 1.0, True, False),
+    "epsilon": (0.0, 1.0, True, False),
+    "select_topk": (0.0, 1.0, False, True),
+}
+
+
+def coerce_value(info: ParamInfo, value: Any, where: str) -> Any:
+    """Convert a YAML scalar to the parameter's type, or raise a ConfigError saying what is expected."""
+    kind = _scalar_kind(info)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if kind in (float, int):
+        if isinstance(value, bool):
+            raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if isinstance(value, str):
+            try:
+                value = float(value)  # PyYAML reads 1e-3 as a string
+            except ValueError:
+                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
+        if kind is int:
+            if float(value) != int(value):
+                raise ConfigError(f"{where}: expected an integer, got {value!r}")
+            value = int(value)
+        else:
+            value = float(value)
+        bounds = _RANGES.get(info.name)
+        if bounds:
+            low, high, low_in, high_in = bounds
+            ok_low = value >= low if low_in else value > low
+            ok_high = value <= high if high_in else value < high
+            if not (ok_low and ok_high):
+                interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
+                raise ConfigError(f"{where}: {info.name} must be in {interval}, got {value:g}")
+        return value
+    if kind is str:
+        return str(value)
+    return value
+
+
+def _scalar_kind(info: ParamInfo) -> type:
+    text = str(info.type)
+    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
+        if name in text:
+            return kind
+    return float
+
+
+def referenced_models(config: MergeConfig) -> list[str]:
+    """Every model the config names, in first-mention order (base first when given)."""
+    names: list[str] = []
+    def add(name: str | None) -> None:
+        if name and name not in names:
+            names.append(name)
+    add(config.base_model)
+    for entry in config.models or []:
+        add(entry.model)
+    for out_slice in config.slices or []:
+        add(out_slice.base_model)
+        for src in out_slice.sources:
+            add(src.model)
+    return names
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Per-tensor resolution
+
+
+def evaluate_setting(setting: ParameterSetting, tensor_name: str, t: float) -> Scalar | None:
+    """A setting's value for one tensor: None when a conditional list has no matching filter."""
+    if isinstance(setting, ConditionalParameter):
+        setting = [setting]
+    if isinstance(setting, list):
+        if not setting:
+            return None
+        if all(isinstance(item, ConditionalParameter) for item in setting):
+            for cond in setting:
+                if cond.filter is None or cond.filter == "*" or cond.filter in tensor_name:
+                    return evaluate_setting(cond.value, tensor_name, t)
+            return None
+        return _gradient(setting, t)
+    return setting
+
+
+def _gradient(values: list[Scalar], t: float) -> Scalar:
+    numeric = [float(v) if isinstance(v, str) else v for v in values] if all(_numeric(v) for v in values) else None
+    if numeric is None:
+        return values[int(t * (len(values) - 1))]
+    # Piecewise-linear, exactly as mergekit computes it (same float operations, for bitwise parity).
+    scaled = t * (len(numeric) - 1)
+    i0 = int(scaled)
+    i1 = min(len(numeric) - 1, i0 + 1)
+    frac = scaled - i0
+    return (1 - frac) * numeric[i0] + frac * numeric[i1]
+
+
+def _numeric(value: Any) -> bool:
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, (int, float)):
+        return True
+    try:
+        float(value)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def resolve_parameter(
+    info: ParamInfo, scopes: list[Parameters | None], tensor_name: str, t: float, where: str
+) -> Any:
+    """The first scope whose setting resolves wins; otherwise the default; a required parameter must be set."""
+    for scope in scopes:
+        if scope and info.name in scope:
+            value = evaluate_setting(scope[info.name], tensor_name, t)
+            if value is not None:
+                return coerce_value(info, value, where)
+    if info.required:
+        raise ConfigError(f"{where}: missing required parameter {info.name!r}; set it under parameters")
+    return info.default
+
+
+Scope = Literal["model", "slice", "global"]

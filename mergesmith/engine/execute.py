@@ -1,0 +1,216 @@
+"""Run a plan: read -> merge -> write, overlapped in threads, with memory bounded by a byte budget.
+
+- Jobs are admitted strictly in plan order and each holds its estimated bytes until its output is written, so
+  the tensors in flight never exceed the budget and the writer (which needs plan order) can never wait on a job
+  that was not admitted.
+- Methods with the block protocol stream a tensor in fixed row blocks: a 32000x4096 embedding never exists in
+  fp32. Other methods see whole tensors.
+- torch's intra-op threads are pinned to 1 while merging: a parallel reduction's rounding depends on the thread
+  count, ours must not. Parallelism comes from merging several tensors at once.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator
+
+import torch
+
+from mergesmith.engine.plan import MergePlan, TensorJob, TensorRef
+from mergesmith.engine.rng import TensorRng
+from mergesmith.errors import MergesmithError
+from mergesmith.methods._blocks import row_blocks
+from mergesmith.methods._spec import MethodSpec
+
+CONSTANT_BUDGET = 256 << 20  # small tensors in flight together never need more than this
+
+
+@dataclass
+class ExecutionReport:
+    tensors: int = 0
+    bytes_written: int = 0
+    nonfinite: list[str] = field(default_factory=list)  # "model: tensor (N values)"
+    fp16_clamped: list[str] = field(default_factory=list)
+
+
+class NonFiniteInput(MergesmithError):
+    pass
+
+
+def job_cost(job: TensorJob, method: MethodSpec) -> int:
+    """Bytes a job holds at its peak: its inputs and two working buffers in the compute dtype, plus the output."""
+    if job.copy_from is not None:
+        return job.out_nbytes * 2
+    working = job.numel
+    if method.merge_block is not None and len(job.shape) > 1:
+        rows = max(b.stop - b.start for b in row_blocks(job.shape))
+        working = rows * math.prod(job.shape[1:])
+    return (len(job.inputs) + 2) * working * job.compute_dtype.itemsize + job.out_nbytes
+
+
+def default_budget(plan: MergePlan) -> int:
+    return max([CONSTANT_BUDGET] + [job_cost(j, plan.method) for j in plan.jobs])
+
+
+class _ByteBudget:
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.closed = False
+        self._cond = threading.Condition()
+
+    def acquire(self, amount: int) -> bool:
+        with self._cond:
+            while not self.closed and self.used + amount > self.limit and self.used > 0:
+                self._cond.wait()
+            if self.closed:
+                return False
+            self.used += amount
+            return True
+
+    def release(self, amount: int) -> None:
+        with self._cond:
+            self.used -= amount
+            self._cond.notify_all()
+
+    def close(self) -> None:
+        with self._cond:
+            self.closed = True
+            self._cond.notify_all()
+
+
+class _Inputs:
+    """Reads a job's inputs from the checkpoints, converted to the compute dtype, checking finiteness."""
+
+    def __init__(self, plan: MergePlan, job: TensorJob, report: ExecutionReport, strict: bool, lock: threading.Lock):
+        self.plan, self.job, self.report, self.strict, self.lock = plan, job, report, strict, lock
+        self._checked: set[TensorRef] = set()
+
+    def read(self, ref: TensorRef, rows: slice | None) -> torch.Tensor:
+        ckpt = self.plan.checkpoints[ref.model]
+        tensor = ckpt.read(ref.name, rows if len(self.job.shape) > 0 else None)
+        tensor = tensor.to(self.job.compute_dtype)
+        self._check_finite(ref, tensor)
+        return tensor
+
+    def _check_finite(self, ref: TensorRef, tensor: torch.Tensor) -> None:
+        if ref in self._checked:
+            return
+        if bool(torch.isfinite(tensor).all()):
+            return
+        self._checked.add(ref)
+        count = int((~torch.isfinite(tensor)).sum())
+        where = f"{self.plan.model_names[ref.model]}: {ref.name}"
+        if self.strict:
+            raise NonFiniteInput(
+                f"{where} has {count} NaN/Inf values; fix or drop that model, or run without --strict to merge anyway"
+            )
+        with self.lock:
+            self.report.nonfinite.append(f"{where} ({count} non-finite values)")
+
+    def blocks(self) -> Callable[[], Iterator[tuple[torch.Tensor | None, list[torch.Tensor]]]]:
+        job = self.job
+        slices = row_blocks(job.shape)
+
+        def iterate() -> Iterator[tuple[torch.Tensor | None, list[torch.Tensor]]]:
+            for rows in slices:
+                base = self.read(job.base, rows) if job.base is not None else None
+                yield base, [self.read(ref, rows) for ref in job.experts]
+
+        return iterate
+
+
+def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock) -> torch.Tensor:
+    """Merge one output tensor; returns it in the output dtype."""
+    inputs = _Inputs(plan, job, report, strict, lock)
+    if job.copy_from is not None:
+        return plan.checkpoints[job.copy_from.model].read(job.copy_from.name, None).to(job.out_dtype)
+    method = plan.method
+    rng = TensorRng(seed, job.out_name)
+    if method.merge_block is not None and method.context is not None and len(job.shape) > 0:
+        blocks = inputs.blocks()
+        ctx = method.context(blocks, job.params, rng)
+        out = torch.empty(job.shape, dtype=job.out_dtype)
+        for index, (rows, (base, experts)) in enumerate(zip(row_blocks(job.shape), blocks())):
+            merged = method.merge_block(base, experts, job.params, ctx, rng, index)
+            out[rows] = _cast(merged, job, report, lock)
+            del merged, base, experts
+        return out
+    base = inputs.read(job.base, None) if job.base is not None else None
+    experts = [inputs.read(ref, None) for ref in job.experts]
+    merged = method.merge(base, experts, job.params, rng)
+    return _cast(merged, job, report, lock)
+
+
+def _cast(tensor: torch.Tensor, job: TensorJob, report: ExecutionReport, lock: threading.Lock) -> torch.Tensor:
+    if job.out_dtype == torch.float16 and tensor.dtype != torch.float16:
+        limit = torch.finfo(torch.float16).max
+        over = tensor.abs() > limit
+        if bool(over.any()):
+            with lock:
+                report.fp16_clamped.append(f"{job.out_name} ({int(over.sum())} values)")
+            tensor = tensor.clamp(-limit, limit)
+    return tensor.to(job.out_dtype)
+
+
+def execute(
+    plan: MergePlan,
+    write: Callable[[str, torch.Tensor], None],
+    *,
+    seed: int = 0,
+    threads: int = 2,
+    budget_bytes: int | None = None,
+    strict: bool = False,
+    progress: Callable[[TensorJob], None] | None = None,
+) -> ExecutionReport:
+    """Merge every job and hand the outputs to ``write`` in plan order."""
+    report = ExecutionReport()
+    lock = threading.Lock()
+    limit = budget_bytes or default_budget(plan)
+    budget = _ByteBudget(limit)
+    admitted: deque[tuple[TensorJob, int, Future]] = deque()
+    ready = threading.Semaphore(0)
+    failure: list[BaseException] = []
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    pool = ThreadPoolExecutor(max_workers=max(1, threads), thread_name_prefix="mergesmith")
+
+    def admit() -> None:
+        try:
+            for job in plan.jobs:
+                cost = min(job_cost(job, plan.method), limit)
+                if not budget.acquire(cost):
+                    return
+                future = pool.submit(run_job, plan, job, seed, report, strict, lock)
+                admitted.append((job, cost, future))
+                ready.release()
+        except BaseException as exc:  # pragma: no cover - defensive: surface submitter failures
+            failure.append(exc)
+            ready.release()
+
+    submitter = threading.Thread(target=admit, name="mergesmith-admit", daemon=True)
+    submitter.start()
+    try:
+        for _ in plan.jobs:
+            ready.acquire()
+            if failure:
+                raise failure[0]
+            job, cost, future = admitted.popleft()
+            tensor = future.result()
+            write(job.out_name, tensor)
+            report.tensors += 1
+            report.bytes_written += job.out_nbytes
+            del tensor
+            budget.release(cost)
+            if progress is not None:
+                progress(job)
+    finally:
+        budget.close()
+        pool.shutdown(wait=True, cancel_futures=True)
+        submitter.join()
+        torch.set_num_threads(previous_threads)
+    return report

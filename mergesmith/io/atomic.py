@@ -1,0 +1,106 @@
+"""Atomic output directories: write into a hidden sibling, rename into place only when complete.
+
+A directory that looks like a finished model (index, config) exists only once the merge is finished. A lock
+(``flock``, released by the kernel even when the process is killed) stops two merges from writing the same
+output; leftovers of a killed run are removed by the next run that takes the lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import uuid
+from pathlib import Path
+
+from mergesmith.errors import MergesmithError
+
+_STAGING_TAG = ".mergesmith-tmp-"
+
+
+class StagedOutput:
+    def __init__(self, out_dir: str | Path, *, force: bool = False, inputs: list[Path] = ()):  # type: ignore[assignment]
+        self.out_dir = Path(out_dir).absolute()
+        self.force = force
+        self.inputs = [Path(p).resolve() for p in inputs]
+        self.staging: Path | None = None
+        self._lock_fd: int | None = None
+        self._lock_path = self.out_dir.parent / f".{self.out_dir.name}.mergesmith-lock"
+
+    def __enter__(self) -> Path:
+        out = self.out_dir
+        resolved = out.resolve()
+        for source in self.inputs:
+            if resolved == source or source in resolved.parents or resolved in source.parents:
+                raise MergesmithError(
+                    f"output directory {out} overlaps input {source}; choose an output outside every input model"
+                )
+        if out.exists() and not out.is_dir():
+            raise MergesmithError(f"output path {out} exists and is a file; choose a directory path")
+        if out.is_dir() and any(out.iterdir()) and not self.force:
+            raise MergesmithError(f"output directory {out} exists and is not empty; choose another or pass --force to replace it")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise MergesmithError(f"cannot create {out.parent}: {exc.strerror}; choose a writable output location") from None
+        if not os.access(out.parent, os.W_OK):
+            raise MergesmithError(f"cannot write in {out.parent}: permission denied; choose a writable output location")
+        self._take_lock()
+        for stale in out.parent.glob(f".{out.name}{_STAGING_TAG}*"):
+            shutil.rmtree(stale, ignore_errors=True)  # left by a killed run; we hold the lock, so nobody owns it
+        self.staging = out.parent / f".{out.name}{_STAGING_TAG}{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self.staging.mkdir()
+        return self.staging
+
+    def _take_lock(self) -> None:
+        try:
+            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise MergesmithError(f"cannot create lock {self._lock_path}: {exc.strerror}; choose a writable output location") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise MergesmithError(
+                f"another mergesmith run is writing {self.out_dir} (lock {self._lock_path}); wait for it to finish"
+            ) from None
+        self._lock_fd = fd
+
+    def commit(self) -> None:
+        """Move the finished staging directory into place (replacing the old output with --force)."""
+        assert self.staging is not None
+        out = self.out_dir
+        trash = None
+        if out.exists():
+            trash = out.parent / f".{out.name}{_STAGING_TAG}old-{uuid.uuid4().hex[:8]}"
+            os.rename(out, trash)
+        os.rename(self.staging, out)
+        _fsync_dir(out.parent)
+        self.staging = None
+        if trash is not None:
+            shutil.rmtree(trash, ignore_errors=True)
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.staging is not None:
+            shutil.rmtree(self.staging, ignore_errors=True)
+            self.staging = None
+        if self._lock_fd is not None:
+            try:
+                os.unlink(self._lock_path)
+            except OSError:
+                pass
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,109 @@
+"""The files beside the weights: config.json, tokenizer and generation config, model card, provenance manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mergesmith.engine.layers import LAYER_COUNT_KEYS
+from mergesmith.errors import CheckpointError
+
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "tokenizer.model",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+EXTRA_FILES = ("generation_config.json",)
+_DTYPE_NAMES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16", "torch.float64": "float64"}
+
+
+def write_config(source_config: Path | None, out_dir: Path, out_dtype: str | None, layer_count: int | None) -> bool:
+    """Copy config.json with the output dtype (and, after slicing, the new depth). False when there is none."""
+    if source_config is None or not source_config.is_file():
+        return False
+    try:
+        config: dict[str, Any] = json.loads(source_config.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{source_config}: not valid JSON ({exc}); fix or remove that config.json") from None
+    if out_dtype is not None:
+        config["torch_dtype"] = out_dtype
+        if "dtype" in config:
+            config["dtype"] = out_dtype
+    if layer_count is not None:
+        old = None
+        for key in LAYER_COUNT_KEYS:
+            if isinstance(config.get(key), int):
+                old = config[key]
+                config[key] = layer_count
+        types = config.get("layer_types")
+        if isinstance(types, list) and old is not None and len(types) == old:
+            if len(set(map(str, types))) > 1:
+                raise CheckpointError(
+                    f"{source_config}: layer_types mixes layer kinds; slicing such a model is not supported yet"
+                )
+            config["layer_types"] = [types[0]] * layer_count if types else []
+    (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    return True
+
+
+def copy_side_files(source_root: Path | None, out_dir: Path) -> list[str]:
+    """Tokenizer files and generation_config.json from the tokenizer source. Returns the names copied."""
+    copied: list[str] = []
+    if source_root is None:
+        return copied
+    for name in TOKENIZER_FILES + EXTRA_FILES:
+        path = source_root / name
+        if path.is_file():
+            shutil.copyfile(path, out_dir / name)
+            copied.append(name)
+    return copied
+
+
+def dtype_name(dtype: Any) -> str:
+    return _DTYPE_NAMES.get(str(dtype), str(dtype).replace("torch.", ""))
+
+
+def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_model_card(out_dir: Path, method_name: str, paper: str, models: list[str], base: str | None, config_yaml: str) -> None:
+    front = {"tags": ["mergesmith", "merge"], "library_name": "transformers"}
+    if base:
+        front["base_model"] = [base]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=True).rstrip(),
+        "---",
+        "# Merged model",
+        "",
+        f"Made with [mergesmith](https://pypi.org/project/mergesmith/) using **{method_name}** ({paper}).",
+        "",
+        "## Models merged",
+        "",
+    ]
+    lines += [f"- `{m}`" + (" (base)" if m == base else "") for m in models]
+    lines += ["", "## Configuration", "", "```yaml", config_yaml.rstrip(), "```", ""]
+    (out_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
+
+
+def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
+    (out_dir / "mergesmith.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
