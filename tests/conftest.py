@@ -1,0 +1,41 @@
+"""Shared fixtures: tiny random transformers checkpoints built once per test session."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def llama_family(tmp_path_factory):
+    from mergesmith.tiny_models import build_tiny_family
+
+    return build_tiny_family(tmp_path_factory.mktemp("llama"), "llama", 3, layers=4)
+
+
+@pytest.fixture(scope="session")
+def gpt2_family(tmp_path_factory):
+    from mergesmith.tiny_models import build_tiny_family
+
+    return build_tiny_family(tmp_path_factory.mktemp("gpt2"), "gpt2", 2, layers=2)
+
+
+@pytest.fixture(scope="session")
+def bert_family(tmp_path_factory):
+    from mergesmith.tiny_models import build_tiny_family
+
+    return build_tiny_family(tmp_path_factory.mktemp("bert"), "bert", 2, layers=2)
+
+
+@pytest.fixture(scope="session")
+def llama_bf16_family(tmp_path_factory):
+    import torch
+
+    from mergesmith.tiny_models import build_tiny_family
+
+    return build_tiny_family(tmp_path_factory.mktemp("llama_bf16"), "llama", 2, layers=2, dtype=torch.bfloat16)
