@@ -1,3 +1,27 @@
-"""mergesmith: model merging for Hugging Face checkpoints."""
+"""mergesmith: model merging for Hugging Face checkpoints.
+
+The public API is imported lazily so the CLI starts fast: ``mergesmith.merge``, ``mergesmith.merge_state_dicts``,
+``mergesmith.plan_merge``, ``mergesmith.METHODS``.
+"""
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "merge": "mergesmith.api",
+    "merge_state_dicts": "mergesmith.api",
+    "plan_merge": "mergesmith.api",
+    "MergeResult": "mergesmith.api",
+    "METHODS": "mergesmith.methods",
+    "MergesmithError": "mergesmith.errors",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'mergesmith' has no attribute {name!r}")
+
+
+__all__ = list(_LAZY)
