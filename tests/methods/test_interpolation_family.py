@@ -392,7 +392,8 @@ def test_degenerate_vectors_stay_finite(name, kwargs, n, with_base, case):
     }[case]
     experts = [make(i) for i in range(n)]
     if name == "slerp":
-        base, experts = direction, [{"parallel": 3 * direction, "antiparallel": -direction, "zero": 0 * direction}[case]]
+        other = {"parallel": 3 * direction, "antiparallel": -direction, "zero": 0 * direction}[case]
+        base, experts = direction, [other]
     out = ours(name, base if with_base else None, experts, **kwargs)
     assert torch.isfinite(out).all()
     if case == "parallel" and name in ("karcher", "multislerp"):
