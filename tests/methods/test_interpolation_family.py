@@ -140,6 +140,7 @@ def test_slerp_parity(shape, t):
     "make_other",
     [
         lambda b: b + 1e-3 * randn(*b.shape, seed=9),  # nearly parallel: linear branch
+        lambda b: b + 0.1 * randn(*b.shape, seed=8),  # cos ~ 0.995: still spherical (threshold 0.9995)
         lambda b: -b,  # antiparallel: linear branch
         lambda b: torch.zeros_like(b),  # zero vector: norm treated as 1
         lambda b: randn(*b.shape, seed=4),  # unrelated, nearly orthogonal
@@ -228,7 +229,9 @@ def test_model_stock_parity(shape, n, filter_wise):
 
 def test_model_stock_parity_special():
     base, (a,) = models((6, 5), 1, seed=70)
-    for experts in ([a, 2 * base - a], [a, base.clone()], [a, a.clone(), 2 * base - a], [a, base + 1e-4 * (a - base)]):
+    tiny = [base + 1e-4 * (randn(6, 5, seed=71) + randn(6, 5, seed=72 + i)) for i in range(3)]
+    cases = ([a, 2 * base - a], [a, base.clone()], [a, a.clone(), 2 * base - a], [a, base + 1e-4 * (a - base)], tiny)
+    for experts in cases:
         for filter_wise in (False, True):
             kwargs = dict(filter_wise=filter_wise)
             assert_parity(
