@@ -149,7 +149,12 @@ class ShardedWriter:
 
     @property
     def total_size(self) -> int:
+        """Bytes of tensor data over all shards (the index's ``metadata.total_size``)."""
         return sum(s.nbytes for s in self.shards)
+
+    @property
+    def total_parameters(self) -> int:
+        return sum(math.prod(shape) for s in self.shards for _, _, shape in s.entries)
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Write the whole of tensor ``name``, which must be the next one in plan order."""
@@ -191,7 +196,8 @@ class ShardedWriter:
             self._close_shard()
         if len(self.shards) > 1:
             weight_map = {name: s.file_name for s in self.shards for name, _, _ in s.entries}
-            index = {"metadata": {"total_size": self.total_size}, "weight_map": dict(sorted(weight_map.items()))}
+            metadata = {"total_parameters": self.total_parameters, "total_size": self.total_size}
+            index = {"metadata": metadata, "weight_map": dict(sorted(weight_map.items()))}
             (self.directory / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n", encoding="utf-8")
         self._done = True
         return dict(self._digests)
