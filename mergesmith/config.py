@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -243,7 +243,6 @@ def _leaf_values(setting: ParameterSetting) -> list[Scalar]:
 _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     # name: (low, high, low inclusive, high inclusive)
     "density": (0.0, 1.0, False, True),
-    "t": (0.0, 1.0, True, True),
     "gamma": (0.0, 1.0, True, False),
     "epsilon": (0.0, 1.0, True, False),
     "select_topk": (0.0, 1.0, False, True),
@@ -368,5 +367,3 @@ def resolve_parameter(
         raise ConfigError(f"{where}: missing required parameter {info.name!r}; set it under parameters")
     return info.default
 
-
-Scope = Literal["model", "slice", "global"]

@@ -213,7 +213,8 @@ def _add_slice_job(plan: MergePlan, out_slice: OutputSlice, out_name: str, input
 def _split_group(method: MethodSpec, group: list[str], base: str | None, where: str) -> tuple[str | None, list[str]]:
     """Base and experts of one merge group, checked against the method's input contract."""
     if method.base == "unused":
-        base_name, experts = None, list(group)
+        # As in mergekit, a base_model that is not listed is merged in as one more model.
+        base_name, experts = None, list(group) + ([base] if base and base not in group else [])
     else:
         base_name = base
         experts = [m for m in group if m != base]

@@ -6,13 +6,29 @@ A test checks that every module in this package is listed.
 
 from __future__ import annotations
 
-from mergesmith.methods import linear
+from mergesmith.methods import (
+    karcher,
+    linear,
+    model_stock,
+    multislerp,
+    nearswap,
+    nuslerp,
+    passthrough,
+    slerp,
+)
 from mergesmith.methods._spec import MethodSpec
 
 METHODS: dict[str, MethodSpec] = {
     spec.name: spec
     for spec in (
         linear.SPEC,
+        slerp.SPEC,
+        nuslerp.SPEC,
+        multislerp.SPEC,
+        karcher.SPEC,
+        model_stock.SPEC,
+        nearswap.SPEC,
+        passthrough.SPEC,
     )
 }
 
