@@ -1,0 +1,198 @@
+"""The contract every tensor-wise method honours, run over the whole catalogue.
+
+- N identical experts give that expert back (with the parameters listed below: e.g. task arithmetic needs its
+  weights to sum to one for that to hold);
+- experts equal to the base (zero task vectors) give the base;
+- the same seed gives the same bytes, and a different tensor name gives an independent random stream;
+- the order of the experts does not matter where the paper says so (weights move with their experts);
+- outputs are finite and keep the input dtype (fp32 in, fp32 out; fp64 in, fp64 out);
+- the block protocol, where a method has it, gives the same bytes as the whole-tensor function.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+import pytest
+import torch
+
+import mergesmith.methods as methods_pkg
+from mergesmith.engine.rng import TensorRng
+from mergesmith.methods import METHODS
+from mergesmith.methods import _blocks
+from mergesmith.methods._spec import param_infos
+
+N = 3
+
+# Parameters under which N identical experts must give that expert back (per-model values are per expert).
+IDENTITY_PARAMS: dict[str, dict] = {
+    "linear": {"weight": 1.0},
+    "task_arithmetic": {"weight": 1.0 / N},
+    "ties": {"weight": 1.0, "density": 1.0},
+    "dare_linear": {"weight": 1.0 / N, "density": 1.0},
+    "dare_ties": {"weight": 1.0, "density": 1.0, "normalize": True},
+    "breadcrumbs": {"weight": 1.0 / N, "density": 1.0, "gamma": 0.0},
+    "breadcrumbs_ties": {"weight": 1.0, "density": 1.0, "gamma": 0.0, "normalize": True},
+    "della": {"weight": 1.0, "density": 1.0, "epsilon": 0.0},
+    "della_linear": {"weight": 1.0 / N, "density": 1.0, "epsilon": 0.0},
+    "sce": {"weight": 1.0, "select_topk": 1.0},
+    "magmax": {},
+    "slerp": {"t": 1.0},  # slerp moves from the base to its one model: t=1 is that model
+    "nuslerp": {"weight": 1.0},
+    "multislerp": {"weight": 1.0},
+    "karcher": {},
+    "model_stock": {},
+    "nearswap": {"t": 0.5},
+    "passthrough": {},
+}
+# Parameters for the other checks (a realistic, non-degenerate setting).
+TYPICAL_PARAMS: dict[str, dict] = {
+    **IDENTITY_PARAMS,
+    "slerp": {"t": 0.3},
+    "task_arithmetic": {"weight": 0.5},
+    "ties": {"weight": 1.0, "density": 0.3},
+    "dare_linear": {"weight": 0.5, "density": 0.5},
+    "dare_ties": {"weight": 1.0, "density": 0.5},
+    "breadcrumbs": {"weight": 0.5, "density": 0.8, "gamma": 0.02},
+    "breadcrumbs_ties": {"weight": 0.5, "density": 0.8, "gamma": 0.02},
+    "della": {"weight": 1.0, "density": 0.5, "epsilon": 0.1},
+    "della_linear": {"weight": 0.5, "density": 0.5, "epsilon": 0.1},
+    "sce": {"weight": 1.0, "select_topk": 0.5},
+    "nuslerp": {"weight": 0.5},
+    "multislerp": {"weight": 1.0},
+}
+
+
+def _experts_for(spec) -> int:
+    count = N
+    if spec.max_models is not None:
+        count = min(count, spec.max_models)
+    return max(count, spec.min_models)
+
+
+def _params(spec, values: dict, n: int):
+    infos = param_infos(spec.params)
+    kwargs = {}
+    for name, info in infos.items():
+        value = values.get(name, info.default)
+        if info.required and name not in values:
+            raise AssertionError(f"test table lacks required parameter {name} for {spec.name}")
+        kwargs[info.field_name] = tuple([value] * n) if info.per_model else value
+    return spec.params(**kwargs)
+
+
+def _merge(spec, base, experts, values, seed=0, name="t"):
+    params = _params(spec, values, len(experts))
+    return spec.merge(base if spec.base != "unused" else None, experts, params, TensorRng(seed, name))
+
+
+def test_every_module_is_in_the_catalogue():
+    modules = {m.name for m in pkgutil.iter_modules(methods_pkg.__path__) if not m.name.startswith("_")}
+    listed = {METHODS[name].merge.__module__.rsplit(".", 1)[-1] for name in METHODS}
+    assert modules <= listed, f"modules not listed in METHODS: {sorted(modules - listed)}"
+    for name in modules:
+        assert hasattr(importlib.import_module(f"mergesmith.methods.{name}"), "SPEC")
+
+
+def test_catalogue_has_the_issue_methods():
+    wanted = {
+        "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties", "dare_linear", "dare_ties",
+        "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "magmax", "model_stock", "nearswap",
+        "passthrough",
+    }
+    assert wanted <= set(METHODS)
+
+
+def test_every_method_has_contract_parameters():
+    assert set(METHODS) <= set(IDENTITY_PARAMS), "add the new method to IDENTITY_PARAMS"
+
+
+@pytest.fixture
+def tensors():
+    g = torch.Generator().manual_seed(0)
+    base = torch.randn(24, 20, generator=g)
+    experts = [base + 0.05 * torch.randn(24, 20, generator=g) for _ in range(N)]
+    return base, experts
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_identical_experts_give_the_expert(name, tensors):
+    spec = METHODS[name]
+    base, experts = tensors
+    n = _experts_for(spec)
+    out = _merge(spec, base, [experts[0].clone() for _ in range(n)], IDENTITY_PARAMS[name])
+    torch.testing.assert_close(out, experts[0], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in METHODS if METHODS[n].base != "unused"))
+def test_zero_task_vectors_give_the_base(name, tensors):
+    spec = METHODS[name]
+    base, _ = tensors
+    n = _experts_for(spec)
+    out = _merge(spec, base, [base.clone() for _ in range(n)], TYPICAL_PARAMS[name])
+    torch.testing.assert_close(out, base, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_same_seed_same_bytes_and_finite(name, tensors):
+    spec = METHODS[name]
+    base, experts = tensors
+    experts = experts[: _experts_for(spec)]
+    first = _merge(spec, base, experts, TYPICAL_PARAMS[name], seed=7)
+    second = _merge(spec, base, [e.clone() for e in experts], TYPICAL_PARAMS[name], seed=7)
+    assert torch.equal(first, second)
+    assert torch.isfinite(first).all()
+    assert first.dtype == torch.float32 and first.shape == base.shape
+    if spec.randomized:
+        other = _merge(spec, base, experts, TYPICAL_PARAMS[name], seed=7, name="another tensor")
+        assert not torch.equal(first, other), "a different tensor name must draw a different mask"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in METHODS if METHODS[n].order_invariant and not METHODS[n].randomized))
+def test_order_of_experts_does_not_matter(name, tensors):
+    spec = METHODS[name]
+    base, experts = tensors
+    experts = experts[: _experts_for(spec)]
+    if len(experts) < 2:
+        pytest.skip(f"{name} takes one expert")
+    forward = _merge(spec, base, experts, TYPICAL_PARAMS[name])
+    backward = _merge(spec, base, experts[::-1], TYPICAL_PARAMS[name])
+    torch.testing.assert_close(forward, backward, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", sorted(METHODS))
+def test_fp64_stays_fp64(name, tensors):
+    spec = METHODS[name]
+    base, experts = tensors
+    experts = [e.double() for e in experts[: _experts_for(spec)]]
+    out = _merge(spec, base.double(), experts, TYPICAL_PARAMS[name])
+    assert out.dtype == torch.float64
+
+
+@pytest.mark.parametrize("name", sorted(n for n in METHODS if METHODS[n].merge_block is not None))
+def test_block_protocol_equals_whole_tensor(name, monkeypatch):
+    spec = METHODS[name]
+    g = torch.Generator().manual_seed(1)
+    base = torch.randn(64, 48, generator=g)
+    experts = [base + 0.05 * torch.randn(64, 48, generator=g) for _ in range(_experts_for(spec))]
+    values = TYPICAL_PARAMS[name]
+    whole = _merge(spec, base, experts, values, seed=3)
+    monkeypatch.setattr(_blocks, "BLOCK_ELEMENTS", 48 * 5)  # 5 rows a block: 13 blocks
+    params = _params(spec, values, len(experts))
+    rng = TensorRng(3, "t")
+    use_base = base if spec.base != "unused" else None
+    slices = _blocks.row_blocks(base.shape)
+    assert len(slices) == 13
+
+    def blocks():
+        for rows in slices:
+            yield (use_base[rows] if use_base is not None else None), [e[rows] for e in experts]
+
+    ctx = spec.context(blocks, params, rng)
+    streamed = torch.cat([spec.merge_block(b, e, params, ctx, rng, i) for i, (b, e) in enumerate(blocks())])
+    if spec.randomized:
+        # Masks are drawn per block, so streaming with other block sizes draws other masks; with the same
+        # blocks the bytes must be equal.
+        whole = spec.merge(use_base, experts, params, rng)
+    assert torch.equal(streamed, whole)
