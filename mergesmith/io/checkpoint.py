@@ -123,6 +123,11 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _open_file(path: Path) -> Checkpoint:
+    # An index file stands for its sharded model (people paste the index path as often as the directory).
+    if path.name.endswith(".safetensors.index.json"):
+        return _open_indexed(path.parent, path.name, SafetensorsFile)
+    if path.name.endswith(".bin.index.json"):
+        return _open_indexed(path.parent, path.name, TorchFile)
     if path.suffix == ".safetensors":
         return _build(path.parent, [path], SafetensorsFile)
     if path.suffix in _TORCH_SUFFIXES:

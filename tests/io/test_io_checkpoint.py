@@ -43,6 +43,12 @@ def test_sharded_transformers_checkpoint_round_trips(request, fixture):
                 _assert_same(ckpt.read(name, rows=rows), ref[rows])
 
 
+def test_index_file_path_opens_its_model(tiny_llama_dir):
+    directory, state = tiny_llama_dir
+    with open_checkpoint(directory / "model.safetensors.index.json") as ckpt:
+        assert ckpt.root == directory and set(ckpt.tensors) == set(state)
+
+
 def test_tensors_are_in_file_order(tiny_llama_dir):
     directory, _ = tiny_llama_dir
     with open_checkpoint(directory) as ckpt:
