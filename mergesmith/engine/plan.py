@@ -116,7 +116,28 @@ def build_plan(config: MergeConfig, checkpoints: dict[str, Any]) -> MergePlan:
     else:
         _plan_slices(plan)
     _check_unique_outputs(plan)
+    plan.notes.extend(_tied_weight_notes(plan))
     return plan
+
+
+def _tied_weight_notes(plan: MergePlan) -> list[str]:
+    """Name the weights a model ties to others instead of storing them (they are absent from every input)."""
+    import json
+
+    ckpt = plan.checkpoints[plan.reference]
+    if ckpt.config_path is None:
+        return []
+    try:
+        config = json.loads(open(ckpt.config_path, encoding="utf-8").read())
+    except (OSError, ValueError):
+        return []
+    if config.get("tie_word_embeddings", True) is False:
+        return []
+    heads = [n for n in ("lm_head.weight", "cls.predictions.decoder.weight") if n not in ckpt.tensors]
+    embeddings = [n for n in ckpt.tensors if n.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))]
+    if not embeddings or not config.get("architectures"):
+        return []
+    return [f"{h} is tied to {embeddings[0]} (tie_word_embeddings); not stored, the output ties it the same way" for h in heads[:1]]
 
 
 # ----------------------------------------------------------------------------------------------------------------
