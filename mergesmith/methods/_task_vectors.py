@@ -1,0 +1,409 @@
+"""Shared steps of the task-arithmetic family: task vectors, sparsification, sign election, disjoint merge.
+
+Small pure functions used by task_arithmetic, ties, dare_*, breadcrumbs*, della*, magmax and sce. Each public
+method module is a thin composition of these; the comments follow the papers' steps.
+
+Notation: for expert t, the task vector is tau_t = theta_t - theta_base (Ilharco et al. 2023, Sec. 2). The merged
+tensor is theta_base + lambda * tau_m, where tau_m combines the (sparsified, weighted) task vectors.
+
+Numerics follow mergekit 0.1.5 operation by operation where it has the method (weights applied to the sparsified
+deltas, experts summed with ``Tensor.sum(0)`` in order, division by the (masked) weight sum, then lambda, then
+``base +``), so task arithmetic and TIES reproduce its bytes.
+
+Streaming: a method sees one row block of the tensor at a time (``_blocks.row_blocks``); per-tensor scalars such as
+magnitude thresholds come from a ``context`` computed in passes over the blocks beforehand.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+
+import torch
+from torch import Tensor
+
+from mergesmith.methods import _blocks
+from mergesmith.methods._kth import kth_largest
+from mergesmith.methods._spec import MISSING, param_infos
+
+Blocks = Callable[[], Iterator[tuple[Tensor, list[Tensor]]]]
+Consensus = Literal["sum", "count"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Streaming: one implementation for whole and block-wise merges
+
+
+def _rows(t: Tensor, s: slice) -> Tensor:
+    return t[...] if t.ndim == 0 else t[s]
+
+
+def merge_in_blocks(
+    context: Callable[..., Any],
+    merge_block: Callable[..., Tensor],
+    base: Tensor | None,
+    experts: Sequence[Tensor],
+    params: Any,
+    rng: Any,
+    method: str,
+) -> Tensor:
+    """Merge a whole tensor by running ``context`` then ``merge_block`` over its fixed row blocks.
+
+    This is exactly what the engine does when it streams a large tensor, so both give the same bytes.
+    """
+    base = require_base(method, base)
+    if not experts:
+        return base.clone()
+    check_shapes(method, base, experts)
+    slices = _blocks.row_blocks(tuple(base.shape))
+
+    def blocks() -> Iterator[tuple[Tensor, list[Tensor]]]:
+        for s in slices:
+            yield _rows(base, s), [_rows(e, s) for e in experts]
+
+    ctx = context(blocks, params, rng)
+    out = torch.empty_like(base)
+    for index, s in enumerate(slices):
+        _rows(out, s).copy_(merge_block(_rows(base, s), [_rows(e, s) for e in experts], params, ctx, rng, index))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Parameter checks (errors name the parameter and the allowed range)
+
+
+def require_base(method: str, base: Tensor | None) -> Tensor:
+    if base is None:
+        raise ValueError(f"{method} merges task vectors theta_i - theta_base and needs a base model; set base_model")
+    return base
+
+
+def check_shapes(method: str, base: Tensor, experts: Sequence[Tensor]) -> None:
+    for i, e in enumerate(experts):
+        if e.shape != base.shape:
+            raise ValueError(f"{method}: expert {i} has shape {tuple(e.shape)}, the base {tuple(base.shape)}")
+
+
+def per_model_values(params: Any, method: str) -> dict[str, tuple]:
+    """Every per-model parameter as one value per expert.
+
+    The number of experts is that of ``weight`` (required in this family). An empty tuple means "the default for
+    every expert"; any other length must match.
+    """
+    infos = [i for i in param_infos(type(params)).values() if i.per_model]
+    n = len(getattr(params, "weight"))
+    if n == 0:
+        raise ValueError(f"{method}: parameter 'weight' is required, one value per model")
+    values: dict[str, tuple] = {}
+    for info in infos:
+        given = tuple(getattr(params, info.field_name))
+        if not given:
+            if info.default is MISSING:
+                raise ValueError(f"{method}: parameter {info.name!r} is required, one value per model")
+            given = (info.default,) * n
+        if len(given) != n:
+            raise ValueError(f"{method}: parameter {info.name!r} has {len(given)} values but 'weight' has {n}")
+        values[info.name] = given
+    return values
+
+
+def check_experts(method: str, experts: Sequence[Tensor], n: int) -> None:
+    if len(experts) != n:
+        raise ValueError(f"{method}: {len(experts)} experts but {n} values of 'weight'; give one per model")
+
+
+def check_finite(method: str, name: str, values: Sequence[float]) -> None:
+    for v in values:
+        if not math.isfinite(v):
+            raise ValueError(f"{method}: parameter {name!r} must be a finite number, got {v}")
+
+
+def check_density(method: str, densities: Sequence[float]) -> None:
+    for d in densities:
+        if not (0.0 < d <= 1.0):
+            raise ValueError(f"{method}: parameter 'density' must be in (0, 1] (the fraction of entries kept), got {d}")
+
+
+def check_gamma(method: str, gammas: Sequence[float]) -> None:
+    for g in gammas:
+        if not (0.0 <= g < 1.0):
+            raise ValueError(f"{method}: parameter 'gamma' must be in [0, 1) (the fraction of largest entries "
+                             f"dropped), got {g}")
+
+
+def check_epsilon(method: str, densities: Sequence[float], epsilons: Sequence[float]) -> None:
+    for d, e in zip(densities, epsilons):
+        if not (e >= 0.0):
+            raise ValueError(f"{method}: parameter 'epsilon' must be >= 0, got {e}")
+        if d < 1.0 and not (0.0 < d - e and d + e < 1.0):
+            raise ValueError(f"{method}: density +/- epsilon must lie inside (0, 1), got density={d}, epsilon={e}; "
+                             f"use epsilon < min(density, 1 - density)")
+
+
+def check_rng(method: str, rng: Any) -> None:
+    if rng is None:
+        raise ValueError(f"{method} drops entries at random and needs an rng (mergesmith.engine.rng.TensorRng)")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Task vectors
+
+
+def stacked_task_vectors(base: Tensor, experts: Sequence[Tensor]) -> Tensor:
+    """tau_t = theta_t - theta_base for every expert, in one [n_experts, *shape] buffer that later steps edit."""
+    out = base.new_empty((len(experts), *base.shape))
+    for t, expert in enumerate(experts):
+        torch.sub(expert, base, out=out[t])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Trim by magnitude (TIES step 1; Model Breadcrumbs' two-sided mask)
+
+
+@dataclass(frozen=True)
+class Band:
+    """An expert keeps the entries with lo <= |tau| <= hi (lo > hi keeps nothing); kept entries are then multiplied
+    by ``scale`` when it is set (mergekit's L1 rescaling, ``rescale: true``)."""
+
+    lo: float = -math.inf
+    hi: float = math.inf
+    scale: float | None = None
+
+
+def keep_band(tau: Tensor, band: Band | None) -> Tensor:
+    """Zero the entries of ``tau`` outside ``band`` (in place) and apply its rescaling."""
+    if band is None:
+        return tau
+    magnitude = tau.abs()
+    keep = magnitude >= band.lo
+    if band.hi < math.inf:
+        keep &= magnitude <= band.hi
+    del magnitude
+    tau.mul_(keep)
+    if band.scale is not None:
+        tau.mul_(band.scale)
+    return tau
+
+
+def _abs_task_vectors(blocks: Blocks, experts: Sequence[int]) -> Callable[[], Iterator[list[Tensor]]]:
+    def chunks() -> Iterator[list[Tensor]]:
+        for base, tensors in blocks():
+            yield [(tensors[t] - base).abs_() for t in experts]
+
+    return chunks
+
+
+def magnitude_bands(blocks: Blocks, densities: Sequence[float], rescale: bool) -> list[Band | None]:
+    """TIES "trim": expert t keeps its k_t = max(1, int(density_t * numel)) largest |tau_t| entries.
+
+    The threshold is the exact k-th largest |tau_t| of the whole tensor (``_kth.kth_largest``, no full sort); entries
+    tied with it are all kept. ``density >= 1`` keeps everything (no band).
+    """
+    trimmed = [t for t, d in enumerate(densities) if d < 1.0]
+    bands: list[Band | None] = [None] * len(densities)
+    if not trimmed:
+        return bands
+
+    def ranks(numel: int, nonzero: list[int]) -> list[list[int]]:
+        return [[max(1, int(densities[t] * numel))] for t in trimmed]
+
+    _, values = kth_largest(_abs_task_vectors(blocks, trimmed), ranks)
+    for t, (lo,) in zip(trimmed, values):
+        bands[t] = Band(lo=lo)
+    return l1_rescaled(blocks, bands) if rescale else bands
+
+
+def outlier_bands(
+    blocks: Blocks, densities: Sequence[float], gammas: Sequence[float], rescale: bool
+) -> list[Band | None]:
+    """Model Breadcrumbs' mask: drop the ``gamma`` fraction of largest |tau_t| (outliers), then the smallest, keeping
+    ``density``.
+
+    As in mergekit: with n = numel, keep = int(density * n), top = int(gamma * n), bottom = max(0, n - keep - top);
+    in ascending order of |tau_t| the kept entries are ranks [bottom, bottom + keep). Two exact order statistics
+    bound that band. ``density >= 1`` keeps everything (no outlier removal either).
+    """
+    trimmed = [t for t, d in enumerate(densities) if d < 1.0]
+    bands: list[Band | None] = [None] * len(densities)
+    if not trimmed:
+        return bands
+
+    def counts(t: int, numel: int) -> tuple[int, int]:
+        keep = int(densities[t] * numel)
+        top = int(gammas[t] * numel)
+        return keep, max(0, numel - keep - top)
+
+    def ranks(numel: int, nonzero: list[int]) -> list[list[int]]:
+        out = []
+        for t in trimmed:
+            keep, bottom = counts(t, numel)
+            # as ranks from the largest (1 = largest): the band's smallest kept entry and its largest
+            out.append([numel - bottom, numel - bottom - keep + 1])
+        return out
+
+    numel, values = kth_largest(_abs_task_vectors(blocks, trimmed), ranks)
+    for t, (lo, hi) in zip(trimmed, values):
+        keep, _ = counts(t, numel)
+        bands[t] = Band(lo=lo, hi=hi) if keep > 0 else Band(lo=math.inf, hi=-math.inf)
+    return l1_rescaled(blocks, bands) if rescale else bands
+
+
+def l1_rescaled(blocks: Blocks, bands: Sequence[Band | None]) -> list[Band | None]:
+    """mergekit's ``rescale``: multiply the kept entries by ||tau||_1 / ||kept tau||_1 (per expert, per tensor),
+    unless either norm is below 1e-7. One more pass over the blocks; sums in fp64 (``add_in_row_order``)."""
+    trimmed = [t for t, b in enumerate(bands) if b is not None]
+    before = torch.zeros(len(trimmed), dtype=torch.float64)
+    after = torch.zeros(len(trimmed), dtype=torch.float64)
+    for base, experts in blocks():
+        for j, t in enumerate(trimmed):
+            tau = experts[t] - base
+            before[j] = add_in_row_order(before[j], tau.abs())
+            after[j] = add_in_row_order(after[j], keep_band(tau, bands[t]).abs_())
+    out = list(bands)
+    for j, t in enumerate(trimmed):
+        b, a = float(before[j]), float(after[j])
+        if b >= 1e-7 and a >= 1e-7:
+            band = bands[t]
+            assert band is not None
+            out[t] = Band(lo=band.lo, hi=band.hi, scale=b / a)
+    return out
+
+
+def add_in_row_order(total: Tensor, values: Tensor) -> Tensor:
+    """total + sum(values) in fp64: each row summed left to right, then the rows top to bottom after ``total``.
+
+    A fixed order per row, and rows carried over from block to block, so a per-tensor sum has the same bits however
+    the tensor is cut into row blocks (torch's ``sum`` reorders with the tensor's shape and the thread count).
+    """
+    if values.numel() == 0:
+        return total
+    rows = values.reshape(values.shape[0] if values.ndim > 1 else 1, -1).to(torch.float64)
+    per_row = rows.cumsum(dim=1)[:, -1]  # a scan: strictly left to right
+    return torch.cat([total.reshape(1).to(torch.float64), per_row]).cumsum(dim=0)[-1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Random drops: DARE and DELLA's MagPrune
+
+
+def dare_drop(tau: Tensor, density: float, generator: torch.Generator, rescale: bool) -> Tensor:
+    """DARE (Yu et al. 2024, Sec. 3): m ~ Bernoulli(p) with drop rate p = 1 - density; tau~ = (1 - m) * tau, then
+    rescale the survivors by 1 / (1 - p) = 1 / density so that E[tau^] = tau. In place on ``tau``.
+
+    Uniforms are drawn in fp32 whatever the dtype, so the mask does not depend on it.
+    """
+    if density >= 1.0:
+        return tau
+    keep = torch.rand(tau.shape, generator=generator, dtype=torch.float32) < density
+    tau.mul_(keep)
+    if rescale:
+        tau.div_(density)
+    return tau
+
+
+def magprune(tau: Tensor, density: float, epsilon: float, generator: torch.Generator, rescale: bool) -> Tensor:
+    """DELLA's MagPrune (Deep et al. 2024, Sec. 3): rank, assign probabilities, sample, rescale. In place on ``tau``.
+
+    Ranks run within rows: along dim 1 (mergekit's axis), a 1-D tensor is one row, a scalar one entry. Keep
+    probabilities grow linearly with the magnitude rank, from density - epsilon (smallest) to density + epsilon
+    (largest), as in mergekit; a row of one entry keeps with probability ``density``. Kept entries are divided by their
+    own keep probability 1 - p_i (the paper's rescaling), so E[tau^_i] = tau_i entry by entry.
+    """
+    if density >= 1.0:
+        return tau
+    rows = tau.reshape(1, 1) if tau.ndim == 0 else tau.unsqueeze(0) if tau.ndim == 1 else tau
+    n = rows.shape[1]
+    # rank: 0 for the smallest magnitude in its row, n - 1 for the largest
+    if n > 1:
+        order = rows.abs().argsort(dim=1, stable=True)
+        ranks = torch.empty_like(order)
+        position = torch.arange(n).view(1, n, *([1] * (rows.ndim - 2))).expand_as(order)
+        ranks.scatter_(1, order, position)
+        del order
+        spread = ranks.to(tau.dtype).div_(n - 1)
+        del ranks
+    else:
+        spread = torch.full_like(rows, 0.5)
+    # assign probabilities: keep_i = (density - epsilon) + 2 * epsilon * rank_i / (n - 1), i.e. 1 - p_i
+    keep_probability = spread.mul_(2.0 * epsilon).add_(density - epsilon)
+    # sample
+    keep = torch.rand(rows.shape, generator=generator, dtype=torch.float32) < keep_probability
+    rows.mul_(keep)
+    # rescale each survivor by 1 / (1 - p_i)
+    if rescale:
+        rows.div_(keep_probability)
+    return tau
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Elect sign and disjoint merge (TIES steps 2 and 3)
+
+
+def sum_in_order(tensors: Iterable[Tensor]) -> Tensor:
+    """sum_t x_t, accumulated expert by expert from zero.
+
+    This is the order torch's ``sum(dim=0)`` (and so mergekit) uses over up to 4 experts; with more, torch's order
+    depends on the tensor's length (vectorised body vs. tail), so results could change with the row blocks. Summing in
+    order keeps every entry's result independent of how the tensor is cut.
+    """
+    total: Tensor | None = None
+    for x in tensors:
+        if total is None:
+            total = torch.zeros_like(x)
+        total += x
+    assert total is not None, "no tensors to sum"
+    return total
+
+
+def agreement(deltas: Tensor, method: Consensus = "sum") -> Tensor:
+    """TIES "elect sign": gamma = sgn(sum_t tau_t) per entry ("sum", the paper's total mass; ties go to +), or the
+    majority of the signs ("count"). Returns a bool mask [n_experts, ...]: where sgn(tau_t) == gamma (zeros never
+    agree)."""
+    if method == "sum":
+        mass = sum_in_order(deltas)
+    elif method == "count":
+        mass = deltas.sign().sum(dim=0)  # integers: exact in any order
+    else:
+        raise ValueError(f"sign consensus must be 'sum' or 'count', got {method!r}")
+    positive = mass >= 0
+    del mass
+    return torch.where(positive, deltas > 0, deltas < 0)
+
+
+def combine(
+    base: Tensor,
+    deltas: Tensor,
+    weights: Sequence[float],
+    *,
+    consensus: Consensus | None,
+    normalize: bool,
+    lam: float,
+) -> Tensor:
+    """theta_base + lambda * tau_m from the sparsified task vectors ``deltas`` [n_experts, ...] (edited in place).
+
+    Without consensus (task arithmetic): tau_m = sum_t w_t tau_t, divided by sum_t w_t when ``normalize``.
+    With consensus (TIES "disjoint merge"): only entries whose sign agrees with the elected sign count,
+    tau_m = sum_{t in A} w_t tau_t / sum_{t in A} w_t per entry (A = agreeing experts; an empty A divides by 1).
+    """
+    w = [torch.tensor(x, dtype=deltas.dtype) for x in weights]
+    for t, w_t in enumerate(w):
+        deltas[t].mul_(w_t)  # weight each task vector
+    if consensus is None:
+        mixed = sum_in_order(deltas)
+        divisor = sum_in_order(w)
+        if divisor.abs() < 1e-8:
+            divisor = torch.ones_like(divisor)
+    else:
+        agree = agreement(deltas, consensus)  # elect sign
+        # disjoint merge: the agreeing entries, over the weight they carry
+        mixed = sum_in_order(deltas[t].mul_(agree[t]) for t in range(len(w)))
+        divisor = sum_in_order(w_t * agree[t] for t, w_t in enumerate(w))
+        del agree
+        divisor[divisor == 0] = 1
+    if normalize:
+        mixed /= divisor
+    if lam != 1:
+        mixed *= lam
+    return (base + mixed).to(base.dtype)

@@ -1,0 +1,86 @@
+"""Model Breadcrumbs with TIES: mask out both tails of each task vector's magnitudes, then elect sign and merge.
+
+Davari, Belilovsky 2024, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks", ECCV 2024,
+arXiv:2312.06795. Per layer, sort |tau_t|, mask a top percentile (large outliers) and a bottom percentile (small
+perturbations), keep the rest ("breadcrumbs"): tau^_t = m_t * tau_t; theta = theta_base + alpha * sum_t tau^_t.
+
+As in mergekit's ``breadcrumbs`` (per tensor): with n = numel, keep = int(density * n), top = int(gamma * n) and
+bottom = max(0, n - keep - top), an expert keeps the entries ranked [bottom, bottom + keep) in ascending |tau_t|
+(when keep + top > n the outlier cut shrinks so that ``keep`` entries remain). Here the band is bounded by two exact
+order statistics, so entries tied with a bound are all kept. Merged as mergekit's ``breadcrumbs_ties``, with TIES'
+steps 2-3 (Yadav et al. 2023, arXiv:2306.01708, Algorithm 1): elect sgn(sum_t w_t m_t tau_t) per entry, keep the
+agreeing entries: theta = theta_base + lambda * sum_{t in A} w_t m_t tau_t (divided by sum_{t in A} w_t when
+``normalize``).
+
+Parameters (mergekit names and defaults):
+- ``weight`` (per model, required): w_t.
+- ``density`` (per model, default 1.0, in (0, 1]): fraction of entries kept. 1.0 keeps everything (no outlier cut).
+- ``gamma`` (per model, default 0.01, in [0, 1)): fraction of largest-magnitude entries removed (outliers).
+- ``normalize`` (default false, as in mergekit): divide by the weight of the agreeing experts (disjoint mean).
+- ``rescale`` (default false): mergekit's L1 rescaling of the masked task vector to the original L1 norm.
+- ``lambda`` (default 1.0): scale of the merged task vector (the paper's alpha).
+- ``int8_mask`` (default false): accepted for mergekit compatibility; no effect.
+
+Streaming: ``context`` finds the two thresholds per expert exactly in two passes over the row blocks (one when the
+tensor is a single block), plus one pass for ``rescale``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from torch import Tensor
+
+from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods._spec import MethodSpec, param, per_model
+
+NAME = "breadcrumbs_ties"
+
+
+@dataclass(frozen=True)
+class Params:
+    weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
+    density: tuple[float, ...] = per_model(1.0, doc="fraction of entries kept, in (0, 1]")
+    gamma: tuple[float, ...] = per_model(0.01, doc="fraction of largest-magnitude entries removed, in [0, 1)")
+    normalize: bool = param(False, doc="divide by the weight of the agreeing experts (disjoint mean)")
+    rescale: bool = param(False, doc="L1-rescale the masked task vector to the norm of the original one")
+    lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
+    int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
+
+
+def context(blocks, params: Params, rng) -> list[tv.Band | None]:
+    values = tv.per_model_values(params, NAME)
+    tv.check_finite(NAME, "weight", values["weight"])
+    tv.check_finite(NAME, "lambda", [params.lambda_])
+    tv.check_density(NAME, values["density"])
+    tv.check_gamma(NAME, values["gamma"])
+    # mask: each expert's band of kept magnitudes over the whole tensor
+    return tv.outlier_bands(blocks, values["density"], values["gamma"], params.rescale)
+
+
+def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
+    values = tv.per_model_values(params, NAME)
+    tv.check_experts(NAME, experts, len(values["weight"]))
+    deltas = tv.stacked_task_vectors(tv.require_base(NAME, base), experts)
+    for t, band in enumerate(ctx):
+        tv.keep_band(deltas[t], band)  # mask both tails
+    # elect sign + disjoint merge
+    return tv.combine(base, deltas, values["weight"], consensus="sum", normalize=params.normalize, lam=params.lambda_)
+
+
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+    return tv.merge_in_blocks(context, merge_block, base, experts, params, rng, NAME)
+
+
+SPEC = MethodSpec(
+    name=NAME,
+    merge=merge,
+    params=Params,
+    paper="Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks, "
+    "arXiv:2312.06795",
+    base="required",
+    context=context,
+    merge_block=merge_block,
+    description="drop the largest (gamma) and smallest magnitudes, keep density, TIES sign election and merge",
+)

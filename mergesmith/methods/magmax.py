@@ -1,0 +1,66 @@
+"""MagMax: per entry, keep the task-vector value of largest magnitude across the experts.
+
+Marczak, Twardowski, Trzcinski, Cygert 2024, "MagMax: Leveraging Model Merging for Seamless Continual Learning",
+ECCV 2024, arXiv:2407.06322. Sec. 3 (maximum magnitude selection): tau_MagMax[i] = tau_{t*}[i] with
+t* = argmax_t |tau_t[i]|; theta = theta_base + lambda * tau_MagMax. (The paper obtains the experts by sequential
+fine-tuning; the merge itself is this selection.) Not in mergekit.
+
+Parameters:
+- ``lambda`` (default 1.0): scale of the selected task vector.
+
+Entries whose largest magnitude is shared by several experts take the first of them. Elementwise: streams in row
+blocks with no per-tensor context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import Tensor
+
+from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods._spec import MethodSpec, param
+
+NAME = "magmax"
+
+
+@dataclass(frozen=True)
+class Params:
+    lambda_: float = param(1.0, alias="lambda", doc="scale of the selected task vector")
+
+
+def context(blocks, params: Params, rng) -> None:
+    tv.check_finite(NAME, "lambda", [params.lambda_])
+    return None
+
+
+def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
+    base = tv.require_base(NAME, base)
+    if not experts:
+        return base.clone()
+    # maximum magnitude selection, one expert at a time: tau_m = tau_t where |tau_t| beats every earlier expert
+    selected = experts[0] - base
+    for expert in experts[1:]:
+        tau = expert - base
+        torch.where(tau.abs() > selected.abs(), tau, selected, out=selected)
+    if params.lambda_ != 1:
+        selected *= params.lambda_
+    return base + selected
+
+
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+    return tv.merge_in_blocks(context, merge_block, base, experts, params, rng, NAME)
+
+
+SPEC = MethodSpec(
+    name=NAME,
+    merge=merge,
+    params=Params,
+    paper="Marczak et al. 2024, MagMax: Leveraging Model Merging for Seamless Continual Learning, arXiv:2407.06322",
+    base="required",
+    context=context,
+    merge_block=merge_block,
+    description="per entry, the task-vector value of largest magnitude across experts",
+)
