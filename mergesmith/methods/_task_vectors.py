@@ -7,8 +7,10 @@ Notation: for expert t, the task vector is tau_t = theta_t - theta_base (Ilharco
 tensor is theta_base + lambda * tau_m, where tau_m combines the (sparsified, weighted) task vectors.
 
 Numerics follow mergekit 0.1.5 operation by operation where it has the method (weights applied to the sparsified
-deltas, experts summed with ``Tensor.sum(0)`` in order, division by the (masked) weight sum, then lambda, then
-``base +``), so task arithmetic and TIES reproduce its bytes.
+deltas, experts summed in order, division by the (masked) weight sum, then lambda, then ``base +``), so task
+arithmetic and TIES reproduce its bytes for up to 4 experts (``sum_in_order`` says why not beyond: a last-bit
+difference on some entries). Per-tensor sums and thresholds are exact or summed in a fixed row order, so no result
+depends on how a tensor is cut into row blocks.
 
 Streaming: a method sees one row block of the tensor at a time (``_blocks.row_blocks``); per-tensor scalars such as
 magnitude thresholds come from a ``context`` computed in passes over the blocks beforehand.
