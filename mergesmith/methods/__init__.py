@@ -7,14 +7,24 @@ A test checks that every module in this package is listed.
 from __future__ import annotations
 
 from mergesmith.methods import (
+    breadcrumbs,
+    breadcrumbs_ties,
+    dare_linear,
+    dare_ties,
+    della,
+    della_linear,
     karcher,
     linear,
+    magmax,
     model_stock,
     multislerp,
     nearswap,
     nuslerp,
     passthrough,
+    sce,
     slerp,
+    task_arithmetic,
+    ties,
 )
 from mergesmith.methods._spec import MethodSpec
 
@@ -29,6 +39,16 @@ METHODS: dict[str, MethodSpec] = {
         model_stock.SPEC,
         nearswap.SPEC,
         passthrough.SPEC,
+        task_arithmetic.SPEC,
+        ties.SPEC,
+        dare_linear.SPEC,
+        dare_ties.SPEC,
+        breadcrumbs.SPEC,
+        breadcrumbs_ties.SPEC,
+        della.SPEC,
+        della_linear.SPEC,
+        sce.SPEC,
+        magmax.SPEC,
     )
 }
 
