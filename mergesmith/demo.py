@@ -81,6 +81,9 @@ def run_demo(out_dir: Path, *, force: bool = False, echo: Callable[[str], None] 
 
 def _quality(family, merged_dir: Path) -> dict:
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     def load(path):
         return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()

@@ -64,6 +64,9 @@ def build_tiny_family(
     noise: float = 0.01,
 ) -> TinyFamily:
     """Save a base model and ``n_experts`` perturbed copies under ``root`` (base/, expert_0/, ...)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
     root = Path(root)
     base = tiny_model(arch, layers, seed).to(dtype)
     base_dir = root / "base"
