@@ -122,7 +122,8 @@ def _input_files(plan: MergePlan) -> list[Path]:
 
 def _write_side_files(plan: MergePlan, out: Path, shards: dict[str, str], input_hashes: dict[str, str]) -> None:
     cfg = plan.config
-    ref = plan.checkpoints[plan.reference]
+    config_model = cfg.config_source if cfg.config_source not in (None, "base") else plan.model_names[plan.reference]
+    ref = plan.checkpoints[plan.model_index(config_model)]
     out_dtypes = {dtype_name(j.out_dtype) for j in plan.jobs if j.copy_from is None}
     out_dtype = out_dtypes.pop() if len(out_dtypes) == 1 else None
     write_config(ref.config_path and Path(ref.config_path), out, out_dtype, plan.out_layer_count)

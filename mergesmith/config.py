@@ -82,6 +82,7 @@ class MergeConfig(_Strict):
     out_dtype: str | None = None
     tokenizer_source: str | None = None
     # mergesmith's own keys
+    config_source: str | None = None  # whose config.json the output starts from: "base" (default) or a model
     seed: int = 0
     name: str | None = None
 
@@ -200,6 +201,10 @@ def check_config(config: MergeConfig, label: str = "config") -> None:
                 raise ConfigError(f"{label}: slices[{s}]: every source of a slice must span the same number of layers, got {sorted(lengths)}")
             for j, src in enumerate(out_slice.sources):
                 _check_parameter_block(src.parameters, f"slices[{s}].sources[{j}].parameters", infos, method, allow_global=False, label=label)
+    if config.config_source not in (None, "base") and config.config_source not in referenced_models(config):
+        raise ConfigError(
+            f"{label}: config_source {config.config_source!r} is not one of the models; use 'base' or a listed model"
+        )
     if config.tokenizer_source not in (None, "base") and config.tokenizer_source not in referenced_models(config):
         raise ConfigError(
             f"{label}: tokenizer_source {config.tokenizer_source!r} is not one of the models; use 'base' or a listed model"

@@ -163,3 +163,59 @@ def test_bad_shard_size(llama_family, tmp_path):
     path = write_yaml(tmp_path / "c.yaml", _ties(llama_family))
     result = run_cli("merge", path, tmp_path / "out", "--max-shard-size", "lots")
     assert result.exit_code == 2 and "lots" in result.output and not (tmp_path / "out").exists()
+
+
+def test_header_whose_offsets_lie(llama_family, tmp_path):
+    import json
+    import struct
+
+    liar = tmp_path / "liar"
+    shutil.copytree(llama_family.experts[0], liar)
+    shard = sorted(liar.glob("*.safetensors"))[0]
+    raw = shard.read_bytes()
+    (length,) = struct.unpack("<Q", raw[:8])
+    header = json.loads(raw[8 : 8 + length])
+    name = next(k for k in header if k != "__metadata__")
+    begin, end = header[name]["data_offsets"]
+    header[name]["data_offsets"] = [begin, end + 10_000_000]
+    text = json.dumps(header).encode()
+    text += b" " * ((8 - len(text) % 8) % 8)
+    shard.write_bytes(struct.pack("<Q", len(text)) + text + raw[8 + length :])
+    cfg = _ties(llama_family)
+    cfg["models"][0]["model"] = str(liar)
+    _expect_refusal(tmp_path, cfg, shard.name)
+
+
+class _Payload:
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (exec, (f"open({self.marker!r}, 'w').close()",))
+
+
+def test_bin_that_needs_arbitrary_pickle(llama_family, tmp_path):
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    marker = tmp_path / "pwned"
+    torch.save({"model.embed_tokens.weight": torch.zeros(2), "x": _Payload(marker)}, evil / "pytorch_model.bin")
+    cfg = _ties(llama_family)
+    cfg["models"][0]["model"] = str(evil)
+    _expect_refusal(tmp_path, cfg, "pytorch_model.bin", "safetensors")
+    assert not marker.exists()
+
+
+def test_bin_checkpoints_merge_like_safetensors(llama_family, tmp_path):
+    from tests.helpers import load_tensors
+
+    as_bin = tmp_path / "as_bin"
+    as_bin.mkdir()
+    shutil.copy(llama_family.experts[0] / "config.json", as_bin / "config.json")
+    torch.save(load_tensors(llama_family.experts[0]), as_bin / "pytorch_model.bin")
+    cfgs = {}
+    for label, first in {"st": llama_family.experts[0], "bin": as_bin}.items():
+        cfg = _ties(llama_family)
+        cfg["models"][0]["model"] = str(first)
+        assert run_cli("merge", write_yaml(tmp_path / f"{label}.yaml", cfg), tmp_path / label, "--quiet").exit_code == 0
+        cfgs[label] = load_tensors(tmp_path / label)
+    assert all(torch.equal(cfgs["st"][k], cfgs["bin"][k]) for k in cfgs["st"])

@@ -36,7 +36,7 @@ IDENTITY_PARAMS: dict[str, dict] = {
     "breadcrumbs_ties": {"weight": 1.0, "density": 1.0, "gamma": 0.0, "normalize": True},
     "della": {"weight": 1.0, "density": 1.0, "epsilon": 0.0},
     "della_linear": {"weight": 1.0 / N, "density": 1.0, "epsilon": 0.0},
-    "sce": {"weight": 1.0, "select_topk": 1.0},
+    "sce": {"select_topk": 1.0},
     "magmax": {},
     "slerp": {"t": 1.0},  # slerp moves from the base to its one model: t=1 is that model
     "nuslerp": {"weight": 1.0},
@@ -58,7 +58,7 @@ TYPICAL_PARAMS: dict[str, dict] = {
     "breadcrumbs_ties": {"weight": 0.5, "density": 0.8, "gamma": 0.02},
     "della": {"weight": 1.0, "density": 0.5, "epsilon": 0.1},
     "della_linear": {"weight": 0.5, "density": 0.5, "epsilon": 0.1},
-    "sce": {"weight": 1.0, "select_topk": 0.5},
+    "sce": {"select_topk": 0.5},
     "nuslerp": {"weight": 0.5},
     "multislerp": {"weight": 1.0},
 }
