@@ -1,7 +1,9 @@
 """What a merge method declares about itself: its parameters, its input contract and its paper.
 
 Every method module exposes a frozen ``Params`` dataclass, a pure function
-``merge(base, experts, params, rng) -> Tensor`` and a ``SPEC = MethodSpec(...)``.
+``merge(base, experts, params, rng) -> Tensor`` and a ``SPEC = MethodSpec(...)``. A module that holds two variants
+of one method (``dare``: dare_linear and dare_ties; ``breadcrumbs``; ``della``) exposes a Params dataclass per variant
+and ``SPECS = (...)`` instead; each spec carries its ``merge`` and ``params``.
 The catalogue in ``methods/__init__.py`` is a plain dict of those specs.
 
 Parameters come in two scopes, as in mergekit's YAML:

@@ -1,7 +1,8 @@
 """Shared steps of the task-arithmetic family: task vectors, sparsification, sign election, disjoint merge.
 
-Small pure functions used by task_arithmetic, ties, dare_*, breadcrumbs*, della*, magmax and sce. Each public
-method module is a thin composition of these; the comments follow the papers' steps.
+Small pure functions used by task_arithmetic, ties, dare (dare_linear, dare_ties), breadcrumbs (breadcrumbs,
+breadcrumbs_ties), della (della, della_linear), magmax and sce. Each public method module is a thin composition of
+these; the comments follow the papers' steps.
 
 Notation: for expert t, the task vector is tau_t = theta_t - theta_base (Ilharco et al. 2023, Sec. 2). The merged
 tensor is theta_base + lambda * tau_m, where tau_m combines the (sparsified, weighted) task vectors.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 
 import torch
@@ -27,7 +29,7 @@ from torch import Tensor
 
 from mergesmith.methods import _blocks
 from mergesmith.methods._kth import kth_largest
-from mergesmith.methods._spec import MISSING, param_infos
+from mergesmith.methods._spec import MISSING, MethodSpec, param_infos
 
 Blocks = Callable[[], Iterator[tuple[Tensor, list[Tensor]]]]
 Consensus = Literal["sum", "count"]
@@ -71,6 +73,46 @@ def merge_in_blocks(
     return out
 
 
+def variant_spec(
+    name: str,
+    consensus: Consensus | None,
+    context: Callable[..., Any],
+    merge_block: Callable[..., Tensor],
+    *,
+    params: type,
+    paper: str,
+    description: str,
+    randomized: bool = False,
+    order_invariant: bool = True,
+) -> MethodSpec:
+    """The spec of one variant of a method that comes in two, one module each: dare (dare_linear, dare_ties),
+    breadcrumbs (breadcrumbs, breadcrumbs_ties), della (della, della_linear).
+
+    The module writes ``context(method, blocks, params, rng)`` and ``merge_block(method, consensus, base, experts,
+    params, ctx, rng, block)`` once; here they are bound to the variant's ``name`` (its errors say it) and ``consensus``
+    (passed to ``combine``: None for a weighted sum, "sum" for TIES' sign election and disjoint merge). Its ``merge``
+    runs them over the whole tensor (``merge_in_blocks``), the bytes the engine gives when it streams.
+    """
+    context = partial(context, name)
+    merge_block = partial(merge_block, name, consensus)
+
+    def merge(base: Tensor | None, experts: Sequence[Tensor], params: Any, rng: Any = None) -> Tensor:
+        return merge_in_blocks(context, merge_block, base, experts, params, rng, name)
+
+    return MethodSpec(
+        name=name,
+        merge=merge,
+        params=params,
+        paper=paper,
+        base="required",
+        randomized=randomized,
+        order_invariant=order_invariant,
+        context=context,
+        merge_block=merge_block,
+        description=description,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Parameter checks (errors name the parameter and the allowed range)
 
@@ -107,6 +149,23 @@ def per_model_values(params: Any, method: str) -> dict[str, tuple]:
         if len(given) != n:
             raise ValueError(f"{method}: parameter {info.name!r} has {len(given)} values but 'weight' has {n}")
         values[info.name] = given
+    return values
+
+
+def checked_values(method: str, params: Any) -> dict[str, tuple]:
+    """``per_model_values`` for a method's ``context``, with the checks every method of the family shares: finite
+    ``weight`` values and a finite ``lambda``. Checks of the method's own parameters (``density``, ``gamma``, ...)
+    follow in the method."""
+    values = per_model_values(params, method)
+    check_finite(method, "weight", values["weight"])
+    check_finite(method, "lambda", [params.lambda_])
+    return values
+
+
+def block_values(method: str, params: Any, experts: Sequence[Tensor]) -> dict[str, tuple]:
+    """``per_model_values`` for a method's ``merge_block``: one ``weight`` value per expert of the block."""
+    values = per_model_values(params, method)
+    check_experts(method, experts, len(values["weight"]))
     return values
 
 

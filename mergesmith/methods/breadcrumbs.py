@@ -1,4 +1,5 @@
-"""Model Breadcrumbs: mask out both tails of each task vector's magnitudes, then task arithmetic.
+"""Model Breadcrumbs: mask out both tails of each task vector's magnitudes, then task arithmetic (``breadcrumbs``) or
+TIES' sign election and disjoint merge (``breadcrumbs_ties``).
 
 Davari, Belilovsky 2024, "Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks", ECCV 2024,
 arXiv:2312.06795. Per layer, sort |tau_t|, mask a top percentile (large outliers) and a bottom percentile (small
@@ -7,14 +8,18 @@ perturbations), keep the rest ("breadcrumbs"): tau^_t = m_t * tau_t; theta = the
 As in mergekit's ``breadcrumbs`` (per tensor): with n = numel, keep = int(density * n), top = int(gamma * n) and
 bottom = max(0, n - keep - top), an expert keeps the entries ranked [bottom, bottom + keep) in ascending |tau_t|
 (when keep + top > n the outlier cut shrinks so that ``keep`` entries remain). Here the band is bounded by two exact
-order statistics, so entries tied with a bound are all kept. Merged as
-theta = theta_base + lambda * sum_t w_t m_t tau_t (optionally divided by sum_t w_t).
+order statistics, so entries tied with a bound are all kept. The two methods mask alike and differ only in the merge:
+- ``breadcrumbs``: theta = theta_base + lambda * sum_t w_t m_t tau_t (optionally divided by sum_t w_t);
+- ``breadcrumbs_ties``, as mergekit's ``breadcrumbs_ties``, with TIES' steps 2-3 (Yadav et al. 2023,
+  arXiv:2306.01708, Algorithm 1): elect sgn(sum_t w_t m_t tau_t) per entry, keep the agreeing entries:
+  theta = theta_base + lambda * sum_{t in A} w_t m_t tau_t (divided by sum_{t in A} w_t when ``normalize``).
 
-Parameters (mergekit names and defaults):
+Parameters (mergekit names and defaults, the same for both):
 - ``weight`` (per model, required): w_t.
 - ``density`` (per model, default 1.0, in (0, 1]): fraction of entries kept. 1.0 keeps everything (no outlier cut).
 - ``gamma`` (per model, default 0.01, in [0, 1)): fraction of largest-magnitude entries removed (outliers).
-- ``normalize`` (default false): divide by sum_t w_t.
+- ``normalize`` (default false, as in mergekit): ``breadcrumbs`` divides by sum_t w_t, ``breadcrumbs_ties`` by the
+  weight of the agreeing experts (disjoint mean).
 - ``rescale`` (default false): mergekit's L1 rescaling of the masked task vector to the original L1 norm.
 - ``lambda`` (default 1.0): scale of the merged task vector (the paper's alpha).
 - ``int8_mask`` (default false): accepted for mergekit compatibility; no effect.
@@ -31,13 +36,16 @@ from typing import Sequence
 from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
-from mergesmith.methods._spec import MethodSpec, param, per_model
+from mergesmith.methods._spec import param, per_model
 
-NAME = "breadcrumbs"
+PAPER = ("Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks, "
+         "arXiv:2312.06795")
 
 
 @dataclass(frozen=True)
-class Params:
+class LinearParams:
+    """breadcrumbs: ``normalize`` divides by the sum of the weights."""
+
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
     density: tuple[float, ...] = per_model(1.0, doc="fraction of entries kept, in (0, 1]")
     gamma: tuple[float, ...] = per_model(0.01, doc="fraction of largest-magnitude entries removed, in [0, 1)")
@@ -47,37 +55,44 @@ class Params:
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
 
 
-def context(blocks, params: Params, rng) -> list[tv.Band | None]:
-    values = tv.per_model_values(params, NAME)
-    tv.check_finite(NAME, "weight", values["weight"])
-    tv.check_finite(NAME, "lambda", [params.lambda_])
-    tv.check_density(NAME, values["density"])
-    tv.check_gamma(NAME, values["gamma"])
+@dataclass(frozen=True)
+class TiesParams:
+    """breadcrumbs_ties: ``normalize`` divides by the weight of the agreeing experts."""
+
+    weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
+    density: tuple[float, ...] = per_model(1.0, doc="fraction of entries kept, in (0, 1]")
+    gamma: tuple[float, ...] = per_model(0.01, doc="fraction of largest-magnitude entries removed, in [0, 1)")
+    normalize: bool = param(False, doc="divide by the weight of the agreeing experts (disjoint mean)")
+    rescale: bool = param(False, doc="L1-rescale the masked task vector to the norm of the original one")
+    lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
+    int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
+
+
+def _context(method: str, blocks, params: LinearParams | TiesParams, rng) -> list[tv.Band | None]:
+    values = tv.checked_values(method, params)
+    tv.check_density(method, values["density"])
+    tv.check_gamma(method, values["gamma"])
     # mask: each expert's band of kept magnitudes over the whole tensor
     return tv.outlier_bands(blocks, values["density"], values["gamma"], params.rescale)
 
 
-def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    values = tv.per_model_values(params, NAME)
-    tv.check_experts(NAME, experts, len(values["weight"]))
-    deltas = tv.stacked_task_vectors(tv.require_base(NAME, base), experts)
+def _merge_block(method: str, consensus: tv.Consensus | None, base: Tensor, experts: Sequence[Tensor],
+                 params: LinearParams | TiesParams, ctx: list[tv.Band | None], rng, block: int) -> Tensor:
+    values = tv.block_values(method, params, experts)
+    deltas = tv.stacked_task_vectors(tv.require_base(method, base), experts)
     for t, band in enumerate(ctx):
         tv.keep_band(deltas[t], band)  # mask both tails
-    return tv.combine(base, deltas, values["weight"], consensus=None, normalize=params.normalize, lam=params.lambda_)
+    # weighted sum (consensus None), or elect sign + disjoint merge (consensus "sum")
+    return tv.combine(base, deltas, values["weight"], consensus=consensus, normalize=params.normalize,
+                      lam=params.lambda_)
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return tv.merge_in_blocks(context, merge_block, base, experts, params, rng, NAME)
-
-
-SPEC = MethodSpec(
-    name=NAME,
-    merge=merge,
-    params=Params,
-    paper="Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks, "
-    "arXiv:2312.06795",
-    base="required",
-    context=context,
-    merge_block=merge_block,
+LINEAR_SPEC = tv.variant_spec(
+    "breadcrumbs", None, _context, _merge_block, params=LinearParams, paper=PAPER,
     description="drop the largest (gamma) and smallest magnitudes, keep density, weighted sum of task vectors",
 )
+TIES_SPEC = tv.variant_spec(
+    "breadcrumbs_ties", "sum", _context, _merge_block, params=TiesParams, paper=PAPER,
+    description="drop the largest (gamma) and smallest magnitudes, keep density, TIES sign election and merge",
+)
+SPECS = (LINEAR_SPEC, TIES_SPEC)

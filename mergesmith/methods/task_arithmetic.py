@@ -37,15 +37,12 @@ class Params:
 
 
 def context(blocks, params: Params, rng) -> None:
-    values = tv.per_model_values(params, NAME)
-    tv.check_finite(NAME, "weight", values["weight"])
-    tv.check_finite(NAME, "lambda", [params.lambda_])
+    values = tv.checked_values(NAME, params)
     return None
 
 
 def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    values = tv.per_model_values(params, NAME)
-    tv.check_experts(NAME, experts, len(values["weight"]))
+    values = tv.block_values(NAME, params, experts)
     deltas = tv.stacked_task_vectors(tv.require_base(NAME, base), experts)
     return tv.combine(base, deltas, values["weight"], consensus=None, normalize=params.normalize, lam=params.lambda_)
 

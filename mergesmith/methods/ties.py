@@ -46,17 +46,14 @@ class Params:
 
 
 def context(blocks, params: Params, rng) -> list[tv.Band | None]:
-    values = tv.per_model_values(params, NAME)
-    tv.check_finite(NAME, "weight", values["weight"])
-    tv.check_finite(NAME, "lambda", [params.lambda_])
+    values = tv.checked_values(NAME, params)
     tv.check_density(NAME, values["density"])
     # trim: each expert's magnitude threshold over the whole tensor
     return tv.magnitude_bands(blocks, values["density"], params.rescale)
 
 
 def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    values = tv.per_model_values(params, NAME)
-    tv.check_experts(NAME, experts, len(values["weight"]))
+    values = tv.block_values(NAME, params, experts)
     deltas = tv.stacked_task_vectors(tv.require_base(NAME, base), experts)
     for t, band in enumerate(ctx):
         tv.keep_band(deltas[t], band)  # trim

@@ -87,12 +87,22 @@ def _merge(spec, base, experts, values, seed=0, name="t"):
     return spec.merge(base if spec.base != "unused" else None, experts, params, TensorRng(seed, name))
 
 
+def _module_specs(name):
+    """The specs a public module of mergesmith.methods exposes: its SPEC, or its SPECS (two variants of a method)."""
+    module = importlib.import_module(f"mergesmith.methods.{name}")
+    specs = tuple(getattr(module, "SPECS", ())) + ((module.SPEC,) if hasattr(module, "SPEC") else ())
+    assert specs, f"mergesmith.methods.{name} exposes neither SPEC nor SPECS"
+    return specs
+
+
 def test_every_module_is_in_the_catalogue():
-    modules = {m.name for m in pkgutil.iter_modules(methods_pkg.__path__) if not m.name.startswith("_")}
-    listed = {METHODS[name].merge.__module__.rsplit(".", 1)[-1] for name in METHODS}
-    assert modules <= listed, f"modules not listed in METHODS: {sorted(modules - listed)}"
-    for name in modules:
-        assert hasattr(importlib.import_module(f"mergesmith.methods.{name}"), "SPEC")
+    modules = sorted(m.name for m in pkgutil.iter_modules(methods_pkg.__path__) if not m.name.startswith("_"))
+    exposed = [(name, spec) for name in modules for spec in _module_specs(name)]
+    missing = [f"{name}: {spec.name}" for name, spec in exposed if METHODS.get(spec.name) is not spec]
+    assert not missing, f"specs not listed in METHODS: {missing}"
+    # and METHODS lists nothing else: each entry is one public module's spec, under its own name
+    assert sorted(spec.name for _, spec in exposed) == sorted(METHODS)
+    assert all(name == spec.name for name, spec in METHODS.items())
 
 
 def test_catalogue_has_the_issue_methods():

@@ -1,4 +1,5 @@
-"""task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, magmax, sce.
+"""task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, magmax, sce
+(modules task_arithmetic, ties, dare, breadcrumbs, della, magmax, sce).
 
 - golden parity with mergekit 0.1.5's kernels at tensor level: task arithmetic and TIES bit for bit, Model Breadcrumbs
   and SCE within 1e-6 relative, also when our side streams the tensor in many row blocks;
@@ -16,29 +17,16 @@ import pytest
 import torch
 
 from mergesmith.engine.rng import TensorRng
-from mergesmith.methods import (
-    _blocks,
-    breadcrumbs,
-    breadcrumbs_ties,
-    dare_linear,
-    dare_ties,
-    della,
-    della_linear,
-    magmax,
-    sce,
-    task_arithmetic,
-    ties,
-)
+from mergesmith.methods import METHODS, _blocks, breadcrumbs, dare, della, magmax, sce, task_arithmetic, ties
 from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._spec import param_infos
 
-MODULES = {
-    m.NAME: m
-    for m in (task_arithmetic, ties, dare_linear, dare_ties, breadcrumbs, breadcrumbs_ties, della, della_linear, magmax,
-              sce)
+SPECS = {
+    spec.name: spec
+    for spec in (task_arithmetic.SPEC, ties.SPEC, *dare.SPECS, *breadcrumbs.SPECS, *della.SPECS, magmax.SPEC, sce.SPEC)
 }
 RANDOM = {"dare_linear", "dare_ties", "della", "della_linear"}
-MERGEKIT_NAMES = sorted(set(MODULES) - {"magmax"})
+MERGEKIT_NAMES = sorted(set(SPECS) - {"magmax"})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -54,21 +42,20 @@ def make(shape, n, seed=0, scale=0.1, dtype=torch.float32):
 
 def params_for(name, n, **values):
     """Our Params with per-model values given as lists (or one value for all models)."""
-    module = MODULES[name]
+    spec = SPECS[name]
     kwargs = {}
-    for yaml_name, info in param_infos(module.Params).items():
+    for yaml_name, info in param_infos(spec.params).items():
         if yaml_name not in values:
             continue
         value = values[yaml_name]
         if info.per_model:
             value = tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
         kwargs[info.field_name] = value
-    return module.Params(**kwargs)
+    return spec.params(**kwargs)
 
 
 def ours(name, base, experts, seed=0, tensor="t", **values):
-    module = MODULES[name]
-    return module.merge(base, experts, params_for(name, len(experts), **values), TensorRng(seed, tensor))
+    return SPECS[name].merge(base, experts, params_for(name, len(experts), **values), TensorRng(seed, tensor))
 
 
 def mergekit(name, base, experts, **values):
@@ -83,7 +70,7 @@ def mergekit(name, base, experts, **values):
 
 def streamed(name, base, experts, seed=0, tensor="t", **values):
     """What the engine does: context over a fresh-iterator blocks callable (copies, as if read), then merge_block."""
-    module = MODULES[name]
+    spec = SPECS[name]
     params = params_for(name, len(experts), **values)
     rng = TensorRng(seed, tensor)
     slices = _blocks.row_blocks(tuple(base.shape))
@@ -94,9 +81,9 @@ def streamed(name, base, experts, seed=0, tensor="t", **values):
         for s in slices:
             yield base[s].clone(), [e[s].clone() for e in experts]
 
-    ctx = module.SPEC.context(blocks, params, rng)
+    ctx = spec.context(blocks, params, rng)
     parts = [
-        module.SPEC.merge_block(base[s].clone(), [e[s].clone() for e in experts], params, ctx, rng, i)
+        spec.merge_block(base[s].clone(), [e[s].clone() for e in experts], params, ctx, rng, i)
         for i, s in enumerate(slices)
     ]
     return torch.cat(parts), len(slices), len(passes)
@@ -250,7 +237,7 @@ def test_parameter_names_and_defaults_match_mergekit(name):
     from mergekit.merge_methods.base import MISSING as MK_MISSING
 
     theirs = {p.name: p for p in registry.get(name).spec.parameters}
-    mine = param_infos(MODULES[name].Params)
+    mine = param_infos(SPECS[name].params)
     unused_by_mergekit = {"task_arithmetic": {"density", "rescale"}}.get(name, set())  # accepted there, no effect
     assert set(mine) == set(theirs) - unused_by_mergekit
     for yaml_name, info in mine.items():
@@ -259,8 +246,8 @@ def test_parameter_names_and_defaults_match_mergekit(name):
         assert info.required == (spec.default is MK_MISSING), yaml_name
         if not info.required:
             assert info.default == spec.default, yaml_name
-    assert MODULES[name].SPEC.name == name
-    assert MODULES[name].SPEC.randomized == (name in RANDOM)
+    assert METHODS[name] is SPECS[name]  # the catalogue lists this very spec
+    assert SPECS[name].randomized == (name in RANDOM)
 
 
 def test_magmax_parameters():
@@ -325,7 +312,7 @@ def test_rng_is_required():
     base, experts = make((4, 4), 2)
     for name in RANDOM:
         with pytest.raises(ValueError, match="rng"):
-            MODULES[name].merge(base, experts, params_for(name, 2, weight=1.0, density=0.5), None)
+            SPECS[name].merge(base, experts, params_for(name, 2, weight=1.0, density=0.5), None)
 
 
 @pytest.mark.parametrize("name", ["della", "della_linear"])
@@ -396,7 +383,7 @@ TYPICAL = {
 }
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("shape", [(), (9,), (12, 10), (4, 3, 5)])
 def test_identical_experts_give_the_expert(name, shape):
     base, (expert,) = make(shape, 1, seed=9)
@@ -404,7 +391,7 @@ def test_identical_experts_give_the_expert(name, shape):
     torch.testing.assert_close(out, expert, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("shape", [(), (9,), (12, 10), (4, 3, 5)])
 def test_zero_task_vectors_give_the_base(name, shape):
     base, _ = make(shape, 1, seed=10)
@@ -412,7 +399,7 @@ def test_zero_task_vectors_give_the_base(name, shape):
     assert torch.equal(out, base)
 
 
-@pytest.mark.parametrize("name", sorted(MODULES))
+@pytest.mark.parametrize("name", sorted(SPECS))
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_finite_and_dtype(name, dtype):
     base, experts = make((16, 11), 3, seed=12, dtype=dtype)
@@ -423,7 +410,7 @@ def test_finite_and_dtype(name, dtype):
     assert not torch.equal(out, base)
 
 
-@pytest.mark.parametrize("name", sorted(set(MODULES) - RANDOM))
+@pytest.mark.parametrize("name", sorted(set(SPECS) - RANDOM))
 def test_order_of_experts_does_not_matter(name):
     base, experts = make((20, 15), 3, seed=13)
     values = dict(TYPICAL[name])
@@ -458,7 +445,8 @@ def test_ties_trims_elects_and_averages_disjointly():
 def test_breadcrumbs_keeps_the_middle_band():
     base = torch.zeros(10)
     expert = torch.arange(1.0, 11.0)  # magnitudes 1..10
-    out = breadcrumbs.merge(base, [expert], breadcrumbs.Params(weight=(1.0,), density=(0.5,), gamma=(0.2,)))
+    params = breadcrumbs.LinearParams(weight=(1.0,), density=(0.5,), gamma=(0.2,))
+    out = breadcrumbs.LINEAR_SPEC.merge(base, [expert], params)
     # keep 5, drop the top 2 (9, 10) and the bottom 3 (1, 2, 3)
     assert torch.equal(out, torch.tensor([0.0, 0, 0, 4, 5, 6, 7, 8, 0, 0]))
 
