@@ -1,0 +1,1 @@
+"""``mergesmith bench``: the offline benchmark (task data, expert zoo, merges, report)."""

@@ -1,0 +1,190 @@
+"""Task data for the bench: labeled text examples in fixed train / validation / test splits, and their JSON cache.
+
+A split depends only on the examples and the seed: the input is sorted before the seeded shuffle, so the order in
+which a builder happened to read files never changes which example lands in which split.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from mergesmith.errors import MergesmithError
+
+# Bump when the JSON layout or the split procedure changes: it is part of every cache key.
+DATA_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Example:
+    text: str
+    label: int
+
+
+@dataclass(frozen=True)
+class SplitSizes:
+    """Caps on each split; a split holds fewer examples when the task has fewer to give."""
+
+    train: int
+    validation: int
+    test: int
+
+    def __post_init__(self) -> None:
+        for field, value in (("train", self.train), ("validation", self.validation), ("test", self.test)):
+            if not isinstance(value, int) or value < 1:
+                raise MergesmithError(f"split size {field}={value!r} must be a positive integer")
+
+
+SPLITS = ("train", "validation", "test")
+
+
+@dataclass(frozen=True)
+class TaskData:
+    name: str
+    label_names: tuple[str, ...]
+    train: tuple[Example, ...]
+    validation: tuple[Example, ...]
+    test: tuple[Example, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.label_names) < 2:
+            raise MergesmithError(f"task {self.name}: needs at least 2 labels, got {list(self.label_names)}")
+        if len(set(self.label_names)) != len(self.label_names):
+            raise MergesmithError(f"task {self.name}: label names repeat: {list(self.label_names)}")
+        for split in SPLITS:
+            examples = getattr(self, split)
+            if not examples:
+                raise MergesmithError(f"task {self.name}: the {split} split is empty; give the task more examples")
+            for example in examples:
+                # bool is an int subclass; a True label is almost certainly a parsing slip, so refuse it too.
+                if type(example.label) is not int or not 0 <= example.label < len(self.label_names):
+                    raise MergesmithError(
+                        f"task {self.name}: {split} example labelled {example.label!r}, outside its "
+                        f"{len(self.label_names)} labels {list(self.label_names)}; fix the label or the label list"
+                    )
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    def splits(self) -> dict[str, tuple[Example, ...]]:
+        return {split: getattr(self, split) for split in SPLITS}
+
+    def to_json(self) -> dict:
+        return {
+            "name": self.name,
+            "label_names": list(self.label_names),
+            **{split: [[e.text, e.label] for e in examples] for split, examples in self.splits().items()},
+        }
+
+    @classmethod
+    def from_json(cls, payload: dict) -> "TaskData":
+        return cls(
+            name=payload["name"],
+            label_names=tuple(payload["label_names"]),
+            **{split: tuple(Example(text, label) for text, label in payload[split]) for split in SPLITS},
+        )
+
+    def fingerprint(self) -> str:
+        """sha256 of the name, labels and every split's content in order; equal fingerprints, equal data."""
+        canonical = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
+        return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+    def label_counts(self, split: str) -> list[int]:
+        counts = [0] * self.num_labels
+        for example in getattr(self, split):
+            counts[example.label] += 1
+        return counts
+
+
+def unique_examples(examples: Iterable[Example]) -> list[Example]:
+    """One copy of each text; a text that appears with two different labels is dropped altogether.
+
+    Duplicates would otherwise land in two splits (a test example seen in training), and a text with two labels
+    has no right answer.
+    """
+    labels: dict[str, set[int]] = {}
+    for example in examples:
+        labels.setdefault(example.text, set()).add(example.label)
+    return [Example(text, next(iter(found))) for text, found in labels.items() if len(found) == 1]
+
+
+def split(
+    examples: Sequence[Example],
+    sizes: SplitSizes,
+    seed: int,
+    *,
+    test: Sequence[Example] | None = None,
+) -> tuple[tuple[Example, ...], tuple[Example, ...], tuple[Example, ...]]:
+    """Seeded (train, validation, test), each capped by ``sizes``.
+
+    Without ``test``, all three come from ``examples``: test first, then validation, then train, so raising the
+    train cap never moves an example out of validation or test. With ``test`` (a task's official test split),
+    ``examples`` supplies train and validation only, and the official test examples are subsampled to the cap.
+    """
+    rng = random.Random(seed)
+    pool = _shuffled(examples, rng)
+    if test is None:
+        test_part = pool[: sizes.test]
+        pool = pool[sizes.test :]
+    else:
+        test_part = _shuffled(test, rng)[: sizes.test]
+    validation = pool[: sizes.validation]
+    train = pool[sizes.validation : sizes.validation + sizes.train]
+    return tuple(train), tuple(validation), tuple(test_part)
+
+
+def _shuffled(examples: Sequence[Example], rng: random.Random) -> list[Example]:
+    ordered = sorted(examples, key=lambda e: (e.text, e.label))
+    rng.shuffle(ordered)
+    return ordered
+
+
+# --- JSON cache of built tasks -----------------------------------------------------------------------------------
+
+
+def cache_key(task: str, sizes: SplitSizes, seed: int, builder_version: int) -> str:
+    recipe = {
+        "task": task,
+        "sizes": [sizes.train, sizes.validation, sizes.test],
+        "seed": seed,
+        "builder_version": builder_version,
+        "format": DATA_FORMAT_VERSION,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_task_path(cache_dir: Path, task: str, key: str) -> Path:
+    return Path(cache_dir) / "tasks" / f"{task}-{key}.json"
+
+
+def load_cached_task(path: Path) -> TaskData | None:
+    """The task stored at ``path``, or None if it is missing, unreadable, or its content does not match its
+    fingerprint (a truncated or hand-edited file is rebuilt, never trusted)."""
+    try:
+        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        task = TaskData.from_json(payload["task"])
+    except (OSError, ValueError, KeyError, TypeError, MergesmithError):
+        return None
+    return task if task.fingerprint() == payload.get("fingerprint") else None
+
+
+def save_cached_task(path: Path, task: TaskData) -> None:
+    """Write atomically (temp file + rename) so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = {"fingerprint": task.fingerprint(), "task": task.to_json()}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(payload, handle, ensure_ascii=False)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
