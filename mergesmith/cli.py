@@ -39,6 +39,7 @@ def main() -> None:
     \b
     mergesmith merge config.yaml OUT_DIR   stream a merge of checkpoints (mergekit YAML accepted)
     mergesmith plan config.yaml            validate and print the per-tensor plan (reads headers only)
+    mergesmith bench [--profile mini]      offline benchmark: experts vs merges on six real text tasks
     mergesmith methods                     list the merge methods and their parameters
     mergesmith demo                        build tiny local checkpoints and merge them with several methods
     """
@@ -145,6 +146,35 @@ def methods() -> None:
     from mergesmith.report_plan import format_methods
 
     click.echo(format_methods())
+
+
+@main.command()
+@click.option("--profile", default="default", show_default=True, help="default (6 tasks) or mini (3 small tasks, a few minutes).")
+@click.option("--methods", default=None, help="Comma-separated merge methods (default: a representative set).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/bench-PROFILE-TIME).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where data and the expert zoo are cached (default: $MERGESMITH_CACHE or ~/.cache/mergesmith).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--keep-models", is_flag=True, help="Keep the merged models in the run directory.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_user_errors
+def bench(profile: str, methods, out_dir, cache_dir, seed: int, keep_models: bool, quiet: bool) -> None:
+    """Offline benchmark: experts vs merges on real tasks, with a table, results.json/csv and report.html."""
+    import time as _time
+
+    from mergesmith.bench.run import run_bench
+
+    if out_dir is None:
+        out_dir = Path("runs") / f"bench-{profile}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    run_bench(
+        profile=profile,
+        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+        run_dir=out_dir,
+        cache_dir=cache_dir,
+        seed=seed,
+        keep_models=keep_models,
+        progress=not quiet,
+        echo=click.echo,
+    )
 
 
 @main.command()

@@ -1,0 +1,132 @@
+"""The benchmark's model: a pretrained sentence encoder with one linear head per task on mean-pooled tokens.
+
+Only the encoder is merged; heads stay task-specific (the protocol of the task-arithmetic and TIES papers). Texts
+are tokenized once per split; inference batches are sorted by length so padding costs little.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+MAX_LENGTH = 64
+
+
+@dataclass(frozen=True)
+class EncodedSplit:
+    """Token ids of one split (unpadded, truncated to MAX_LENGTH) and its labels."""
+
+    ids: tuple[tuple[int, ...], ...]
+    labels: Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def encode_split(tokenizer, examples) -> EncodedSplit:
+    texts = [e.text for e in examples]
+    out = tokenizer(texts, truncation=True, max_length=MAX_LENGTH, add_special_tokens=True)
+    return EncodedSplit(tuple(tuple(ids) for ids in out["input_ids"]), torch.tensor([e.label for e in examples], dtype=torch.long))
+
+
+def pad_batch(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[Tensor, Tensor]:
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), width), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        mask[row, : len(seq)] = 1
+    return ids, mask
+
+
+def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
+    """Average of the token states over real tokens (how all-MiniLM-L6-v2 makes sentence embeddings)."""
+    weights = mask.unsqueeze(-1).to(hidden.dtype)
+    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+
+def embed(encoder: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:
+    return mean_pool(encoder(input_ids=ids, attention_mask=mask).last_hidden_state, mask)
+
+
+@torch.no_grad()
+def split_features(encoder: nn.Module, split: EncodedSplit, pad_id: int, batch_size: int = 128) -> Tensor:
+    """Sentence embeddings of a whole split, in the split's order."""
+    encoder.eval()
+    order = sorted(range(len(split)), key=lambda i: len(split.ids[i]))
+    out = torch.empty((len(split), encoder.config.hidden_size))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        ids, mask = pad_batch([split.ids[i] for i in rows], pad_id)
+        out[rows] = embed(encoder, ids, mask)
+    return out
+
+
+def accuracy(head: nn.Linear, features: Tensor, labels: Tensor) -> float:
+    with torch.no_grad():
+        return float((head(features).argmax(-1) == labels).float().mean())
+
+
+def train_probe(features: Tensor, labels: Tensor, num_labels: int, seed: int, steps: int = 300) -> nn.Linear:
+    """A linear probe: multinomial logistic regression on frozen features (full batch, Adam, light L2)."""
+    torch.manual_seed(seed)
+    head = nn.Linear(features.shape[1], num_labels)
+    opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
+    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
+    x = (features - mean) / std
+    for _ in range(steps):
+        opt.zero_grad()
+        nn.functional.cross_entropy(head(x), labels).backward()
+        opt.step()
+    # Fold the standardisation into the head so it applies to raw features.
+    with torch.no_grad():
+        folded = nn.Linear(features.shape[1], num_labels)
+        folded.weight.copy_(head.weight / std)
+        folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(1))
+    return folded
+
+
+@dataclass(frozen=True)
+class FineTuneRecipe:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 5e-5
+    head_lr: float = 1e-3
+    warmup: float = 0.1
+    freeze_word_embeddings: bool = True
+
+
+def fine_tune(
+    encoder: nn.Module, head: nn.Linear, split: EncodedSplit, pad_id: int, recipe: FineTuneRecipe, seed: int, progress=None
+) -> None:
+    """Full fine-tune of the encoder with its head (word embeddings frozen by default), AdamW, linear decay."""
+    torch.manual_seed(seed)
+    if recipe.freeze_word_embeddings:
+        encoder.get_input_embeddings().weight.requires_grad_(False)
+    params = [p for p in encoder.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(
+        [{"params": params, "lr": recipe.lr}, {"params": head.parameters(), "lr": recipe.head_lr}], weight_decay=0.01
+    )
+    steps_per_epoch = (len(split) + recipe.batch_size - 1) // recipe.batch_size
+    total = steps_per_epoch * recipe.epochs
+    warmup = max(1, int(recipe.warmup * total))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
+    )
+    generator = torch.Generator().manual_seed(seed)
+    encoder.train()
+    for _ in range(recipe.epochs):
+        order = torch.randperm(len(split), generator=generator).tolist()
+        for start in range(0, len(order), recipe.batch_size):
+            rows = order[start : start + recipe.batch_size]
+            ids, mask = pad_batch([split.ids[i] for i in rows], pad_id)
+            loss = nn.functional.cross_entropy(head(embed(encoder, ids, mask)), split.labels[rows])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            sched.step()
+            if progress is not None:
+                progress(len(rows), float(loss))
+    encoder.eval()

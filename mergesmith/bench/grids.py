@@ -1,0 +1,35 @@
+"""Which merge methods the bench runs by default, and the small hyper-parameter grid each is tuned over.
+
+Grids follow the papers' usual ranges (task arithmetic's lambda, TIES' density and lambda, DARE's drop rate). The
+point chosen on the validation split is recorded in the results with every point's validation score.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+# method -> {parameter: [values]}; per-model parameters (weight, density, ...) apply to every expert.
+GRIDS: dict[str, dict[str, list]] = {
+    "linear": {"weight": [1.0]},
+    "task_arithmetic": {"weight": [1.0], "lambda": [0.2, 0.3, 0.5, 0.7, 1.0]},
+    "ties": {"weight": [1.0], "density": [0.2, 0.5], "lambda": [0.7, 1.0, 1.5]},
+    "dare_ties": {"weight": [1.0], "density": [0.3, 0.6], "lambda": [0.7, 1.0]},
+    "breadcrumbs_ties": {"weight": [1.0], "density": [0.5, 0.9], "gamma": [0.01], "lambda": [0.7, 1.0]},
+    "della": {"weight": [1.0], "density": [0.3, 0.6], "epsilon": [0.1], "lambda": [0.7, 1.0]},
+    "magmax": {"lambda": [0.5, 1.0]},
+    "sce": {"select_topk": [0.3, 1.0]},
+    "model_stock": {},
+    "karcher": {},
+    "multislerp": {"weight": [1.0]},
+}
+DEFAULT_METHODS = tuple(GRIDS)
+MINI_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "model_stock")
+
+
+def grid_points(method: str) -> list[dict]:
+    """Every combination of the method's grid (one empty point for methods without parameters)."""
+    grid = GRIDS.get(method, {})
+    if not grid:
+        return [{}]
+    names = sorted(grid)
+    return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]

