@@ -114,6 +114,7 @@ def build_zoo(
             _atomic_save_head(train_probe(split_features(base, train, pad_id), train.labels, task.num_labels, seed), probe_path)
         echo(f"fine-tuning the {task.name} expert on {len(train)} examples (cached in {directory})")
         started = time.perf_counter()
+        torch.manual_seed(seed + index)  # weights the checkpoint lacks (e.g. a pooler) initialise reproducibly
         encoder = AutoModel.from_pretrained(base_dir)
         head = load_head(probe_path)  # linear probe, then fine-tune (LP-FT): a better start for the head
         bar = tqdm(total=len(train) * recipe.epochs, desc=f"expert {index + 1}/{len(tasks)} {task.name}", unit="ex", disable=not progress)

@@ -1,0 +1,122 @@
+"""The bench's model, training and metric code on tiny models with known answers."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from mergesmith.bench.data import Example, TaskData
+from mergesmith.bench.encoder import FineTuneRecipe, encode_split, mean_pool, pad_batch, split_features, train_probe
+from mergesmith.bench.run import Evaluator, _average, _normalized, merge_config
+from mergesmith.bench.zoo import DONE_FILE, build_zoo, load_head, save_head
+
+
+def test_mean_pool_ignores_padding():
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert torch.equal(mean_pool(hidden, mask), torch.tensor([[2.0, 3.0]]))
+
+
+def test_pad_batch():
+    ids, mask = pad_batch([(5, 6, 7), (8,)], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+
+
+def test_probe_learns_a_separable_problem():
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 8, generator=g) * 5 + 40  # far from zero mean: the probe must standardise
+    truth = torch.randn(8, 3, generator=g)
+    labels = ((features - 40) @ truth).argmax(-1)  # linearly separable by construction
+    head = train_probe(features, labels, 3, seed=0)
+    acc = float((head(features).argmax(-1) == labels).float().mean())
+    assert acc > 0.95
+
+
+def test_metrics():
+    assert _average({"a": 0.5, "b": None, "c": 1.0}) == 0.75
+    assert _normalized({"a": 0.4, "b": 0.9}, {"a": 0.8, "b": 0.9}) == pytest.approx(0.75)
+
+
+def test_head_round_trip(tmp_path):
+    head = nn.Linear(4, 3)
+    save_head(head, tmp_path / "h.safetensors")
+    back = load_head(tmp_path / "h.safetensors")
+    assert torch.equal(back.weight, head.weight) and torch.equal(back.bias, head.bias)
+
+
+@pytest.fixture(scope="module")
+def tiny_bert_dir(tmp_path_factory):
+    from mergesmith.tiny_models import build_tiny_family
+
+    return build_tiny_family(tmp_path_factory.mktemp("bert_bench"), "bert", 0, layers=2).base
+
+
+def _task(name: str, n: int, seed: int) -> TaskData:
+    # label = whether the text contains the word w7: learnable from tokens
+    g = torch.Generator().manual_seed(seed)
+    examples = []
+    for i in range(n):
+        words = [f"w{int(x)}" for x in torch.randint(10, 200, (6,), generator=g)]
+        label = i % 2
+        if label:
+            words[int(torch.randint(0, 6, (1,), generator=g))] = "w7"
+        examples.append(Example(" ".join(words), label))
+    return TaskData(name, ("no", "yes"), tuple(examples[: n // 2]), tuple(examples[n // 2 : 3 * n // 4]), tuple(examples[3 * n // 4 :]))
+
+
+def test_evaluator_scores_known_predictions(tiny_bert_dir):
+    from transformers import AutoModel, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_bert_dir)
+    encoder = AutoModel.from_pretrained(tiny_bert_dir).eval()
+    task = _task("t", 40, 0)
+    split = encode_split(tokenizer, task.test)
+    feats = split_features(encoder, split, tokenizer.pad_token_id)
+    head = nn.Linear(feats.shape[1], 2)
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.copy_(torch.tensor([0.0, 1.0]))  # always predicts 1
+    score = Evaluator([task], {"t": split}, {"t": head}, tokenizer.pad_token_id)(encoder)["t"]
+    assert score == pytest.approx(float((split.labels == 1).float().mean()))
+
+
+def test_zoo_builds_resumes_and_never_uses_a_partial_expert(tiny_bert_dir, tmp_path):
+    tasks = [_task("a", 64, 1), _task("b", 64, 2)]
+    recipe = FineTuneRecipe(epochs=1, batch_size=16)
+    zoo = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=recipe, progress=False, echo=lambda s: None)
+    assert set(zoo.experts) == {"a", "b"}
+    for path in zoo.experts.values():
+        assert (path / DONE_FILE).is_file() and (path / "model.safetensors").is_file()
+    before = {t: (p / "model.safetensors").read_bytes() for t, p in zoo.experts.items()}
+    # an interrupted rebuild of b: its directory is gone, a partial one is left behind
+    import shutil
+
+    shutil.rmtree(zoo.experts["b"])
+    partial = zoo.experts["b"].with_name(".b.partial-99999")
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"half")
+    messages = []
+    again = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=recipe, progress=False, echo=messages.append)
+    assert len(messages) == 1 and "b expert" in messages[0]  # only b was retrained
+    assert not partial.exists()
+    # training is deterministic: the rebuilt expert has the same bytes
+    assert {t: (p / "model.safetensors").read_bytes() for t, p in again.experts.items()} == before
+    info = json.loads((again.experts["b"] / DONE_FILE).read_text())
+    assert info["task"] == "b" and info["examples"] == 32
+
+
+def test_merge_config_splits_per_model_and_global_parameters(tmp_path):
+    class FakeZoo:
+        base_dir = tmp_path / "base"
+        experts = {"a": tmp_path / "a", "b": tmp_path / "b"}
+
+    tasks = [_task("a", 8, 0), _task("b", 8, 1)]
+    config = merge_config("ties", {"weight": 1.0, "density": 0.5, "lambda": 0.7}, FakeZoo, tasks, seed=3)
+    assert config["base_model"] == str(tmp_path / "base") and config["parameters"] == {"lambda": 0.7}
+    assert config["models"][1] == {"model": str(tmp_path / "b"), "parameters": {"weight": 1.0, "density": 0.5}}
+    from mergesmith.config import load_config
+
+    load_config(config)  # what the bench writes is a valid merge config
