@@ -71,7 +71,13 @@ def debian_package(name: str, cache_dir: Path) -> Path:
     with _scratch_dir(target.parent, name) as scratch:
         download = scratch / "download"
         download.mkdir()
-        _run([APT_GET, "download", name], cwd=download, what=f"the Debian package {name}", how=how)
+        try:
+            _run([APT_GET, "download", name], cwd=download, what=f"the Debian package {name}", how=how)
+        except MergesmithError:
+            # A fresh machine has no package lists yet: refresh them once (as root) and try again.
+            if not _refresh_package_lists():
+                raise
+            _run([APT_GET, "download", name], cwd=download, what=f"the Debian package {name}", how=how)
         debs = sorted(download.glob("*.deb"))
         if len(debs) != 1:
             raise MergesmithError(
@@ -177,6 +183,21 @@ def _run(command: list[str], *, cwd: Path, what: str, how: str) -> None:
             f"the bench needs {what} but `{' '.join(command[:3])}` failed ({_last_error_line(result.stderr)}); "
             f"get it with `{how}`"
         )
+
+
+_lists_refreshed = False
+
+
+def _refresh_package_lists() -> bool:
+    """``apt-get update`` once per process, when we may (root); True when it ran and succeeded."""
+    global _lists_refreshed
+    if _lists_refreshed or not hasattr(os, "geteuid") or os.geteuid() != 0:
+        return False
+    _lists_refreshed = True
+    try:
+        return subprocess.run([APT_GET, "update", "-qq"], capture_output=True, text=True).returncode == 0
+    except FileNotFoundError:
+        return False
 
 
 def _last_error_line(stderr: str) -> str:
