@@ -46,12 +46,6 @@ EXPECTED_TOTALS = {
 }
 
 
-@pytest.fixture(scope="session")
-def cache_dir(tmp_path_factory) -> Path:
-    explicit = os.environ.get("MERGESMITH_CACHE")
-    return Path(explicit) if explicit else tmp_path_factory.mktemp("mergesmith-cache")
-
-
 _built: dict[tuple[str, SplitSizes, int], TaskData] = {}
 
 
