@@ -194,7 +194,7 @@ def run_bench(
         scores = test(model)
         eval_seconds = time.perf_counter() - started
         expert_acc[t.name] = scores[t.name]
-        expert_rows.append({"name": f"expert: {t.name}", "kind": "expert", "accuracy": scores, "average": _average(scores),
+        expert_rows.append({"name": f"expert: {t.name}", "kind": "expert", "task": t.name, "accuracy": scores, "average": _average(scores),
                             "params": {}, "grid": [], "merge_seconds": None, "peak_memory_mb": None,
                             "train_seconds": zoo.train_seconds[t.name], "eval_seconds": eval_seconds})
     for row in expert_rows:
