@@ -128,5 +128,5 @@ def fine_tune(
             opt.step()
             sched.step()
             if progress is not None:
-                progress(len(rows), float(loss))
+                progress(len(rows), loss.item())
     encoder.eval()

@@ -156,6 +156,12 @@ def _plan_models(plan: MergePlan) -> None:
     ref_ckpt = plan.checkpoints[plan.reference]
     counts = layer_counts(ref_ckpt.tensors)
     for name in sorted(ref_ckpt.tensors, key=natural_key):
+        info = ref_ckpt.tensors[name]
+        if not info.dtype.is_floating_point:
+            # Integer buffers (position ids) are not weights, and newer saves often omit them: carried over.
+            ref = TensorRef(plan.reference, name)
+            plan.jobs.append(TensorJob(name, tuple(info.shape), info.dtype, info.dtype, None, (), None, 0.0, copy_from=ref))
+            continue
         layer = parse_layer(name)
         t = gradient_t(layer.index, counts[layer.prefix]) if layer else 0.0
         inputs = {m: name for m in involved}
@@ -257,10 +263,10 @@ def _split_group(method: MethodSpec, group: list[str], base: str | None, where: 
 def _check_same_tensors(plan: MergePlan, involved: list[str]) -> None:
     ref = plan.checkpoints[plan.reference]
     ref_name = plan.model_names[plan.reference]
-    ref_names = set(ref.tensors)
+    ref_names = {n for n, i in ref.tensors.items() if i.dtype.is_floating_point}
     for model in involved:
         ckpt = plan.checkpoints[plan.model_index(model)]
-        names = set(ckpt.tensors)
+        names = {n for n, i in ckpt.tensors.items() if i.dtype.is_floating_point}
         lacking = sorted(ref_names - names, key=natural_key)
         extra = sorted(names - ref_names, key=natural_key)
         if lacking or extra:

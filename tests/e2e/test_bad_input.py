@@ -219,3 +219,18 @@ def test_bin_checkpoints_merge_like_safetensors(llama_family, tmp_path):
         assert run_cli("merge", write_yaml(tmp_path / f"{label}.yaml", cfg), tmp_path / label, "--quiet").exit_code == 0
         cfgs[label] = load_tensors(tmp_path / label)
     assert all(torch.equal(cfgs["st"][k], cfgs["bin"][k]) for k in cfgs["st"])
+
+
+def test_integer_buffers_missing_from_some_models_are_carried_over(tmp_path):
+    from tests.helpers import load_tensors
+
+    base, expert = tmp_path / "base", tmp_path / "expert"
+    base.mkdir()
+    expert.mkdir()
+    save_file({"w": torch.zeros(2, 3), "position_ids": torch.arange(4).unsqueeze(0)}, str(base / "model.safetensors"))
+    save_file({"w": torch.ones(2, 3)}, str(expert / "model.safetensors"))
+    cfg = {"merge_method": "task_arithmetic", "base_model": str(base), "models": [{"model": str(expert), "parameters": {"weight": 0.5}}]}
+    result = run_cli("merge", write_yaml(tmp_path / "c.yaml", cfg), tmp_path / "out", "--quiet")
+    assert result.exit_code == 0, result.output
+    out = load_tensors(tmp_path / "out")
+    assert torch.equal(out["position_ids"], torch.arange(4).unsqueeze(0)) and torch.equal(out["w"], torch.full((2, 3), 0.5))
