@@ -386,7 +386,7 @@ def _open_output(directory: Path) -> dict[str, Path]:
 def _ulp(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """Spacing of ``dtype`` (bf16: 8 significant bits) at |x|: a difference within it is rounding, beyond it a
     different decision (an entry trimmed by one tool and kept by the other, or a different elected sign)."""
-    bits = torch.finfo(dtype).nmant + 1
+    bits = 1 - round(math.log2(torch.finfo(dtype).eps))  # significant bits, the implicit one included
     _, exponent = torch.frexp(x.abs().clamp_min(torch.finfo(dtype).tiny))
     return torch.ldexp(torch.ones_like(x), exponent - bits)
 
@@ -522,7 +522,10 @@ def run_method(method: str, cfg: Path, tools: list[str], args, commands, time_bi
         figures.median[key] = summarize(runs[tool])
     if compare and {"mergesmith", "mergekit"} <= set(tools) and all(runs[t][-1].returncode == 0 for t in tools):
         print(f"comparing {method} outputs ...", flush=True)
-        figures.agreement[method] = compare_outputs(outs["mergesmith"], outs["mergekit"])
+        try:
+            figures.agreement[method] = compare_outputs(outs["mergesmith"], outs["mergekit"])
+        except Exception as exc:  # a comparison bug must not throw away minutes of measurements
+            print(f"  comparison failed: {exc!r}", flush=True)
     for tool in tools:
         shutil.rmtree(outs[tool], ignore_errors=True)
 
