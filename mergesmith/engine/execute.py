@@ -88,26 +88,31 @@ class _Inputs:
 
     def __init__(self, plan: MergePlan, job: TensorJob, report: ExecutionReport, strict: bool, lock: threading.Lock):
         self.plan, self.job, self.report, self.strict, self.lock = plan, job, report, strict, lock
-        self._checked: set[TensorRef] = set()
+        # Block-wise methods read a block several times (threshold passes, then the merge): check it once.
+        self._checked: set[tuple[TensorRef, int]] = set()
 
     def read(self, ref: TensorRef, rows: slice | None) -> torch.Tensor:
         ckpt = self.plan.checkpoints[ref.model]
         tensor = ckpt.read(ref.name, rows if len(self.job.shape) > 0 else None)
         tensor = tensor.to(self.job.compute_dtype)
-        self._check_finite(ref, tensor)
+        key = (ref, rows.start if rows is not None else -1)
+        if key not in self._checked:
+            self._checked.add(key)
+            self._check_finite(ref, tensor)
         return tensor
 
     def _check_finite(self, ref: TensorRef, tensor: torch.Tensor) -> None:
-        if ref in self._checked:
+        # One reduction is enough when it is finite: a NaN or Inf anywhere makes the sum non-finite. Only a sum
+        # that overflows (or a real NaN/Inf) pays for the exact count.
+        if tensor.numel() == 0 or bool(torch.isfinite(tensor.sum())):
             return
-        if bool(torch.isfinite(tensor).all()):
-            return
-        self._checked.add(ref)
         count = int((~torch.isfinite(tensor)).sum())
+        if count == 0:
+            return
         where = f"{self.plan.model_names[ref.model]}: {ref.name}"
         if self.strict:
             raise NonFiniteInput(
-                f"{where} has {count} NaN/Inf values; fix or drop that model, or run without --strict to merge anyway"
+                f"{where} has NaN/Inf values; fix or drop that model, or run without --strict to merge anyway"
             )
         with self.lock:
             self.report.nonfinite.append(f"{where} ({count} non-finite values)")
@@ -124,8 +129,36 @@ class _Inputs:
         return iterate
 
 
+def _release_freed_memory() -> None:
+    """Hand freed heap memory back to the OS (glibc keeps large freed blocks; RSS would creep up per tensor)."""
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+def _load_libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim  # noqa: B018 - glibc only
+        return libc
+    except (OSError, AttributeError):
+        return None
+
+
+_LIBC = _load_libc()
+
+
 def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock) -> torch.Tensor:
     """Merge one output tensor; returns it in the output dtype."""
+    try:
+        return _run_job(plan, job, seed, report, strict, lock)
+    finally:
+        _release_freed_memory()
+
+
+def _run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock) -> torch.Tensor:
     inputs = _Inputs(plan, job, report, strict, lock)
     if job.copy_from is not None:
         return plan.checkpoints[job.copy_from.model].read(job.copy_from.name, None).to(job.out_dtype)
