@@ -92,7 +92,7 @@ def train_probe(features: Tensor, labels: Tensor, num_labels: int, seed: int, st
 class FineTuneRecipe:
     epochs: int = 1
     batch_size: int = 32
-    lr: float = 5e-5
+    lr: float = 1e-4
     head_lr: float = 1e-3
     warmup: float = 0.1
     freeze_word_embeddings: bool = True
