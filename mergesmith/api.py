@@ -20,10 +20,10 @@ from mergesmith.engine.rng import TensorRng
 from mergesmith.errors import ConfigError, MergesmithError
 from mergesmith.io import open_checkpoint
 from mergesmith.io.atomic import StagedOutput
+from mergesmith.io.hash_cache import hash_files
 from mergesmith.io.model_files import (
     copy_side_files,
     dtype_name,
-    sha256_file,
     write_config,
     write_manifest,
     write_model_card,
@@ -90,7 +90,7 @@ def merge(
         output = StagedOutput(out_dir, force=force, inputs=roots)
         with output as staging, ThreadPoolExecutor(1) as hasher:
             # Input hashes are computed beside the merge (they read the same files, mostly from the page cache).
-            input_hashes = hasher.submit(lambda: {str(p): sha256_file(p) for p in input_files})
+            input_hashes = hasher.submit(hash_files, input_files)
             entries = [(job.out_name, job.out_dtype, job.shape) for job in plan.jobs]
             writer = ShardedWriter(staging, entries, shard_bytes)
             report = execute(

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Keep the tests' caches (input file hashes, bench data unless MERGESMITH_CACHE is set) out of the user's home.
+os.environ.setdefault("XDG_CACHE_HOME", tempfile.mkdtemp(prefix="mergesmith-test-cache-"))
 
 
 @pytest.fixture(scope="session")
