@@ -26,7 +26,7 @@ from mergesmith.errors import MergesmithError
 from mergesmith.methods._blocks import row_blocks
 from mergesmith.methods._spec import MethodSpec
 
-CONSTANT_BUDGET = 256 << 20  # small tensors in flight together never need more than this
+CONSTANT_BUDGET = 64 << 20  # small tensors in flight together never need more than this
 
 
 @dataclass
