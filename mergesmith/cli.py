@@ -40,6 +40,7 @@ def main() -> None:
     mergesmith merge config.yaml OUT_DIR   stream a merge of checkpoints (mergekit YAML accepted)
     mergesmith plan config.yaml            validate and print the per-tensor plan (reads headers only)
     mergesmith bench [--profile mini]      offline benchmark: experts vs merges on six real text tasks
+    mergesmith bench --pool POOL.yaml      the same benchmark on your own checkpoints and data
     mergesmith methods                     list the merge methods and their parameters
     mergesmith demo                        build tiny local checkpoints and merge them with several methods
     """
@@ -149,7 +150,8 @@ def methods() -> None:
 
 
 @main.command()
-@click.option("--profile", default="default", show_default=True, help="default (6 tasks) or mini (3 small tasks, a few minutes).")
+@click.option("--profile", default=None, help="default (6 tasks; the default) or mini (3 small tasks, a few minutes).")
+@click.option("--pool", "pool", type=click.Path(path_type=Path), default=None, help="Your own pool YAML (base model, experts, heads, task data) instead of a built-in profile.")
 @click.option("--methods", default=None, help="Comma-separated merge methods (default: a representative set).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/bench-PROFILE-TIME).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where data and the expert zoo are cached (default: $MERGESMITH_CACHE or ~/.cache/mergesmith).")
@@ -157,16 +159,28 @@ def methods() -> None:
 @click.option("--keep-models", is_flag=True, help="Keep the merged models in the run directory.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_user_errors
-def bench(profile: str, methods, out_dir, cache_dir, seed: int, keep_models: bool, quiet: bool) -> None:
-    """Offline benchmark: experts vs merges on real tasks, with a table, results.json/csv and report.html."""
+def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bool, quiet: bool) -> None:
+    """Offline benchmark: experts vs merges on real tasks, with a table, results.json/csv and report.html.
+
+    \b
+    --pool POOL.yaml runs the same protocol on your own checkpoints and data:
+      base_model: DIR        a text encoder (BERT-like) or a CLIP vision model
+      tasks: [{name, expert: DIR, head: FILE, data: {format: csv|jsonl|imagefolder, train, validation, test}}]
+    (full schema: python -m pydoc mergesmith.bench.pool)
+    """
     import time as _time
 
     from mergesmith.bench.run import run_bench
+    from mergesmith.errors import MergesmithError
 
+    if pool is not None and profile is not None:
+        raise MergesmithError("--pool and --profile are mutually exclusive; pass --pool for your own pool or --profile for a built-in one")
     if out_dir is None:
-        out_dir = Path("runs") / f"bench-{profile}-{_time.strftime('%Y%m%d-%H%M%S')}"
+        label = "custom" if pool is not None else profile or "default"
+        out_dir = Path("runs") / f"bench-{label}-{_time.strftime('%Y%m%d-%H%M%S')}"
     run_bench(
         profile=profile,
+        pool=pool,
         methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
         run_dir=out_dir,
         cache_dir=cache_dir,

