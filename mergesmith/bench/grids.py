@@ -11,7 +11,7 @@ import itertools
 # method -> {parameter: [values]}; per-model parameters (weight, density, ...) apply to every expert.
 GRIDS: dict[str, dict[str, list]] = {
     "linear": {"weight": [1.0]},
-    "task_arithmetic": {"weight": [1.0], "lambda": [0.2, 0.3, 0.5, 0.7, 1.0]},
+    "task_arithmetic": {"weight": [1.0], "lambda": [0.1, 0.2, 0.3, 0.5, 0.7, 1.0]},
     "ties": {"weight": [1.0], "density": [0.2, 0.5], "lambda": [0.7, 1.0, 1.5]},
     "dare_ties": {"weight": [1.0], "density": [0.3, 0.6], "lambda": [0.7, 1.0]},
     "breadcrumbs_ties": {"weight": [1.0], "density": [0.5, 0.9], "gamma": [0.01], "lambda": [0.7, 1.0]},
