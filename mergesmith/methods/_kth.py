@@ -8,8 +8,8 @@ bit patterns: a non-negative IEEE float orders exactly like its bits read as a s
 - each further pass looks only at the values in that bin: it gathers them and picks the exact value when they are
   few (``GATHER_LIMIT``), else histograms their next 16 bits.
 
-fp32 needs at most two passes, fp64 at most four (in practice two). A tensor that arrives as a single block is
-answered directly with ``torch.kthvalue`` in one pass; both routes return the same value, the exact order statistic
+fp32 needs at most two passes, fp64 at most four (in practice two). A tensor of up to ``DIRECT_LIMIT`` values is
+answered directly with ``torch.kthvalue`` in one pass (its blocks held); both routes return the same value, the exact order statistic
 (ties included), so a mask ``values >= threshold`` does not depend on how the tensor was split.
 """
 
@@ -26,6 +26,8 @@ DIGIT_BITS = 16
 BINS = 1 << DIGIT_BITS
 # Candidate values up to this count are gathered and selected directly instead of refining by another histogram.
 GATHER_LIMIT = 1 << 20
+# Tensors with up to this many values per stream are selected directly (blocks held, one pass, kthvalue).
+DIRECT_LIMIT = 1 << 23
 
 Chunks = Callable[[], Iterable[Sequence[Tensor]]]
 # ranks(numel, nonzero) -> for each stream, the ranks k wanted (1 = largest); called once the first pass knows the
@@ -56,7 +58,8 @@ def kth_largest(chunks: Chunks, ranks: Ranks) -> tuple[int, list[list[float]]]:
     Conventions at the edges: rank 0 gives ``+inf`` (nothing ranks above everything), a rank beyond ``numel`` gives
     ``-inf`` (everything is kept), so ``x >= value`` keeps exactly the top k when values are distinct.
     """
-    first: list[Tensor] | None = None
+    held: list[list[Tensor]] | None = None  # the blocks so far, while the tensor is small enough to select directly
+    held_numel = 0
     hists: list[Tensor] | None = None
     numel = 0
     nonzero: list[int] = []
@@ -68,20 +71,26 @@ def kth_largest(chunks: Chunks, ranks: Ranks) -> tuple[int, list[list[float]]]:
         numel += flat[0].numel() if flat else 0
         for s, v in enumerate(flat):
             nonzero[s] += int(torch.count_nonzero(v))
-        if first is None and hists is None:
-            first = flat  # hold the first block: if it is the only one, select in it directly
-            continue
         if hists is None:
-            assert first is not None
-            width = _bits(first[0])[1] if first else 32
-            hists = [_top_histogram(v) for v in first]
-            first = None
+            # Small tensors (most weight matrices) are answered in this one pass with kthvalue on the held
+            # blocks; only past DIRECT_LIMIT values do we switch to histograms (and a second pass).
+            held = held if held is not None else [[] for _ in flat]
+            for s, v in enumerate(flat):
+                held[s].append(v)
+            held_numel += flat[0].numel() if flat else 0
+            if held_numel <= DIRECT_LIMIT:
+                continue
+            width = _bits(flat[0])[1] if flat else 32
+            hists = [sum((_top_histogram(v) for v in blocks), torch.zeros(BINS, dtype=torch.int64)) for blocks in held]
+            held = None
+            continue
         for s, v in enumerate(flat):
             hists[s] += _top_histogram(v)
 
     wanted = [list(ks) for ks in ranks(numel, nonzero)]
-    if hists is None:  # zero or one block: one pass is enough
-        return numel, [[_kth_direct(first[s] if first else None, k, numel) for k in ks] for s, ks in enumerate(wanted)]
+    if hists is None:  # everything was held: one pass is enough
+        values = [torch.cat(blocks) if len(blocks) > 1 else blocks[0] for blocks in held] if held else []
+        return numel, [[_kth_direct(values[s] if values else None, k, numel) for k in ks] for s, ks in enumerate(wanted)]
 
     queries: list[_Query] = []
     results: list[list[float]] = []
