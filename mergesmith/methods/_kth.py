@@ -27,7 +27,7 @@ BINS = 1 << DIGIT_BITS
 # Candidate values up to this count are gathered and selected directly instead of refining by another histogram.
 GATHER_LIMIT = 1 << 20
 # Tensors with up to this many values per stream are selected directly (blocks held, one pass, kthvalue).
-DIRECT_LIMIT = 1 << 23
+DIRECT_LIMIT = 1 << 22
 
 Chunks = Callable[[], Iterable[Sequence[Tensor]]]
 # ranks(numel, nonzero) -> for each stream, the ranks k wanted (1 = largest); called once the first pass knows the
