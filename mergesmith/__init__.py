@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "merge": "mergesmith.api",
     "merge_state_dicts": "mergesmith.api",
+    "load_merged": "mergesmith.loading",
     "plan_merge": "mergesmith.api",
     "MergeResult": "mergesmith.api",
     "METHODS": "mergesmith.methods",

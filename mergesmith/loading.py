@@ -1,0 +1,56 @@
+"""``mergesmith.load_merged(path, task=None)``: load what mergesmith wrote back into a torch module.
+
+A plain merge is a transformers checkpoint. Methods that write more than weights (task masks, added modules, routers)
+say so in their directory's ``adapt.json`` or ``mergesmith.json`` under ``"kind"``; ``LOADERS`` maps that kind to
+the function that rebuilds the model. A plain dict: a new kind means one new entry here.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+from mergesmith.errors import MergesmithError
+
+SPEC_FILES = ("adapt.json", "mergesmith.json")
+
+
+def _load_weights(directory: Path, spec: dict, task: str | None) -> Any:
+    """A plain checkpoint: the transformers model its config.json names (AutoModel when it names none we know)."""
+    from transformers import AutoModel
+
+    if task is not None:
+        raise MergesmithError(f"{directory} holds one merged model for every task; call load_merged without task=")
+    return AutoModel.from_pretrained(directory).eval()
+
+
+LOADERS: dict[str, Callable[[Path, dict, str | None], Any]] = {
+    "weights": _load_weights,
+}
+
+
+def read_kind(directory: Path) -> tuple[str, dict]:
+    """The directory's kind and spec: from adapt.json or mergesmith.json, "weights" when neither names one."""
+    for name in SPEC_FILES:
+        path = directory / name
+        if path.is_file():
+            try:
+                spec = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as exc:
+                raise MergesmithError(f"{path}: not readable JSON ({exc}); restore the file or merge again") from None
+            if isinstance(spec, dict) and "kind" in spec:
+                return str(spec["kind"]), spec
+    return "weights", {}
+
+
+def load_merged(path: str | Path, task: str | None = None) -> Any:
+    """Load a merged model; ``task`` picks a task's model where the merge keeps per-task parts (EMR, Surgery, ...)."""
+    directory = Path(path)
+    if not (directory / "config.json").is_file():
+        raise MergesmithError(f"{directory}: no config.json here; pass the directory that mergesmith merge/adapt wrote")
+    kind, spec = read_kind(directory)
+    loader = LOADERS.get(kind)
+    if loader is None:
+        raise MergesmithError(f"{directory}: unknown kind {kind!r}; known: {', '.join(sorted(LOADERS))} (a newer mergesmith wrote it?)")
+    return loader(directory, spec, task)
