@@ -242,7 +242,7 @@ def keep_band(tau: Tensor, band: Band | None) -> Tensor:
     if band.hi < math.inf:
         keep &= magnitude <= band.hi
     del magnitude
-    tau.mul_(keep)
+    tau.mul_(keep.to(tau.dtype))  # a float mask: multiplying by a bool tensor takes a slow mixed-dtype path
     if band.scale is not None:
         tau.mul_(band.scale)
     return tau
@@ -430,7 +430,10 @@ def agreement(deltas: Tensor, method: Consensus = "sum") -> Tensor:
         raise ValueError(f"sign consensus must be 'sum' or 'count', got {method!r}")
     positive = mass >= 0
     del mass
-    return torch.where(positive, deltas > 0, deltas < 0)
+    # sgn(tau_t) == gamma without a three-way select: (tau > 0) == (gamma > 0), and zeros never agree.
+    agree = (deltas > 0) == positive
+    agree &= deltas != 0
+    return agree
 
 
 def combine(
@@ -459,6 +462,7 @@ def combine(
     else:
         agree = agreement(deltas, consensus)  # elect sign
         # disjoint merge: the agreeing entries, over the weight they carry
+        agree = agree.to(deltas.dtype)
         mixed = sum_in_order(deltas[t].mul_(agree[t]) for t in range(len(w)))
         divisor = sum_in_order(w_t * agree[t] for t, w_t in enumerate(w))
         del agree
