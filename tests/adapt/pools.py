@@ -1,0 +1,51 @@
+"""A tiny text pool for the adapt tests: a tiny BERT base, 2 perturbed experts, heads, CSV splits."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from tests.helpers import write_yaml
+
+TASKS = (("reviews", ("neg", "pos")), ("topics", ("a", "b", "c")))
+WIDTH = 64  # tiny BERT hidden size = the pooled feature width
+
+
+def sentences(n: int, seed: int) -> list[str]:
+    g = torch.Generator().manual_seed(seed)
+    return [" ".join(f"w{int(x)}" for x in torch.randint(2, 200, (6,), generator=g)) for _ in range(n)]
+
+
+def write_csv(path: Path, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="", encoding="utf-8") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(("text", "label"))
+        writer.writerows(rows)
+    return path
+
+
+def save_head(path: Path, rows: int, width: int, seed: int) -> Path:
+    g = torch.Generator().manual_seed(seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({"weight": torch.randn(rows, width, generator=g), "bias": torch.randn(rows, generator=g) * 0.1}, str(path))
+    return path
+
+
+def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, noise: float = 0.02) -> Path:
+    """Write the pool under ``root`` and return the pool YAML's path."""
+    from mergesmith.tiny_models import build_tiny_family
+
+    family = build_tiny_family(root / "models", "bert", len(TASKS), noise=noise)
+    tasks = []
+    for i, (name, labels) in enumerate(TASKS):
+        for split, n, seed in (("validation", n_validation, 10 * i + 1), ("test", n_test, 10 * i + 2)):
+            write_csv(root / "data" / f"{name}_{split}.csv", [(t, labels[k % len(labels)]) for k, t in enumerate(sentences(n, seed))])
+        save_head(root / "heads" / f"{name}.safetensors", len(labels), WIDTH, seed=i)
+        tasks.append({"name": name, "expert": f"models/expert_{i}", "head": f"heads/{name}.safetensors",
+                      "data": {"format": "csv", "validation": f"data/{name}_validation.csv", "test": f"data/{name}_test.csv",
+                               "labels": list(labels)}})
+    return write_yaml(root / "pool.yaml", {"base_model": "models/base", "tasks": tasks})

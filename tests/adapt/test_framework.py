@@ -1,0 +1,110 @@
+"""The adapt framework on a tiny BERT pool: batches, pooled features equal to the bench's, task vectors, results
+written atomically and loaded back, and the one-line errors for data that does not fit."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import BaseModel, ConfigDict
+
+from mergesmith.adapt._spec import AdaptSpec, parse_params
+from mergesmith.adapt.problem import AdaptProblem, Unlabeled, check_needs, load_problem
+from mergesmith.adapt.result import save_result, weights_result
+from mergesmith.errors import ConfigError, MergesmithError
+from tests.adapt.pools import TASKS, build_text_pool, save_head
+
+
+def test_pooled_matches_bench_features_with_autograd(tiny_problem: AdaptProblem):
+    task = tiny_problem.tasks[0]
+    encoder = tiny_problem.load_encoder(tiny_problem.expert_dirs[task.name])
+    bench = tiny_problem.featurizer(encoder, task.validation)  # the bench's own features, in split order
+    parts = []
+    for batch in tiny_problem.batches(task.validation, 3, shuffle=True, seed=4):
+        feats = tiny_problem.pooled(encoder, batch)
+        assert feats.requires_grad
+        parts.append((batch.rows, feats.detach()))
+        assert torch.equal(batch.labels, task.validation.labels[batch.rows])
+    ours = torch.empty_like(bench)
+    for rows, feats in parts:
+        ours[rows] = feats
+    torch.testing.assert_close(ours, bench, atol=1e-5, rtol=1e-5)
+
+
+def test_batches_are_deterministic_and_unlabeled_has_no_labels(tiny_problem: AdaptProblem):
+    task = tiny_problem.tasks[1]
+    assert isinstance(task.unlabeled, Unlabeled) and not hasattr(task.unlabeled, "labels")
+    first = [b.rows.tolist() for b in tiny_problem.batches(task.unlabeled, 4, shuffle=True, seed=1)]
+    again = [b.rows.tolist() for b in tiny_problem.batches(task.unlabeled, 4, shuffle=True, seed=1)]
+    other = [b.rows.tolist() for b in tiny_problem.batches(task.unlabeled, 4, shuffle=True, seed=2)]
+    assert first == again and first != other
+    assert sorted(sum(first, [])) == list(range(len(task.unlabeled)))
+    assert all(b.labels is None for b in tiny_problem.batches(task.unlabeled, 4))
+
+
+def test_task_vectors_and_merged_encoder(tiny_problem: AdaptProblem):
+    base = tiny_problem.base_state()
+    vectors = tiny_problem.task_vectors()
+    assert list(vectors) == [name for name, _ in TASKS]
+    expert = tiny_problem.load_encoder(tiny_problem.expert_dirs["topics"]).state_dict()
+    for name, b in base.items():
+        torch.testing.assert_close(b + vectors["topics"][name], expert[name].float())
+    merged = {k: b + 0.5 * vectors["topics"][k] for k, b in base.items()}
+    encoder = tiny_problem.encoder_with(merged)
+    torch.testing.assert_close(encoder.state_dict()["pooler.dense.weight"], merged["pooler.dense.weight"])
+
+
+def test_save_result_writes_hf_layout_and_loads_back(tiny_problem: AdaptProblem, tmp_path: Path):
+    from mergesmith import load_merged
+
+    base = tiny_problem.base_state()
+    merged = {k: v + 0.25 for k, v in base.items()}
+    result = weights_result(tiny_problem, merged, spec={"method": "unit"}, info={"note": torch.tensor(1.5)})
+    assert result.encoder_for("reviews") is result.encoder_for("topics")  # one merged encoder for every task
+    out = save_result(result, tiny_problem, tmp_path / "out")
+    document = json.loads((out / "adapt.json").read_text())
+    assert document["kind"] == "weights" and document["info"]["note"] == 1.5 and document["tasks"] == ["reviews", "topics"]
+    assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()
+    model = load_merged(out)
+    torch.testing.assert_close(model.state_dict()["encoder.layer.0.attention.self.query.weight"],
+                               merged["encoder.layer.0.attention.self.query.weight"])
+    with pytest.raises(MergesmithError, match="not empty"):
+        save_result(result, tiny_problem, out)
+    save_result(result, tiny_problem, out, force=True)
+    assert not [p for p in out.parent.iterdir() if "mergesmith-tmp" in p.name]
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    steps: int = 3
+    lr: float = 0.1
+
+
+def test_parse_params_errors():
+    spec = AdaptSpec("unit", lambda p, q, s: None, _Params, "paper", frozenset({"unlabeled"}))
+    assert parse_params(spec, {"steps": "5"}).steps == 5
+    with pytest.raises(ConfigError, match="unknown parameter 'step' for unit; allowed: steps, lr"):
+        parse_params(spec, {"step": 1})
+    with pytest.raises(ConfigError, match="'lr'"):
+        parse_params(spec, {"lr": "fast"})
+    with pytest.raises(ValueError):
+        AdaptSpec("bad", lambda p, q, s: None, _Params, "paper", frozenset({"labels"}))
+
+
+def test_test_time_method_without_unlabeled_inputs(tiny_problem: AdaptProblem):
+    import dataclasses
+
+    stripped = dataclasses.replace(tiny_problem, tasks=[dataclasses.replace(t, unlabeled=None) for t in tiny_problem.tasks])
+    with pytest.raises(MergesmithError, match="adamerging adapts on unlabeled test inputs but task 'reviews' has none"):
+        check_needs(stripped, "adamerging", frozenset({"unlabeled"}))
+    check_needs(stripped, "fisher", frozenset({"validation"}))
+
+
+def test_expert_trained_for_another_label_space(tmp_path: Path):
+    pool = build_text_pool(tmp_path)
+    # expert_0 carries its own head with 3 classes, but its task "reviews" has 2 labels
+    save_head(tmp_path / "models" / "expert_0" / "task_head.safetensors", 3, 64, seed=9)
+    with pytest.raises(MergesmithError, match="expert .*expert_0 was trained with a head of shape \\[3, 64\\] but the pool's head"):
+        load_problem(pool=pool, progress=False, echo=lambda _: None)
