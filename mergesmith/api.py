@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +16,8 @@ import yaml
 from mergesmith import __version__
 from mergesmith.config import MergeConfig, load_config, referenced_models
 from mergesmith.engine.execute import ExecutionReport, execute
-from mergesmith.engine.plan import MergePlan, TensorJob, build_plan
+from mergesmith.engine.layers import layer_counts
+from mergesmith.engine.plan import MergePlan, TensorJob, build_plan, tensor_fact_values
 from mergesmith.engine.rng import TensorRng
 from mergesmith.errors import ConfigError, MergesmithError
 from mergesmith.io import open_checkpoint
@@ -182,6 +184,8 @@ def merge_state_dicts(
             diff = sorted(set(sd) ^ set(names))[:3]
             raise MergesmithError(f"expert {i} has different tensor names than expert 0 (e.g. {diff}); merge models of one architecture")
     out: dict[str, torch.Tensor] = {}
+    counts = layer_counts(names)  # where each tensor sits, for depth-scaled methods (as the engine's plan)
+    non_matrix = 0
     for name in names:
         first = experts[0][name]
         if not first.is_floating_point():
@@ -190,8 +194,13 @@ def merge_state_dicts(
         compute = torch.float64 if first.dtype == torch.float64 else torch.float32
         base_t = base[name].to(compute) if base is not None and spec.base != "unused" else None
         tensors = [sd[name].to(compute) for sd in experts]
-        merged = spec.merge(base_t, tensors, spec.params(**values), TensorRng(seed, name))
+        params_t = spec.params(**values, **tensor_fact_values(spec.params, name, counts))
+        merged = spec.merge(base_t, tensors, params_t, TensorRng(seed, name))
         out[name] = merged.to(first.dtype)
+        non_matrix += first.dim() != 2
+    if spec.non_matrix and non_matrix:
+        warnings.warn(f"{spec.name}: {non_matrix} tensors are not 2-D matrices (biases, norms); {spec.non_matrix}",
+                      stacklevel=2)
     return out
 
 

@@ -66,6 +66,19 @@ def gradient_t(index: int, count: int) -> float:
     return index / (count - 1) if count > 1 else 1.0
 
 
+def relative_depth(name: str, counts: dict[str, int]) -> float:
+    """Where a tensor sits between the input (0) and the output (1) of the model, for depth-scaled methods (LiNeS).
+
+    Layer l of a stack of L layers is at l / (L - 1) (1 for a one-layer stack, as ``gradient_t``); tensors outside
+    every stack are at 0 when they come before it (embeddings) and at 1 otherwise (final norm, pooler, heads).
+    ``counts`` maps each stack prefix to its number of layers in the output model (``layer_counts``).
+    """
+    layer = parse_layer(name)
+    if layer is not None and layer.prefix in counts:
+        return gradient_t(layer.index, counts[layer.prefix])
+    return 0.0 if is_pre_stack(name) else 1.0
+
+
 def natural_key(name: str) -> tuple:
     """Sort key that orders layer 10 after layer 9."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))

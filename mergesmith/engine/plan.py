@@ -27,10 +27,11 @@ from mergesmith.engine.layers import (
     main_stack,
     natural_key,
     parse_layer,
+    relative_depth,
 )
 from mergesmith.errors import ConfigError
 from mergesmith.methods import METHODS, MethodSpec
-from mergesmith.methods._spec import param_infos
+from mergesmith.methods._spec import param_infos, tensor_facts
 
 DTYPE_BY_NAME = {
     "float32": torch.float32,
@@ -86,6 +87,8 @@ class MergePlan:
     out_layer_count: int | None  # set when slices change the depth
     reference: int  # model whose config.json / tokenizer the output starts from
     notes: list[str] = field(default_factory=list)
+    # Layers per stack prefix in the output model: where each output tensor sits (``relative_depth``).
+    layer_counts: dict[str, int] = field(default_factory=dict)
 
     def model_index(self, name: str) -> int:
         return self.model_names.index(name)
@@ -117,7 +120,18 @@ def build_plan(config: MergeConfig, checkpoints: dict[str, Any]) -> MergePlan:
         _plan_slices(plan)
     _check_unique_outputs(plan)
     plan.notes.extend(_tied_weight_notes(plan))
+    plan.notes.extend(_non_matrix_notes(plan))
     return plan
+
+
+def _non_matrix_notes(plan: MergePlan) -> list[str]:
+    """One note for a method defined on 2-D matrices: how its paper merges the other tensors, and how many there are."""
+    if not plan.method.non_matrix:
+        return []
+    others = [j for j in plan.jobs if j.params is not None and len(j.shape) != 2]
+    if not others:
+        return []
+    return [f"{plan.method.name}: {len(others)} tensors are not 2-D matrices (biases, norms); {plan.method.non_matrix}"]
 
 
 def _tied_weight_notes(plan: MergePlan) -> list[str]:
@@ -155,6 +169,7 @@ def _plan_models(plan: MergePlan) -> None:
     _check_same_tensors(plan, involved)
     ref_ckpt = plan.checkpoints[plan.reference]
     counts = layer_counts(ref_ckpt.tensors)
+    plan.layer_counts = counts
     for name in sorted(ref_ckpt.tensors, key=natural_key):
         info = ref_ckpt.tensors[name]
         if not info.dtype.is_floating_point:
@@ -197,6 +212,8 @@ def _plan_slices(plan: MergePlan) -> None:
     layer_template = sorted(
         {parse_layer(n).rest for n in ref_names if parse_layer(n) and parse_layer(n).prefix == prefix}, key=natural_key
     )
+    spans = [s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in slices]
+    plan.layer_counts = {prefix: sum(spans)}
     for name in sorted((n for n in outside if is_pre_stack(n)), key=natural_key):
         _add_slice_job(plan, slices[0], name, {src.model: name for src in slices[0].sources}, 0.0)
     out_index = 0
@@ -315,7 +332,8 @@ def _make_job(
     out_name_dtype = config.out_dtype or config.dtype
     out_dtype = DTYPE_BY_NAME[out_name_dtype] if out_name_dtype else ref_info.dtype
 
-    params = _resolve_params(plan.method, out_name, experts, t, model_scopes, slice_scopes, global_scope)
+    params = _resolve_params(plan.method, out_name, experts, t, model_scopes, slice_scopes, global_scope,
+                             tensor_fact_values(plan.method.params, out_name, plan.layer_counts))
     return TensorJob(
         out_name=out_name,
         shape=shape,
@@ -336,8 +354,9 @@ def _resolve_params(
     model_scopes: list[dict[str, Parameters | None]],
     slice_scopes: list[Parameters | None],
     global_scope: Parameters | None,
+    facts: dict[str, Any] | None = None,
 ) -> Any:
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(facts or {})
     for info in param_infos(method.params).values():
         if info.per_model:
             per = []
@@ -348,6 +367,20 @@ def _resolve_params(
         else:
             values[info.field_name] = resolve_parameter(info, slice_scopes + [global_scope], tensor_name, t, tensor_name)
     return method.params(**values)
+
+
+def tensor_fact_values(params_cls: type, name: str, counts: dict[str, int]) -> dict[str, Any]:
+    """Values of the Params fields the engine fills in for tensor ``name`` (``_spec.tensor_fact``).
+
+    Shared by the engine's plan and ``api.merge_state_dicts`` so both merge a tensor with the same facts.
+    """
+    values: dict[str, Any] = {}
+    for field_name, kind in tensor_facts(params_cls).items():
+        if kind == "depth":
+            values[field_name] = relative_depth(name, counts)
+        else:  # a new kind of fact must be taught here
+            raise ValueError(f"unknown tensor fact {kind!r} in {params_cls.__qualname__}.{field_name}")
+    return values
 
 
 def _check_unique_outputs(plan: MergePlan) -> None:

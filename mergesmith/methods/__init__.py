@@ -24,6 +24,7 @@ from mergesmith.methods import (
     task_arithmetic,
     ties,
 )
+from mergesmith.methods import cart, iso, lines, pcb, tsv
 from mergesmith.methods._spec import MethodSpec
 
 METHODS: dict[str, MethodSpec] = {
@@ -47,6 +48,12 @@ METHODS: dict[str, MethodSpec] = {
         della.LINEAR_SPEC,
         sce.SPEC,
         magmax.SPEC,
+        pcb.SPEC,
+        tsv.SPEC,
+        iso.C_SPEC,
+        iso.CTS_SPEC,
+        cart.SPEC,
+        lines.SPEC,
     )
 }
 

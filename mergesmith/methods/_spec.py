@@ -53,11 +53,28 @@ class ParamInfo:
         return self.default is MISSING
 
 
+def tensor_fact(kind: Literal["depth"], *, doc: str = "") -> Any:
+    """A fact about the tensor being merged, filled in by the engine (and ``merge_state_dicts``), never by the YAML.
+
+    ``"depth"``: the tensor's relative depth in [0, 1] (``engine.layers.relative_depth``): 0 for embeddings and other
+    tensors before the layer stack, l / (L - 1) for layer l of L, 1 for the final norm, the head and other tensors
+    after the stack. ``None`` when the merge is called directly without it.
+    """
+    return field(default=None, metadata={"tensor_fact": kind, "doc": doc})
+
+
+def tensor_facts(params_cls: type) -> dict[str, str]:
+    """The Params fields the engine fills in: field name -> kind of fact (see ``tensor_fact``)."""
+    return {f.name: f.metadata["tensor_fact"] for f in dataclasses.fields(params_cls) if "tensor_fact" in f.metadata}
+
+
 def param_infos(params_cls: type) -> dict[str, ParamInfo]:
-    """The parameters of a method's Params dataclass, keyed by their YAML name."""
+    """The parameters of a method's Params dataclass, keyed by their YAML name (tensor facts are not parameters)."""
     infos: dict[str, ParamInfo] = {}
     for f in dataclasses.fields(params_cls):
         meta = f.metadata
+        if "tensor_fact" in meta:
+            continue
         yaml_name = meta.get("alias") or f.name
         if meta.get("per_model"):
             default = meta.get("default", MISSING)
@@ -84,3 +101,6 @@ class MethodSpec:
     context: Callable[..., Any] | None = None
     merge_block: Callable[..., Any] | None = None
     description: str = ""
+    # For methods defined on 2-D weight matrices (TSV-M, Iso-C, CART): how the paper merges every other tensor
+    # (biases, norms). The plan says so once per merge, not once per tensor.
+    non_matrix: str = ""
