@@ -251,6 +251,9 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "gamma": (0.0, 1.0, True, False),
     "epsilon": (0.0, 1.0, True, False),
     "select_topk": (0.0, 1.0, False, True),
+    "sv_reduction": (0.0, 1.0, False, True),
+    "common_space_fraction": (0.0, 1.0, True, True),
+    "rank_ratio": (0.0, 1.0, False, True),
 }
 
 
