@@ -44,14 +44,15 @@ class SafetensorsFile:
         if nbytes == 0:
             return torch.empty(shape, dtype=info.dtype)
         buf = self._pread(offset, nbytes, info.name)
-        return torch.frombuffer(buf, dtype=info.dtype).reshape(shape)
+        return buf.view(info.dtype).reshape(shape)
 
-    def _pread(self, offset: int, nbytes: int, name: str) -> bytearray:
+    def _pread(self, offset: int, nbytes: int, name: str) -> torch.Tensor:
         fd = self._fd
         if fd is None:
             raise ValueError(f"{self.path} is closed")
-        buf = bytearray(nbytes)
-        view = memoryview(buf)
+        # torch.empty, not bytearray: the buffer is filled by the read, zeroing it first would touch it twice.
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        view = memoryview(buf.numpy()).cast("B")
         done = 0
         while done < nbytes:  # the kernel may return short reads (e.g. > 2 GiB on Linux)
             if hasattr(os, "preadv"):

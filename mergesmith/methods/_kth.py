@@ -8,9 +8,10 @@ bit patterns: a non-negative IEEE float orders exactly like its bits read as a s
 - each further pass looks only at the values in that bin: it gathers them and picks the exact value when they are
   few (``GATHER_LIMIT``), else histograms their next 16 bits.
 
-fp32 needs at most two passes, fp64 at most four (in practice two). A tensor of up to ``DIRECT_LIMIT`` values is
-answered directly with ``torch.kthvalue`` in one pass (its blocks held); both routes return the same value, the exact order statistic
-(ties included), so a mask ``values >= threshold`` does not depend on how the tensor was split.
+fp32 needs at most two passes, fp64 at most four (in practice two). The passes after the first look at blocks held
+in memory when the tensor has at most ``HOLD_LIMIT`` values (most weight matrices), else they read them again. The
+value is the exact order statistic (ties included) either way, so a mask ``values >= threshold`` does not depend on
+how the tensor was split.
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ DIGIT_BITS = 16
 BINS = 1 << DIGIT_BITS
 # Candidate values up to this count are gathered and selected directly instead of refining by another histogram.
 GATHER_LIMIT = 1 << 20
-# Tensors with up to this many values per stream are selected directly (blocks held, one pass, kthvalue).
-DIRECT_LIMIT = 1 << 22
+# Tensors with up to this many values per stream are read once: their blocks are held for the later passes.
+HOLD_LIMIT = 1 << 23
 
 Chunks = Callable[[], Iterable[Sequence[Tensor]]]
 # ranks(numel, nonzero) -> for each stream, the ranks k wanted (1 = largest); called once the first pass knows the
@@ -52,46 +53,35 @@ def kth_largest(chunks: Chunks, ranks: Ranks) -> tuple[int, list[list[float]]]:
 
     ``chunks`` is a zero-argument callable returning a fresh iterable over the blocks; each item holds one
     non-negative float tensor per stream (streams are e.g. the experts' |task vector| blocks; all streams have the
-    same number of values). It is called once per pass.
+    same number of values). It is called once per pass; a tensor of up to ``HOLD_LIMIT`` values per stream is
+    read once, its blocks held for the later passes.
 
     Returns ``(numel, values)`` with ``values[s][j]`` the value of rank ``ranks(...)[s][j]`` in stream ``s``.
     Conventions at the edges: rank 0 gives ``+inf`` (nothing ranks above everything), a rank beyond ``numel`` gives
     ``-inf`` (everything is kept), so ``x >= value`` keeps exactly the top k when values are distinct.
     """
-    held: list[list[Tensor]] | None = None  # the blocks so far, while the tensor is small enough to select directly
-    held_numel = 0
-    hists: list[Tensor] | None = None
+    held: list[list[Tensor]] | None = []  # the blocks so far, while the tensor is small enough to hold
+    hists: list[Tensor] = []
     numel = 0
     nonzero: list[int] = []
     width = 32
     for chunk in chunks():
         flat = [_flat(v) for v in chunk]
-        if not nonzero:
+        if not hists:
+            hists = [torch.zeros(BINS, dtype=torch.int64) for _ in flat]
             nonzero = [0] * len(flat)
+            width = _bits(flat[0])[1] if flat else 32
         numel += flat[0].numel() if flat else 0
         for s, v in enumerate(flat):
             nonzero[s] += int(torch.count_nonzero(v))
-        if hists is None:
-            # Small tensors (most weight matrices) are answered in this one pass with kthvalue on the held
-            # blocks; only past DIRECT_LIMIT values do we switch to histograms (and a second pass).
-            held = held if held is not None else [[] for _ in flat]
-            for s, v in enumerate(flat):
-                held[s].append(v)
-            held_numel += flat[0].numel() if flat else 0
-            if held_numel <= DIRECT_LIMIT:
-                continue
-            width = _bits(flat[0])[1] if flat else 32
-            hists = [sum((_top_histogram(v) for v in blocks), torch.zeros(BINS, dtype=torch.int64)) for blocks in held]
-            held = None
-            continue
-        for s, v in enumerate(flat):
             hists[s] += _top_histogram(v)
+        if held is not None:
+            held.append(flat)
+            if numel > HOLD_LIMIT:
+                held = None  # too large to hold: later passes read the blocks again
+    passes: Chunks = (lambda: held) if held is not None else chunks
 
     wanted = [list(ks) for ks in ranks(numel, nonzero)]
-    if hists is None:  # everything was held: one pass is enough
-        values = [torch.cat(blocks) if len(blocks) > 1 else blocks[0] for blocks in held] if held else []
-        return numel, [[_kth_direct(values[s] if values else None, k, numel) for k in ks] for s, ks in enumerate(wanted)]
-
     queries: list[_Query] = []
     results: list[list[float]] = []
     for s, ks in enumerate(wanted):
@@ -113,7 +103,7 @@ def kth_largest(chunks: Chunks, ranks: Ranks) -> tuple[int, list[list[float]]]:
         for q in pending:
             if q.count > GATHER_LIMIT:
                 q.hist = torch.zeros(BINS, dtype=torch.int64)
-        for chunk in chunks():
+        for chunk in passes():
             for q in pending:
                 bits, _ = _bits(_flat(chunk[q.stream]))
                 candidates = bits[(bits >> (width - q.known)) == q.prefix]
@@ -153,20 +143,6 @@ def _descend(q: _Query, hist: Tensor, width: int) -> None:
     q.count = int(hist[digit])
     if q.known == width:
         q.value = _from_bits(q.prefix, width)
-
-
-def _kth_direct(values: Tensor | None, k: int, numel: int) -> float:
-    """The k-th largest of held values: the top-16-bit histogram names the bin holding rank k, and ``kthvalue``
-    runs on that bin's few values only (a full ``kthvalue`` over millions of values costs several times more)."""
-    if k <= 0:
-        return math.inf
-    if k > numel or values is None:
-        return -math.inf
-    bits, width = _bits(values)
-    q = _Query(stream=0, k=k)
-    _descend(q, _top_histogram(values), width)
-    candidates = values[(bits >> (width - DIGIT_BITS)) == q.prefix]
-    return float(torch.kthvalue(candidates, candidates.numel() - q.k + 1).values)
 
 
 def _flat(v: Tensor) -> Tensor:

@@ -40,10 +40,10 @@ def _samples(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("n_chunks", [1, 7])
 @pytest.mark.parametrize("gather_limit", [1 << 20, 0])
-@pytest.mark.parametrize("direct_limit", [1 << 23, 0])
-def test_matches_full_sort(monkeypatch, dtype, n_chunks, gather_limit, direct_limit):
+@pytest.mark.parametrize("hold_limit", [1 << 23, 0])
+def test_matches_full_sort(monkeypatch, dtype, n_chunks, gather_limit, hold_limit):
     monkeypatch.setattr(_kth, "GATHER_LIMIT", gather_limit)  # 0 forces histogram refinement of every digit
-    monkeypatch.setattr(_kth, "DIRECT_LIMIT", direct_limit)  # 0 forces the histogram route for any tensor
+    monkeypatch.setattr(_kth, "HOLD_LIMIT", hold_limit)  # 0 forces the histogram route for any tensor
     for v in _samples(dtype):
         n = v.numel()
         ks = [1, 2, n // 3, n // 2, n - 1, n]
@@ -61,7 +61,7 @@ def test_single_block_and_streamed_agree_for_several_streams(monkeypatch):
     held, passes_held = _chunks(streams, 13)
     _, a = kth_largest(one, lambda numel, nonzero: ks)
     _, b = kth_largest(held, lambda numel, nonzero: ks)
-    monkeypatch.setattr(_kth, "DIRECT_LIMIT", 1000)  # past the limit: histograms
+    monkeypatch.setattr(_kth, "HOLD_LIMIT", 1000)  # past the limit: histograms
     many, passes_many = _chunks(streams, 13)
     _, c = kth_largest(many, lambda numel, nonzero: ks)
     assert a == b == c == [[_reference(s, k) for k in row] for s, row in zip(streams, ks)]

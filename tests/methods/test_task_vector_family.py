@@ -185,7 +185,7 @@ def test_streamed_in_many_blocks_matches_mergekit(monkeypatch, name, n):
     reference = mergekit(name, base, experts, **values)
     whole = ours(name, base, experts, **values)
     monkeypatch.setattr(_blocks, "BLOCK_ELEMENTS", 67 * 4)  # 4 rows a block: 31 blocks
-    monkeypatch.setattr(_kth, "DIRECT_LIMIT", 0)  # take the histogram route, as a large tensor does
+    monkeypatch.setattr(_kth, "HOLD_LIMIT", 0)  # take the histogram route, as a large tensor does
     result, n_blocks, passes = streamed(name, base, experts, **values)
     assert n_blocks == 31
     assert torch.equal(result, whole), "streaming must not change a single bit"
@@ -212,7 +212,7 @@ def test_ties_threshold_single_block_equals_streamed(monkeypatch):
     monkeypatch.setattr(_blocks, "BLOCK_ELEMENTS", 50 * 7)
     held = tv.magnitude_bands(blocks, [0.3, 0.6], rescale=False)
     assert len(calls) == 2  # a small tensor's blocks are held and selected in one pass
-    monkeypatch.setattr(_kth, "DIRECT_LIMIT", 0)
+    monkeypatch.setattr(_kth, "HOLD_LIMIT", 0)
     many = tv.magnitude_bands(blocks, [0.3, 0.6], rescale=False)
     assert len(calls) == 4  # histogram, then gather
     assert one == held
