@@ -8,7 +8,7 @@ registration). ``problem_from_pool`` turns a bench ``Pool`` into an ``AdaptProbl
 from __future__ import annotations
 
 from mergesmith.adapt._spec import AdaptSpec
-from mergesmith.adapt import adamerging
+from mergesmith.adapt import adamerging, atlas
 from mergesmith.errors import MergesmithError
 
 ADAPT_METHODS: dict[str, AdaptSpec] = {
@@ -16,6 +16,7 @@ ADAPT_METHODS: dict[str, AdaptSpec] = {
     for spec in (
         # one line per method (each helper adds its modules' specs and imports them above)
         *adamerging.SPECS,
+        atlas.SPEC,
     )
 }
 
