@@ -43,6 +43,9 @@ Parameters = dict[str, ParameterSetting]
 class ModelEntry(_Strict):
     model: str
     parameters: Parameters | None = None
+    # Per-model statistics (a safetensors file keyed by tensor name) for methods that read them (fisher_combine,
+    # regmean_combine); written by ``mergesmith adapt fisher|regmean``.
+    statistics: str | None = None
 
 
 class SliceSource(_Strict):
@@ -201,6 +204,7 @@ def check_config(config: MergeConfig, label: str = "config") -> None:
                 raise ConfigError(f"{label}: slices[{s}]: every source of a slice must span the same number of layers, got {sorted(lengths)}")
             for j, src in enumerate(out_slice.sources):
                 _check_parameter_block(src.parameters, f"slices[{s}].sources[{j}].parameters", infos, method, allow_global=False, label=label)
+    _check_statistics(config, method, label)
     if config.config_source not in (None, "base") and config.config_source not in referenced_models(config):
         raise ConfigError(
             f"{label}: config_source {config.config_source!r} is not one of the models; use 'base' or a listed model"
@@ -209,6 +213,22 @@ def check_config(config: MergeConfig, label: str = "config") -> None:
         raise ConfigError(
             f"{label}: tokenizer_source {config.tokenizer_source!r} is not one of the models; use 'base' or a listed model"
         )
+
+
+def _check_statistics(config: MergeConfig, method: MethodSpec, label: str) -> None:
+    """Methods with statistics need a ``statistics`` file for every model entry; other methods accept none."""
+    if method.statistics is None:
+        for i, entry in enumerate(config.models or []):
+            if entry.statistics is not None:
+                raise ConfigError(f"{label}: models[{i}].statistics: {method.name} reads no statistics; remove it (fisher_combine and regmean_combine read them)")
+        return
+    if config.models is None:
+        raise ConfigError(f"{label}: {method.name} merges whole models with their statistics; use 'models', not 'slices'")
+    if config.base_model is not None:
+        raise ConfigError(f"{label}: {method.name} does not use base_model; remove it and list the experts with their statistics")
+    for i, entry in enumerate(config.models):
+        if entry.statistics is None:
+            raise ConfigError(f"{label}: models[{i}]: {method.name} needs the model's statistics file (statistics: PATH.safetensors)")
 
 
 def _check_parameter_block(
@@ -311,6 +331,8 @@ def referenced_models(config: MergeConfig) -> list[str]:
     add(config.base_model)
     for entry in config.models or []:
         add(entry.model)
+    for entry in config.models or []:
+        add(entry.statistics)  # statistics files are opened like checkpoints (safetensors keyed by tensor name)
     for out_slice in config.slices or []:
         add(out_slice.base_model)
         for src in out_slice.sources:

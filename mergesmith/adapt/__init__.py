@@ -7,16 +7,21 @@ registration). ``problem_from_pool`` turns a bench ``Pool`` into an ``AdaptProbl
 
 from __future__ import annotations
 
+from mergesmith.adapt import bmm, fisher, regmean
 from mergesmith.adapt._spec import AdaptSpec
-from mergesmith.adapt import adamerging, atlas
+from mergesmith.adapt import adamerging
 from mergesmith.errors import MergesmithError
 
 ADAPT_METHODS: dict[str, AdaptSpec] = {
     spec.name: spec
     for spec in (
         # one line per method (each helper adds its modules' specs and imports them above)
+        fisher.SPEC,
+        regmean.SPEC,
+        regmean.SPEC_PLUSPLUS,
+        bmm.SPEC,
+        bmm.SPEC_DATAFREE,
         *adamerging.SPECS,
-        atlas.SPEC,
     )
 }
 

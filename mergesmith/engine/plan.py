@@ -116,6 +116,8 @@ def build_plan(config: MergeConfig, checkpoints: dict[str, Any]) -> MergePlan:
         )
     if config.models is not None:
         _plan_models(plan)
+        if method.statistics is not None:
+            _add_statistics(plan)
     else:
         _plan_slices(plan)
     _check_unique_outputs(plan)
@@ -378,9 +380,42 @@ def tensor_fact_values(params_cls: type, name: str, counts: dict[str, int]) -> d
     for field_name, kind in tensor_facts(params_cls).items():
         if kind == "depth":
             values[field_name] = relative_depth(name, counts)
+        elif kind == "statistics":
+            values[field_name] = False  # set by _add_statistics where every model has the tensor's statistic
         else:  # a new kind of fact must be taught here
             raise ValueError(f"unknown tensor fact {kind!r} in {params_cls.__qualname__}.{field_name}")
     return values
+
+
+def _add_statistics(plan: MergePlan) -> None:
+    """Methods with statistics (fisher_combine, regmean_combine): append each expert's statistic for the tensor (its
+    model entry's ``statistics`` file, same tensor name) after the experts, and set the ``statistics`` tensor fact.
+    A tensor some statistics files have and others lack is an error; one that none has is merged without."""
+    import dataclasses
+
+    entries = {e.model: e.statistics for e in plan.config.models or []}
+    fact = next(f for f, kind in tensor_facts(plan.method.params).items() if kind == "statistics")
+    for index, job in enumerate(plan.jobs):
+        if job.params is None:
+            continue
+        files = [entries[plan.model_names[ref.model]] for ref in job.experts]
+        infos = [plan.checkpoints[plan.model_index(f)].tensors.get(job.out_name) for f in files]
+        if all(i is None for i in infos):
+            continue
+        if any(i is None for i in infos):
+            lacking = files[[i is None for i in infos].index(True)]
+            raise ConfigError(f"{lacking}: has no statistic for {job.out_name!r} but other statistics files do; collect all of them the same way")
+        wanted = plan.method.statistics(job.shape)
+        for f, info in zip(files, infos):
+            if wanted is None or tuple(info.shape) != tuple(wanted):
+                raise ConfigError(
+                    f"{f}: the statistic {job.out_name!r} has shape {list(info.shape)} but {plan.method.name} expects "
+                    f"{list(wanted) if wanted else 'none'} for a tensor of shape {list(job.shape)}"
+                )
+        refs = tuple(TensorRef(plan.model_index(f), job.out_name) for f in files)
+        plan.jobs[index] = dataclasses.replace(
+            job, experts=job.experts + refs, params=dataclasses.replace(job.params, **{fact: True})
+        )
 
 
 def _check_unique_outputs(plan: MergePlan) -> None:

@@ -25,6 +25,7 @@ from mergesmith.methods import (
     ties,
 )
 from mergesmith.methods import cart, iso, lines, pcb, tsv
+from mergesmith.methods import fisher_combine, regmean_combine
 from mergesmith.methods._spec import MethodSpec
 
 METHODS: dict[str, MethodSpec] = {
@@ -54,6 +55,8 @@ METHODS: dict[str, MethodSpec] = {
         iso.CTS_SPEC,
         cart.SPEC,
         lines.SPEC,
+        fisher_combine.SPEC,
+        regmean_combine.SPEC,
     )
 }
 

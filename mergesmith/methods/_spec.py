@@ -53,12 +53,14 @@ class ParamInfo:
         return self.default is MISSING
 
 
-def tensor_fact(kind: Literal["depth"], *, doc: str = "") -> Any:
+def tensor_fact(kind: Literal["depth", "statistics"], *, doc: str = "") -> Any:
     """A fact about the tensor being merged, filled in by the engine (and ``merge_state_dicts``), never by the YAML.
 
     ``"depth"``: the tensor's relative depth in [0, 1] (``engine.layers.relative_depth``): 0 for embeddings and other
     tensors before the layer stack, l / (L - 1) for layer l of L, 1 for the final norm, the head and other tensors
     after the stack. ``None`` when the merge is called directly without it.
+    ``"statistics"``: True when the engine appended each model's statistics tensor (see ``MethodSpec.statistics``)
+    to ``experts``, after the models' tensors; False for tensors without statistics.
     """
     return field(default=None, metadata={"tensor_fact": kind, "doc": doc})
 
@@ -104,3 +106,7 @@ class MethodSpec:
     # For methods defined on 2-D weight matrices (TSV-M, Iso-C, CART): how the paper merges every other tensor
     # (biases, norms). The plan says so once per merge, not once per tensor.
     non_matrix: str = ""
+    # For methods that combine weights with per-model statistics (fisher_combine, regmean_combine): maps a tensor's
+    # shape to the shape of its statistic (None: the tensor has none). Each model entry of the merge config then
+    # names its statistics file (``statistics:``); the plan appends the statistics to ``experts``.
+    statistics: Callable[[tuple[int, ...]], tuple[int, ...] | None] | None = None

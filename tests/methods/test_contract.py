@@ -51,6 +51,8 @@ IDENTITY_PARAMS: dict[str, dict] = {
     "iso_cts": {},
     "cart": {},
     "lines": {"beta": 0.0},  # alpha defaults to 1/N
+    "fisher_combine": {},  # without statistics: the average
+    "regmean_combine": {},  # without statistics: the average
 }
 # Methods whose paper makes N identical experts give something else than the expert; their own test files check
 # what the paper's definition gives instead.

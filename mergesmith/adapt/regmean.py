@@ -1,0 +1,181 @@
+"""RegMean (Jin et al. 2023, arXiv:2212.09849) and RegMean++ (Nguyen et al. 2025, arXiv:2508.03121).
+
+RegMean, eq. (2)-(3): every linear layer is merged by the closed-form regression W* = (sum_i G_i)^-1 sum_i G_i W_i,
+with G_i = X_i^T X_i the Gram of the layer's inputs on task i's data, recorded with forward hooks on expert i, and the
+off-diagonal entries scaled by alpha (section 3.2); every other tensor is averaged.
+
+RegMean++ keeps the objective but takes X_i from the MERGED model: the inputs to layer l's linear modules are what
+expert i's layer l computes from the merged model's layers < l (cross-layer dependency; the intra-layer inputs stay
+expert i's own sub-modules), so layers are merged in order, from the embeddings up.
+
+Both save each task's Grams as ``statistics/<task>.safetensors`` (``<linear weight name>`` -> [in, in]) and the final
+checkpoint is written by the engine's ``regmean_combine`` from the weights and those Grams.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor
+
+from mergesmith.adapt._spec import AdaptSpec, params_dict
+from mergesmith.adapt.problem import AdaptProblem, check_needs
+from mergesmith.adapt.result import AdaptResult, weights_result
+from mergesmith.adapt.statistics import (
+    GramCollector,
+    checkpoint_names,
+    data_split,
+    engine_merge,
+    example_batches,
+    linear_modules,
+    portable_config,
+    save_statistics,
+)
+from mergesmith.methods.regmean_combine import regmean_weight
+
+PAPER = "Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models, arXiv:2212.09849"
+PAPER_PP = ("Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of Regression Mean for Model "
+            "Merging, arXiv:2508.03121")
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    num_examples: int = Field(256, ge=1, description="inputs per task the Grams are computed from")
+    alpha: float = Field(0.95, ge=0, le=1, description="off-diagonal scale of the Grams (FusionBench's CLIP default)")
+    ridge: float = Field(1e-4, gt=0, description="ridge for a singular Gram sum, relative to its mean diagonal")
+    data: Literal["validation", "unlabeled"] = Field("validation", description="which inputs (labels are never read)")
+    batch_size: int = Field(32, ge=1)
+
+
+def _forward(problem: AdaptProblem, encoder, state: dict[str, Tensor] | None, batch) -> None:
+    from torch.func import functional_call
+
+    with torch.no_grad():
+        if state is None:
+            encoder(**problem.forward_kwargs(batch))
+        else:
+            functional_call(encoder, state, args=(), kwargs=problem.forward_kwargs(batch), strict=False)
+
+
+def task_grams(problem: AdaptProblem, task, encoder, modules: dict, params: Params, seed: int,
+               state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+    """Module name -> mean Gram of the module's inputs on the task's data (``state`` overrides the encoder's weights)."""
+    split = data_split(problem, task, params.data)
+    with GramCollector(modules) as collector:
+        for batch in example_batches(problem, split, params.num_examples, params.batch_size, seed):
+            collector.set_batch(problem, batch)
+            _forward(problem, encoder, state, batch)
+        return collector.grams()
+
+
+def stage_of(name: str, stack: str | None, depth: int) -> int:
+    """Where a tensor sits in RegMean++'s layer order: -1 before the layer stack (embeddings), its layer index inside
+    it, ``depth`` after it (pooler, final norm)."""
+    from mergesmith.engine.layers import is_pre_stack, parse_layer
+
+    layer = parse_layer(name)
+    if layer is not None and layer.prefix == stack:
+        return layer.index
+    return -1 if is_pre_stack(name) else depth
+
+
+def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: bool) -> AdaptResult:
+    from tqdm import tqdm
+
+    from mergesmith.engine.layers import layer_counts, main_stack
+
+    method = "regmean_plusplus" if plusplus else "regmean"
+    check_needs(problem, method, frozenset({params.data}))
+    base = problem.base_state()
+    vectors = problem.task_vectors()
+    tasks = problem.tasks
+    encoder = problem.load_encoder(problem.base_dir)
+    modules = linear_modules(encoder)
+    weight_of = {m: f"{m}.weight" for m in modules}
+    linear_weights = set(weight_of.values())
+    n = len(tasks)
+
+    def expert(i: int) -> dict[str, Tensor]:
+        return {k: b + vectors[tasks[i].name][k] for k, b in base.items()}
+
+    # Section 3: every tensor that is not a linear layer's weight is averaged.
+    merged = {k: b + sum(vectors[t.name][k] for t in tasks) / n for k, b in base.items() if k not in linear_weights}
+    grams: dict[str, dict[str, Tensor]] = {t.name: {} for t in tasks}
+    regularised: list[str] = []
+
+    def solve(module_names) -> None:
+        for m in module_names:
+            w = weight_of[m]
+            weights = [base[w] + vectors[t.name][w] for t in tasks]
+            merged[w], singular = regmean_weight(weights, [grams[t.name][w] for t in tasks], params.alpha, params.ridge)
+            if singular:
+                regularised.append(w)
+
+    if not plusplus:
+        for i, task in enumerate(tqdm(tasks, desc=method, unit="task", leave=False)):
+            found = task_grams(problem, task, encoder, modules, params, seed + i, state=expert(i))
+            grams[task.name] = {weight_of[m]: g for m, g in found.items()}
+        solve(modules)
+    else:
+        stack = main_stack(list(base))
+        depth = layer_counts(list(base)).get(stack, 0) if stack else 0
+        stages = sorted({stage_of(weight_of[m], stack, depth) for m in modules})
+        for stage in tqdm(stages, desc=method, unit="stage", leave=False):
+            stage_modules = {m: mod for m, mod in modules.items() if stage_of(weight_of[m], stack, depth) == stage}
+            for i, task in enumerate(tasks):
+                own = expert(i)
+                # Layers before this stage are the merged model's; this layer (and later ones) are expert i's.
+                hybrid = {k: (merged[k] if stage_of(k, stack, depth) < stage else own[k]) for k in base}
+                found = task_grams(problem, task, encoder, stage_modules, params, seed + i, state=hybrid)
+                grams[task.name].update({weight_of[m]: g for m, g in found.items()})
+                del own, hybrid
+            solve(stage_modules)
+    del encoder
+
+    workdir = tempfile.TemporaryDirectory(prefix=f"mergesmith-{method}-")
+    root = Path(workdir.name)
+    names = checkpoint_names(problem, linear_weights)
+    statistics = {t.name: save_statistics(root / "statistics" / f"{t.name}.safetensors", grams[t.name], names) for t in tasks}
+    floating, config_path = engine_merge(problem, "regmean_combine", statistics, {"alpha": params.alpha, "ridge": params.ridge}, root)
+    portable = root / "merge.portable.yaml"
+    portable.write_text(portable_config(config_path, statistics), encoding="utf-8")
+    files = {f"statistics/{t}.safetensors": p for t, p in statistics.items()} | {"merge.yaml": portable}
+    info: dict = {"linear_layers": len(modules), "regularised": regularised}
+    if regularised:
+        info["warning"] = (f"{len(regularised)} Gram sum(s) were singular and got a ridge of {params.ridge:g} x mean "
+                           f"diagonal, e.g. {regularised[0]}")
+    # The in-memory solution (used by RegMean++'s layer sweep) and the engine's must agree.
+    info["engine_max_abs_difference"] = max(float((floating[k] - merged[k]).abs().max()) for k in linear_weights)
+    spec = {"method": method, "paper": PAPER_PP if plusplus else PAPER, "params": params_dict(params), "seed": seed}
+    return weights_result(problem, floating, spec=spec, info=info, files=files, workdir=workdir)
+
+
+def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
+    return run_regmean(problem, params, seed, plusplus=False)
+
+
+def run_plusplus(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
+    return run_regmean(problem, params, seed, plusplus=True)
+
+
+SPEC = AdaptSpec(
+    name="regmean",
+    run=run,
+    params=Params,
+    paper=PAPER,
+    needs=frozenset({"validation"}),
+    description="closed-form regression merge of every linear layer from the experts' input Grams; others averaged",
+)
+
+SPEC_PLUSPLUS = AdaptSpec(
+    name="regmean_plusplus",
+    run=run_plusplus,
+    params=Params,
+    paper=PAPER_PP,
+    needs=frozenset({"validation"}),
+    description="RegMean with each layer's inputs computed by the merged model's earlier layers",
+)

@@ -1,0 +1,167 @@
+"""Per-tensor statistics for the statistics methods (Fisher, RegMean, BMM): collected with hooks and autograd on the
+experts, saved as safetensors keyed by the checkpoints' tensor names, and combined by the engine.
+
+The flow of ``mergesmith adapt fisher|regmean``: collect each task's statistics -> ``statistics/<task>.safetensors``
+-> a merge YAML whose models name their ``statistics:`` file -> ``mergesmith.merge`` streams weights + statistics
+through the tensor-wise combiner (``fisher_combine`` / ``regmean_combine``) -> the merged checkpoint.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import torch
+from torch import Tensor, nn
+
+from mergesmith.errors import MergesmithError
+
+
+def linear_modules(encoder: nn.Module) -> dict[str, nn.Linear]:
+    """Every ``nn.Linear`` of the encoder by module name (the layers RegMean merges by regression)."""
+    return {name: m for name, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+
+
+def checkpoint_names(problem, names: Iterable[str]) -> dict[str, str]:
+    """Encoder tensor name -> the tensor's name in the expert checkpoints (a checkpoint saved from a model with a head,
+    e.g. ``BertForMaskedLM``, prefixes the encoder's names with ``bert.``). Tensors the checkpoints do not store are
+    left out: the loader initialises them identically in every model, so they carry no statistics."""
+    from mergesmith.io import open_checkpoint
+
+    with open_checkpoint(next(iter(problem.expert_dirs.values()))) as ckpt:
+        stored = list(ckpt.tensors)
+    exact = set(stored)
+    mapping = {}
+    for name in names:
+        if name in exact:
+            mapping[name] = name
+            continue
+        matches = [s for s in stored if s.endswith("." + name)]
+        if not matches:
+            continue  # not stored (e.g. a pooler a masked-LM checkpoint lacks): initialised alike in every model
+        if len(matches) > 1:
+            raise MergesmithError(
+                f"cannot tell which checkpoint tensor holds the encoder's {name!r} ({len(matches)} candidates); save the "
+                "experts with save_pretrained of the encoder model"
+            )
+        mapping[name] = matches[0]
+    return mapping
+
+
+class GramCollector:
+    """Forward hooks accumulating G = mean over input rows of x x^T for the chosen linear modules.
+
+    Text batches: only real tokens count (padding rows are masked out with the batch's attention mask), so a Gram
+    does not depend on how the batch was padded."""
+
+    def __init__(self, modules: dict[str, nn.Linear]):
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, int] = {}
+        self.mask: Tensor | None = None
+        self._handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
+
+    def _hook(self, name: str) -> Callable:
+        def hook(module, args, output):
+            x = args[0].detach()
+            if self.mask is not None and x.dim() == 3 and x.shape[:2] == self.mask.shape:
+                rows = x[self.mask]
+            else:
+                rows = x.reshape(-1, x.shape[-1])
+            rows = rows.double()
+            gram = rows.T @ rows
+            if name in self.sums:
+                self.sums[name] += gram
+                self.counts[name] += rows.shape[0]
+            else:
+                self.sums[name] = gram
+                self.counts[name] = rows.shape[0]
+
+        return hook
+
+    def set_batch(self, problem, batch) -> None:
+        mask = batch.inputs.get("attention_mask") if problem.modality == "text" else None
+        self.mask = mask.bool() if mask is not None else None
+
+    def grams(self) -> dict[str, Tensor]:
+        """Module name -> mean Gram (float64). A common per-task scale leaves RegMean's solution unchanged when every
+        task sees as many rows, and equalises tasks whose inputs have different token counts."""
+        return {name: s / max(1, self.counts[name]) for name, s in self.sums.items()}
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    def __enter__(self) -> "GramCollector":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def example_batches(problem, split, num_examples: int, batch_size: int, seed: int):
+    """The first ``num_examples`` of a seeded shuffle of ``split``, in batches (every task gets the same count)."""
+    taken = 0
+    for batch in problem.batches(split, batch_size, shuffle=True, seed=seed):
+        if taken >= num_examples:
+            return
+        if taken + len(batch) > num_examples:
+            keep = num_examples - taken
+            batch = type(batch)({k: v[:keep] for k, v in batch.inputs.items()},
+                                None if batch.labels is None else batch.labels[:keep], batch.rows[:keep])
+        taken += len(batch)
+        yield batch
+
+
+def data_split(problem, task, which: str):
+    split = task.unlabeled if which == "unlabeled" else task.validation
+    if split is None or len(split) == 0:
+        raise MergesmithError(f"task {task.name!r} has no {which} inputs to collect statistics from; give the task that split")
+    return split
+
+
+def save_statistics(path: Path, tensors: dict[str, Tensor], names: dict[str, str]) -> Path:
+    """Write statistics keyed by the checkpoints' tensor names (fp32)."""
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file({names[k]: v.detach().float().contiguous() for k, v in tensors.items() if k in names}, str(path),
+              metadata={"format": "pt"})
+    return path
+
+
+def engine_merge(problem, method: str, statistics: dict[str, Path], parameters: dict, workdir: Path,
+                 per_model: dict[str, dict] | None = None) -> tuple[dict[str, Tensor], Path]:
+    """Write the merge YAML for ``method`` (experts + their statistics files), run the streaming engine into
+    ``workdir/merged`` and return the merged encoder's floating tensors and the YAML's path."""
+    import yaml
+
+    from mergesmith.api import merge
+
+    models = []
+    for task in problem.task_names:
+        entry = {"model": str(problem.expert_dirs[task]), "statistics": str(statistics[task])}
+        if per_model and task in per_model:
+            entry["parameters"] = per_model[task]
+        models.append(entry)
+    config = {"merge_method": method, "dtype": "float32", "models": models}
+    if parameters:
+        config["parameters"] = parameters
+    config_path = workdir / "merge.yaml"
+    config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+    out = workdir / "merged"
+    merge(config_path, out, threads=2)
+    state = problem.load_encoder(out).state_dict()
+    floating = {k: v.detach().float().clone() for k, v in state.items() if v.is_floating_point()}
+    return floating, config_path
+
+
+def portable_config(config_path: Path, statistics: dict[str, Path]) -> str:
+    """The merge YAML as saved beside the result: statistics paths relative to the output directory."""
+    import yaml
+
+    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    by_path = {str(p): f"statistics/{task}.safetensors" for task, p in statistics.items()}
+    for entry in config["models"]:
+        entry["statistics"] = by_path.get(entry["statistics"], entry["statistics"])
+    return yaml.safe_dump(config, sort_keys=False)
