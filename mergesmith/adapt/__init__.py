@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from mergesmith.adapt import bmm, fisher, regmean
 from mergesmith.adapt._spec import AdaptSpec
-from mergesmith.adapt import adamerging
+from mergesmith.adapt import adamerging, atlas
 from mergesmith.errors import MergesmithError
 
 ADAPT_METHODS: dict[str, AdaptSpec] = {
@@ -22,6 +22,7 @@ ADAPT_METHODS: dict[str, AdaptSpec] = {
         bmm.SPEC,
         bmm.SPEC_DATAFREE,
         *adamerging.SPECS,
+        atlas.SPEC,
     )
 }
 
