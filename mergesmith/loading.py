@@ -25,8 +25,32 @@ def _load_weights(directory: Path, spec: dict, task: str | None) -> Any:
     return AutoModel.from_pretrained(directory).eval()
 
 
+def _load_surgery(directory: Path, spec: dict, task: str | None) -> Any:
+    """Surgery / SurgeryV2: the merged model with task ``task``'s modules (``task`` is required)."""
+    from mergesmith.adapt.surgery import load_saved
+
+    return load_saved(directory, spec, task)
+
+
+def _load_wemoe(directory: Path, spec: dict, task: str | None) -> Any:
+    """WEMoE / E-WEMoE: the merged model with routed MLP blocks (one model for every task)."""
+    from mergesmith.adapt.wemoe import load_saved
+
+    return load_saved(directory, spec, task)
+
+
+def _load_task_model(directory: Path, spec: dict, task: str | None) -> Any:
+    from mergesmith.engine.side_outputs import load_task_model
+
+    return load_task_model(directory, spec, task)
+
+
 LOADERS: dict[str, Callable[[Path, dict, str | None], Any]] = {
     "weights": _load_weights,
+    "emr": _load_task_model,  # one model per task: base + rescaler * (mask * task vector) (engine/side_outputs.py)
+    "tall_masks": _load_task_model,
+    "surgery": _load_surgery,
+    "wemoe": _load_wemoe,
 }
 
 

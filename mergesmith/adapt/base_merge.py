@@ -1,0 +1,75 @@
+"""The merged model a data-driven add-on (Surgery, SurgeryV2) sits on: any tensor-wise mergesmith method, or any adapt
+method whose result is one set of weights (e.g. AdaMerging).
+
+Memory (issue 4): experts are never all materialised. A tensor-wise method sees each expert as a lazy view
+``theta_t[name] = theta_0[name] + tau_t[name]`` built one tensor at a time from the problem's base and its one copy
+of the task vectors.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator, Mapping
+
+from torch import Tensor
+
+from mergesmith.errors import MergesmithError
+
+
+class _ExpertView(Mapping):
+    """Expert t's floating tensors, computed on access as base + task vector (never held as a whole)."""
+
+    def __init__(self, base: Mapping[str, Tensor], vector: Mapping[str, Tensor]):
+        self._base = base
+        self._vector = vector
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._base[name] + self._vector[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+
+def anchor_merge(problem: Any, method: str, params: Mapping[str, Any], seed: int) -> tuple[dict[str, Tensor], dict]:
+    """``(merged floating tensors, info)`` for ``method`` with ``params`` on the problem's base and experts."""
+    from mergesmith.adapt import ADAPT_METHODS
+    from mergesmith.methods import METHODS
+
+    if method in ADAPT_METHODS:
+        from mergesmith.adapt._spec import params_dict, parse_params
+
+        spec = ADAPT_METHODS[method]
+        if spec.name in ("surgery", "surgery_v2", "wemoe", "e_wemoe"):
+            raise MergesmithError(f"merge_method {method!r} adds modules of its own; give a method that outputs one set of weights")
+        chosen = parse_params(spec, dict(params))
+        result = spec.run(problem, chosen, seed)
+        if result.kind != "weights":
+            raise MergesmithError(
+                f"merge_method {method!r} gives a {result.kind!r} model, not one set of weights; give a method that "
+                "outputs plain merged weights (task_arithmetic, ties, adamerging_layerwise, ...)"
+            )
+        base = problem.base_state()
+        return {k: result.state_dict[k].float() for k in base}, {"method": method, "params": params_dict(chosen),
+                                                                  "info": result.info}
+    if method not in METHODS:
+        known = sorted(set(METHODS) | set(ADAPT_METHODS))
+        raise MergesmithError(f"unknown merge_method {method!r}; known: {', '.join(known)}")
+    from mergesmith.api import merge_state_dicts
+    from mergesmith.methods._spec import param_infos
+
+    spec = METHODS[method]
+    values = dict(params)
+    infos = param_infos(spec.params)
+    # The bench's convention: a required per-model weight defaults to 1.0 (every expert counts the same).
+    if "weight" in infos and infos["weight"].required and "weight" not in values:
+        values["weight"] = 1.0
+    base = problem.base_state()
+    vectors = problem.task_vectors()
+    experts = [_ExpertView(base, vectors[name]) for name in problem.expert_dirs]
+    merged = merge_state_dicts(base if spec.base != "unused" else None, experts, method, seed=seed, **values)
+    return {k: v.float() for k, v in merged.items()}, {"method": method, "params": values}
+
+
+__all__ = ["anchor_merge"]

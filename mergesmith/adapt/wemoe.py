@@ -1,0 +1,430 @@
+"""WEMoE and E-WEMoE: the MLP blocks become weight-ensembling mixtures of experts, routed per input.
+
+- WEMoE: Tang, Shen, Luo, Yin, Zhang, Tao 2024, "Merging Multi-Task Models via Weight-Ensembling Mixture of Experts",
+  ICML 2024, arXiv 2402.00433.
+- E-WEMoE: Shen, Tang, Yang, Guo, Luo, Zhang, Chen, Du, Tao 2024, "Efficient and Effective Weight-Ensembling Mixture
+  of Experts for Multi-Task Model Merging", arXiv 2410.21804.
+
+The steps (WEMoE Sec. 3; E-WEMoE Sec. 4):
+1. task vectors tau_t = theta_t - theta_0 (WEMoE Sec. 3.1, as in task arithmetic);
+2. the modules outside the MLP blocks are merged statically by task arithmetic, theta = theta_0 + lambda sum_t tau_t
+   with lambda = 0.3 (WEMoE Sec. 3.2: the non-critical modules; the authors' init lambda);
+3. each MLP block (the critical modules, WEMoE Sec. 3.2) becomes a weight-ensembling MoE: for input x with hidden
+   states h (the block's input), the router gives per-token coefficients r(h) over the task vectors, averaged over
+   the input's tokens (real tokens only for text) to one coefficient per task, and the block runs with the weights
+   W(x) = W_0 + sum_t r_t(x) tau_t^W (and the same for the biases) (WEMoE Sec. 3.2, the weight-ensembling MoE);
+4. the router is a 2-layer MLP r(h) = W_2 ReLU(W_1 h + b_1) + b_2 (WEMoE Sec. 3.2), initialised with W_1, W_2 ~
+   N(0, 0.01^2), b_1 = 0 and b_2 = lambda = 0.3, so the MoE starts as task arithmetic with lambda 0.3;
+5. routers are trained by test-time adaptation: minimise the Shannon entropy of each task head's predictions on the
+   task's unlabeled test inputs, summed over tasks (WEMoE Sec. 3.3, the AdaMerging objective), Adam, seeded batches;
+6. E-WEMoE (E-WEMoE Sec. 4): (a) each MLP task vector is sparsified by magnitude, keeping the top ``density``
+   fraction of each tensor's entries (E-WEMoE-90% keeps 10 %); (b) one router is shared by all MoE blocks (each
+   block feeds it its own hidden states), so trainable and total parameters drop by about the number of layers and
+   1/density respectively.
+
+Architectures: the MLP blocks are found by layout (``mergesmith.adapt.modules``: BERT, GPT-2, LLaMA, CLIP); an
+architecture without one fails with a one-line error naming what was looked for.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from mergesmith.adapt._spec import AdaptSpec, params_dict
+from mergesmith.adapt.modules import MlpBlock, mlp_blocks
+from mergesmith.errors import MergesmithError
+
+WEMOE_PAPER = ("Tang, Shen, Luo, Yin, Zhang, Tao 2024, Merging Multi-Task Models via Weight-Ensembling Mixture of Experts, "
+               "ICML 2024, arXiv 2402.00433")
+E_WEMOE_PAPER = ("Shen, Tang, Yang, Guo, Luo, Zhang, Chen, Du, Tao 2024, Efficient and Effective Weight-Ensembling Mixture of "
+                 "Experts for Multi-Task Model Merging, arXiv 2410.21804")
+
+# Per-example weight matrices are built this many floats at a time (the batch is split to stay under it).
+_CHUNK_FLOATS = 8 * 1024 * 1024
+
+
+class WemoeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    init_lambda: float = Field(0.3, description="task arithmetic's lambda: the static merge and the routers' initial output")
+    router_hidden: int | None = Field(None, ge=1, description="the router's hidden width (default: the model's width)")
+    steps: int = Field(200, ge=0, description="Adam steps; each step takes one batch of every task")
+    lr: float = Field(1e-3, gt=0)
+    batch_size: int = Field(16, ge=1)
+
+
+class EWemoeParams(WemoeParams):
+    density: float = Field(0.1, gt=0, le=1, description="fraction of each MLP task-vector tensor kept (by magnitude)")
+    shared_router: bool = Field(True, description="one router for every MoE block")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Router and routed linear layers
+
+
+class Router(nn.Module):
+    """r(h) = W_2 ReLU(W_1 h + b_1) + b_2, token-wise, averaged over an input's (real) tokens (WEMoE Sec. 3.2)."""
+
+    def __init__(self, width: int, n_tasks: int, hidden: int, init_lambda: float, generator: torch.Generator | None = None):
+        super().__init__()
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, n_tasks)
+        with torch.no_grad():
+            self.fc1.weight.normal_(0.0, 0.01, generator=generator)
+            self.fc1.bias.zero_()
+            self.fc2.weight.normal_(0.0, 0.01, generator=generator)
+            self.fc2.bias.fill_(init_lambda)
+
+    def forward(self, hidden: Tensor, mask: Tensor | None = None) -> Tensor:
+        scores = self.fc2(torch.relu(self.fc1(hidden.float())))  # [B, L, T] token-wise coefficients
+        if scores.dim() == 2:
+            return scores
+        if mask is not None and mask.shape == scores.shape[:2]:
+            m = mask.to(scores.dtype).unsqueeze(-1)
+            return (scores * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return scores.mean(1)  # [B, T] one coefficient per task and input
+
+
+class _Routing:
+    """Shared by the linears of one MLP block: the coefficients of the input now running through the block."""
+
+    def __init__(self, router: Router, context: dict):
+        self.router = router
+        self.context = context  # {"mask": attention mask of the current call}
+        self.input: Tensor | None = None
+        self.weights: Tensor | None = None
+
+    def coefficients(self, x: Tensor, entry: bool) -> Tensor:
+        if entry and self.input is not x:
+            self.input = x
+            self.weights = self.router(x, self.context.get("mask"))
+        if self.weights is None:
+            raise MergesmithError("a routed MLP's output layer ran before its input layer; the block's layout is not supported")
+        return self.weights
+
+
+class RoutedLinear(nn.Module):
+    """W(x) = W_0 + sum_t r_t(x) tau_t (WEMoE Sec. 3.2), per input; nn.Linear or GPT-2 Conv1D layout."""
+
+    def __init__(self, weight: Tensor, bias: Tensor | None, tau_weight: Tensor, tau_bias: Tensor | None, routing: _Routing,
+                 *, entry: bool, conv1d: bool):
+        super().__init__()
+        self.register_buffer("weight", weight.float().contiguous())
+        self.register_buffer("bias", None if bias is None else bias.float().contiguous())
+        self.register_buffer("tau_weight", tau_weight.float().contiguous())  # [T, *weight.shape]
+        self.register_buffer("tau_bias", None if tau_bias is None else tau_bias.float().contiguous())
+        self.routing = routing
+        self.entry = entry
+        self.conv1d = conv1d
+
+    def forward(self, x: Tensor) -> Tensor:
+        r = self.routing.coefficients(x, self.entry)  # [B, T]
+        squeeze = x.dim() == 2
+        if squeeze:
+            x = x.unsqueeze(1)
+        chunk = max(1, _CHUNK_FLOATS // self.weight.numel())
+        outs = []
+        for start in range(0, x.shape[0], chunk):
+            rc, xc = r[start : start + chunk], x[start : start + chunk].float()
+            w = self.weight + torch.einsum("bt,t...->b...", rc, self.tau_weight)  # [b, *weight.shape]
+            w_t = w if self.conv1d else w.transpose(1, 2)  # [b, in, out]
+            y = torch.bmm(xc, w_t)
+            if self.bias is not None:
+                b = self.bias + (rc @ self.tau_bias if self.tau_bias is not None else 0)
+                y = y + b.unsqueeze(1)
+            outs.append(y)
+        y = torch.cat(outs)
+        return y.squeeze(1) if squeeze else y
+
+
+class WemoeEncoder(nn.Module):
+    """The merged encoder with routed MLP blocks; same call and outputs as the encoder (the routing is per input,
+    so every task is scored with this one model)."""
+
+    def __init__(self, model: nn.Module, routers: nn.ModuleList, context: dict):
+        super().__init__()
+        self.model = model
+        self.routers = routers
+        self._context = context
+
+    @property
+    def config(self):
+        return self.model.config
+
+    def forward(self, **kwargs: Any) -> Any:
+        self._context["mask"] = kwargs.get("attention_mask")
+        try:
+            return self.model(**kwargs)
+        finally:
+            self._context["mask"] = None
+
+
+def _get(model: nn.Module, dotted: str) -> nn.Module:
+    module = model
+    for part in dotted.split("."):
+        module = getattr(module, part)
+    return module
+
+
+def _set(model: nn.Module, dotted: str, new: nn.Module) -> None:
+    parent, _, leaf = dotted.rpartition(".")
+    setattr(_get(model, parent) if parent else model, leaf, new)
+
+
+def sparsify(tensor: Tensor, density: float) -> Tensor:
+    """E-WEMoE Sec. 4 (a): keep the ``density`` fraction of entries largest in magnitude, zero the rest."""
+    if density >= 1.0:
+        return tensor
+    flat = tensor.flatten()
+    k = max(1, math.ceil(density * flat.numel()))
+    keep = flat.abs().topk(k, sorted=False).indices
+    out = torch.zeros_like(flat)
+    out[keep] = flat[keep]
+    return out.view_as(tensor)
+
+
+def mlp_tensor_names(model: nn.Module, blocks: Sequence[MlpBlock]) -> list[str]:
+    names = []
+    for block in blocks:
+        for linear in block.linears:
+            module = _get(model, linear)
+            names.append(f"{linear}.weight")
+            if module.bias is not None:
+                names.append(f"{linear}.bias")
+    return names
+
+
+def install_moe(model: nn.Module, blocks: Sequence[MlpBlock], base: Mapping[str, Tensor],
+                vectors: Sequence[Mapping[str, Tensor]], routers: nn.ModuleList) -> dict:
+    """Replace every MLP linear of ``model`` by a RoutedLinear over ``base`` and the task vectors ``vectors`` (each
+    a mapping name -> tau restricted to the MLP tensors). ``routers`` holds one router per block, or one shared.
+    Returns the call context the WemoeEncoder fills (the attention mask)."""
+    context: dict = {"mask": None}
+    for block in blocks:
+        routing = _Routing(routers[block.layer if len(routers) > 1 else 0], context)
+        for linear in block.linears:
+            module = _get(model, linear)
+            bias_name = f"{linear}.bias" if module.bias is not None else None
+            routed = RoutedLinear(
+                base[f"{linear}.weight"],
+                base[bias_name] if bias_name else None,
+                torch.stack([v[f"{linear}.weight"] for v in vectors]),
+                torch.stack([v[bias_name] for v in vectors]) if bias_name else None,
+                routing,
+                entry=linear in block.entry,
+                conv1d=type(module).__name__ == "Conv1D",
+            )
+            _set(model, linear, routed)
+    return context
+
+
+def build_wemoe(model: nn.Module, base: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tensor]],
+                routers: nn.ModuleList) -> WemoeEncoder:
+    """``model`` (holding the statically merged weights outside the MLPs) with its MLP blocks turned into MoEs."""
+    blocks = mlp_blocks(model)
+    context = install_moe(model, blocks, base, vectors, routers)
+    return WemoeEncoder(model, routers, context)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Run
+
+
+def _endless(problem: Any, task: Any, batch_size: int, seed: int):
+    epoch = 0
+    while True:
+        yield from problem.batches(task.unlabeled, batch_size, shuffle=True, seed=seed * 7919 + epoch)
+        epoch += 1
+
+
+def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
+    from tqdm.auto import tqdm
+
+    from mergesmith.adapt.functional import entropy
+    from mergesmith.adapt.problem import check_needs
+    from mergesmith.adapt.result import AdaptResult
+
+    name = "e_wemoe" if efficient else "wemoe"
+    check_needs(problem, name, frozenset({"unlabeled"}))
+    base = problem.base_state()
+    all_vectors = problem.task_vectors()
+    task_names = problem.task_names
+    probe = problem.load_encoder(problem.base_dir)
+    blocks = mlp_blocks(probe)  # fails early, naming the layouts, when the architecture has no MLP block
+    mlp_names = mlp_tensor_names(probe, blocks)
+    del probe
+    mlp_set = set(mlp_names)
+    density = params.density if efficient else 1.0
+
+    # Step 2: task arithmetic outside the MLP blocks; the MLP tensors keep the base (their MoE adds the vectors).
+    floating = {}
+    for key, b in base.items():
+        if key in mlp_set:
+            floating[key] = b
+        else:
+            floating[key] = b + params.init_lambda * sum(all_vectors[t][key] for t in task_names)
+    # Step 6 (a): E-WEMoE sparsifies every MLP task-vector tensor.
+    vectors = [{key: sparsify(all_vectors[t][key], density) for key in mlp_names} for t in task_names]
+
+    model = problem.encoder_with(floating)
+    model.requires_grad_(False)
+    width = int(model.config.hidden_size)
+    hidden = params.router_hidden or width
+    shared = bool(getattr(params, "shared_router", False)) if efficient else False
+    generator = torch.Generator().manual_seed(seed)
+    routers = nn.ModuleList(
+        Router(width, len(task_names), hidden, params.init_lambda, generator) for _ in range(1 if shared else len(blocks))
+    )
+    moe = build_wemoe(model, base, vectors, routers).eval()
+
+    # Step 5: test-time entropy minimisation over every task's unlabeled inputs.
+    optimizer = torch.optim.Adam(routers.parameters(), lr=params.lr)
+    streams = [_endless(problem, task, params.batch_size, seed * 31 + i) for i, task in enumerate(problem.tasks)]
+    losses: list[float] = []
+    for _ in tqdm(range(params.steps), desc=name, unit="step", leave=False, disable=None):
+        optimizer.zero_grad()
+        total = 0.0
+        for task, stream in zip(problem.tasks, streams):
+            features = problem.pooled(moe, next(stream))
+            logits = nn.functional.linear(features, task.head.weight.detach(), task.head.bias.detach() if task.head.bias is not None else None)
+            loss = entropy(logits)
+            loss.backward()  # per task: activations of one batch at a time (gradient accumulation over tasks)
+            total += float(loss.detach())
+        optimizer.step()
+        losses.append(total)
+
+    extras: dict[str, Tensor] = {}
+    kept = 0
+    for t, vector in enumerate(vectors):
+        for key in mlp_names:
+            tensor = vector[key]
+            if efficient:
+                flat = tensor.flatten()
+                index = flat.nonzero().flatten()
+                extras[f"tau.{t}.{key}.indices"] = index.to(torch.int32)
+                extras[f"tau.{t}.{key}.values"] = flat[index].contiguous()
+                kept += int(index.numel())
+            else:
+                extras[f"tau.{t}.{key}"] = tensor.contiguous()
+                kept += tensor.numel()
+    for r, router in enumerate(routers):
+        for key, value in router.state_dict().items():
+            extras[f"router.{r}.{key}"] = value.detach().clone()
+
+    model_parameters = sum(v.numel() for v in base.values())
+    router_parameters = sum(p.numel() for p in routers.parameters())
+    mlp_parameters = sum(base[k].numel() for k in mlp_names)
+    total_parameters = model_parameters + kept + router_parameters
+    spec = {
+        "method": name,
+        "paper": E_WEMOE_PAPER if efficient else WEMOE_PAPER,
+        "tasks": task_names,
+        "sparse": efficient,
+        "density": density,
+        "shared_router": shared,
+        "routers": len(routers),
+        "router_hidden": hidden,
+        "init_lambda": params.init_lambda,
+        "mlp_tensors": mlp_names,
+        "model_class": type(model).__name__,
+        "params": params_dict(params),
+    }
+    info = {
+        "added_parameters": total_parameters - model_parameters,
+        "trainable_parameters": router_parameters,
+        "total_parameters": total_parameters,
+        "model_parameters": model_parameters,
+        "mlp_parameters_per_model": mlp_parameters,
+        "task_vector_parameters": kept,
+        "entropy_first": losses[0] if losses else None,
+        "entropy_last": losses[-1] if losses else None,
+        "entropy_every_10": losses[::10],
+        "note": (f"{len(blocks)} MLP blocks routed; {'one shared router' if shared else 'one router per block'}; "
+                 f"MLP task vectors kept at density {density:g}"),
+    }
+
+    def encoder_for(task: str) -> nn.Module:
+        problem.task(task)  # unknown names fail with the task list; routing is per input, one model for all tasks
+        return moe
+
+    return AdaptResult("wemoe", problem.full_state(floating), encoder_for, extras, spec, info)
+
+
+def run_wemoe(problem: Any, params: WemoeParams, seed: int) -> Any:
+    return _run(problem, params, seed, efficient=False)
+
+
+def run_e_wemoe(problem: Any, params: EWemoeParams, seed: int) -> Any:
+    return _run(problem, params, seed, efficient=True)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Loading: mergesmith.load_merged(path)
+
+
+def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
+    """The routed model from a directory ``save_result`` wrote for WEMoE / E-WEMoE (one model for every task)."""
+    import transformers
+    from safetensors.torch import load_file
+
+    from mergesmith.adapt.result import EXTRAS_FILE
+
+    spec = document.get("spec", {})
+    tasks = list(spec.get("tasks", []))
+    if task is not None and task not in tasks:
+        raise MergesmithError(f"{directory} has no task {task!r}; tasks: {', '.join(tasks)} (the routed model serves them all)")
+    path = Path(directory) / EXTRAS_FILE
+    if not path.is_file():
+        raise MergesmithError(f"{path} is missing; the task vectors and routers are stored there: copy the whole directory")
+    extras = load_file(str(path))
+    cls = getattr(transformers, str(spec.get("model_class", "")), None) or transformers.AutoModel
+    torch.manual_seed(0)
+    model = cls.from_pretrained(directory).eval()
+    model.requires_grad_(False)
+    state = model.state_dict()
+    names = list(spec["mlp_tensors"])
+    base = {k: state[k].float() for k in names}
+    vectors = []
+    for t in range(len(tasks)):
+        vector = {}
+        for key in names:
+            if spec.get("sparse"):
+                flat = torch.zeros(base[key].numel())
+                flat[extras[f"tau.{t}.{key}.indices"].long()] = extras[f"tau.{t}.{key}.values"]
+                vector[key] = flat.view_as(base[key])
+            else:
+                vector[key] = extras[f"tau.{t}.{key}"]
+        vectors.append(vector)
+    width = int(model.config.hidden_size)
+    routers = nn.ModuleList(
+        Router(width, len(tasks), int(spec["router_hidden"]), float(spec["init_lambda"])) for _ in range(int(spec["routers"]))
+    )
+    for r, router in enumerate(routers):
+        router.load_state_dict({k: extras[f"router.{r}.{k}"] for k in router.state_dict()})
+    return build_wemoe(model, base, vectors, routers).eval()
+
+
+SPEC = AdaptSpec(
+    name="wemoe",
+    run=run_wemoe,
+    params=WemoeParams,
+    paper=WEMOE_PAPER,
+    needs=frozenset({"unlabeled"}),
+    description="MLP blocks become per-input routed mixtures of task vectors (one router per block), routers trained by test-time entropy minimisation",
+)
+
+SPEC_E = AdaptSpec(
+    name="e_wemoe",
+    run=run_e_wemoe,
+    params=EWemoeParams,
+    paper=E_WEMOE_PAPER,
+    needs=frozenset({"unlabeled"}),
+    description="E-WEMoE: WEMoE with magnitude-sparsified MLP task vectors and one router shared by all blocks",
+)
+
+__all__ = ["SPEC", "SPEC_E", "Router", "RoutedLinear", "WemoeEncoder", "build_wemoe", "install_moe", "sparsify", "load_saved"]
