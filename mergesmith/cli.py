@@ -42,6 +42,7 @@ def main() -> None:
     mergesmith bench [--profile mini]      offline benchmark: experts vs merges on six real text tasks
     mergesmith bench --pool POOL.yaml      the same benchmark on your own checkpoints and data
     mergesmith methods                     list the merge methods and their parameters
+    mergesmith adapt METHOD --pool P OUT   data-driven merging (fisher, regmean, bmm, adamerging, ...)
     mergesmith demo                        build tiny local checkpoints and merge them with several methods
     """
 
@@ -191,6 +192,38 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
         progress=not quiet,
         echo=click.echo,
     )
+
+
+@main.command()
+@click.argument("method")
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--pool", "pool", type=click.Path(path_type=Path), default=None, help="Pool YAML (the bench pool format: base, experts, heads, data).")
+@click.option("--profile", default=None, help="A built-in bench pool instead: default or mini.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Cache of the built-in profiles' data and experts.")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A method parameter (repeatable); the keys of the method's parameters (an unknown key lists them).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@_user_errors
+def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: int, force: bool, quiet: bool) -> None:
+    """Data-driven merging (Fisher, RegMean, BMM, AdaMerging, ...) on a task pool; writes a loadable model to OUT_DIR."""
+    import json
+
+    from mergesmith.adapt import ADAPT_METHODS
+    from mergesmith.adapt.runner import parse_param_args, run_adapt
+
+    if method not in ADAPT_METHODS:
+        from mergesmith.errors import MergesmithError
+
+        raise MergesmithError(f"unknown adapt method {method!r}; known: {', '.join(sorted(ADAPT_METHODS))}")
+    result, seconds = run_adapt(method, out_dir, pool=pool, profile=profile, cache_dir=cache_dir,
+                                params=parse_param_args(params), seed=seed, force=force, progress=not quiet,
+                                echo=(lambda _: None) if quiet else click.echo)
+    click.echo(f"{method}: {seconds:.1f} s; wrote {out_dir} (kind {result.kind}; load with mergesmith.load_merged)")
+    shown = {k: v for k, v in result.info.items() if k not in ("history",)}
+    click.echo("info: " + json.dumps(shown, default=str)[:2000])
+    if result.info.get("warning"):
+        click.echo(f"warning: {result.info['warning']}", err=True)
 
 
 @main.command()

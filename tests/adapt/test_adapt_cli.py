@@ -1,0 +1,40 @@
+"""`mergesmith adapt` end to end on the tiny pool, and its one-line errors (exit code 2)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from tests.helpers import run_cli
+
+
+def test_adapt_fisher_cli_then_load_merged(tiny_pool_yaml: Path, tmp_path: Path):
+    from mergesmith import load_merged
+
+    out = tmp_path / "fisher"
+    result = run_cli("adapt", "fisher", "--pool", tiny_pool_yaml, out, "--param", "num_examples=2", "--seed", "1", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert "fisher:" in result.output and "info:" in result.output
+    document = json.loads((out / "adapt.json").read_text())
+    assert document["spec"]["params"]["num_examples"] == 2 and document["spec"]["seed"] == 1
+    model = load_merged(out)
+    ids = torch.tensor([[2, 5, 7, 3]])
+    assert model(input_ids=ids).last_hidden_state.shape == (1, 4, 64)
+    assert sorted(p.name for p in (out / "statistics").iterdir()) == ["reviews.safetensors", "topics.safetensors"]
+    again = run_cli("adapt", "fisher", "--pool", tiny_pool_yaml, out, "--quiet")
+    assert again.exit_code == 2 and "not empty" in again.output
+
+
+def test_adapt_cli_errors(tiny_pool_yaml: Path, tmp_path: Path):
+    unknown_key = run_cli("adapt", "regmean", "--pool", tiny_pool_yaml, tmp_path / "a", "--param", "alpah=0.5")
+    assert unknown_key.exit_code == 2
+    assert "unknown parameter 'alpah' for regmean; allowed: num_examples, alpha, ridge, data, batch_size" in unknown_key.output
+    bad_value = run_cli("adapt", "regmean", "--pool", tiny_pool_yaml, tmp_path / "b", "--param", "alpha=2")
+    assert bad_value.exit_code == 2 and "'alpha'" in bad_value.output
+    unknown = run_cli("adapt", "nope", "--pool", tiny_pool_yaml, tmp_path / "c")
+    assert unknown.exit_code == 2 and "unknown adapt method 'nope'" in unknown.output
+    neither = run_cli("adapt", "fisher", tmp_path / "d")
+    assert neither.exit_code == 2 and "either a pool YAML (--pool) or a built-in profile" in neither.output
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
