@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
@@ -49,7 +50,10 @@ def job_cost(job: TensorJob, method: MethodSpec) -> int:
     if method.merge_block is not None and len(job.shape) > 1:
         rows = max(b.stop - b.start for b in row_blocks(job.shape))
         working = rows * math.prod(job.shape[1:])
-    return (len(job.inputs) + 2) * working * job.compute_dtype.itemsize + job.out_nbytes
+    held = len(job.inputs)
+    if method.one_expert_at_a_time and method.merge_block is not None and len(job.shape) > 0:
+        held = min(held, 2)  # the base and the expert being added
+    return (held + 2) * working * job.compute_dtype.itemsize + job.out_nbytes
 
 
 def default_budget(plan: MergePlan) -> int:
@@ -121,12 +125,37 @@ class _Inputs:
         job = self.job
         slices = row_blocks(job.shape)
 
-        def iterate() -> Iterator[tuple[torch.Tensor | None, list[torch.Tensor]]]:
+        lazy = self.plan.method.one_expert_at_a_time
+
+        def iterate() -> Iterator[tuple[torch.Tensor | None, Sequence[torch.Tensor]]]:
             for rows in slices:
                 base = self.read(job.base, rows) if job.base is not None else None
-                yield base, [self.read(ref, rows) for ref in job.experts]
+                if lazy:
+                    yield base, _ReadOnDemand(self, job.experts, rows)
+                else:
+                    yield base, [self.read(ref, rows) for ref in job.experts]
 
         return iterate
+
+
+class _ReadOnDemand(Sequence):
+    """The experts' blocks, each read when the method reaches it and not kept (methods with
+    ``one_expert_at_a_time``): a sum over 16 experts holds one expert's block at a time, not 16."""
+
+    def __init__(self, inputs: _Inputs, refs: tuple[TensorRef, ...], rows: slice):
+        self.inputs, self.refs, self.rows = inputs, refs, rows
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if isinstance(index, slice):
+            return [self.inputs.read(ref, self.rows) for ref in self.refs[index]]
+        return self.inputs.read(self.refs[index], self.rows)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        for ref in self.refs:
+            yield self.inputs.read(ref, self.rows)
 
 
 def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock) -> torch.Tensor:
@@ -151,6 +180,8 @@ def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport,
     base = inputs.read(job.base, None) if job.base is not None else None
     experts = [inputs.read(ref, None) for ref in job.experts]
     merged = method.merge(base, experts, job.params, rng)
+    if method.side_outputs:  # (tensor, per-task parts): the writer puts the parts beside the model (side_outputs.py)
+        return _cast(merged[0], job, report, lock), merged[1]
     return _cast(merged, job, report, lock)
 
 

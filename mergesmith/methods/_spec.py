@@ -102,6 +102,9 @@ class MethodSpec:
     # position plus per-tensor scalars: ``context(blocks, params, rng)`` then ``merge_block(...)`` per row block.
     context: Callable[..., Any] | None = None
     merge_block: Callable[..., Any] | None = None
+    # ``merge_block`` walks ``experts`` once, in order, holding one at a time (sum-like methods): the engine then
+    # reads each expert's block only when the method reaches it, so memory does not grow with the number of experts.
+    one_expert_at_a_time: bool = False
     description: str = ""
     # For methods defined on 2-D weight matrices (TSV-M, Iso-C, CART): how the paper merges every other tensor
     # (biases, norms). The plan says so once per merge, not once per tensor.
@@ -110,3 +113,7 @@ class MethodSpec:
     # shape to the shape of its statistic (None: the tensor has none). Each model entry of the merge config then
     # names its statistics file (``statistics:``); the plan appends the statistics to ``experts``.
     statistics: Callable[[tuple[int, ...]], tuple[int, ...] | None] | None = None
+    # For methods that keep per-task parts instead of one merged model (EMR, TALL masks): the output's kind
+    # ("emr", "tall_masks"). Their ``merge`` returns ``(tensor, methods._per_task.PerTaskParts)``; the engine writes
+    # the tensor as the model and the parts beside it (engine/side_outputs.py). Empty for plain methods.
+    side_outputs: str = ""

@@ -456,9 +456,7 @@ def combine(
         deltas[t].mul_(w_t)  # weight each task vector
     if consensus is None:
         mixed = sum_in_order(deltas)
-        divisor = sum_in_order(w)
-        if divisor.abs() < 1e-8:
-            divisor = torch.ones_like(divisor)
+        divisor = weight_sum(weights, deltas.dtype)
     else:
         agree = agreement(deltas, consensus)  # elect sign
         # disjoint merge: the agreeing entries, over the weight they carry
@@ -467,6 +465,23 @@ def combine(
         divisor = sum_in_order(w_t * agree[t] for t, w_t in enumerate(w))
         del agree
         divisor[divisor == 0] = 1
+    return finish(base, mixed, divisor, normalize=normalize, lam=lam)
+
+
+def weighted_task_vectors(base: Tensor, experts: Iterable[Tensor], weights: Sequence[float]) -> Iterator[Tensor]:
+    """w_t * tau_t for each expert in turn: one task vector exists at a time (task arithmetic streams experts)."""
+    for expert, weight in zip(experts, weights):
+        yield torch.sub(expert, base).mul_(torch.tensor(weight, dtype=base.dtype))
+
+
+def weight_sum(weights: Sequence[float], dtype: torch.dtype) -> Tensor:
+    """sum_t w_t, the divisor of a normalized weighted sum (a sum below 1e-8 divides by 1, as in mergekit)."""
+    divisor = sum_in_order(torch.tensor(x, dtype=dtype) for x in weights)
+    return torch.ones_like(divisor) if divisor.abs() < 1e-8 else divisor
+
+
+def finish(base: Tensor, mixed: Tensor, divisor: Tensor, *, normalize: bool, lam: float) -> Tensor:
+    """theta_base + lambda * tau_m, with tau_m = mixed / divisor when ``normalize`` (``mixed`` is edited in place)."""
     if normalize:
         mixed /= divisor
     if lam != 1:

@@ -8,7 +8,7 @@ else sum_i w_i theta_i.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Iterable, Sequence
 
 import torch
 from torch import Tensor
@@ -26,13 +26,16 @@ def context(blocks, params: Params, rng) -> None:
     return None
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    weights = torch.tensor(params.weight, dtype=experts[0].dtype)
-    result = torch.zeros_like(experts[0])
-    for tensor, coefficient in zip(experts, weights.unbind(0)):
-        result.addcmul_(tensor, coefficient)
+def merge_block(base: Tensor | None, experts: Iterable[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
+    # One expert at a time (the engine may read each only when the loop reaches it).
+    result: Tensor | None = None
+    for tensor, weight in zip(experts, params.weight):
+        if result is None:
+            result = torch.zeros_like(tensor)
+        result.addcmul_(tensor, torch.tensor(weight, dtype=tensor.dtype))
+    assert result is not None, "linear needs at least one model"
     if params.normalize:
-        result.div_(weights.sum())
+        result.div_(torch.tensor(params.weight, dtype=result.dtype).sum())
     return result
 
 
@@ -48,5 +51,6 @@ SPEC = MethodSpec(
     base="unused",
     context=context,
     merge_block=merge_block,
+    one_expert_at_a_time=True,
     description="weighted average of all models",
 )

@@ -12,7 +12,7 @@ Parameters (mergekit names and defaults):
 - ``lambda`` (default 1.0): the scaling coefficient applied to the combined task vector.
 - ``int8_mask`` (default false): accepted for mergekit compatibility; no effect (no mask here).
 
-Elementwise: streams in row blocks with no per-tensor context.
+Elementwise: streams in row blocks with no per-tensor context, one expert at a time.
 """
 
 from __future__ import annotations
@@ -43,8 +43,10 @@ def context(blocks, params: Params, rng) -> None:
 
 def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
     values = tv.block_values(NAME, params, experts)
-    deltas = tv.stacked_task_vectors(tv.require_base(NAME, base), experts)
-    return tv.combine(base, deltas, values["weight"], consensus=None, normalize=params.normalize, lam=params.lambda_)
+    base = tv.require_base(NAME, base)
+    # sum_t w_t tau_t, one expert at a time (the engine may read each only when the sum reaches it)
+    mixed = tv.sum_in_order(tv.weighted_task_vectors(base, experts, values["weight"]))
+    return tv.finish(base, mixed, tv.weight_sum(values["weight"], mixed.dtype), normalize=params.normalize, lam=params.lambda_)
 
 
 def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
@@ -59,5 +61,6 @@ SPEC = MethodSpec(
     base="required",
     context=context,
     merge_block=merge_block,
+    one_expert_at_a_time=True,
     description="base + lambda * sum of weighted task vectors",
 )
