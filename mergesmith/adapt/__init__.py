@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mergesmith.adapt import bmm, fisher, regmean
 from mergesmith.adapt._spec import AdaptSpec
+from mergesmith.adapt import surgery, wemoe
 from mergesmith.adapt import adamerging, atlas
 from mergesmith.errors import MergesmithError
 
@@ -23,6 +24,10 @@ ADAPT_METHODS: dict[str, AdaptSpec] = {
         bmm.SPEC_DATAFREE,
         *adamerging.SPECS,
         atlas.SPEC,
+        surgery.SPEC,
+        surgery.SPEC_V2,
+        wemoe.SPEC,
+        wemoe.SPEC_E,
     )
 }
 
