@@ -1,0 +1,418 @@
+"""Twin-Merging: a shared merge plus each expert's exclusive knowledge, SVD-compressed and mixed per input by a router.
+
+Lu, Fan, Ma, Zheng, Zhang, Jia 2024, "Twin-Merging: Dynamic Integration of Modular Expertise in Model Merging",
+NeurIPS 2024, arXiv:2406.15479. Steps (Sec. 3 of the paper):
+
+1. shared knowledge: theta* = Merge(theta_1..theta_T), task arithmetic by default (any mergesmith method through
+   ``merge_state_dicts``; ``shared_method``/``shared_params``);
+2. exclusive knowledge: tau_t = theta_t - theta*, compressed per 2-D tensor by truncated SVD,
+   tau_t ~ U_t S_t V_t^T with the top ``rank`` singular values (Eckart-Young: the best rank-r approximation);
+   tensors that are not matrices (biases, norms) are small and kept exactly;
+3. dynamic merging: a router R (a small MLP on the shared model's pooled features of the input, as in the paper) is
+   trained with cross-entropy on a small labeled VALIDATION set to predict which task an input comes from (the task
+   identity is the label; no test label is read); at inference, per input x,
+   theta(x) = theta* + sum_t softmax(R(x))_t U_t S_t V_t^T.
+
+Inference (``TwinEncoder``): one pass of the shared model gives the router's features; the second pass adds the
+routed exclusive parts exactly without building per-input weights: for a linear layer y = x W*^T + b* +
+sum_t w_t(x) [(x V_t) (U_t S_t)^T + delta_b_t] (the low-rank product applied to activations, as LoRA does);
+embeddings add sum_t w_t (U_t S_t)[ids] V_t^T; layer norms add xhat * sum_t w_t delta_gamma_t + sum_t w_t delta_beta_t.
+Tensors owned by any other kind of module switch the model to a per-input path (``torch.func.functional_call``
+with theta(x) built for each input: exact, slower).
+
+Saved layout (``save_result``): the shared weights in HF layout, ``adapt_extras.safetensors`` with the factors
+(``twin.<tensor>.US`` [T, m, r], ``twin.<tensor>.V`` [T, n, r]; dense ``twin.<tensor>.delta`` [T, ...]) and the
+router (``router.*``), ``adapt.json`` kind "twin_merging"; ``mergesmith.load_merged(path)`` rebuilds the routed model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Iterator, Literal, Mapping
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from torch import Tensor, nn
+
+from mergesmith.adapt._spec import AdaptSpec, params_dict
+from mergesmith.adapt.problem import AdaptProblem, check_needs
+from mergesmith.adapt.result import AdaptResult
+from mergesmith.errors import MergesmithError
+
+NAME = "twin_merging"
+KIND = "twin_merging"
+PAPER = ("Lu et al. 2024, Twin-Merging: Dynamic Integration of Modular Expertise in Model Merging, NeurIPS 2024, "
+         "arXiv:2406.15479")
+POOLINGS = ("mean", "image_embeds", "pooler_output", "first_token")
+
+
+class Params(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    shared_method: str = Field("task_arithmetic", description="the merge method of the shared expert")
+    shared_params: dict[str, Any] = Field(default_factory=lambda: {"weight": 0.3},
+                                          description="its parameters (merge_state_dicts keywords)")
+    rank: int = Field(32, ge=1, description="rank of each exclusive matrix's truncated SVD")
+    rank_fraction: float | None = Field(None, gt=0, le=1, description="rank as a fraction of min(m, n); overrides rank")
+    router_hidden: int = Field(64, ge=1, description="hidden width of the router MLP")
+    router_steps: int = Field(300, ge=1, description="Adam steps of router training (mini-batches of validation features)")
+    router_lr: float = Field(1e-3, gt=0)
+    router_batch_size: int = Field(64, ge=1)
+    router_weight_decay: float = Field(1e-4, ge=0)
+    progress: bool = Field(True, description="show progress bars")
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Step 1-2: shared merge and compressed exclusive parts (pure functions)
+
+
+class _LazyExpert(Mapping):
+    """theta_t = theta_0 + tau_t computed tensor by tensor on access, so merging never holds T expert copies."""
+
+    def __init__(self, base: Mapping[str, Tensor], vector: Mapping[str, Tensor]):
+        self._base, self._vector = base, vector
+
+    def __getitem__(self, name: str) -> Tensor:
+        return self._base[name] + self._vector[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._base)
+
+    def __len__(self) -> int:
+        return len(self._base)
+
+
+def shared_weights(base: Mapping[str, Tensor], vectors: list[Mapping[str, Tensor]], method: str, params: dict,
+                   seed: int) -> dict[str, Tensor]:
+    """theta* = Merge(theta_1..theta_T) (step 1) with any mergesmith tensor-wise method."""
+    from mergesmith.api import merge_state_dicts
+
+    return merge_state_dicts(dict(base), [_LazyExpert(base, v) for v in vectors], method, seed=seed, **params)
+
+
+def truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """(U_r S_r [m, r], V_r [n, r]) with U_r S_r V_r^T the best rank-r approximation of ``matrix`` (step 2)."""
+    u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+    r = min(rank, s.numel())
+    return (u[:, :r] * s[:r]).to(matrix.dtype), vh[:r].T.contiguous().to(matrix.dtype)
+
+
+def exclusive_parts(base: Mapping[str, Tensor], vectors: list[Mapping[str, Tensor]], shared: Mapping[str, Tensor],
+                    rank: int, rank_fraction: float | None) -> dict[str, dict[str, Tensor]]:
+    """Per tensor that some expert differs from theta* on: {"US": [T, m, r], "V": [T, n, r]} for matrices, or
+    {"delta": [T, ...]} for other tensors; tau_t = theta_t - theta* (step 2)."""
+    parts: dict[str, dict[str, Tensor]] = {}
+    for name, b in base.items():
+        deltas = [(b + v[name]) - shared[name] for v in vectors]
+        if not any(bool(d.any()) for d in deltas):
+            continue  # every expert equals the shared model here (e.g. frozen word embeddings)
+        if b.dim() == 2:
+            r = rank if rank_fraction is None else max(1, math.ceil(rank_fraction * min(b.shape)))
+            factors = [truncated_svd(d, r) for d in deltas]
+            parts[name] = {"US": torch.stack([f[0] for f in factors]), "V": torch.stack([f[1] for f in factors])}
+        else:
+            parts[name] = {"delta": torch.stack(deltas)}
+    return parts
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Step 3: the router
+
+
+class Router(nn.Module):
+    """R(x) = W2 relu(W1 (x - mean) / std + b1) + b2: task logits from the shared model's pooled features."""
+
+    def __init__(self, width: int, hidden: int, tasks: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(width))
+        self.register_buffer("std", torch.ones(width))
+        self.fc1 = nn.Linear(width, hidden)
+        self.fc2 = nn.Linear(hidden, tasks)
+
+    def forward(self, features: Tensor) -> Tensor:
+        x = (features.float() - self.mean) / self.std
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+def train_router(features: Tensor, task_ids: Tensor, tasks: int, params: Params, seed: int) -> tuple[Router, list[float]]:
+    """Cross-entropy on (validation features, task identity), Adam, seeded init and batch order."""
+    g = torch.Generator().manual_seed(seed)
+    router = Router(features.shape[1], params.router_hidden, tasks)
+    with torch.no_grad():
+        router.mean.copy_(features.mean(0))
+        router.std.copy_(features.std(0).clamp_min(1e-6))
+        for layer in (router.fc1, router.fc2):
+            bound = 1 / math.sqrt(layer.in_features)
+            layer.weight.uniform_(-bound, bound, generator=g)
+            layer.bias.uniform_(-bound, bound, generator=g)
+    optimizer = torch.optim.Adam(router.parameters(), lr=params.router_lr, weight_decay=params.router_weight_decay)
+    losses = []
+    n = len(features)
+    order = torch.randperm(n, generator=g)
+    cursor = 0
+    for _ in range(params.router_steps):
+        if cursor >= n:
+            order, cursor = torch.randperm(n, generator=g), 0
+        rows = order[cursor : cursor + params.router_batch_size]
+        cursor += params.router_batch_size
+        loss = nn.functional.cross_entropy(router(features[rows]), task_ids[rows])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+    return router.eval().requires_grad_(False), losses
+
+
+def router_features(output: Any, kwargs: Mapping[str, Tensor], pooling: str) -> Tensor:
+    """The shared model's pooled features of an input, the router's input (the same function trains and routes)."""
+    if pooling == "mean":
+        from mergesmith.bench.encoder import mean_pool
+
+        return mean_pool(output.last_hidden_state, kwargs["attention_mask"]).float()
+    if pooling in ("image_embeds", "pooler_output"):
+        return getattr(output, pooling).float()
+    return output.last_hidden_state[:, 0].float()
+
+
+def pooling_for(problem: AdaptProblem, output: Any) -> str:
+    if problem.modality == "text":
+        return "mean"
+    if getattr(problem.featurizer, "kind", "") == "clip_projection" and getattr(output, "image_embeds", None) is not None:
+        return "image_embeds"
+    return "pooler_output" if getattr(output, "pooler_output", None) is not None else "first_token"
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Inference: the routed model
+
+
+class TwinEncoder(nn.Module):
+    """The shared encoder plus routed exclusive parts. ``forward(**kwargs)`` returns the encoder's own output type
+    (``.last_hidden_state`` etc.) for theta(x) per input. ``force_routing`` ([T] weights) replaces the router (tests,
+    analysis); ``last_routing`` holds the weights of the last batch."""
+
+    def __init__(self, encoder: nn.Module, parts: Mapping[str, Mapping[str, Tensor]], router: Router, tasks: list[str],
+                 pooling: str):
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise MergesmithError(f"unknown router pooling {pooling!r}; one of {', '.join(POOLINGS)}")
+        self.encoder = encoder.eval().requires_grad_(False)
+        self.router = router
+        self.tasks = list(tasks)
+        self.pooling = pooling
+        self.parts = {name: dict(p) for name, p in parts.items()}
+        self.force_routing: Tensor | None = None
+        self.last_routing: Tensor | None = None
+        self._weights: Tensor | None = None
+        self.fast = all(self._hookable(name) for name in self.parts)
+        self._hooks = []
+        if self.fast:
+            modules = {}
+            for name in self.parts:
+                path, _ = name.rsplit(".", 1)
+                modules.setdefault(path, self.encoder.get_submodule(path))
+            for path, module in modules.items():
+                self._hooks.append(module.register_forward_hook(self._hook_for(path, module)))
+
+    @property
+    def config(self):
+        return self.encoder.config
+
+    def _hookable(self, name: str) -> bool:
+        if "." not in name:
+            return False
+        path, attr = name.rsplit(".", 1)
+        try:
+            module = self.encoder.get_submodule(path)
+        except AttributeError:
+            return False
+        if isinstance(module, nn.Linear):
+            return attr in ("weight", "bias")
+        if isinstance(module, nn.Embedding):
+            return attr == "weight" and module.max_norm is None
+        if isinstance(module, nn.LayerNorm):
+            return attr in ("weight", "bias")
+        return False
+
+    # -- routing -----------------------------------------------------------------------------------------------
+
+    def routing(self, kwargs: Mapping[str, Tensor]) -> Tensor:
+        """[B, T] softmax(R(x)) from one pass of the shared model (the hooks are idle during it)."""
+        batch = next(v for v in kwargs.values() if isinstance(v, Tensor)).shape[0]
+        if self.force_routing is not None:
+            return self.force_routing.float().expand(batch, -1)
+        out = self.encoder(**kwargs)
+        return torch.softmax(self.router(router_features(out, kwargs, self.pooling)), dim=-1)
+
+    def forward(self, **kwargs):
+        weights = self.routing(kwargs)
+        self.last_routing = weights.detach()
+        if not self.fast:
+            return self._per_input(weights, kwargs)
+        self._weights = weights
+        try:
+            return self.encoder(**kwargs)
+        finally:
+            self._weights = None
+
+    # -- exact per-input fallback --------------------------------------------------------------------------------
+
+    def dense_delta(self, name: str, weights: Tensor) -> Tensor:
+        """sum_t w_t tau_t for one tensor (w: [T])."""
+        part = self.parts[name]
+        if "delta" in part:
+            return torch.einsum("t,t...->...", weights, part["delta"])
+        return torch.einsum("tmr,tnr,t->mn", part["US"], part["V"], weights)
+
+    def _per_input(self, weights: Tensor, kwargs: Mapping[str, Tensor]):
+        from torch.func import functional_call
+
+        shared = dict(self.encoder.state_dict())
+        outputs = []
+        for b in range(weights.shape[0]):
+            params = {name: shared[name] + self.dense_delta(name, weights[b]) for name in self.parts}
+            one = {k: (v[b : b + 1] if isinstance(v, Tensor) and v.shape[:1] == weights.shape[:1] else v) for k, v in kwargs.items()}
+            outputs.append(functional_call(self.encoder, params, (), one, strict=False))
+        first = outputs[0]
+        fields = {k: torch.cat([o[k] for o in outputs]) for k, v in first.items() if isinstance(v, Tensor)}
+        return type(first)(**fields)
+
+    # -- fast path: hooks that add the routed low-rank / dense parts to each module's output ----------------------
+
+    def _hook_for(self, path: str, module: nn.Module):
+        weight = self.parts.get(f"{path}.weight")
+        bias = self.parts.get(f"{path}.bias")
+
+        def per_sample(w: Tensor, delta: Tensor, like: Tensor) -> Tensor:
+            # sum_t w[b, t] delta_t, shaped to broadcast over the non-batch dims of ``like`` (features last)
+            mixed = torch.einsum("bt,t...->b...", w, delta)
+            return mixed.reshape(mixed.shape[0], *([1] * (like.dim() - 1 - (mixed.dim() - 1))), *mixed.shape[1:])
+
+        def hook(mod, inputs, output):
+            w = self._weights
+            if w is None:
+                return None
+            x = inputs[0]
+            extra = 0
+            if isinstance(mod, nn.Linear):
+                if weight is not None:
+                    z = torch.einsum("b...n,tnr->b...tr", x, weight["V"])
+                    z = z * w.reshape(w.shape[0], *([1] * (x.dim() - 2)), w.shape[1], 1)
+                    extra = torch.einsum("b...tr,tmr->b...m", z, weight["US"])
+                if bias is not None:
+                    extra = extra + per_sample(w, bias["delta"], output)
+            elif isinstance(mod, nn.Embedding):
+                ids = x if x.shape[0] == w.shape[0] else x.expand(w.shape[0], *x.shape[1:])
+                rows = weight["US"][:, ids]  # [T, B, ..., r]
+                extra = torch.einsum("tb...r,tdr,bt->b...d", rows, weight["V"], w)
+            else:  # LayerNorm: y = xhat * gamma + beta
+                xhat = nn.functional.layer_norm(x, mod.normalized_shape, eps=mod.eps)
+                if weight is not None:
+                    extra = xhat * per_sample(w, weight["delta"], xhat)
+                if bias is not None:
+                    extra = extra + per_sample(w, bias["delta"], xhat)
+            return output + extra
+
+        return hook
+
+
+def build_twin(encoder: nn.Module, extras: Mapping[str, Tensor], spec: Mapping[str, Any]) -> TwinEncoder:
+    """The routed model from the shared encoder, the saved extras and the spec (what the loader calls)."""
+    tasks = list(spec["tasks"])
+    parts: dict[str, dict[str, Tensor]] = {}
+    for key, value in extras.items():
+        if key.startswith("twin."):
+            name, kind = key[len("twin."):].rsplit(".", 1)
+            parts.setdefault(name, {})[kind] = value
+    router_state = {k[len("router."):]: v for k, v in extras.items() if k.startswith("router.")}
+    if not router_state:
+        raise MergesmithError("the Twin-Merging extras have no router (router.* tensors); save the result again")
+    router = Router(router_state["fc1.weight"].shape[1], router_state["fc1.weight"].shape[0], len(tasks))
+    router.load_state_dict(router_state)
+    return TwinEncoder(encoder, parts, router.eval().requires_grad_(False), tasks, spec["pooling"])
+
+
+def extras_of(twin: TwinEncoder) -> dict[str, Tensor]:
+    out = {f"twin.{name}.{kind}": t for name, part in twin.parts.items() for kind, t in part.items()}
+    out.update({f"router.{k}": v for k, v in twin.router.state_dict().items()})
+    return out
+
+
+def added_parameters(parts: Mapping[str, Mapping[str, Tensor]], router: Router) -> int:
+    return sum(t.numel() for p in parts.values() for t in p.values()) + sum(p.numel() for p in router.parameters())
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The method
+
+
+@torch.no_grad()
+def _validation_features(problem: AdaptProblem, encoder: nn.Module) -> tuple[Tensor, Tensor, str]:
+    feats, ids, pooling = [], [], None
+    for t, task in enumerate(problem.tasks):
+        for batch in problem.batches(task.validation, 64):
+            kwargs = problem.forward_kwargs(batch)
+            out = encoder(**kwargs)
+            pooling = pooling or pooling_for(problem, out)
+            feats.append(router_features(out, kwargs, pooling))
+            ids.append(torch.full((len(batch),), t, dtype=torch.long))
+    return torch.cat(feats), torch.cat(ids), pooling
+
+
+def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
+    check_needs(problem, NAME, frozenset({"validation"}))
+    if len(problem.tasks) < 2:
+        raise MergesmithError("twin_merging routes between experts; give at least 2 tasks")
+    base = problem.base_state()
+    vectors = [problem.task_vectors()[t] for t in problem.task_names]
+    shared = shared_weights(base, vectors, params.shared_method, dict(params.shared_params), seed)  # step 1
+    parts = exclusive_parts(base, vectors, shared, params.rank, params.rank_fraction)  # step 2
+    encoder = problem.encoder_with(shared)
+    features, task_ids, pooling = _validation_features(problem, encoder)
+    router, losses = train_router(features, task_ids, len(problem.tasks), params, seed)  # step 3
+    with torch.no_grad():
+        train_accuracy = float((router(features).argmax(-1) == task_ids).float().mean())
+    twin = TwinEncoder(encoder, parts, router, problem.task_names, pooling)
+
+    def encoder_for(task: str) -> nn.Module:
+        problem.task(task)  # routing needs no task identity; unknown names still fail with the task list
+        return twin
+
+    ranks = {name: int(p["US"].shape[-1]) for name, p in parts.items() if "US" in p}
+    spec = {"method": NAME, "paper": PAPER, "params": params_dict(params), "seed": seed, "tasks": problem.task_names,
+            "pooling": pooling, "model_class": type(encoder).__name__}
+    info = {"added_parameters": added_parameters(parts, router), "router_parameters": sum(p.numel() for p in router.parameters()),
+            "exclusive_tensors": len(parts), "low_rank_tensors": len(ranks), "dense_tensors": len(parts) - len(ranks),
+            "max_rank": max(ranks.values(), default=0), "router_train_accuracy": train_accuracy,
+            "router_loss_first": losses[0], "router_loss_last": losses[-1], "inference": "hooks" if twin.fast else "per-input",
+            "forward_passes_per_batch": 2}
+    return AdaptResult(KIND, problem.full_state(shared), encoder_for, extras_of(twin), spec, info)
+
+
+SPEC = AdaptSpec(
+    name=NAME, run=run, params=Params, paper=PAPER, needs=frozenset({"validation"}),
+    description="shared merge + SVD-compressed exclusive parts mixed per input by a router trained on validation data",
+)
+
+
+def load_twin(directory, document: Mapping[str, Any], task: str | None) -> TwinEncoder:
+    """``mergesmith.load_merged`` for kind "twin_merging": the shared weights, the factors and the router."""
+    from pathlib import Path
+
+    import transformers
+    from safetensors.torch import load_file
+
+    from mergesmith.adapt.result import EXTRAS_FILE
+
+    directory = Path(directory)
+    spec = document.get("spec", {})
+    tasks = list(spec.get("tasks") or document.get("tasks") or [])
+    if task is not None and task not in tasks:
+        raise MergesmithError(f"{directory}: no task {task!r}; tasks: {', '.join(tasks)} (the router picks per input; "
+                              "task= may be left out)")
+    extras_path = directory / EXTRAS_FILE
+    if not extras_path.is_file():
+        raise MergesmithError(f"{directory}: {EXTRAS_FILE} is missing; a Twin-Merging directory needs its factors and router")
+    cls = getattr(transformers, str(spec.get("model_class", "AutoModel")), transformers.AutoModel)
+    encoder = cls.from_pretrained(directory).eval()
+    return build_twin(encoder, load_file(str(extras_path)), {**spec, "tasks": tasks})
