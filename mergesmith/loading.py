@@ -45,8 +45,16 @@ def _load_task_model(directory: Path, spec: dict, task: str | None) -> Any:
     return load_task_model(directory, spec, task)
 
 
+def _load_twin_merging(directory: Path, spec: dict, task: str | None) -> Any:
+    """Twin-Merging: the shared weights plus SVD factors and a router (``mergesmith.adapt.twin``)."""
+    from mergesmith.adapt.twin import load_twin
+
+    return load_twin(directory, spec, task)
+
+
 LOADERS: dict[str, Callable[[Path, dict, str | None], Any]] = {
     "weights": _load_weights,
+    "twin_merging": _load_twin_merging,
     "emr": _load_task_model,  # one model per task: base + rescaler * (mask * task vector) (engine/side_outputs.py)
     "tall_masks": _load_task_model,
     "surgery": _load_surgery,
