@@ -4,11 +4,14 @@ orthogonalisation, and the task-arithmetic mean these papers use for tensors tha
 Notation: tau_t = theta_t - theta_base (Ilharco et al. 2023). For a 2-D weight, A = U diag(s) V^T is its thin SVD
 (``torch.linalg.svd(..., full_matrices=False)``, s in descending order).
 
-Rank: singular values at or below ``rank_tolerance`` (numpy's ``matrix_rank`` rule: s_max * max(m, n) * eps) are
-treated as zero. Their singular vectors are not unique (LAPACK returns an arbitrary basis of the null space), so
-no step below lets them shape the result: the orthogonal factor of a rank-deficient matrix is the partial isometry
-on its range (``orthogonal_factor``), and a flattened spectrum covers the nonzero singular values only. For
-matrices of full numerical rank (every real fine-tune) this is exactly the papers' definition.
+Rank: singular values at or below a tolerance (numpy's ``matrix_rank`` rule, s_max * max(m, n) * eps, with s_max
+the largest task matrix's norm: ``problem_scale``) are treated as zero. Their singular vectors are not unique (LAPACK
+returns an arbitrary basis of the null space), so no step lets them shape the result: a task matrix of low rank
+contributes only its nonzero singular triplets, the orthogonal factor of a rank-deficient matrix is the partial
+isometry on its range (``orthogonal_factor``), and a flattened spectrum covers the nonzero singular values only.
+For task matrices of full numerical rank (every real fine-tune) this is exactly the papers' definition; FusionBench
+and the authors' code instead carry the arbitrary null-space vectors along (e.g. a frozen, all-zero task matrix
+still bends the other tasks' directions in TSV-M's orthogonalisation).
 """
 
 from __future__ import annotations
@@ -42,20 +45,52 @@ def mean_task_vector(taus: Sequence[Tensor]) -> Tensor:
     return tv.sum_in_order(taus) / len(taus)
 
 
-def rank_tolerance(s: Tensor, shape: Sequence[int]) -> float:
-    """Singular values at or below this are numerically zero (numpy ``matrix_rank``'s default rule)."""
-    if s.numel() == 0:
-        return 0.0
-    return float(s.max()) * max(shape) * torch.finfo(s.dtype).eps
+def tolerance(scale: float, shape: Sequence[int], dtype: torch.dtype) -> float:
+    """Singular values at or below this are numerically zero, for matrices whose norm is at most ``scale`` (numpy
+    ``matrix_rank``'s rule, s_max * max(m, n) * eps, with the problem's scale in place of s_max)."""
+    return scale * max(shape) * torch.finfo(dtype).eps
+
+
+def problem_scale(taus: Sequence[Tensor]) -> float:
+    """An upper bound of every task matrix's largest singular value (their largest Frobenius norm): one tolerance for
+    all the SVDs of a merge, so a part that is zero up to rounding (a projection that removed everything, a sum of
+    cancelling tasks) is treated as zero rather than as directions of its own."""
+    return max(float(torch.linalg.matrix_norm(tau)) for tau in taus)
 
 
 def svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-    """Thin SVD: U [m, r], s [r] (descending), Vh [r, n] with r = min(m, n)."""
+    """Thin SVD: U [m, r], s [r] (descending), Vh [r, n] with r = min(m, n).
+
+    Much taller than wide (an embedding matrix), the SVD of the triangular factor of a QR decomposition is several
+    times faster (A = QR, R = U_R S V^T, U = Q U_R); much wider, the same on the transpose. A zero matrix returns zero
+    factors: its singular vectors are arbitrary and every caller ignores them.
+    """
+    m, n = matrix.shape
+    if not bool(matrix.any()):
+        r = min(m, n)
+        return matrix.new_zeros((m, r)), matrix.new_zeros(r), matrix.new_zeros((r, n))
+    if n > 2 * m:
+        v, s, uh = svd(matrix.T)
+        return uh.T, s, v.T
+    if m > 2 * n:
+        q, r = torch.linalg.qr(matrix)
+        u_r, s, vh = torch.linalg.svd(r)
+        return q @ u_r, s, vh
     return torch.linalg.svd(matrix, full_matrices=False)
 
 
+def truncated_svd(matrix: Tensor, k: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:
+    """The top singular triplets, at most k of them, without those whose singular value is at or below ``tol``."""
+    u, s, vh = svd(matrix)
+    kept = min(k, int((s > tol).sum()))
+    return u[:, :kept], s[:kept], vh[:kept]
+
+
 def numerical_rank(s: Tensor, shape: Sequence[int]) -> int:
-    return int((s > rank_tolerance(s, shape)).sum())
+    """Rank from singular values ``s`` of a matrix of ``shape``, relative to its own largest singular value."""
+    if s.numel() == 0:
+        return 0
+    return int((s > tolerance(float(s.max()), shape, s.dtype)).sum())
 
 
 def orthogonal_factor(matrix: Tensor) -> Tensor:
@@ -63,14 +98,13 @@ def orthogonal_factor(matrix: Tensor) -> Tensor:
 
     It is the matrix with orthonormal columns (rows, if wider than tall) nearest to ``matrix`` in Frobenius norm
     (orthogonal Procrustes), the decorrelation step of TSV-M (Gargiulo et al. 2025, Sec. 4, Eq. 6) and Iso-CTS
-    (Marczak et al. 2025, Alg. 1). For a rank-deficient matrix only the singular vectors of its nonzero singular values
-    are used (the partial isometry onto its range), so the result does not depend on LAPACK's choice of null-space
-    basis; a zero matrix gives zeros.
+    (Marczak et al. 2025, Alg. 1). For a rank-deficient matrix (zero columns left by a task of lower rank, duplicated
+    directions from identical tasks) only the singular vectors of its nonzero singular values are used, the partial
+    isometry onto its range, so the result does not depend on LAPACK's choice of null-space basis; a zero matrix
+    gives zeros.
     """
     u, s, vh = svd(matrix)
     rank = numerical_rank(s, matrix.shape)
-    if rank == 0:
-        return torch.zeros_like(matrix)
     return u[:, :rank] @ vh[:rank]
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Sequence
 
+import torch
 from torch import Tensor
 
 from mergesmith.methods import _spectral as sp
@@ -54,6 +55,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
             raise ValueError(f"{NAME}: model {i} has shape {tuple(expert.shape)}, model 0 {tuple(first.shape)}")
     tv.check_finite(NAME, "lambda", [params.lambda_])
     sp.check_fraction(NAME, "rank_ratio", params.rank_ratio)
+    if all(torch.equal(expert, first) for expert in experts[1:]):
+        return first.clone()  # one point (a frozen weight): its average, without rounding or SVDs
     # step 1: theta_avg = (1/T) sum_t theta_t
     average = tv.sum_in_order(experts) / len(experts)
     if first.dim() != 2:

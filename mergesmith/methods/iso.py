@@ -65,17 +65,18 @@ class CTSParams:
     common_space_fraction: float = param(0.8, doc="fraction of the rank kept for the common subspace, in [0, 1]")
 
 
-def isotropic(u: Tensor, s: Tensor, vh: Tensor) -> Tensor:
-    """sigma_bar U V^T over the numerically nonzero singular values (Iso-C step 3)."""
-    rank = sp.numerical_rank(s, (u.shape[0], vh.shape[1]))
+def isotropic(u: Tensor, s: Tensor, vh: Tensor, tol: float) -> Tensor:
+    """sigma_bar U V^T over the singular values above ``tol`` (Iso-C step 3); zero if there are none."""
+    rank = int((s > tol).sum())
     if rank == 0:
         return u.new_zeros((u.shape[0], vh.shape[1]))
     return s[:rank].mean() * (u[:, :rank] @ vh[:rank])
 
 
 def iso_c_matrix(taus: Sequence[Tensor]) -> Tensor:
+    tol = sp.tolerance(sp.problem_scale(taus), taus[0].shape, taus[0].dtype)
     # step 1: Delta = sum_t tau_t;  step 2: its SVD;  step 3: flatten the spectrum
-    return isotropic(*sp.svd(tv.sum_in_order(taus)))
+    return isotropic(*sp.svd(tv.sum_in_order(taus)), tol)
 
 
 def subspace_sizes(rank: int, n_tasks: int, common_space_fraction: float) -> tuple[int, int]:
@@ -86,28 +87,27 @@ def subspace_sizes(rank: int, n_tasks: int, common_space_fraction: float) -> tup
 
 
 def iso_cts_matrix(taus: Sequence[Tensor], common_space_fraction: float) -> Tensor:
+    tol = sp.tolerance(sp.problem_scale(taus), taus[0].shape, taus[0].dtype)
     delta = tv.sum_in_order(taus)
-    u, s, vh = sp.svd(delta)
-    k, per_task = subspace_sizes(s.numel(), len(taus), common_space_fraction)
+    k, per_task = subspace_sizes(min(delta.shape), len(taus), common_space_fraction)
     # step 1: the common subspace, the top k singular triplets of Delta
-    u_parts, s_parts, vh_parts = [u[:, :k]], [s[:k]], [vh[:k]]
+    common_u, common_s, common_vh = sp.truncated_svd(delta, k, tol)
+    u_parts, s_parts, vh_parts = [common_u], [common_s], [common_vh]
     if per_task > 0:
-        common = u[:, :k]
         for tau in taus:
             # step 2: what the common subspace misses of this task, tau' = tau - U_k U_k^T tau, and its top s triplets
-            u_t, s_t, vh_t = sp.svd(tau - common @ (common.T @ tau))
-            u_parts.append(u_t[:, :per_task])
-            s_parts.append(s_t[:per_task])
-            vh_parts.append(vh_t[:per_task])
+            u_t, s_t, vh_t = sp.truncated_svd(tau - common_u @ (common_u.T @ tau), per_task, tol)
+            u_parts.append(u_t)
+            s_parts.append(s_t)
+            vh_parts.append(vh_t)
+    spectrum = torch.cat(s_parts)
+    if spectrum.numel() == 0:
+        return torch.zeros_like(delta)
     # step 3: stack the subspaces and orthogonalise each stack (orthogonal Procrustes)
     u_perp = sp.orthogonal_factor(torch.cat(u_parts, dim=1))
     vh_perp = sp.orthogonal_factor(torch.cat(vh_parts, dim=0))
     # step 4: one singular value for every direction, the mean of the combined spectrum
-    spectrum = torch.cat(s_parts)
-    rank = sp.numerical_rank(spectrum, delta.shape)
-    if rank == 0:
-        return torch.zeros_like(delta)
-    return spectrum[spectrum > sp.rank_tolerance(spectrum, delta.shape)].mean() * (u_perp @ vh_perp)
+    return spectrum.mean() * (u_perp @ vh_perp)
 
 
 def merge_c(base: Tensor | None, experts: Sequence[Tensor], params: CParams, rng=None) -> Tensor:

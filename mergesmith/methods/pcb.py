@@ -92,6 +92,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
     tv.check_density(NAME, [params.density])
     # tau_i = theta_i - theta_pre, one flat vector per task
     taus = torch.stack([(expert - base).reshape(-1) for expert in experts])
+    if not bool(taus.any()):
+        return base.clone()  # no task moved this tensor (a frozen weight): nothing to balance
     scores = drop_low_scores(balancing_scores(taus), params.density)
     # step 5: rescale, tau_m = sum_i beta^_i tau_i / sum_i beta^_i (entries every task dropped stay 0)
     total = scores.sum(dim=0)

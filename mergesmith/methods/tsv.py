@@ -58,18 +58,18 @@ def rank_per_task(shape: Sequence[int], n_tasks: int, sv_reduction: float | None
 def merged_task_matrix(taus: Sequence[Tensor], k: int) -> Tensor:
     """Steps 1-5 on one 2-D weight: M = U_perp S V_perp^T from the top-k singular triplets of every task matrix."""
     m, n = taus[0].shape
+    tol = sp.tolerance(sp.problem_scale(taus), (m, n), taus[0].dtype)
     u_cat = taus[0].new_zeros((m, len(taus) * k))
     s_cat = taus[0].new_zeros(len(taus) * k)
     vh_cat = taus[0].new_zeros((len(taus) * k, n))
     for t, tau in enumerate(taus):
-        # step 1: Delta_t = U_t S_t V_t^T;  step 2: keep the top k triplets (k <= rank: the rest are zero columns)
-        u, s, vh = sp.svd(tau)
-        kept = min(k, s.numel())
-        cols = slice(t * k, t * k + kept)
+        # step 1: Delta_t = U_t S_t V_t^T;  step 2: keep its top k triplets (fewer if its rank is lower: zero columns)
+        u, s, vh = sp.truncated_svd(tau, k, tol)
+        cols = slice(t * k, t * k + s.numel())
         # step 3: concatenate U, S and V task after task
-        u_cat[:, cols] = u[:, :kept]
-        s_cat[cols] = s[:kept]
-        vh_cat[cols] = vh[:kept]
+        u_cat[:, cols] = u
+        s_cat[cols] = s
+        vh_cat[cols] = vh
     # step 4: decorrelate, U_perp = P_U Q_U^T and V_perp = P_V Q_V^T (orthogonal Procrustes)
     u_perp = sp.orthogonal_factor(u_cat)
     vh_perp = sp.orthogonal_factor(vh_cat)

@@ -32,7 +32,8 @@ pytestmark = pytest.mark.filterwarnings("ignore")
 
 def _models(dtype: torch.dtype, n: int = 3, seed: int = 0) -> tuple[nn.Module, list[nn.Module]]:
     torch.manual_seed(seed)
-    base = nn.Sequential(nn.Linear(20, 24), nn.LayerNorm(24), nn.Linear(24, 12)).to(dtype)
+    # 24x20, 60x24 (tall: QR first) and 12x60 (wide: transposed) weights; biases and a norm
+    base = nn.Sequential(nn.Linear(20, 24), nn.LayerNorm(24), nn.Linear(24, 60), nn.Linear(60, 12)).to(dtype)
     experts = []
     generator = torch.Generator().manual_seed(seed + 1)
     for _ in range(n):
@@ -75,7 +76,7 @@ def test_tsv_m_matches_fusion_bench(dtype):
     from fusion_bench.method.task_singular_vector.TSVM import TaskSingularVectorMerging
 
     base, experts = _models(dtype)
-    # rank budgets: 24x20 -> k = 6, 18 of 20 directions; 12x24 -> k = 4, all 12
+    # rank budgets: 24x20 -> k = 6, 18 of 20 directions; 12x60 -> k = 4, all 12
     theirs = _fusion_bench(TaskSingularVectorMerging(alpha=0.8), base, experts)
     _assert_task_vectors_close(_ours("tsv_m", base, experts, alpha=0.8), theirs, base)
 
