@@ -9,6 +9,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "merge": "mergesmith.api",
     "merge_state_dicts": "mergesmith.api",
+    "merge_state_dicts_per_task": "mergesmith.engine.side_outputs",
     "load_merged": "mergesmith.loading",
     "plan_merge": "mergesmith.api",
     "MergeResult": "mergesmith.api",

@@ -19,6 +19,7 @@ from mergesmith.engine.execute import ExecutionReport, execute
 from mergesmith.engine.layers import layer_counts
 from mergesmith.engine.plan import MergePlan, TensorJob, build_plan, tensor_fact_values
 from mergesmith.engine.rng import TensorRng
+from mergesmith.engine.side_outputs import open_side_writer
 from mergesmith.errors import ConfigError, MergesmithError
 from mergesmith.io import open_checkpoint
 from mergesmith.io.atomic import StagedOutput
@@ -95,9 +96,10 @@ def merge(
             input_hashes = hasher.submit(hash_files, input_files)
             entries = [(job.out_name, job.out_dtype, job.shape) for job in plan.jobs]
             writer = ShardedWriter(staging, entries, shard_bytes)
+            side = open_side_writer(plan, staging, writer.write)  # per-task parts beside the model (EMR, TALL masks)
             report = execute(
                 plan,
-                writer.write,
+                side.write if side else writer.write,
                 seed=cfg.seed,
                 threads=threads or min(4, os.cpu_count() or 1),
                 budget_bytes=memory_budget,
@@ -105,7 +107,10 @@ def merge(
                 progress=progress,
             )
             shards = writer.finish()
+            side_hashes = side.finish() if side else {}
             _write_side_files(plan, staging, shards, input_hashes.result())
+            if side:
+                side.annotate_manifest(staging, side_hashes)
             output.commit()
         return MergeResult(Path(out_dir), plan, report, time.perf_counter() - started, shards)
     finally:
@@ -173,6 +178,9 @@ def merge_state_dicts(
     Tensors are merged in fp32 (fp64 stays fp64) and returned in the experts' dtype.
     """
     spec = get_method(method)
+    if spec.side_outputs:
+        raise MergesmithError(f"{method} gives one model per task, not one merged model; use "
+                              f"mergesmith.merge_state_dicts_per_task")
     if not experts:
         raise MergesmithError("merge_state_dicts needs at least one expert state dict")
     if spec.base == "required" and base is None:

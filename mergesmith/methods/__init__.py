@@ -26,6 +26,7 @@ from mergesmith.methods import (
 )
 from mergesmith.methods import cart, iso, lines, pcb, tsv
 from mergesmith.methods import fisher_combine, regmean_combine
+from mergesmith.methods import consensus, doge_ta, emr, wudi
 from mergesmith.methods._spec import MethodSpec
 
 METHODS: dict[str, MethodSpec] = {
@@ -57,6 +58,11 @@ METHODS: dict[str, MethodSpec] = {
         lines.SPEC,
         fisher_combine.SPEC,
         regmean_combine.SPEC,
+        wudi.SPEC,
+        doge_ta.SPEC,
+        consensus.CONSENSUS_SPEC,
+        consensus.TALL_MASKS_SPEC,
+        emr.SPEC,
     )
 }
 

@@ -21,6 +21,7 @@ import mergesmith.methods as methods_pkg
 from mergesmith.engine.rng import TensorRng
 from mergesmith.methods import METHODS
 from mergesmith.methods import _blocks
+from mergesmith.methods._per_task import single_tensor_task_model
 from mergesmith.methods._spec import param_infos, tensor_facts
 
 N = 3
@@ -53,6 +54,12 @@ IDENTITY_PARAMS: dict[str, dict] = {
     "lines": {"beta": 0.0},  # alpha defaults to 1/N
     "fisher_combine": {},  # without statistics: the average
     "regmean_combine": {},  # without statistics: the average
+    # issue 5, data-free optimisation and mask methods (EMR and TALL masks: checked on task 0's model)
+    "wudi": {},
+    "doge_ta": {},
+    "consensus": {"weight": 1.0 / N},  # tau_MTL = tau: every TALL mask is all on, k=2 <= N keeps everything
+    "tall_masks": {"weight": 1.0 / N},
+    "emr": {},  # tau_uni = tau, every mask on, rescalers 1
 }
 # Methods whose paper makes N identical experts give something else than the expert; their own test files check
 # what the paper's definition gives instead.
@@ -60,6 +67,10 @@ IDENTITY_DOES_NOT_HOLD = {
     "iso_c": "Iso-C flattens the spectrum of the summed task matrix, so only an expert whose task matrix has a flat "
              "spectrum comes back (tests/methods/test_spectral_family.py checks the flat spectrum)",
     "iso_cts": "Iso-CTS flattens the spectrum of the common and task subspaces (tests/methods/test_spectral_family.py)",
+    "wudi": "WUDI starts at the task-arithmetic sum N*tau and takes a fixed number of Adam steps toward tau (its "
+            "optimum); tests/methods/test_dataless_family.py checks that one task's optimum is tau_1 and the loss falls",
+    "doge_ta": "DOGE-TA rescales each task vector to norm eta (lambda_i = eta/||tau_i||); "
+               "tests/methods/test_dataless_family.py checks its coefficients, projection and loss",
 }
 # Parameters for the other checks (a realistic, non-degenerate setting).
 TYPICAL_PARAMS: dict[str, dict] = {
@@ -81,6 +92,10 @@ TYPICAL_PARAMS: dict[str, dict] = {
     "iso_cts": {"common_space_fraction": 0.8},
     "cart": {"rank_ratio": 0.25},
     "lines": {"beta": 0.5},
+    "wudi": {"steps": 50, "lr": 1e-3},
+    "doge_ta": {"steps": 50},
+    "consensus": {"weight": 1.0, "tall_mask_lambda": 0.4, "k": 2, "lambda": 0.5},
+    "tall_masks": {"weight": 1.0, "tall_mask_lambda": 0.4},
 }
 
 
@@ -106,7 +121,10 @@ def _params(spec, values: dict, n: int):
 
 def _merge(spec, base, experts, values, seed=0, name="t"):
     params = _params(spec, values, len(experts))
-    return spec.merge(base if spec.base != "unused" else None, experts, params, TensorRng(seed, name))
+    out = spec.merge(base if spec.base != "unused" else None, experts, params, TensorRng(seed, name))
+    if spec.side_outputs:  # one model per task (EMR, TALL masks): the contract is checked on task 0's model
+        return single_tensor_task_model(out[0], out[1], 0)
+    return out
 
 
 def _module_specs(name):
@@ -132,6 +150,7 @@ def test_catalogue_has_the_issue_methods():
         "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties", "dare_linear", "dare_ties",
         "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "magmax", "model_stock", "nearswap",
         "passthrough", "pcb", "tsv_m", "iso_c", "iso_cts", "cart", "lines",
+        "wudi", "doge_ta", "consensus", "tall_masks", "emr",
     }
     assert wanted <= set(METHODS)
 
@@ -186,6 +205,7 @@ def test_same_seed_same_bytes_and_finite(name, tensors):
     sorted(
         n for n, s in METHODS.items()
         if s.order_invariant and not s.randomized and (s.max_models is None or s.max_models > 1)
+        and not s.side_outputs  # per-task models follow their experts (test_dataless_family.py)
     ),
 )
 def test_order_of_experts_does_not_matter(name, tensors):
