@@ -28,7 +28,8 @@ REQUIRED_TASK_KEYS = ("name", "num_labels", "sizes", "majority")
 REQUIRED_ROW_KEYS = ("name", "kind", "accuracy", "average", "normalized", "params", "grid", "merge_seconds",
                      "peak_memory_mb")
 REQUIRED_GRID_KEYS = ("params", "validation_average")
-ROW_KINDS = ("baseline", "expert", "merge")
+ROW_KINDS = ("baseline", "expert", "merge", "adapt")
+MERGED_KINDS = ("merge", "adapt")  # rows that are one merged model per method (adapt: data-driven methods)
 
 # Marks the best merge in a column, in the terminal table (no colour there when piped to a file).
 BEST_MARK = "*"
@@ -152,7 +153,7 @@ def _best_merge_values(results: Mapping[str, Any]) -> dict[str, float]:
     tasks = task_names(results)
     best: dict[str, float] = {}
     for row in results["rows"]:
-        if row["kind"] != "merge":
+        if row["kind"] not in MERGED_KINDS:
             continue
         values = {task: row["accuracy"][task] for task in tasks}
         if all(value is not None for value in values.values()):
@@ -175,7 +176,7 @@ def table_model(results: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, 
                                                              (row["normalized"], "normalized")]
         for value, column in scored:
             # Ties share the mark: two merges with the same accuracy are equally best.
-            is_best = row["kind"] == "merge" and value is not None and value == best.get(column)
+            is_best = row["kind"] in MERGED_KINDS and value is not None and value == best.get(column)
             cells.append((_pct(value), is_best))
         cells += [(_seconds(row["merge_seconds"]), False), (_megabytes(row["peak_memory_mb"]), False),
                   (compact_params(row["params"]), False)]
@@ -311,7 +312,7 @@ def method_colors(results: Mapping[str, Any]) -> dict[str, Any]:
     """One colour per baseline/merge row, the same in every plot; baselines in greys so merges stand out."""
     from matplotlib import colormaps
 
-    merges = [row["name"] for row in results["rows"] if row["kind"] == "merge"]
+    merges = [row["name"] for row in results["rows"] if row["kind"] in MERGED_KINDS]
     baselines = [row["name"] for row in results["rows"] if row["kind"] == "baseline"]
     # The qualitative palettes without their greys, which belong to the baselines.
     palette = ([colormaps["tab10"](i) for i in range(10) if i != 7] if len(merges) <= 9
@@ -343,7 +344,7 @@ def expert_own_accuracy(results: Mapping[str, Any]) -> dict[str, float]:
 
 def _compared_rows(results: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     # The rows a reader compares: what you start from (baselines) and what merging buys (merges).
-    return [row for row in results["rows"] if row["kind"] in ("baseline", "merge")]
+    return [row for row in results["rows"] if row["kind"] in ("baseline", *MERGED_KINDS)]
 
 
 def plot_task_accuracy(results: Mapping[str, Any]) -> bytes:
@@ -477,7 +478,7 @@ def plot_cost_quality(results: Mapping[str, Any]) -> bytes:
     from matplotlib import colormaps
     from matplotlib.colors import Normalize
 
-    merges = [row for row in results["rows"] if row["kind"] == "merge"]
+    merges = [row for row in results["rows"] if row["kind"] in MERGED_KINDS]
     shown = [row for row in merges if row["merge_seconds"] is not None and row["normalized"] is not None]
     left_out = [row["name"] for row in merges if row not in shown]
     fig = _new_figure(5.6)

@@ -27,6 +27,8 @@ from typing import Callable
 import torch
 import yaml
 
+from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
+from mergesmith.bench import per_task
 from mergesmith.bench.data import TaskData
 from mergesmith.bench.encoder import split_features
 from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, grid_points
@@ -113,10 +115,15 @@ class PeakRss:
 def resolve_methods(requested: list[str] | None, profile: str, n_experts: int) -> list[str]:
     from mergesmith.methods import METHODS
 
+    from mergesmith.adapt import ADAPT_METHODS
+
     methods = list(requested) if requested else list(MINI_METHODS if profile == "mini" else DEFAULT_METHODS)
     for name in methods:
+        if name in ADAPT_METHODS:  # data-driven methods: mergesmith.bench.adapt_rows
+            continue
         if name not in METHODS:
-            raise MergesmithError(f"unknown method {name!r} for --methods; known: {', '.join(sorted(METHODS))}")
+            known = ", ".join(sorted(METHODS))
+            raise MergesmithError(f"unknown method {name!r} for --methods; known: {known}; adapt methods: {', '.join(sorted(ADAPT_METHODS))}")
         spec = METHODS[name]
         if spec.max_models is not None and spec.max_models < n_experts:
             raise MergesmithError(
@@ -244,13 +251,20 @@ def run_bench(
     (run_dir / "configs").mkdir(parents=True, exist_ok=True)
     experts_in_order = [expert_states[t.name] for t in tasks]
     for method in method_names:
+        if is_adapt_method(method):  # data-driven methods run on the pool itself (mergesmith.bench.adapt_rows)
+            rows.append(adapt_row(method, bench_pool, expert_acc, seed=seed, features=featurizer,
+                                  out_dir=run_dir / "merged" / method if keep_models else None, echo=echo))
+            continue
         grid = []
         best = None
         points = [_params_with_defaults(method, p) for p in grid_points(method)]
         for point in points:
-            merged = merge_state_dicts(base_state, experts_in_order, method, seed=seed, **point)
-            base_model.load_state_dict(merged)
-            score = _average(validation(base_model))
+            if per_task.has_task_models(method):  # EMR, TALL masks: task t is scored with task t's model
+                score = per_task.validation_average(method, point, base_state, experts_in_order, base_model, validation, seed)
+            else:
+                merged = merge_state_dicts(base_state, experts_in_order, method, seed=seed, **point)
+                base_model.load_state_dict(merged)
+                score = _average(validation(base_model))
             grid.append({"params": point, "validation_average": score})
             if best is None or score > best[1]:
                 best = (point, score)
@@ -264,7 +278,7 @@ def run_bench(
             merge(config_path, out, threads=2)
             merge_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        scores = test(load(out))
+        scores = per_task.test_scores(out, load, test) if per_task.has_task_models(method) else test(load(out))
         eval_seconds = time.perf_counter() - started
         if not keep_models:
             shutil.rmtree(out)

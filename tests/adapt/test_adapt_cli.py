@@ -38,3 +38,18 @@ def test_adapt_cli_errors(tiny_pool_yaml: Path, tmp_path: Path):
     neither = run_cli("adapt", "fisher", tmp_path / "d")
     assert neither.exit_code == 2 and "either a pool YAML (--pool) or a built-in profile" in neither.output
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+def test_bench_runs_adapt_methods_beside_merges(tiny_pool_yaml: Path, tmp_path: Path):
+    run = tmp_path / "run"
+    result = run_cli("bench", "--pool", tiny_pool_yaml, "--methods", "linear,fisher,regmean", "--out", run, "--quiet")
+    assert result.exit_code == 0, result.output
+    results = json.loads((run / "results.json").read_text())
+    rows = {row["name"]: row for row in results["rows"]}
+    for name in ("fisher", "regmean"):
+        row = rows[name]
+        assert row["kind"] == "adapt" and row["params"]["added_parameters"] == 0
+        assert set(row["accuracy"]) == {"reviews", "topics"} and row["merge_seconds"] > 0 and row["peak_memory_mb"] is not None
+        assert row["info"]["linear_layers"] == 13 if name == "regmean" else "fisher_sum" in row["info"]
+    assert "regmean" in result.output and "fisher" in (run / "results.csv").read_text()
+    assert "fisher" in (run / "report.html").read_text()

@@ -1,0 +1,88 @@
+"""Bench rows for adapt methods (``mergesmith bench --methods fisher,regmean,...``): run the method on the bench's
+pool, time it, sample its peak memory, and score ``result.encoder_for(task)`` on each task's test split with the
+task's head. Hyper-parameters are the method's Params defaults (methods that tune on validation do it inside ``run``).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def is_adapt_method(name: str) -> bool:
+    from mergesmith.adapt import ADAPT_METHODS
+
+    return name in ADAPT_METHODS
+
+
+def _trim_heap() -> None:
+    """Hand freed heap pages back to the OS so the RSS the run starts from is what is really in use (glibc only)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, features, out_dir: Path | None,
+              echo: Callable[[str], None] = print) -> dict:
+    """One results row of kind "adapt". ``features`` is the pool's featurizer; ``out_dir`` saves the result there."""
+    import gc
+
+    from mergesmith.adapt import get_adapt_method
+    from mergesmith.adapt._spec import params_dict
+    from mergesmith.adapt.problem import check_needs, problem_from_pool
+    from mergesmith.adapt.result import save_result
+    from mergesmith.bench.run import Evaluator, PeakRss, _average, _normalized
+
+    spec = get_adapt_method(method)
+    params = spec.params()
+    problem = problem_from_pool(pool)  # a fresh problem: the run loads (and is charged for) the base and task vectors
+    check_needs(problem, method, spec.needs)
+    gc.collect()
+    _trim_heap()
+    # The rise of this process's RSS above its level at the start, sampled every 20 ms while the method runs.
+    with PeakRss() as rss:
+        started = time.perf_counter()
+        result = spec.run(problem, params, seed)
+        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    scores: dict[str, float | None] = {}
+    for task in pool.tasks:
+        encoder = result.encoder_for(task.name)
+        scores.update(Evaluator([task], {task.name: task.test}, {task.name: task.head}, features)(encoder))
+    eval_seconds = time.perf_counter() - started
+    if out_dir is not None:
+        save_result(result, problem, out_dir, force=True)
+    defaults = params_dict(spec.params())
+    used = params_dict(params)
+    shown = {k: v for k, v in used.items() if v != defaults.get(k)}
+    shown["added_parameters"] = int(result.info.get("added_parameters", 0))
+    row = {"name": method, "kind": "adapt", "method": method, "accuracy": scores, "average": _average(scores),
+           "normalized": _normalized(scores, expert_acc), "params": shown, "grid": [], "merge_seconds": seconds,
+           "peak_memory_mb": rss.peak_mb, "eval_seconds": eval_seconds, "paper": spec.paper,
+           "info": _summary(result.info), "adapt_params": used}
+    normalized = "-" if row["normalized"] is None else f"{row['normalized']:.3f}"
+    echo(f"{method:18s} test average {row['average']:.3f}  normalized {normalized}  ({seconds:.0f} s, peak +{rss.peak_mb:.0f} MB)")
+    del result, problem
+    gc.collect()
+    return row
+
+
+def _summary(info: dict) -> dict:
+    """The row's info, JSON-able and short (long per-step histories are cut)."""
+    from mergesmith.adapt.result import _jsonable
+
+    out = {}
+    for key, value in _jsonable(info).items():
+        if isinstance(value, list) and len(value) > 50:
+            value = value[:50] + ["..."]
+        out[key] = value
+    return out
+
+
+__all__ = ["adapt_row", "is_adapt_method"]
+
