@@ -10,7 +10,7 @@ from __future__ import annotations
 from mergesmith.adapt import bmm, fisher, regmean
 from mergesmith.adapt._spec import AdaptSpec
 from mergesmith.adapt import surgery, wemoe
-from mergesmith.adapt import adamerging, atlas
+from mergesmith.adapt import adamerging, atlas, twin
 from mergesmith.errors import MergesmithError
 
 ADAPT_METHODS: dict[str, AdaptSpec] = {
@@ -24,6 +24,7 @@ ADAPT_METHODS: dict[str, AdaptSpec] = {
         bmm.SPEC_DATAFREE,
         *adamerging.SPECS,
         atlas.SPEC,
+        twin.SPEC,
         surgery.SPEC,
         surgery.SPEC_V2,
         wemoe.SPEC,
