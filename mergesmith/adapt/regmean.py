@@ -26,6 +26,7 @@ from mergesmith.adapt._spec import AdaptSpec, params_dict
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
 from mergesmith.adapt.statistics import (
+    AllCollected,
     GramCollector,
     checkpoint_names,
     data_split,
@@ -55,17 +56,20 @@ def _forward(problem: AdaptProblem, encoder, state: dict[str, Tensor] | None, ba
     from torch.func import functional_call
 
     with torch.no_grad():
-        if state is None:
-            encoder(**problem.forward_kwargs(batch))
-        else:
-            functional_call(encoder, state, args=(), kwargs=problem.forward_kwargs(batch), strict=False)
+        try:
+            if state is None:
+                encoder(**problem.forward_kwargs(batch))
+            else:
+                functional_call(encoder, state, args=(), kwargs=problem.forward_kwargs(batch), strict=False)
+        except AllCollected:  # every watched module saw the batch; later layers are not needed
+            pass
 
 
 def task_grams(problem: AdaptProblem, task, encoder, modules: dict, params: Params, seed: int,
                state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
     """Module name -> mean Gram of the module's inputs on the task's data (``state`` overrides the encoder's weights)."""
     split = data_split(problem, task, params.data)
-    with GramCollector(modules) as collector:
+    with GramCollector(modules, stop_early=True) as collector:
         for batch in example_batches(problem, split, params.num_examples, params.batch_size, seed):
             collector.set_batch(problem, batch)
             _forward(problem, encoder, state, batch)

@@ -48,16 +48,25 @@ def checkpoint_names(problem, names: Iterable[str]) -> dict[str, str]:
     return mapping
 
 
+class AllCollected(Exception):
+    """Raised by a GramCollector with ``stop_early`` once every watched module saw the batch: the rest of the
+    forward pass is not needed (RegMean++ collects one layer at a time)."""
+
+
 class GramCollector:
     """Forward hooks accumulating G = mean over input rows of x x^T for the chosen linear modules.
 
     Text batches: only real tokens count (padding rows are masked out with the batch's attention mask), so a Gram
-    does not depend on how the batch was padded."""
+    does not depend on how the batch was padded. With ``stop_early`` the forward pass is cut (``AllCollected``) as
+    soon as every watched module has seen the batch."""
 
-    def __init__(self, modules: dict[str, nn.Linear]):
+    def __init__(self, modules: dict[str, nn.Linear], *, stop_early: bool = False):
         self.sums: dict[str, Tensor] = {}
         self.counts: dict[str, int] = {}
         self.mask: Tensor | None = None
+        self.stop_early = stop_early
+        self._watched = set(modules)
+        self._seen: set[str] = set()
         self._handles = [m.register_forward_hook(self._hook(name)) for name, m in modules.items()]
 
     def _hook(self, name: str) -> Callable:
@@ -75,12 +84,16 @@ class GramCollector:
             else:
                 self.sums[name] = gram
                 self.counts[name] = rows.shape[0]
+            self._seen.add(name)
+            if self.stop_early and self._seen >= self._watched:
+                raise AllCollected
 
         return hook
 
     def set_batch(self, problem, batch) -> None:
         mask = batch.inputs.get("attention_mask") if problem.modality == "text" else None
         self.mask = mask.bool() if mask is not None else None
+        self._seen = set()
 
     def grams(self) -> dict[str, Tensor]:
         """Module name -> mean Gram (float64). A common per-task scale leaves RegMean's solution unchanged when every

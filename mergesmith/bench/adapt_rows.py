@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 
 def is_adapt_method(name: str) -> bool:
     from mergesmith.adapt import ADAPT_METHODS
@@ -44,11 +46,19 @@ def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, fea
     check_needs(problem, method, spec.needs)
     gc.collect()
     _trim_heap()
-    # The rise of this process's RSS above its level at the start, sampled every 20 ms while the method runs.
-    with PeakRss() as rss:
-        started = time.perf_counter()
-        result = spec.run(problem, params, seed)
-        seconds = time.perf_counter() - started
+    # One intra-op thread: these methods run many small per-example / per-batch ops, which gain little from more
+    # threads and slow down several-fold when OpenMP threads spin on a shared machine (measured: one layer's Grams
+    # 0.8 s with 1 thread vs 2.7 s with 2 on the busy 2-core bench machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        # The rise of this process's RSS above its level at the start, sampled every 20 ms while the method runs.
+        with PeakRss() as rss:
+            started = time.perf_counter()
+            result = spec.run(problem, params, seed)
+            seconds = time.perf_counter() - started
+    finally:
+        torch.set_num_threads(threads)
     started = time.perf_counter()
     scores: dict[str, float | None] = {}
     for task in pool.tasks:
@@ -64,7 +74,7 @@ def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, fea
     row = {"name": method, "kind": "adapt", "method": method, "accuracy": scores, "average": _average(scores),
            "normalized": _normalized(scores, expert_acc), "params": shown, "grid": [], "merge_seconds": seconds,
            "peak_memory_mb": rss.peak_mb, "eval_seconds": eval_seconds, "paper": spec.paper,
-           "info": _summary(result.info), "adapt_params": used}
+           "info": _summary(result.info), "adapt_params": used, "threads": 1}
     normalized = "-" if row["normalized"] is None else f"{row['normalized']:.3f}"
     echo(f"{method:18s} test average {row['average']:.3f}  normalized {normalized}  ({seconds:.0f} s, peak +{rss.peak_mb:.0f} MB)")
     del result, problem
