@@ -29,6 +29,14 @@ GRIDS: dict[str, dict[str, list]] = {
     "iso_cts": {"alpha": [0.3, 0.5], "common_space_fraction": [0.8]},
     "cart": {"rank_ratio": [0.08, 0.16], "lambda": [1.0]},
     "lines": {"beta": [0.2, 0.5]},
+    # data-free optimisation and mask methods (issue 5): WUDI and EMR have no coefficient to tune (the papers'
+    # defaults); DOGE-TA at the paper's eta; consensus over alpha as task arithmetic; TALL masks over lambda_t
+    # (one value for every task here; the paper picks one per task) and the scale of tau_MTL
+    "wudi": {},
+    "doge_ta": {"lambda": [0.07]},
+    "consensus": {"weight": [1.0], "k": [2], "tall_mask_lambda": [0.4], "lambda": [0.2, 0.3, 0.5, 1.0]},
+    "tall_masks": {"weight": [0.3, 1.0], "tall_mask_lambda": [0.2, 0.4, 0.6]},
+    "emr": {},
 }
 DEFAULT_METHODS = tuple(GRIDS)
 MINI_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "model_stock")

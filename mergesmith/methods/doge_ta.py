@@ -21,8 +21,8 @@ The steps, defaults (eta = 0.07, subspace = 6, density = 0.3, 400 Adam steps at 
 follow the authors' code as packaged in fusion-bench 0.2.33 (``doge_ta``); two differences, both documented in the
 parity test: the trim threshold is taken per tensor (fusion-bench takes it over all matrices of the model at once,
 which a streaming merge cannot), and tensors that are not 2-D matrices are merged as the average of the task
-vectors (fusion-bench leaves them at theta_0). Float32, closed-form gradient, fixed operation order: same inputs,
-same bytes (for a fixed torch thread count; the engine pins it to 1).
+vectors (fusion-bench leaves them at theta_0). Float32, closed-form gradient, fixed operation order, one intra-op
+thread (``_adam.one_thread``): same inputs, same bytes.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import torch
 from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods._adam import Adam, one_thread
 from mergesmith.methods._spec import MethodSpec, param
 
 NAME = "doge_ta"
@@ -85,21 +86,20 @@ def optimise_delta(taus: Sequence[Tensor], lambdas: Sequence[Tensor], basis: Ten
     stacked = torch.stack(list(taus))  # [T, out, in]
     own = (stacked * stacked).sum(dim=2)  # <tau_j[r], tau_j[r]>, [T, out]
     delta = torch.zeros_like(taus[0])
-    optimizer = torch.optim.Adam([delta], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=False)
+    optimizer = Adam(delta, lr=lr)
     for _ in range(steps):
         merged = tau_ta + big_lambda * delta
         # s_j[r] = <tau_j[r], tau_j[r] - merged[r]>; dL/ddelta = -2 Lambda sum_j s_j[r] tau_j[r]
         s = own - torch.einsum("tri,ri->tr", stacked, merged)
         grad = torch.einsum("tr,tri->ri", s, stacked).mul_(-2.0 * big_lambda)
         grad.sub_(basis @ (basis.T @ grad))  # project out the shared subspace: g - S S^T g
-        delta.grad = grad
-        optimizer.step()
-    delta.grad = None
+        optimizer.step(grad)
     return delta
 
 
 def top_magnitude_mask(tau: Tensor, density: float) -> Tensor:
-    """Keep the int(density * numel) largest |tau| (ties with the threshold kept); density 1 keeps everything."""
+    """Keep |tau| >= its (numel - int(density * numel))-th smallest value, as the authors' code (fusion-bench's
+    ``topk_values_mask``): int(density * numel) + 1 entries without ties; density 1 keeps everything."""
     numel = tau.numel()
     keep = int(numel * density)
     if keep >= numel:
@@ -125,9 +125,12 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
         taus = tv.stacked_task_vectors(base, experts)
         return (base + tv.sum_in_order(taus) / len(experts)).to(base.dtype)
     taus = [e.float() - base.float() for e in experts]
+    if not any(bool((t != 0).any()) for t in taus):
+        return base.clone()  # every task vector is zero (e.g. frozen embeddings): nothing to merge or optimise
     lambdas = adaptive_lambdas(taus, params.lambda_)
-    basis = shared_basis(taus, params.subspace)
-    delta = optimise_delta(taus, lambdas, basis, params.steps, params.lr)
+    with one_thread():
+        basis = shared_basis(taus, params.subspace)
+        delta = optimise_delta(taus, lambdas, basis, params.steps, params.lr)
     # step 4: theta_0 + sum_i lambda_i * mask_i * (tau_i + delta)
     merged = tv.sum_in_order(
         l * ((t + delta) * top_magnitude_mask(t, params.density).to(t.dtype)) for t, l in zip(taus, lambdas)

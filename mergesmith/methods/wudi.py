@@ -19,8 +19,8 @@ Parameters (the authors' code and fusion-bench 0.2.33 use Adam with lr 1e-5, 300
 
 Tensors that are not 2-D matrices (biases, norms) are merged as the average of the task vectors (task arithmetic
 with lambda = 1/T), as the authors' code does. The optimisation runs in float32 whatever the input dtype, with a
-closed-form gradient in a fixed operation order: the same inputs give the same bytes (for a fixed torch thread
-count; the engine pins it to 1). A task whose task vector is exactly zero has no input proxy and is left out of L.
+closed-form gradient in a fixed operation order, on one intra-op thread (``_adam.one_thread``): the same inputs give
+the same bytes whoever calls (engine, ``merge_state_dicts``, bench). A task whose task vector is exactly zero has no input proxy and is left out of L.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ import torch
 from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods._adam import Adam, one_thread
 from mergesmith.methods._spec import MethodSpec, param
 
 NAME = "wudi"
@@ -90,11 +91,9 @@ def optimise(taus: Sequence[Tensor], steps: int, lr: float) -> Tensor:
         return tau_m
     weights = [1.0 / t.square().sum() for t in kept]  # c_i = 1/||tau_i||_F^2, fp32 0-d tensors
     gradient = _Gradient(kept, weights)
-    optimizer = torch.optim.Adam([tau_m], lr=lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0, foreach=False)
+    optimizer = Adam(tau_m, lr=lr)
     for _ in range(steps):
-        tau_m.grad = gradient(tau_m)
-        optimizer.step()
-    tau_m.grad = None
+        optimizer.step(gradient(tau_m))
     return tau_m
 
 
@@ -111,7 +110,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
         taus = tv.stacked_task_vectors(base, experts)
         return (base + tv.sum_in_order(taus) / len(experts)).to(base.dtype)
     taus = [(e.float() - base.float()) for e in experts]
-    tau_m = optimise(taus, params.steps, params.lr)
+    with one_thread():
+        tau_m = optimise(taus, params.steps, params.lr)
     return (base + tau_m.to(base.dtype)).to(base.dtype)
 
 
