@@ -108,3 +108,42 @@ def test_expert_trained_for_another_label_space(tmp_path: Path):
     save_head(tmp_path / "models" / "expert_0" / "task_head.safetensors", 3, 64, seed=9)
     with pytest.raises(MergesmithError, match="expert .*expert_0 was trained with a head of shape \\[3, 64\\] but the pool's head"):
         load_problem(pool=pool, progress=False, echo=lambda _: None)
+
+
+def test_image_pool_pooled_matches_bench_features(tmp_path: Path):
+    """A tiny CLIP vision pool (projection head): pooled() gives the featurizer's image_embeds, and pool_hidden()
+    rebuilds them from the last hidden state with the encoder's own pooling head."""
+    import numpy as np
+    from PIL import Image
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    from tests.helpers import write_yaml
+
+    torch.manual_seed(0)
+    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                              num_attention_heads=4, projection_dim=16)
+    model = CLIPVisionModelWithProjection(config).eval()
+    for name in ("base", "expert"):
+        model.save_pretrained(tmp_path / name)
+    CLIPImageProcessor(size=32, crop_size=32).save_pretrained(tmp_path / "base")
+    rng = np.random.default_rng(0)
+    for split in ("validation", "test"):
+        for label in ("red", "blue"):
+            for k in range(3):
+                path = tmp_path / "data" / split / label / f"{k}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (12, 12, 3)).astype(np.uint8)).save(path)
+    save_head(tmp_path / "head.safetensors", 2, 16, seed=0)
+    pool = write_yaml(tmp_path / "pool.yaml", {"base_model": "base", "tasks": [
+        {"name": "colors", "expert": "expert", "head": "head.safetensors",
+         "data": {"format": "imagefolder", "validation": "data/validation", "test": "data/test"}}]})
+    problem = load_problem(pool=pool, progress=False, echo=lambda _: None)
+    task = problem.tasks[0]
+    encoder = problem.load_encoder(problem.expert_dirs["colors"])
+    bench = problem.featurizer(encoder, task.validation)
+    for batch in problem.batches(task.validation, 4, shuffle=True, seed=0):
+        ours = problem.pooled(encoder, batch)
+        torch.testing.assert_close(ours.detach(), bench[batch.rows], atol=1e-5, rtol=1e-5)
+        hidden = encoder(**problem.forward_kwargs(batch)).last_hidden_state
+        torch.testing.assert_close(problem.pool_hidden(hidden, batch, encoder).detach(), bench[batch.rows], atol=1e-5, rtol=1e-5)
+    assert len(task.unlabeled) == 6 and all(b.labels is None for b in problem.batches(task.unlabeled, 4))
