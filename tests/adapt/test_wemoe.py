@@ -73,6 +73,34 @@ def test_routing_is_per_input_and_ignores_padding():
     assert not torch.allclose(r[0], r[1])
 
 
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_training_and_inference_paths_agree(conv1d):
+    """RoutedLinear computes W(x) = W_0 + sum_t r_t tau_t by activations when training and by per-example weights
+    otherwise: the same values, and gradients reach the router."""
+    from mergesmith.adapt.wemoe import RoutedLinear, _Routing
+
+    g = torch.Generator().manual_seed(0)
+    shape = (6, 5) if conv1d else (5, 6)  # Conv1D stores [in, out]
+    weight, bias = torch.randn(shape, generator=g), torch.randn(5, generator=g)
+    taus, tau_b = torch.randn((3, *shape), generator=g), torch.randn(3, 5, generator=g)
+    router = Router(6, 3, 4, 0.3, g)
+    torch.nn.init.normal_(router.fc2.weight, generator=g)
+    layer = RoutedLinear(weight, bias, taus, tau_b, _Routing(router, {"mask": None}), entry=True, conv1d=conv1d)
+    x = torch.randn(4, 7, 6, generator=g)
+    trained = layer(x)
+    with torch.no_grad():
+        inferred = layer(x)
+        r = router(x)
+    expected = torch.stack([
+        x[b] @ ((weight + torch.einsum("t,t...->...", r[b], taus)) if conv1d else (weight + torch.einsum("t,t...->...", r[b], taus)).t())
+        + bias + r[b] @ tau_b for b in range(4)
+    ])
+    torch.testing.assert_close(trained, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(inferred, expected, atol=1e-5, rtol=1e-5)
+    trained.sum().backward()
+    assert router.fc2.weight.grad is not None and router.fc2.weight.grad.abs().sum() > 0
+
+
 def test_sparsify_keeps_the_largest_fraction():
     t = torch.tensor([[0.1, -5.0, 0.3], [2.0, -0.2, 0.05]])
     assert torch.equal(sparsify(t, 2 / 6), torch.tensor([[0.0, -5.0, 0.0], [2.0, 0.0, 0.0]]))
