@@ -274,6 +274,16 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "sv_reduction": (0.0, 1.0, False, True),
     "common_space_fraction": (0.0, 1.0, True, True),
     "rank_ratio": (0.0, 1.0, False, True),
+    # wudi, doge_ta, consensus, tall_masks (issue 5)
+    "steps": (0.0, math.inf, True, False),
+    "subspace": (1.0, math.inf, True, False),
+    "k": (0.0, math.inf, True, False),
+    "tall_mask_lambda": (0.0, math.inf, True, False),
+}
+# String parameters with a fixed set of values, checked in the plan as well.
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "aggregation": ("task_arithmetic", "ties"),  # consensus, tall_masks
+    "rescale_by": ("sum", "tensor_means"),  # emr
 }
 
 
@@ -310,6 +320,9 @@ def coerce_value(info: ParamInfo, value: Any, where: str) -> Any:
                 raise ConfigError(f"{where}: {info.name} must be in {interval}, got {value:g}")
         return value
     if kind is str:
+        choices = _CHOICES.get(info.name)
+        if choices and str(value) not in choices:
+            raise ConfigError(f"{where}: {info.name} must be one of {', '.join(choices)}, got {value!r}")
         return str(value)
     return value
 

@@ -26,7 +26,7 @@ Parameters:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -42,7 +42,7 @@ PAPER = "Wang et al. 2024, Localizing Task Information for Improved Model Mergin
 class TallMasksParams:
     weight: tuple[float, ...] = per_model(1.0, doc="w_t, the coefficient of the task vector in tau_MTL")
     tall_mask_lambda: tuple[float, ...] = per_model(0.4, doc="lambda_t of the TALL mask, >= 0")
-    aggregation: Literal["task_arithmetic", "ties"] = param("task_arithmetic", doc="how tau_MTL is built")
+    aggregation: str = param("task_arithmetic", doc='how tau_MTL is built: "task_arithmetic" or "ties"')
     density: tuple[float, ...] = per_model(0.2, doc="TIES trim fraction, in (0, 1] (aggregation: ties)")
 
 
@@ -50,7 +50,7 @@ class TallMasksParams:
 class ConsensusParams:
     weight: tuple[float, ...] = per_model(1.0, doc="w_t, the coefficient of the task vector in tau_MTL")
     tall_mask_lambda: tuple[float, ...] = per_model(0.4, doc="lambda_t of the TALL mask, >= 0")
-    aggregation: Literal["task_arithmetic", "ties"] = param("task_arithmetic", doc="how tau_MTL is built")
+    aggregation: str = param("task_arithmetic", doc='how tau_MTL is built: "task_arithmetic" or "ties"')
     density: tuple[float, ...] = per_model(0.2, doc="TIES trim fraction, in (0, 1] (aggregation: ties)")
     k: int = param(2, doc="keep entries that at least k tasks' TALL masks keep")
     lambda_: float = param(1.0, alias="lambda", doc="alpha, the scale of the masked multi-task vector")

@@ -24,7 +24,7 @@ cancel exactly). Every floating tensor is merged this way, 1-D ones included (th
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -38,7 +38,7 @@ NAME = "emr"
 
 @dataclass(frozen=True)
 class Params:
-    rescale_by: Literal["sum", "tensor_means"] = param(
+    rescale_by: str = param(
         "sum", doc='"sum": the paper\'s model-level sums; "tensor_means": sum of per-tensor means (authors\' code)')
 
 
