@@ -114,6 +114,15 @@ class SideWriter:
         manifest = json.loads(path.read_text(encoding="utf-8"))
         manifest.update({"kind": self.kind, "tasks": self.tasks, "side_outputs": hashes})
         path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        card = Path(staging) / "README.md"
+        if card.is_file() and self.tasks:  # the model card says how to get a task's model (the weights here are the base's)
+            lines = ["", "## One model per task", "",
+                     f"This directory holds the base model's weights plus per-task parts ({self.kind}): "
+                     "`task_vector.safetensors`, `task_masks.safetensors` (bit-packed) and `tasks.json` (rescalers). "
+                     "Task t's model is base + rescaler_t * (mask_t * task_vector); load it with", "",
+                     "```python", "import mergesmith", f"model = mergesmith.load_merged(path, task={self.tasks[0]!r})", "```",
+                     "", "Tasks: " + ", ".join(f"`{t}`" for t in self.tasks), ""]
+            card.write_text(card.read_text(encoding="utf-8") + "\n".join(lines), encoding="utf-8")
 
 
 def open_side_writer(plan: Any, staging: Path, write_model: Callable) -> SideWriter | None:
