@@ -177,4 +177,6 @@ def portable_config(config_path: Path, statistics: dict[str, Path]) -> str:
     by_path = {str(p): f"statistics/{task}.safetensors" for task, p in statistics.items()}
     for entry in config["models"]:
         entry["statistics"] = by_path.get(entry["statistics"], entry["statistics"])
-    return yaml.safe_dump(config, sort_keys=False)
+    header = ("# The merge mergesmith ran for this result: `mergesmith merge merge.yaml OUT` from this directory\n"
+              "# (statistics paths are relative to it) rebuilds model.safetensors from the experts and statistics.\n")
+    return header + yaml.safe_dump(config, sort_keys=False)

@@ -93,7 +93,7 @@ def test_statistics_config_errors(tmp_path: Path):
                                                                  {"model": experts[1], "statistics": str(tmp_path / "bad.safetensors")}]})
 
 
-def test_fisher_end_to_end(tiny_problem, tmp_path: Path):
+def test_fisher_end_to_end(tiny_problem, tmp_path: Path, monkeypatch):
     from mergesmith import load_merged
     from mergesmith.adapt import get_adapt_method
     from mergesmith.adapt._spec import parse_params
@@ -110,5 +110,15 @@ def test_fisher_end_to_end(tiny_problem, tmp_path: Path):
     model = load_merged(out)
     torch.testing.assert_close(model.state_dict()["encoder.layer.0.attention.self.query.weight"],
                                result.state_dict["encoder.layer.0.attention.self.query.weight"])
+    # the saved merge.yaml rebuilds the weights from the experts and the saved statistics
+    from mergesmith.api import merge
+
+    monkeypatch.chdir(out)
+    merge("merge.yaml", tmp_path / "rebuilt")
+    rebuilt, written = load_tensors(tmp_path / "rebuilt"), load_tensors(out)
+    compared = [n for n in rebuilt if n.removeprefix("bert.") in written]  # the MLM head is not part of the encoder
+    assert len(compared) > 30
+    for name in compared:
+        torch.testing.assert_close(rebuilt[name], written[name.removeprefix("bert.")])
     again = spec.run(tiny_problem, parse_params(spec, {"num_examples": 3}), 0)
     assert all(torch.equal(again.state_dict[k], v) for k, v in result.state_dict.items())  # seeded label draws
