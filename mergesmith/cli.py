@@ -237,5 +237,42 @@ def demo(out_dir: Path, force: bool) -> None:
     run_demo(out_dir, force=force, echo=click.echo)
 
 
+@main.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random per-layer transforms.")
+@click.option("--strength", type=float, default=2.0, show_default=True, help="Scale bound s >= 1: each transform scales directions by 1/s .. s (1 = orthogonal only).")
+@click.option("--verify", is_flag=True, help="Check with transformers: same outputs as MODEL, and a linear merge with --merge-with collapses.")
+@click.option("--merge-with", type=click.Path(path_type=Path), default=None, help="Another fine-tune of the same base for --verify's merge test (default: MODEL itself).")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_user_errors
+def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool, merge_with, max_shard_size: str, force: bool, quiet: bool) -> None:
+    """MergeLock: write a copy of MODEL with the same outputs but weights that do not merge with other fine-tunes."""
+    from mergesmith.protect import protect_checkpoint, verify_protection
+    from mergesmith.protect.report import format_verify
+
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:  # created on the first tensor, so an input error prints no empty bar
+            from tqdm import tqdm
+
+            bars.append(tqdm(total=total, desc="protecting", unit="tensor", file=sys.stderr, dynamic_ncols=True))
+        bars[0].update(done - bars[0].n)
+
+    result = protect_checkpoint(model, out_dir, seed=seed, strength=strength, force=force,
+                                max_shard_size=max_shard_size, progress=None if quiet else progress)
+    for bar in bars:
+        bar.close()
+    layout = result.layout
+    click.echo(f"protected {len(layout.blocks)} attention layers ({layout.family}, {layout.num_heads} heads, "
+               f"{layout.num_kv_heads} key/value heads{', rotary' if layout.rotary else ''}) into {out_dir}")
+    if verify:
+        report = verify_protection(model, out_dir, merge_with=merge_with)
+        click.echo(format_verify(report))
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
