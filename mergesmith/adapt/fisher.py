@@ -34,9 +34,14 @@ class Params(BaseModel):
     weights: list[float] | None = Field(None, description="per-task weights lambda_i (default: all 1)")
 
 
-def diagonal_fisher(problem: AdaptProblem, task, encoder, params: Params, seed: int) -> dict[str, torch.Tensor]:
+def diagonal_fisher(problem: AdaptProblem, task, encoder, params: Params, seed: int,
+                    skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
     """Eq. (5): mean over examples of the squared per-example gradient of log p(y|x), one example at a time (a
-    per-example gradient needs its own backward pass; batching would square the batch's summed gradient)."""
+    per-example gradient needs its own backward pass; batching would square the batch's summed gradient).
+    Parameters in ``skip`` get no Fisher (no gradient is computed for them)."""
+    for name, p in encoder.named_parameters():
+        if name in skip:
+            p.requires_grad_(False)
     named = [(n, p) for n, p in encoder.named_parameters() if p.requires_grad]
     fisher = {n: torch.zeros_like(p, dtype=torch.float32) for n, p in named}
     tensors = [p for _, p in named]
@@ -78,9 +83,14 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
     statistics: dict[str, Path] = {}
     info: dict = {"fisher_sum": {}, "examples_per_task": params.num_examples}
     names = None
+    # A tensor every expert left at the base value (e.g. word embeddings frozen during fine-tuning) merges to that
+    # value whatever the Fishers (eq. 3 of equal thetas), so its Fisher is not computed; the engine averages it.
+    vectors = problem.task_vectors()
+    skip = frozenset(k for k in problem.base_state() if all(not bool(v[k].any()) for v in vectors.values()))
+    info["unchanged_tensors"] = len(skip)
     for i, task in enumerate(tqdm(problem.tasks, desc="fisher", unit="task", leave=False)):
         encoder = problem.load_encoder(problem.expert_dirs[task.name])
-        fisher = diagonal_fisher(problem, task, encoder, params, seed + i)
+        fisher = diagonal_fisher(problem, task, encoder, params, seed + i, skip)
         if names is None:
             names = checkpoint_names(problem, fisher)
         statistics[task.name] = save_statistics(root / "statistics" / f"{task.name}.safetensors", fisher, names)
