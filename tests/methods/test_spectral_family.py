@@ -424,6 +424,23 @@ def test_plan_fills_depth_and_notes_the_fallback_once(llama_family, tmp_path):
                                      + sp.NON_MATRIX_MEAN]
 
 
+def test_depth_follows_the_output_layers_of_slices(llama_family, tmp_path):
+    """With slices the output stack is what counts: 3 + 2 output layers, depth l / 4 for output layer l."""
+    e0, e1 = (str(p) for p in llama_family.experts[:2])
+    config = {
+        "merge_method": "lines",
+        "base_model": str(llama_family.base),
+        "slices": [
+            {"sources": [{"model": e0, "layer_range": [0, 3]}, {"model": e1, "layer_range": [0, 3]}]},
+            {"sources": [{"model": e0, "layer_range": [2, 4]}, {"model": e1, "layer_range": [2, 4]}]},
+        ],
+    }
+    plan = plan_merge(write_yaml(tmp_path / "c.yaml", config))
+    depths = {job.out_name: job.params.depth for job in plan.jobs if job.params is not None}
+    assert [depths[f"model.layers.{i}.mlp.up_proj.weight"] for i in range(5)] == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert depths["model.embed_tokens.weight"] == 0.0 and depths["model.norm.weight"] == 1.0
+
+
 def test_config_rejects_bad_values_before_merging(llama_family, tmp_path):
     for params, message in (({"sv_reduction": 0.0}, "sv_reduction must be in"), ({"depth": 0.5}, "unknown parameter")):
         method = "tsv_m" if "sv_reduction" in params else "lines"
