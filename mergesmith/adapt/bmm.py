@@ -66,7 +66,7 @@ def bmm_weight(weights: list[Tensor], grams: list[Tensor], anchor: Tensor, rho: 
 def datafree_gram(task_vector: Tensor) -> Tensor:
     """G_i ~ tau_i^T tau_i ([in, in]) for a linear weight's task vector tau_i ([out, in])."""
     tau = task_vector.double()
-    return tau.T @ tau
+    return (tau.T @ tau).float()  # formed in float64, kept in float32
 
 
 def group_of(module: str, mode: str) -> str:
@@ -130,7 +130,6 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
             for m, g in found.items():
                 grams[weight_of[m]].append(g)
             del state
-    expert_weights = {w: [base[w] + vectors[t.name][w] for t in tasks] for w in grams}
     groups: dict[str, list[str]] = {}
     for m in modules:
         groups.setdefault(group_of(m, params.groups), []).append(weight_of[m])
@@ -141,7 +140,8 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
         state = dict(anchor)
         for group, names in groups.items():
             for w in names:
-                state[w], singular = bmm_weight(expert_weights[w], grams[w], anchor[w], rhos[group], params.ridge)
+                experts = [base[w] + vectors[t.name][w] for t in tasks]  # built per module: no second copy of the vectors
+                state[w], singular = bmm_weight(experts, grams[w], anchor[w], rhos[group], params.ridge)
                 if singular:
                     regularised.add(w)
         return state

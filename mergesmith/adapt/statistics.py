@@ -96,9 +96,10 @@ class GramCollector:
         self._seen = set()
 
     def grams(self) -> dict[str, Tensor]:
-        """Module name -> mean Gram (float64). A common per-task scale leaves RegMean's solution unchanged when every
+        """Module name -> mean Gram. A common per-task scale leaves RegMean's solution unchanged when every
         task sees as many rows, and equalises tasks whose inputs have different token counts."""
-        return {name: s / max(1, self.counts[name]) for name, s in self.sums.items()}
+        # Accumulated in float64, kept in float32 (half the memory; the solves run in float64 again).
+        return {name: (s / max(1, self.counts[name])).float() for name, s in self.sums.items()}
 
     def close(self) -> None:
         for handle in self._handles:
