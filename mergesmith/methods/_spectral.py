@@ -97,7 +97,7 @@ def orthogonal_factor(matrix: Tensor) -> Tensor:
     """The orthogonal factor of the polar decomposition, U V^T from the SVD ``matrix`` = U S V^T.
 
     It is the matrix with orthonormal columns (rows, if wider than tall) nearest to ``matrix`` in Frobenius norm
-    (orthogonal Procrustes), the decorrelation step of TSV-M (Gargiulo et al. 2025, Sec. 4, Eq. 6) and Iso-CTS
+    (orthogonal Procrustes), the decorrelation step of TSV-M (Gargiulo et al. 2025, Sec. 4) and Iso-CTS
     (Marczak et al. 2025, Alg. 1). For a rank-deficient matrix (zero columns left by a task of lower rank, duplicated
     directions from identical tasks) only the singular vectors of its nonzero singular values are used, the partial
     isometry onto its range, so the result does not depend on LAPACK's choice of null-space basis; a zero matrix

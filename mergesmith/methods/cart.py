@@ -7,7 +7,7 @@ Choi, Kim, Lee, Hong 2024, "Revisiting Weight Averaging for Model Merging", arXi
 2. rank reduction: replace each centered task vector of a 2-D weight by its best rank-k approximation
    SVD_k(tau_t) = U_k S_k V_k^T, k = ``rank_ratio`` * min(m, n) (Sec. 4; the paper finds about 8 % of the full rank
    works across settings);
-3. theta = theta_avg + lambda * sum_t SVD_k(tau_t) (Eq. 5).
+3. theta = theta_avg + lambda * sum_t SVD_k(tau_t) (Sec. 4).
 
 No pretrained model takes part (theta_base cancels from theta_t - theta_avg), so CART needs no base_model. At full
 rank the centered task vectors sum to zero and CART is weight averaging, which is task arithmetic with lambda = 1/T.

@@ -4,9 +4,9 @@ Marczak, Magistri, Cygert, Twardowski, Bagdanov, van de Weijer 2025, "No Task Le
 with Common and Task-Specific Subspaces", ICML 2025, arXiv:2502.04959.
 
 Iso-C (Sec. 4.1), per 2-D weight:
-1. task arithmetic: Delta = sum_t tau_t, tau_t = theta_t - theta_base (Eq. 1);
+1. task arithmetic: Delta = sum_t tau_t, tau_t = theta_t - theta_base;
 2. SVD: Delta = U S V^T;
-3. isotropic scaling: every singular value becomes their mean, sigma_bar = (1/r) sum_i sigma_i (Eq. 6), so no task's
+3. isotropic scaling: every singular value becomes their mean, sigma_bar = (1/r) sum_i sigma_i, so no task's
    directions are dominated by another's: Delta_iso = sigma_bar U V^T;
 4. theta = theta_base + alpha * Delta_iso.
 

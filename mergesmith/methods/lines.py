@@ -4,7 +4,7 @@ Wang, Dimitriadis, Favero, Ortiz-Jimenez, Fleuret, Frossard 2025, "LiNeS: Post-t
 Forgetting and Enhances Model Merging", ICLR 2025, arXiv:2410.17146.
 
 Shallow layers hold general features that fine-tuning should barely move; deep layers hold the task-specific ones.
-LiNeS scales a task vector by depth (Sec. 3, Eq. 2), lambda(l) = alpha + beta * (l - 1) / (L - 1) for layer l of L,
+LiNeS scales a task vector by depth (Sec. 3), lambda(l) = alpha + beta * (l - 1) / (L - 1) for layer l of L,
 and for multi-task merging applies it to the merged multi-task vector (Sec. 5):
 
 1. task vectors tau_t = theta_t - theta_base and the task-arithmetic multi-task vector tau_MTL = sum_t tau_t;

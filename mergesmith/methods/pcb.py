@@ -1,18 +1,18 @@
 """PCB-Merging: parameter competition balancing, then drop and rescale.
 
 Du, Lee, Li, Jiang, Guo, Yu, Liu, Goh, Tang, He, Zhang 2024, "Parameter Competition Balancing for Model Merging",
-NeurIPS 2024, arXiv:2410.02396. Sec. 3.3, with N experts and tau_i = theta_i - theta_pre (Eq. 1):
+NeurIPS 2024, arXiv:2410.02396. Sec. 3 (method), with N experts and task vectors tau_i = theta_i - theta_pre:
 
-1. intra-balancing, how much a parameter matters to its own task (Eq. 2):
+1. intra-balancing, how much a parameter matters to its own task:
    beta_intra,i = Softmax(N * Norm(tau_i * tau_i)); the number of tasks N acts as the softmax's inverse temperature
    (more tasks, sharper competition);
-2. inter-balancing, how much a task's parameter agrees with the other tasks' (Eq. 3):
+2. inter-balancing, how much a task's parameter agrees with the other tasks':
    beta_inter,i = sum_j Softmax(Norm(tau_i * tau_j));
-3. the balancing matrix beta_i = beta_intra,i * beta_inter,i (Eq. 4);
+3. the balancing matrix beta_i = beta_intra,i * beta_inter,i;
 4. drop: keep the entries whose score reaches the top fraction r of task i's scores,
-   m_i = beta_i >= sorted(beta_i)[(1 - r) * D], beta^_i = m_i * beta_i (Eq. 5);
-5. rescale: tau_m = sum_i beta^_i * tau_i / sum_i beta^_i (Eq. 6);
-6. theta_m = theta_pre + lambda * tau_m (Eq. 7).
+   m_i = beta_i >= sorted(beta_i)[(1 - r) * D], beta^_i = m_i * beta_i;
+5. rescale: tau_m = sum_i beta^_i * tau_i / sum_i beta^_i;
+6. theta_m = theta_pre + lambda * tau_m.
 
 Norm is min-max normalisation to [0, 1] and Softmax runs over the D entries, as in the authors' code; a constant
 input (e.g. a zero task vector) normalises to zeros. The paper flattens the whole model into one vector; here, as

@@ -3,14 +3,14 @@
 Gargiulo, Crisostomi, Bucarelli, Scardapane, Silvestri, Rodola 2025, "Task Singular Vectors: Reducing Task
 Interference in Model Merging", CVPR 2025, arXiv:2412.00081. Sec. 4 (TSV-Merge), per 2-D weight of a layer:
 
-1. task matrices Delta_t = theta_t - theta_base and their SVDs Delta_t = U_t S_t V_t^T (Sec. 3, Eq. 1);
+1. task matrices Delta_t = theta_t - theta_base and their SVDs Delta_t = U_t S_t V_t^T (Sec. 3);
 2. low-rank approximation: each task keeps its top k singular triplets, k = ``sv_reduction`` * min(m, n) with
    ``sv_reduction`` = 1/T by default, so the T tasks together fill the layer's rank (Sec. 4, "compression");
-3. concatenation: U = [U_1,k ... U_T,k], S = blockdiag(S_1,k ... S_T,k), V = [V_1,k ... V_T,k] (Eq. 5);
+3. concatenation: U = [U_1,k ... U_T,k], S = blockdiag(S_1,k ... S_T,k), V = [V_1,k ... V_T,k];
 4. decorrelation: the task singular vectors of different tasks interfere through U^T U and V^T V; replace U and V
    by the nearest matrices with orthonormal columns, U_perp = P_U Q_U^T from the SVD U = P_U Sigma_U Q_U^T and
-   likewise V_perp (orthogonal Procrustes, Eq. 6);
-5. merged task matrix M = U_perp S V_perp^T, and theta = theta_base + alpha * M (Eq. 7).
+   likewise V_perp (orthogonal Procrustes);
+5. merged task matrix M = U_perp S V_perp^T, and theta = theta_base + alpha * M.
 
 Tensors that are not 2-D matrices (biases, norms, scalars) have no singular vectors: the paper, its code and
 FusionBench merge them by the mean of their task vectors, theta = theta_base + alpha * (1/T) sum_t tau_t; the plan

@@ -272,7 +272,7 @@ def _min_max(values):
 
 
 def _pcb_by_hand(taus, density, lam):
-    """Eqs. 2-7 of the paper in plain Python, for a few entries."""
+    """The paper's balancing, drop, rescale and merge equations in plain Python, for a few entries."""
     n, d = len(taus), len(taus[0])
     scores = []
     for i in range(n):
