@@ -50,9 +50,9 @@ class Params(BaseModel):
     objective: Literal["supervised", "entropy"] = Field(
         "supervised", description="cross-entropy on labeled validation examples, or entropy on unlabeled test inputs")
     shots: int = Field(0, ge=0, description="labeled validation examples per task (0: the whole validation split)")
-    steps: int = Field(50, ge=1, description="Adam steps, one batch per task per step (CPU budget; see adamerging)")
+    steps: int = Field(30, ge=1, description="Adam steps, one batch per task per step (CPU budget; see adamerging)")
     lr: float = Field(1e-2, gt=0, description="Adam learning rate (our choice for short CPU schedules)")
-    batch_size: int = Field(16, ge=1, description="examples per task per step")
+    batch_size: int = Field(8, ge=1, description="examples per task per step")
     init: float = Field(0.0, description="initial coefficient (0: start from the pretrained model, as the authors do)")
     grouping: Literal["tensor", "layer"] = Field("tensor", description="one coefficient per parameter tensor (the paper's block) or per transformer block")
     progress: bool = Field(True, description="show a progress bar")

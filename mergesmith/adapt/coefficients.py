@@ -114,7 +114,7 @@ def _progress(total: int, label: str, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=label, unit="step", leave=False, mininterval=2.0)
+    return tqdm(total=total, desc=label, unit="step", leave=False, mininterval=2.0, disable=None)  # None: no bar off a TTY
 
 
 def loss_summary(losses: Sequence[float]) -> dict:
