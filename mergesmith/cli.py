@@ -274,5 +274,39 @@ def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool
         click.echo(format_verify(report))
 
 
+@main.command()
+@click.argument("base", type=click.Path(path_type=Path))
+@click.argument("experts", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Write report.html, PNG plots and diagnostics.json here.")
+@click.option("--top-k", type=int, default=8, show_default=True, help="Singular values kept per 2-D tensor.")
+@click.option("--no-spectrum", is_flag=True, help="Skip the SVDs (top singular values, effective rank).")
+@click.option("--force", is_flag=True, help="Replace --out if it exists and is not empty.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_user_errors
+def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, force: bool, quiet: bool) -> None:
+    """Task-vector diagnostics of EXPERTS against BASE: cosine, sign conflicts, norms, spectra, mergeability."""
+    from mergesmith.analysis import inspect_task_vectors, summarize
+    from mergesmith.analysis.report import format_tables, write_report
+
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            from tqdm import tqdm
+
+            bars.append(tqdm(total=total, desc="inspecting", unit="tensor", file=sys.stderr, dynamic_ncols=True))
+        bars[0].update(done - bars[0].n)
+
+    diag = inspect_task_vectors(base, list(experts), top_k=top_k, spectrum=not no_spectrum,
+                                progress=None if quiet else progress)
+    for bar in bars:
+        bar.close()
+    summary = summarize(diag)
+    click.echo(format_tables(summary, width=None))
+    if out_dir is not None:
+        write_report(summary, out_dir, force=force, inputs=[base, *experts])
+        click.echo(f"report: {out_dir / 'report.html'} (plots as PNG beside it, numbers in diagnostics.json)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
