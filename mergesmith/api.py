@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from mergesmith import __version__
-from mergesmith.config import MergeConfig, load_config, referenced_models
+from mergesmith.config import MergeConfig, load_config, parameter_warnings, referenced_models
 from mergesmith.engine.execute import ExecutionReport, execute
 from mergesmith.engine.layers import layer_counts
 from mergesmith.engine.plan import MergePlan, TensorJob, build_plan, tensor_fact_values
@@ -61,7 +61,14 @@ def open_models(config: MergeConfig) -> dict[str, Any]:
 def plan_merge(config: str | Path | dict | MergeConfig) -> MergePlan:
     """Validate a config against the checkpoints' headers and return the per-tensor plan. Reads no weights."""
     cfg = load_config(config)
-    return build_plan(cfg, open_models(cfg))
+    return _with_warnings(build_plan(cfg, open_models(cfg)))
+
+
+def _with_warnings(plan: MergePlan) -> MergePlan:
+    """Add warnings for settings that validate but cannot apply (filters matching nothing, over-long gradients)."""
+    layers = max(plan.layer_counts.values(), default=None) if plan.config.models is not None else None
+    plan.notes.extend(parameter_warnings(plan.config, [job.out_name for job in plan.jobs], layers))
+    return plan
 
 
 def merge(
@@ -85,7 +92,7 @@ def merge(
     shard_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
     checkpoints = open_models(cfg)
     try:
-        plan = build_plan(cfg, checkpoints)
+        plan = _with_warnings(build_plan(cfg, checkpoints))
         if on_plan is not None:
             on_plan(plan)
         input_files = _input_files(plan)

@@ -84,7 +84,7 @@ def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_siz
     )
     bar.close()
     for note in result.plan.notes:
-        click.echo(f"note: {note}", err=True)
+        click.echo(note if note.startswith("warning: ") else f"note: {note}", err=True)
     for line in result.report.nonfinite:
         click.echo(f"warning: non-finite input values: {line} (pass --strict to refuse them)", err=True)
     for line in result.report.fp16_clamped:

@@ -410,3 +410,58 @@ def resolve_parameter(
         raise ConfigError(f"{where}: missing required parameter {info.name!r}; set it under parameters")
     return info.default
 
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Settings that validate but cannot mean what the user wrote: reported as warnings once the tensor names are known
+
+
+def parameter_warnings(config: MergeConfig, tensor_names: list[str], layers: int | None) -> list[str]:
+    """``warning: ...`` lines for filters that match no tensor and gradients with more values than layers.
+
+    ``tensor_names`` are the output tensors' names (what filters are matched against); ``layers`` the depth a
+    top-level gradient spans (a slice's gradients span that slice).
+    """
+    out: list[str] = []
+
+    def visit(block: Parameters | None, where: str, span: int | None) -> None:
+        for key, setting in (block or {}).items():
+            for cond in _conditionals(setting):
+                if cond.filter not in (None, "*") and not any(cond.filter in n for n in tensor_names):
+                    out.append(
+                        f"warning: {where}.{key}: filter {cond.filter!r} matches no tensor name, so its value never "
+                        "applies; check the spelling against the names `mergesmith plan` prints"
+                    )
+            for values in _gradients(setting):
+                if span and len(values) > span:
+                    out.append(
+                        f"warning: {where}.{key}: a gradient of {len(values)} values over {span} layers; values "
+                        f"between layers are interpolated and some never apply; give at most {span} values"
+                    )
+
+    if config.models is not None:
+        visit(config.parameters, "parameters", layers)
+        for i, entry in enumerate(config.models):
+            visit(entry.parameters, f"models[{i}].parameters", layers)
+    else:
+        spans = [s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in config.slices or []]
+        visit(config.parameters, "parameters", max(spans, default=None))
+        for s, (out_slice, span) in enumerate(zip(config.slices or [], spans)):
+            visit(out_slice.parameters, f"slices[{s}].parameters", span)
+            for j, src in enumerate(out_slice.sources):
+                visit(src.parameters, f"slices[{s}].sources[{j}].parameters", span)
+    return out
+
+
+def _conditionals(setting: ParameterSetting) -> list[ConditionalParameter]:
+    if isinstance(setting, ConditionalParameter):
+        return [setting]
+    if isinstance(setting, list):
+        return [item for item in setting if isinstance(item, ConditionalParameter)]
+    return []
+
+
+def _gradients(setting: ParameterSetting) -> list[list[Scalar]]:
+    """Every list of scalars in a setting (a gradient), directly or as a conditional's value."""
+    candidates = [c.value for c in _conditionals(setting)] + [setting]
+    return [v for v in candidates if isinstance(v, list) and len(v) > 1 and not isinstance(v[0], ConditionalParameter)]

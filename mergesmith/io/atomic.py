@@ -7,6 +7,7 @@ output; leftovers of a killed run are removed by the next run that takes the loc
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import shutil
@@ -91,6 +92,15 @@ class StagedOutput:
                 pass
             os.close(self._lock_fd)
             self._lock_fd = None
+        # A full disk, a quota or a file size limit is the user's environment, not a bug: say so in one line.
+        if isinstance(exc, OSError) and exc.errno in _OUTPUT_FULL:
+            raise MergesmithError(
+                f"writing {self.out_dir} failed: {exc.strerror or exc}; free disk space (or raise the file size "
+                f"limit) and rerun (nothing was written; a previous output is unchanged)"
+            ) from None
+
+
+_OUTPUT_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
 
 
 def _fsync_dir(path: Path) -> None:
