@@ -51,6 +51,7 @@ SURGERY_PAPER = ("Yang, Shen, Wang, Guo, Chen, Wang, Tao 2024, Representation Su
 SURGERY_V2_PAPER = ("Yang, Shen, Wang, Guo, Wang, Cao, Zhang, Tao 2024, SurgeryV2: Bridging the Gap Between Model Merging "
                     "and Multi-Task Learning with Deep Representation Surgery, arXiv 2410.14389")
 REPRESENTATIONS = ("mean_tokens", "image_embeds", "pooler_output", "first_token")
+DIAGNOSTIC_INPUTS = 256  # SurgeryV2's before/after representation bias is measured on this many inputs per task
 
 
 class SurgeryParams(BaseModel):
@@ -237,9 +238,15 @@ def _endless_batches(problem: Any, split: Any, batch_size: int, seed: int) -> It
 
 
 @torch.no_grad()
-def _all_features(problem: Any, encoder: nn.Module, split: Any, batch_size: int = 64) -> Tensor:
-    parts = [problem.pooled(encoder, batch).float() for batch in problem.batches(split, batch_size)]
-    return torch.cat(parts)
+def _all_features(problem: Any, encoder: nn.Module, split: Any, batch_size: int = 64, limit: int | None = None) -> Tensor:
+    """Pooled features of the split's first ``limit`` inputs (all by default), in order."""
+    parts, seen = [], 0
+    for batch in problem.batches(split, batch_size):
+        parts.append(problem.pooled(encoder, batch).float())
+        seen += len(batch)
+        if limit is not None and seen >= limit:
+            break
+    return torch.cat(parts)[:limit]
 
 
 def train_last_layer(z_merged: Tensor, z_expert: Tensor, params: SurgeryParams, generator: torch.Generator,
@@ -318,8 +325,11 @@ def _run(problem: Any, params: SurgeryParams, seed: int, deep: bool) -> Any:
             generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
             expert = problem.load_encoder(problem.expert_dirs[task.name])
             expert.requires_grad_(False)
-            z_expert = _all_features(problem, expert, task.unlabeled)
-            z_merged = _all_features(problem, merged, task.unlabeled)
+            # Surgery trains on every input's representations; SurgeryV2 trains on token states and only reports
+            # the bias of the head's representation, on the first DIAGNOSTIC_INPUTS inputs
+            limit = DIAGNOSTIC_INPUTS if deep else None
+            z_expert = _all_features(problem, expert, task.unlabeled, limit=limit)
+            z_merged = _all_features(problem, merged, task.unlabeled, limit=limit)
             if deep:
                 modules, losses = train_deep(problem, merged, expert, task.unlabeled, params, seed + index, generator, bar)
                 wrapped: nn.Module = DeepSurgeryEncoder(merged, modules)
@@ -338,7 +348,7 @@ def _run(problem: Any, params: SurgeryParams, seed: int, deep: bool) -> Any:
             with torch.no_grad():
                 # Surgery: the module acts on the cached merged representations; SurgeryV2 changes every block, so
                 # its corrected representations need a pass of the model
-                z_after = _all_features(problem, wrapped, task.unlabeled) if deep else module(z_merged)
+                z_after = _all_features(problem, wrapped, task.unlabeled, limit=limit) if deep else module(z_merged)
             per_task[task.name] = {
                 "representation_l1_before": float(_l1(z_merged, z_expert)),
                 "representation_l1_after": float(_l1(z_after, z_expert)),
