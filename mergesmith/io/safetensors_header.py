@@ -42,6 +42,15 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class _BadConstant(Exception):
+    pass
+
+
+def _no_constants(name: str) -> Any:
+    # Python's json accepts NaN/Infinity, which are not JSON; the reference reader refuses such headers, so do we.
+    raise _BadConstant(name)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -83,7 +92,9 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     except UnicodeDecodeError as e:
         raise CheckpointError(f"{where}: header is not valid UTF-8 (byte {e.start}); {_FIX_CORRUPT}") from None
     try:
-        header = json.loads(text, object_pairs_hook=_no_duplicates)
+        header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except _BadConstant as e:
+        raise CheckpointError(f"{where}: header is not valid JSON ({e} is not a JSON value); {_FIX_CORRUPT}") from None
     except _DuplicateKey as e:
         raise CheckpointError(
             f"{where}: header names tensor '{e.key}' twice; the file is corrupt, re-save it with unique names"
@@ -136,7 +147,7 @@ def _read_entry(where: str, name: str, entry: Any) -> tuple[str, tuple[int, ...]
     if missing:
         raise CheckpointError(f"{where}: tensor '{name}' lacks {', '.join(missing)}; {_FIX_CORRUPT}")
     dtype_name = entry["dtype"]
-    if dtype_name not in SAFETENSORS_TO_TORCH:
+    if not isinstance(dtype_name, str) or dtype_name not in SAFETENSORS_TO_TORCH:  # a list would be unhashable
         known = ", ".join(SAFETENSORS_TO_TORCH)
         raise CheckpointError(
             f"{where}: tensor '{name}' has dtype {dtype_name!r}, which mergesmith cannot read (known: {known}); "
