@@ -160,9 +160,11 @@ def methods() -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where data and the expert zoo are cached (default: $MERGESMITH_CACHE or ~/.cache/mergesmith).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep-models", is_flag=True, help="Keep the merged models in the run directory.")
+@click.option("--protect", "protect_mode", is_flag=True, help="MergeLock mode: merge with and without one protected expert (methods default: task_arithmetic,linear).")
+@click.option("--protect-task", default=None, help="With --protect: the task whose expert is protected (default: the first task).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_user_errors
-def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bool, quiet: bool) -> None:
+def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bool, protect_mode: bool, protect_task, quiet: bool) -> None:
     """Offline benchmark: experts vs merges on real tasks, with a table, results.json/csv and report.html.
 
     \b
@@ -181,6 +183,13 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
     if out_dir is None:
         label = "custom" if pool is not None else profile or "default"
         out_dir = Path("runs") / f"bench-{label}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    if protect_mode:
+        from mergesmith.bench.protected import run_protect_bench
+
+        run_protect_bench(profile=profile, pool=pool, methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+                          protect_task=protect_task, run_dir=out_dir, cache_dir=cache_dir, seed=seed, progress=not quiet,
+                          echo=click.echo)
+        return
     run_bench(
         profile=profile,
         pool=pool,
