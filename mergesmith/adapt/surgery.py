@@ -112,7 +112,7 @@ def representation_kind(problem: Any) -> str:
         return "mean_tokens"
     if getattr(problem.featurizer, "kind", "") == "clip_projection":
         return "image_embeds"
-    return "pooler_output" if problem.featurizer.kind == "clip" else "first_token"
+    return "pooler_output"  # CLIP without projection, ViT-like: the pooled output (the first token's state without one)
 
 
 def _mask(out: Any, mask: Tensor | None) -> Tensor:
@@ -129,9 +129,9 @@ def features_of(out: Any, kind: str, mask: Tensor | None) -> Tensor:
         return (out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1.0)
     if kind == "image_embeds":
         return out.image_embeds
-    if kind == "pooler_output":
+    if kind == "pooler_output" and getattr(out, "pooler_output", None) is not None:
         return out.pooler_output
-    return out.last_hidden_state[:, 0]
+    return out.last_hidden_state[:, 0]  # as the bench featurizer does for a model without a pooled output
 
 
 def corrected(out: Any, kind: str, bias: Tensor) -> Any:
@@ -141,7 +141,7 @@ def corrected(out: Any, kind: str, bias: Tensor) -> Any:
         out.last_hidden_state = out.last_hidden_state - bias.unsqueeze(1).to(out.last_hidden_state.dtype)
     elif kind == "image_embeds":
         out.image_embeds = out.image_embeds - bias
-    elif kind == "pooler_output":
+    elif kind == "pooler_output" and getattr(out, "pooler_output", None) is not None:
         out.pooler_output = out.pooler_output - bias
     else:
         hidden = out.last_hidden_state

@@ -180,6 +180,8 @@ class WemoeEncoder(nn.Module):
             return self.model(**kwargs)
         finally:
             self._context["mask"] = None
+            for routing in self._context["routings"]:  # drop the last call's activations and graph
+                routing.input = routing.weights = None
 
 
 def _get(model: nn.Module, dotted: str) -> nn.Module:
@@ -222,9 +224,10 @@ def install_moe(model: nn.Module, blocks: Sequence[MlpBlock], base: Mapping[str,
     """Replace every MLP linear of ``model`` by a RoutedLinear over ``base`` and the task vectors ``vectors`` (each
     a mapping name -> tau restricted to the MLP tensors). ``routers`` holds one router per block, or one shared.
     Returns the call context the WemoeEncoder fills (the attention mask)."""
-    context: dict = {"mask": None}
+    context: dict = {"mask": None, "routings": []}
     for block in blocks:
         routing = _Routing(routers[block.layer if len(routers) > 1 else 0], context)
+        context["routings"].append(routing)
         for linear in block.linears:
             module = _get(model, linear)
             bias_name = f"{linear}.bias" if module.bias is not None else None

@@ -122,3 +122,24 @@ def test_same_seed_same_modules(tiny_problem: AdaptProblem, surgery_result):
     again = run_surgery(tiny_problem, SurgeryParams(steps=150, lr=1e-2), seed=0)
     for key, value in surgery_result.extras.items():
         assert torch.equal(value, again.extras[key]), key
+
+
+@pytest.mark.parametrize("kind", ["image_embeds", "pooler_output"])
+def test_image_representations_are_corrected_where_the_bench_reads_them(kind):
+    from transformers.modeling_outputs import BaseModelOutputWithPooling
+
+    from mergesmith.adapt.surgery import corrected
+
+    g = torch.Generator().manual_seed(0)
+    hidden, pooled = torch.randn(3, 5, 8, generator=g), torch.randn(3, 8, generator=g)
+    bias = torch.randn(3, 8, generator=g)
+    out = BaseModelOutputWithPooling(last_hidden_state=hidden, pooler_output=pooled)
+    if kind == "image_embeds":
+        out.image_embeds = pooled.clone()
+    z = features_of(out, kind, None)
+    torch.testing.assert_close(features_of(corrected(out, kind, bias), kind, None), z - bias)
+    # no pooled output (a ViT without a pooler): the first token's state, as the bench featurizer reads it
+    bare = BaseModelOutputWithPooling(last_hidden_state=hidden.clone())
+    fixed = corrected(bare, "pooler_output", bias)
+    torch.testing.assert_close(fixed.last_hidden_state[:, 0], hidden[:, 0] - bias)
+    torch.testing.assert_close(fixed.last_hidden_state[:, 1:], hidden[:, 1:])
