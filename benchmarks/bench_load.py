@@ -12,7 +12,9 @@ What it does:
 2. runs ``mergesmith merge`` as a child process per case (linear and task_arithmetic over 2, 4, 8 and 16 experts of
    ``wide``; task_arithmetic and linear on ``many`` and ``huge``) and reads that child's kernel peak RSS
    (``ru_maxrss`` from ``os.wait4``, exact, no sampling). A ``mergesmith plan`` run (same imports, headers only)
-   gives the interpreter's baseline.
+   gives the interpreter's baseline. Linux carries a process's peak RSS across fork and exec, so the measuring
+   process never imports torch: building the checkpoints and computing the engine's bound run in helper
+   processes (``--build``, ``--bound``), and the parent stays a few MiB.
 3. prints, per case: peak RSS, peak above the baseline, the engine's memory bound (``default_budget`` of the plan:
    the bytes of tensors the engine lets be in flight) and their ratio; then the ratios of peak at 16 experts to
    peak at 2 experts (whole RSS and above the baseline).
@@ -52,12 +54,21 @@ def _save(directory: Path, tensors: dict) -> None:
     save_file(tensors, str(directory / "model.safetensors"))
 
 
+FAMILY_SIZES = {"wide": max(EXPERT_COUNTS), "many": 2, "huge": 2}
+
+
+def _family_dirs(root: Path) -> dict[str, list[Path]]:
+    return {name: [root / name / "base"] + [root / name / f"expert_{i}" for i in range(1, n + 1)]
+            for name, n in FAMILY_SIZES.items()}
+
+
 def _family(root: Path, name: str, shapes: dict[str, tuple[int, ...]], experts: int) -> list[Path]:
     """base, expert_1..expert_N under root/name; built once (a ``done`` marker guards half-built families)."""
     import torch
 
     family = root / name
-    dirs = [family / "base"] + [family / f"expert_{i}" for i in range(1, experts + 1)]
+    dirs = _family_dirs(root)[name]
+    assert len(dirs) == experts + 1
     if (family / "done").exists():
         return dirs
     shutil.rmtree(family, ignore_errors=True)
@@ -88,10 +99,26 @@ def _config(path: Path, method: str, base: Path, experts: list[Path]) -> Path:
 
 
 def _engine_bound(config: Path) -> int:
+    """The engine's in-flight byte budget for this config, computed in a helper process (see the docstring)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, __file__, "--bound", str(config)], check=True, capture_output=True,
+                         text=True, env=env)
+    return int(out.stdout.strip().splitlines()[-1])
+
+
+def _print_bound(config: Path) -> None:
     from mergesmith.api import plan_merge
     from mergesmith.engine.execute import default_budget
 
-    return default_budget(plan_merge(config))
+    print(default_budget(plan_merge(config)))
+
+
+def _families(work: Path) -> dict[str, list[Path]]:
+    return {
+        "wide": _family(work, "wide", WIDE_SHAPES, max(EXPERT_COUNTS)),
+        "many": _family(work, "many", {f"blocks.{i}.weight": (32, 32) for i in range(5000)}, 2),
+        "huge": _family(work, "huge", {"embed.weight": (16384, 4096)}, 2),
+    }
 
 
 def _peak_rss(args: list[str]) -> tuple[int, float]:
@@ -113,14 +140,21 @@ def main() -> None:
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/mergesmith-bench-load"))
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--json", type=Path, default=None, help="Also write the figures here.")
+    parser.add_argument("--build", action="store_true", help=argparse.SUPPRESS)  # helper process: build and exit
+    parser.add_argument("--bound", type=Path, default=None, help=argparse.SUPPRESS)  # helper: print a plan's bound
     args = parser.parse_args()
+    if args.bound is not None:
+        return _print_bound(args.bound)
+    if args.build:
+        _families(args.workdir)
+        return None
 
     exe = [sys.executable, "-c", "from mergesmith.cli import main; main(prog_name='mergesmith')"]
     work = args.workdir
     work.mkdir(parents=True, exist_ok=True)
-    wide = _family(work, "wide", WIDE_SHAPES, max(EXPERT_COUNTS))
-    many = _family(work, "many", {f"blocks.{i}.weight": (32, 32) for i in range(5000)}, 2)
-    huge = _family(work, "huge", {"embed.weight": (16384, 4096)}, 2)
+    subprocess.run([sys.executable, __file__, "--build", "--workdir", str(work)], check=True)
+    families = {name: [Path(p) for p in paths] for name, paths in _family_dirs(work).items()}
+    wide, many, huge = families["wide"], families["many"], families["huge"]
 
     cases = []
     for method in ("linear", "task_arithmetic"):
