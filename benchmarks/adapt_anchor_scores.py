@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import yaml
 
@@ -29,18 +30,15 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from mergesmith.adapt.base_merge import anchor_merge
-    from mergesmith.adapt.problem import load_problem
-    from mergesmith.bench.run import Evaluator, _average
+    from mergesmith.adapt.problem import problem_from_pool
+    from mergesmith.bench.run import Evaluator, _average, _profile_pool
+    from mergesmith.bench.tasks import build_tasks
 
     hf_logging.set_verbosity_error()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    problem = load_problem(profile=args.profile, cache_dir=args.cache_dir, progress=False, echo=lambda _: None)
-    from mergesmith.bench.run import _profile_pool
-    from mergesmith.bench.tasks import build_tasks
-    from pathlib import Path
-
     tasks = build_tasks(args.profile, Path(args.cache_dir), seed=args.seed, progress=False)
     pool = _profile_pool(args.profile, tasks, Path(args.cache_dir), args.seed, False, lambda _: None)
+    problem = problem_from_pool(pool)
     params = yaml.safe_load(args.merge_params) or {}
     started = time.perf_counter()
     floating, _ = anchor_merge(problem, args.merge_method, params, args.seed)

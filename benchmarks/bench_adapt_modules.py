@@ -36,6 +36,19 @@ def _write(out: Path, results: dict) -> None:
     (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def _subset(task, n: int, seed: int):
+    """The task with a seeded random subset of ``n`` test examples (the same subset for every row)."""
+    import dataclasses
+
+    import torch
+
+    from mergesmith.bench.encoder import EncodedSplit
+
+    rows = torch.randperm(len(task.test), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+    test = EncodedSplit(tuple(task.test.ids[int(i)] for i in rows), task.test.labels[rows])
+    return dataclasses.replace(task, test=test)
+
+
 def _anchor_row(pool, results: dict, expert_acc: dict, score, seed: int) -> None:
     from mergesmith.adapt.base_merge import anchor_merge
     from mergesmith.adapt.problem import problem_from_pool
@@ -59,6 +72,8 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-anchor", action="store_true", help="skip the task arithmetic (lambda 0.3) row")
+    parser.add_argument("--test-limit", type=int, default=None,
+                        help="score (and adapt on) a seeded random subset of this many test inputs per task")
     args = parser.parse_args()
 
     import torch
@@ -81,9 +96,11 @@ def main() -> None:
     cache = Path(args.cache_dir)
     tasks = build_tasks(args.profile, cache, seed=args.seed, progress=False)
     pool = _profile_pool(args.profile, tasks, cache, args.seed, False, lambda _: None)
+    if args.test_limit:
+        pool.tasks = [_subset(t, args.test_limit, args.seed) for t in pool.tasks]
     names = [t.name for t in pool.tasks]
     out = Path(args.out)
-    results = {"profile": args.profile, "seed": args.seed, "tasks": names, "rows": [],
+    results = {"profile": args.profile, "seed": args.seed, "tasks": names, "rows": [], "test_limit": args.test_limit,
                "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count()}
 
     def score(encoder_for) -> dict:
