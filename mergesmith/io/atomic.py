@@ -54,18 +54,25 @@ class StagedOutput:
         return self.staging
 
     def _take_lock(self) -> None:
-        try:
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-        except OSError as exc:
-            raise MergesmithError(f"cannot create lock {self._lock_path}: {exc.strerror}; choose a writable output location") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        for _ in range(100):
+            try:
+                fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            except OSError as exc:
+                raise MergesmithError(f"cannot create lock {self._lock_path}: {exc.strerror}; choose a writable output location") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise MergesmithError(
+                    f"another mergesmith run is writing {self.out_dir} (lock {self._lock_path}); wait for it to finish"
+                ) from None
+            # The holder unlinks the lock file when it finishes: if it did so between our open and our flock, we
+            # locked a deleted file that a third run would not see. Only a lock on the file at the path counts.
+            if _same_file(fd, self._lock_path):
+                self._lock_fd = fd
+                return
             os.close(fd)
-            raise MergesmithError(
-                f"another mergesmith run is writing {self.out_dir} (lock {self._lock_path}); wait for it to finish"
-            ) from None
-        self._lock_fd = fd
+        raise MergesmithError(f"could not take the lock {self._lock_path} (it keeps being replaced); retry")
 
     def commit(self) -> None:
         """Move the finished staging directory into place (replacing the old output with --force)."""
@@ -101,6 +108,15 @@ class StagedOutput:
 
 
 _OUTPUT_FULL = {errno.ENOSPC, errno.EFBIG, errno.EDQUOT}
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        at_path = os.stat(path)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(fd)
+    return (held.st_dev, held.st_ino) == (at_path.st_dev, at_path.st_ino)
 
 
 def _fsync_dir(path: Path) -> None:

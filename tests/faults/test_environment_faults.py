@@ -186,3 +186,38 @@ def test_a_merge_opens_no_network_connection(llama_family, tmp_path, monkeypatch
     config = write_yaml(tmp_path / "c.yaml", ties_config(llama_family))
     result = run_cli("merge", config, tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
+
+
+def test_lock_released_between_open_and_flock_is_not_shared(tmp_path, monkeypatch):
+    """Run A finishes (unlinking its lock file) just after run B opened that file but before B locks it. B must not
+    count a lock on the deleted file: otherwise run C creates a fresh lock file, locks it too, and B and C write
+    (and clear each other's staging) at once."""
+    import fcntl
+
+    from mergesmith.errors import MergesmithError
+    from mergesmith.io import atomic
+
+    out = tmp_path / "out"
+    first = atomic.StagedOutput(out)
+    first.__enter__()
+    real_flock = fcntl.flock
+    state = {"raced": False}
+
+    def racing_flock(fd, operation):
+        if not state["raced"]:
+            state["raced"] = True
+            first.__exit__(None, None, None)  # A finishes right now: unlinks and releases its lock file
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(atomic.fcntl, "flock", racing_flock)
+    second = atomic.StagedOutput(out)
+    staging = second.__enter__()
+    monkeypatch.setattr(atomic.fcntl, "flock", real_flock)
+    try:
+        assert state["raced"] and staging.is_dir()
+        with pytest.raises(MergesmithError, match="another mergesmith run is writing"):
+            atomic.StagedOutput(out).__enter__()
+        assert staging.is_dir()  # the refused run did not clear B's staging
+    finally:
+        second.__exit__(None, None, None)
+    assert leftovers(tmp_path) == []
