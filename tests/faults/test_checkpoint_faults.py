@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from tests.faults._faults import (
     copy_model,
+    ties_config,
     expect_refusal,
     first_shard,
     read_raw_header,
@@ -31,8 +32,12 @@ def broken(llama_family, tmp_path) -> Path:
 
 
 def _refuse_with(llama_family, tmp_path, model: Path, *needles: str) -> str:
+    """merge refuses (full contract) and so does plan, which reads the same headers, with the same line."""
     cfg = with_first_expert(llama_family, model)
-    return expect_refusal(tmp_path, cfg, *needles, inputs=[model, llama_family.base, llama_family.experts[1]])
+    line = expect_refusal(tmp_path, cfg, *needles, inputs=[model, llama_family.base, llama_family.experts[1]])
+    planned = run_cli("plan", tmp_path / "c.yaml")
+    assert planned.exit_code == 2 and planned.output.strip() == line, planned.output
+    return line
 
 
 # ---- safetensors files that lie ----------------------------------------------------------------------------------
@@ -141,6 +146,14 @@ def test_huge_header_is_refused_with_a_bounded_read(llama_family, tmp_path, brok
     monkeypatch.setattr(safetensors_header, "open", counting_open, raising=False)
     _refuse_with(llama_family, tmp_path, broken, shard.name, "limit")
     assert sizes and max(sizes) <= 8, sizes  # only the length prefix was read
+
+
+def test_config_json_that_is_not_json(llama_family, tmp_path, broken):
+    (broken / "config.json").write_text("{not json")
+    cfg = ties_config(llama_family, base_model=str(broken))
+    cfg["models"] = [{"model": str(p)} for p in llama_family.experts[1:3]]
+    line = expect_refusal(tmp_path, cfg, str(broken / "config.json"), inputs=[broken, *llama_family.experts[1:3]])
+    assert "config.json" in line.split(";")[-1]
 
 
 # ---- indexes and directories -------------------------------------------------------------------------------------
