@@ -33,7 +33,10 @@ class _Child:
 
     def wait(self, timeout: float = 120) -> tuple[int, str]:
         self.process.join(timeout)
-        assert self.process.exitcode is not None, "the child did not finish"
+        if self.process.exitcode is None:
+            self.process.kill()
+            self.process.join()
+            raise AssertionError(f"the child did not finish in {timeout} s: {self.stderr()}")
         return self.process.exitcode, self.stderr()
 
     def stderr(self) -> str:
@@ -160,8 +163,8 @@ def test_killed_merges_leave_nothing_that_looks_complete_and_reruns_are_byte_ide
     for n in (1, total // 2, total):  # the first tensor, mid-way, after the last tensor (before the index)
         out = tmp_path / f"out_{n}"
         child = _Child(tmp_path, "kill", n, "merge", config, out, "--quiet", "--max-shard-size", SHARD)
-        polls = 0
-        while child.poll() is None:  # watch the output path the whole time the child runs
+        polls, deadline = 0, time.monotonic() + 120
+        while child.poll() is None and time.monotonic() < deadline:  # watch the output the whole time it runs
             assert not out.exists(), f"{out} appeared before the merge finished"
             polls += 1
             time.sleep(0.001)
