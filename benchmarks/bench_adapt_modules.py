@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-anchor", action="store_true", help="skip the task arithmetic (lambda 0.3) row")
+    parser.add_argument("--expert-scores", help="results.json of an earlier run of this script: reuse its expert scores")
     parser.add_argument("--test-limit", type=int, default=None,
                         help="score (and adapt on) a seeded random subset of this many test inputs per task")
     args = parser.parse_args()
@@ -110,7 +111,12 @@ def main() -> None:
         return acc
 
     expert_acc = {}
-    for task in pool.tasks:  # each expert on its own task (the normalized accuracy's denominator)
+    if args.expert_scores:
+        earlier = json.loads(Path(args.expert_scores).read_text(encoding="utf-8"))
+        if earlier.get("test_limit") != args.test_limit or earlier.get("tasks") != names:
+            raise SystemExit(f"{args.expert_scores} scored other tasks or another test subset")
+        expert_acc = dict(earlier["rows"][0]["accuracy"])
+    for task in (pool.tasks if not expert_acc else []):  # each expert on its own task (normalized accuracy's denominator)
         expert = pool.featurizer.load(task.expert)
         expert_acc.update(Evaluator([task], {task.name: task.test}, {task.name: task.head}, pool.featurizer)(expert))
     results["rows"].append({"name": "experts (each on its own task)", "accuracy": expert_acc, "average": _average(expert_acc),

@@ -51,7 +51,7 @@ SURGERY_PAPER = ("Yang, Shen, Wang, Guo, Chen, Wang, Tao 2024, Representation Su
 SURGERY_V2_PAPER = ("Yang, Shen, Wang, Guo, Wang, Cao, Zhang, Tao 2024, SurgeryV2: Bridging the Gap Between Model Merging "
                     "and Multi-Task Learning with Deep Representation Surgery, arXiv 2410.14389")
 REPRESENTATIONS = ("mean_tokens", "image_embeds", "pooler_output", "first_token")
-DIAGNOSTIC_INPUTS = 256  # SurgeryV2's before/after representation bias is measured on this many inputs per task
+DIAGNOSTIC_INPUTS = 64  # SurgeryV2's before/after representation bias is measured on this many inputs per task
 
 
 class SurgeryParams(BaseModel):
