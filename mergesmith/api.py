@@ -112,6 +112,7 @@ def merge(
                 budget_bytes=memory_budget,
                 strict=strict,
                 progress=progress,
+                write_rows=None if side else writer.write_rows,
             )
             shards = writer.finish()
             side_hashes = side.finish() if side else {}

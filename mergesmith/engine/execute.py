@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from collections import deque
 from collections.abc import Sequence
@@ -158,8 +159,16 @@ class _ReadOnDemand(Sequence):
             yield self.inputs.read(ref, self.rows)
 
 
-def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock) -> torch.Tensor:
-    """Merge one output tensor; returns it in the output dtype.
+def streams_rows(plan: MergePlan, job: TensorJob) -> bool:
+    """Whether the job merges block by block (and so can hand its output over block by block)."""
+    method = plan.method
+    return job.copy_from is None and method.merge_block is not None and method.context is not None and len(job.shape) > 0
+
+
+def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock,
+            sink: queue.SimpleQueue | None = None) -> torch.Tensor | None:
+    """Merge one output tensor; returns it in the output dtype, or, given a ``sink``, puts its row blocks there (in
+    order) and returns None, so the writer can write a large tensor without it ever existing whole.
 
     Freed memory stays in the allocator for the next job: handing it back to the OS after every job (malloc_trim)
     made each job page-fault its buffers in afresh, a third of the merge's time spent in the kernel."""
@@ -168,13 +177,16 @@ def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport,
         return plan.checkpoints[job.copy_from.model].read(job.copy_from.name, None).to(job.out_dtype)
     method = plan.method
     rng = TensorRng(seed, job.out_name)
-    if method.merge_block is not None and method.context is not None and len(job.shape) > 0:
+    if streams_rows(plan, job):
         blocks = inputs.blocks()
         ctx = method.context(blocks, job.params, rng)
-        out = torch.empty(job.shape, dtype=job.out_dtype)
+        out = torch.empty(job.shape, dtype=job.out_dtype) if sink is None else None
         for index, (rows, (base, experts)) in enumerate(zip(row_blocks(job.shape), blocks())):
-            merged = method.merge_block(base, experts, job.params, ctx, rng, index)
-            out[rows] = _cast(merged, job, report, lock)
+            merged = _cast(method.merge_block(base, experts, job.params, ctx, rng, index), job, report, lock)
+            if out is None:
+                sink.put(merged)
+            else:
+                out[rows] = merged
             del merged, base, experts
         return out
     base = inputs.read(job.base, None) if job.base is not None else None
@@ -183,6 +195,18 @@ def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport,
     if method.side_outputs:  # (tensor, per-task parts): the writer puts the parts beside the model (side_outputs.py)
         return _cast(merged[0], job, report, lock), merged[1]
     return _cast(merged, job, report, lock)
+
+
+_JOB_DONE = object()
+
+
+def _run_into(sink: queue.SimpleQueue | None, *args) -> torch.Tensor | None:
+    """run_job in a worker; a streaming job always ends its sink with _JOB_DONE, also when it fails."""
+    try:
+        return run_job(*args, sink=sink)
+    finally:
+        if sink is not None:
+            sink.put(_JOB_DONE)
 
 
 def _cast(tensor: torch.Tensor, job: TensorJob, report: ExecutionReport, lock: threading.Lock) -> torch.Tensor:
@@ -205,13 +229,18 @@ def execute(
     budget_bytes: int | None = None,
     strict: bool = False,
     progress: Callable[[TensorJob], None] | None = None,
+    write_rows: Callable[[str, torch.Tensor], None] | None = None,
 ) -> ExecutionReport:
-    """Merge every job and hand the outputs to ``write`` in plan order."""
+    """Merge every job and hand the outputs to ``write`` in plan order.
+
+    With ``write_rows`` (the writer's ``write_rows``), block-wise jobs hand their row blocks over as they are merged
+    instead of a whole tensor: the job at the head of the plan is written while it runs.
+    """
     report = ExecutionReport()
     lock = threading.Lock()
     limit = budget_bytes or default_budget(plan)
     budget = _ByteBudget(limit)
-    admitted: deque[tuple[TensorJob, int, Future]] = deque()
+    admitted: deque[tuple[TensorJob, int, Future, queue.SimpleQueue | None]] = deque()
     ready = threading.Semaphore(0)
     failure: list[BaseException] = []
     previous_threads = torch.get_num_threads()
@@ -224,8 +253,9 @@ def execute(
                 cost = min(job_cost(job, plan.method), limit)
                 if not budget.acquire(cost):
                     return
-                future = pool.submit(run_job, plan, job, seed, report, strict, lock)
-                admitted.append((job, cost, future))
+                sink = queue.SimpleQueue() if write_rows is not None and streams_rows(plan, job) else None
+                future = pool.submit(_run_into, sink, plan, job, seed, report, strict, lock)
+                admitted.append((job, cost, future, sink))
                 ready.release()
         except BaseException as exc:  # pragma: no cover - defensive: surface submitter failures
             failure.append(exc)
@@ -238,12 +268,18 @@ def execute(
             ready.acquire()
             if failure:
                 raise failure[0]
-            job, cost, future = admitted.popleft()
-            tensor = future.result()
-            write(job.out_name, tensor)
+            job, cost, future, sink = admitted.popleft()
+            if sink is None:
+                tensor = future.result()
+                write(job.out_name, tensor)
+                del tensor
+            else:
+                while (block := sink.get()) is not _JOB_DONE:
+                    write_rows(job.out_name, block)
+                    del block
+                future.result()  # raises the job's error, if any
             report.tensors += 1
             report.bytes_written += job.out_nbytes
-            del tensor
             budget.release(cost)
             if progress is not None:
                 progress(job)
