@@ -107,6 +107,10 @@ def inspect_task_vectors(
             if spectrum and b.dim() == 2 and min(b.shape) >= 2:
                 tops, ranks = [], []
                 for i in range(n):
+                    if not bool(taus[i].any()):  # an untouched (e.g. frozen) tensor: no SVD needed
+                        tops.append([0.0] * min(top_k, min(b.shape)))
+                        ranks.append(0.0)
+                        continue
                     s = torch.linalg.svdvals(taus[i].reshape(b.shape))
                     tops.append(s[:top_k].tolist())
                     ranks.append(effective_rank(s))
