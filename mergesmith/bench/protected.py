@@ -67,11 +67,19 @@ def run_protect_bench(
     run_dir: Path,
     cache_dir: Path | None = None,
     seed: int = 0,
+    reference: Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
+    """Merge the pool with and without one protected expert; write results.json, report.html, normalized.png.
+
+    ``reference``: a ``mergesmith bench`` results.json of the same pool and seed. Its expert accuracies and its rows
+    for ``methods`` are the unprotected side, and the protected merges reuse the grid points those rows chose on
+    validation (an attacker tuning the merge for the protected model is not modelled then). Saves the grid search.
+    """
     from transformers.utils import logging as hf_logging
 
+    from mergesmith.api import merge_state_dicts
     from mergesmith.bench.run import Evaluator, _average, _normalized
     from mergesmith.methods import METHODS
     from mergesmith.protect import protect_checkpoint
@@ -97,15 +105,20 @@ def run_protect_bench(
     validation = Evaluator(tasks, {t.name: t.validation for t in tasks}, heads, featurizer)
     test = Evaluator(tasks, {t.name: t.test for t in tasks}, heads, featurizer)
 
-    echo("scoring every expert on its own task")
-    expert_acc = {t.name: test(featurizer.load(t.expert))[t.name] for t in tasks}
+    ref = _read_reference(reference, bench_pool, names, methods, seed) if reference is not None else None
+    own = {t.name: Evaluator([t], {t.name: t.test}, heads, featurizer) for t in tasks}  # a task's own test split
+    if ref is not None:
+        expert_acc = ref["expert_accuracy"]
+    else:
+        echo("scoring every expert on its own task")
+        expert_acc = {t.name: own[t.name](featurizer.load(t.expert))[t.name] for t in tasks}
     locked_dir = run_dir / "protected" / target
     started = time.perf_counter()
     result = protect_checkpoint(bench_pool.experts[target], locked_dir, seed=seed, progress=None)
     protect_seconds = time.perf_counter() - started
     locked_model = featurizer.load(locked_dir)
-    locked_scores = test(locked_model)
-    original_scores = test(featurizer.load(bench_pool.experts[target]))
+    locked_scores = own[target](locked_model)
+    original_scores = {target: expert_acc[target]}
     echo(f"protected {target} ({len(result.layout.blocks)} attention layers, {protect_seconds:.1f} s): own-task accuracy "
          f"{original_scores[target]:.4f} -> {locked_scores[target]:.4f}")
 
@@ -117,7 +130,15 @@ def run_protect_bench(
     rows = []
     for method in methods:
         for label, experts in (("unprotected", plain_experts), ("one protected", locked_experts)):
-            point, val, scores = _choose_and_score(method, base_state, experts, base_model, validation, test, seed)
+            if ref is not None and label == "unprotected":  # the reference bench run's row, as it was scored
+                rows.append(ref["rows"][method])
+                continue
+            if ref is not None:  # the grid point the unprotected merge chose on validation, scored once on test
+                point = ref["rows"][method]["params"]
+                base_model.load_state_dict(merge_state_dicts(base_state, experts, method, seed=seed, **point))
+                val, scores = None, test(base_model)
+            else:
+                point, val, scores = _choose_and_score(method, base_state, experts, base_model, validation, test, seed)
             rows.append({"method": method, "setting": label, "params": point, "validation_average": val,
                          "accuracy": scores, "average": _average(scores), "normalized": _normalized(scores, expert_acc)})
             echo(f"{method:16s} {label:14s} test average {rows[-1]['average']:.4f}  normalized {rows[-1]['normalized']:.4f}  ({point})")
@@ -134,11 +155,49 @@ def run_protect_bench(
         "protected_expert_accuracy": locked_scores,
         "original_expert_accuracy": original_scores,
         "rows": rows,
+        "reference": str(reference) if reference is not None else None,
     }
     _write(results, run_dir)
     echo("\n" + format_protect_table(results))
     echo(f"\nresults: {run_dir / 'results.json'}  report: {run_dir / 'report.html'}")
     return results
+
+
+def _read_reference(path, bench_pool, names, methods, seed) -> dict:
+    try:
+        results = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise MergesmithError(f"{path}: not a readable bench results.json ({exc})") from None
+    if results.get("seed") != seed or [t["name"] for t in results.get("tasks", [])] != names or (
+            "zoo" in bench_pool.provenance and results.get("zoo") != bench_pool.provenance["zoo"]):
+        raise MergesmithError(f"{path}: a bench run of another pool, zoo or seed; give results.json of the same profile and seed")
+    rows = {r["method"]: r for r in results["rows"] if r.get("kind") == "merge"}
+    missing = [m for m in methods if m not in rows]
+    if missing:
+        raise MergesmithError(f"{path}: has no row for {', '.join(missing)}; run the bench with those methods first")
+    experts = {r["task"]: r["accuracy"][r["task"]] for r in results["rows"] if r.get("kind") == "expert"}
+    return {"expert_accuracy": experts,
+            "rows": {m: {"method": m, "setting": "unprotected", "params": rows[m]["params"], "validation_average": None,
+                         "accuracy": rows[m]["accuracy"], "average": rows[m]["average"],
+                         "normalized": rows[m]["normalized"]} for m in methods}}
+
+
+def main(argv=None) -> None:
+    """python -m mergesmith.bench.protected [--profile P] [--reference results.json] --out DIR [--cache-dir D]"""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mergesmith.bench.protected", description=main.__doc__)
+    parser.add_argument("--profile", default=None)
+    parser.add_argument("--methods", default=None)
+    parser.add_argument("--protect-task", default=None)
+    parser.add_argument("--reference", type=Path, default=None)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--cache-dir", type=Path, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    run_protect_bench(profile=args.profile, methods=args.methods.split(",") if args.methods else None,
+                      protect_task=args.protect_task, reference=args.reference, run_dir=args.out,
+                      cache_dir=args.cache_dir, seed=args.seed, progress=False)
 
 
 def format_protect_table(results: dict) -> str:
@@ -195,3 +254,7 @@ def _write(results: dict, run_dir: Path) -> None:
         "</body></html>\n"
     )
     (run_dir / "report.html").write_text(page, encoding="utf-8")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()
