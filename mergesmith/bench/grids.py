@@ -38,7 +38,10 @@ GRIDS: dict[str, dict[str, list]] = {
     "tall_masks": {"weight": [0.3, 1.0], "tall_mask_lambda": [0.2, 0.4, 0.6]},
     "emr": {},
 }
-DEFAULT_METHODS = tuple(GRIDS)
+# The per-layer optimisations (WUDI: 300 Adam steps per matrix, DOGE-TA: 400) take minutes per merge on a laptop
+# CPU, and the bench merges twice (grid, then the engine): they run when asked for with --methods.
+SLOW_METHODS = ("wudi", "doge_ta")
+DEFAULT_METHODS = tuple(m for m in GRIDS if m not in SLOW_METHODS)
 MINI_METHODS = ("linear", "task_arithmetic", "ties", "dare_ties", "model_stock")
 
 
