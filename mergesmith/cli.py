@@ -43,6 +43,7 @@ def main() -> None:
     mergesmith bench --pool POOL.yaml      the same benchmark on your own checkpoints and data
     mergesmith methods                     list the merge methods and their parameters
     mergesmith adapt METHOD --pool P OUT   data-driven merging (fisher, regmean, bmm, adamerging, ...)
+    mergesmith continual add MERGED NEW OUT add one expert to a merge (OPCM, DOP, baselines)
     mergesmith demo                        build tiny local checkpoints and merge them with several methods
     """
 
@@ -281,6 +282,63 @@ def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool
     if verify:
         report = verify_protection(model, out_dir, merge_with=merge_with)
         click.echo(format_verify(report))
+
+
+@main.group()
+def continual() -> None:
+    """Continual merging: add experts one at a time to a merge (OPCM, DOP, running baselines)."""
+
+
+@continual.command("add")
+@click.argument("merged_dir", type=click.Path(path_type=Path))
+@click.argument("new_expert", type=click.Path(path_type=Path))
+@click.argument("out_dir", type=click.Path(path_type=Path))
+@click.option("--method", default=None, help="opcm (default), dop, averaging, task_arithmetic or ties; a merge keeps its method.")
+@click.option("--base", type=click.Path(path_type=Path), default=None, help="The base model; needed when MERGED_DIR is a first expert (a continual merge records its base).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A method parameter (repeatable), e.g. alpha=0.5; see `mergesmith continual methods`.")
+@click.option("--name", default=None, help="Name recorded for NEW_EXPERT (default: its directory name).")
+@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB).")
+@click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@_user_errors
+def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, method, base, params, name, max_shard_size: str,
+                          force: bool, quiet: bool) -> None:
+    """Merge NEW_EXPERT into MERGED_DIR (a continual merge, or a first expert with --base) and write OUT_DIR.
+
+    Memory does not grow with the number of experts already merged: OUT_DIR holds the model and continual.json
+    (method, parameters, base fingerprint, the experts merged, the scalars the next step needs).
+    """
+    from mergesmith.adapt.runner import parse_param_args
+    from mergesmith.continual import continual_add
+
+    bars: list = []
+
+    def progress(done: int, total: int) -> None:
+        if not bars:
+            from tqdm import tqdm
+
+            bars.append(tqdm(total=total, desc="continual add", unit="tensor", file=sys.stderr, dynamic_ncols=True))
+        bars[0].update(done - bars[0].n)
+
+    result = continual_add(merged_dir, new_expert, out_dir, method=method, base=base, params=parse_param_args(params),
+                           name=name, force=force, max_shard_size=max_shard_size, progress=None if quiet else progress)
+    for bar in bars:
+        bar.close()
+    state = result.state
+    extra = f", lambda {state.scale:.4f}" if state.method == "opcm" else ""
+    click.echo(f"{state.method}: merged expert {state.count} ({state.experts[-1].name}) into {out_dir}{extra}")
+
+
+@continual.command("methods")
+def continual_methods() -> None:
+    """List the continual methods and their parameters."""
+    from mergesmith.continual import CONTINUAL_METHODS
+
+    for spec in CONTINUAL_METHODS.values():
+        click.echo(f"{spec.name:16s} {spec.summary}")
+        click.echo(f"{'':16s} paper: {spec.paper}")
+        for field_name, info in spec.params.model_fields.items():
+            click.echo(f"{'':16s} {info.alias or field_name} = {info.default!r}: {info.description}")
 
 
 @main.command()

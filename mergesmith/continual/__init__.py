@@ -1,0 +1,43 @@
+"""Continual merging: add one expert at a time to an existing merge, in memory constant in the number merged.
+
+``CONTINUAL_METHODS`` is the catalogue (a plain dict); ``continual_add`` streams one step from checkpoints on disk;
+``continual_add_state_dicts`` does the same step in memory.
+"""
+
+from __future__ import annotations
+
+from mergesmith.continual import baselines, dop, opcm
+from mergesmith.continual._spec import ContinualMethod
+
+CONTINUAL_METHODS: dict[str, ContinualMethod] = {
+    "opcm": ContinualMethod(
+        name="opcm", paper=opcm.PAPER, params=opcm.OpcmParams, step=opcm.step, start=opcm.start, rescales=True,
+        summary="project the new task vector off the merge's singular subspace; keep the average task-vector norm"),
+    "dop": ContinualMethod(
+        name="dop", paper=dop.PAPER, params=dop.DopParams, step=dop.step, start=dop.start,
+        summary="per linear weight, MGDA-balanced Adam on dual (input/output) subspace-projection losses"),
+    "averaging": ContinualMethod(
+        name="averaging", paper="running weight average (model soups, Wortsman et al. 2022)",
+        params=baselines.NoParams, step=baselines.average_step, start=baselines.average_start,
+        summary="running mean of the experts (equals the one-shot average)"),
+    "task_arithmetic": ContinualMethod(
+        name="task_arithmetic", paper="Ilharco et al. 2023, task arithmetic", params=baselines.TaskArithmeticParams,
+        step=baselines.task_arithmetic_step, start=baselines.task_arithmetic_start,
+        summary="add lambda x each new task vector (equals one-shot task arithmetic)"),
+    "ties": ContinualMethod(
+        name="ties", paper="Yadav et al. 2023, TIES-Merging, applied pairwise", params=baselines.TiesParams,
+        step=baselines.ties_step, start=baselines.ties_start,
+        summary="TIES of the previous merged task vector (weight n) and the new one"),
+}
+
+
+def __getattr__(name: str):
+    # the drivers import the io layer; keep ``import mergesmith.continual`` light for the CLI
+    if name in ("continual_add", "continual_add_state_dicts", "ContinualResult"):
+        from mergesmith.continual import add
+
+        return getattr(add, name)
+    raise AttributeError(name)
+
+
+__all__ = ["CONTINUAL_METHODS", "ContinualMethod", "continual_add", "continual_add_state_dicts", "ContinualResult"]
