@@ -25,18 +25,25 @@ from mergesmith.continual._spec import ContinualMethod, StepContext, is_linear_w
 from mergesmith.continual.state import BaseRef, ContinualState, MergedExpert, read_state, write_state
 from mergesmith.errors import ConfigError, MergesmithError
 
-# A fine-tune stays close to its base; a task vector longer than the base itself means another model.
-MAX_RELATIVE_DISTANCE = 1.0
+# A fine-tune keeps its base's direction: over the linear weights, cos(theta, theta_0) is near 1 (0.999 for real
+# fine-tunes, 0.6 for the tests' deliberately noisy tiny ones); two independent initialisations give about 0.
+MIN_COSINE_TO_BASE = 0.3
 
 
 @dataclass
 class Totals:
     """Whole-model sums of squares gathered while stepping."""
 
-    base: float = 0.0
     first: float = 0.0  # ||tau_1||^2, when the previous model is a single expert
     new: float = 0.0  # ||tau_new||^2
     unscaled: float = 0.0  # OPCM: ||lambda_{t-1} tau^m + P'(tau_t)||^2
+    # over the linear weights only (norm scales, all near 1, would hide a foreign model): ||theta||^2 and
+    # <theta, theta_0> of the base, the new expert and the first expert
+    base_sq: float = 0.0
+    new_sq: float = 0.0
+    new_dot: float = 0.0
+    first_sq: float = 0.0
+    first_dot: float = 0.0
 
 
 @dataclass
@@ -68,17 +75,29 @@ def _sq(t: Tensor) -> float:
     return float(t.double().square().sum())
 
 
+def _dot(a: Tensor, b: Tensor) -> float:
+    return float((a.double() * b.double()).sum())
+
+
 def step_tensor(plan: StepPlan, name: str, base: Tensor, previous: Tensor, new: Tensor) -> Tensor:
     """The next merge of one floating tensor, in the compute dtype (OPCM: before the rescale)."""
     dtype = compute_dtype(previous.dtype)
     b, p, n = base.to(dtype), previous.to(dtype), new.to(dtype)
     t = plan.totals
-    t.base += _sq(b)
-    t.new += _sq(n - b)
+    is_matrix = is_linear_weight(name, b)
+    new_sq = _sq(n - b)
+    t.new += new_sq
+    if is_matrix:
+        t.base_sq += _sq(b)
+        t.new_sq += _sq(n)
+        t.new_dot += _dot(n, b)
     if plan.first:
         t.first += _sq(p - b)
+        if is_matrix:
+            t.first_sq += _sq(p)
+            t.first_dot += _dot(p, b)
         p = plan.method.start(b, p, plan.params)
-    ctx = StepContext(name=name, is_matrix=is_linear_weight(name, b), count=plan.count, scale=plan.scale)
+    ctx = StepContext(name=name, is_matrix=is_matrix, count=plan.count, scale=plan.scale)
     out = plan.method.step(b, p, n, plan.params, ctx)
     if plan.method.rescales:
         t.unscaled += _sq(out - b)
@@ -101,16 +120,18 @@ def rescale_tensor(base: Tensor, unscaled: Tensor, lam: float) -> Tensor:
 
 
 def check_related(plan: StepPlan, new_label: str, previous_label: str, base_label: str) -> None:
-    """Refuse an expert (or first model) that is not a fine-tune of the base: its task vector outweighs the base."""
+    """Refuse an expert (or first model) that is not a fine-tune of the base: over the linear weights, its cosine
+    to the base is below ``MIN_COSINE_TO_BASE``."""
     t = plan.totals
-    if t.base <= 0:
-        return
-    for label, sq in ((new_label, t.new), (previous_label, t.first if plan.first else 0.0)):
-        ratio = math.sqrt(sq / t.base)
-        if ratio > MAX_RELATIVE_DISTANCE:
+    checks = [(new_label, t.new_sq, t.new_dot)] + ([(previous_label, t.first_sq, t.first_dot)] if plan.first else [])
+    for label, sq, dot in checks:
+        if t.base_sq <= 0 or sq <= 0:
+            continue
+        cosine = dot / math.sqrt(sq * t.base_sq)
+        if cosine < MIN_COSINE_TO_BASE:
             raise MergesmithError(
-                f"{label} is not a fine-tune of base {base_label}: its weights differ from the base by {ratio:.2f}x "
-                f"the base's own norm; add experts fine-tuned from the same base (or pass the right --base)")
+                f"{label} is not a fine-tune of base {base_label}: the cosine of their linear weights is "
+                f"{cosine:.2f}; add experts fine-tuned from the same base (or pass the right --base)")
 
 
 def resolve_params(method: ContinualMethod, given: Mapping[str, Any] | None, recorded: Mapping[str, Any] | None
