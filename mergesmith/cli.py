@@ -163,9 +163,12 @@ def methods() -> None:
 @click.option("--keep-models", is_flag=True, help="Keep the merged models in the run directory.")
 @click.option("--protect", "protect_mode", is_flag=True, help="MergeLock mode: merge with and without one protected expert (methods default: task_arithmetic,linear).")
 @click.option("--protect-task", default=None, help="With --protect: the task whose expert is protected (default: the first task).")
+@click.option("--continual", "continual_mode", is_flag=True, help="Continual mode: add the experts one at a time in several orders and score the tasks seen after each step (methods default: averaging,task_arithmetic,ties,opcm; dop on request).")
+@click.option("--orders", type=int, default=3, show_default=True, help="With --continual: task orders (the pool's, then seeded permutations).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @_user_errors
-def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bool, protect_mode: bool, protect_task, quiet: bool) -> None:
+def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bool, protect_mode: bool, protect_task,
+          continual_mode: bool, orders: int, quiet: bool) -> None:
     """Offline benchmark: experts vs merges on real tasks, with a table, results.json/csv and report.html.
 
     \b
@@ -184,6 +187,14 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
     if out_dir is None:
         label = "custom" if pool is not None else profile or "default"
         out_dir = Path("runs") / f"bench-{label}-{_time.strftime('%Y%m%d-%H%M%S')}"
+    if protect_mode and continual_mode:
+        raise MergesmithError("--protect and --continual are separate modes; run them one at a time")
+    if continual_mode:
+        from mergesmith.bench.continual import run_continual_bench
+
+        run_continual_bench(profile=profile, pool=pool, methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
+                            orders=orders, run_dir=out_dir, cache_dir=cache_dir, seed=seed, progress=not quiet, echo=click.echo)
+        return
     if protect_mode:
         from mergesmith.bench.protected import run_protect_bench
 

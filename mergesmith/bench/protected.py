@@ -24,24 +24,6 @@ from mergesmith.errors import MergesmithError
 DEFAULT_PROTECT_METHODS = ("task_arithmetic", "linear")
 
 
-def _load_pool(profile, pool, cache_dir, seed, progress, echo):
-    """The bench's pool, built exactly as ``run_bench`` builds it (built-in profile or a user pool YAML)."""
-    from mergesmith.bench.run import _profile_pool  # the one place the built-in pool is assembled
-    from mergesmith.bench.sources import default_cache_dir, ensure_writable
-    from mergesmith.bench.tasks import PROFILES, build_tasks
-
-    if pool is not None:
-        from mergesmith.bench.pool import build_pool, check_pool
-
-        return build_pool(check_pool(pool), seed=seed, progress=progress, echo=echo)
-    profile = profile or "default"
-    if profile not in PROFILES:
-        raise MergesmithError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    cache_dir = ensure_writable(Path(cache_dir) if cache_dir else default_cache_dir())
-    tasks = build_tasks(profile, cache_dir, seed=seed, progress=progress)
-    return _profile_pool(profile, tasks, cache_dir, seed, progress, echo)
-
-
 def _choose_and_score(method, base_state, experts, model, validation, test, seed):
     """Grid point with the best validation average, then its test scores (merged in memory)."""
     from mergesmith.api import merge_state_dicts
@@ -80,6 +62,7 @@ def run_protect_bench(
     from transformers.utils import logging as hf_logging
 
     from mergesmith.api import merge_state_dicts
+    from mergesmith.bench.load import load_bench_pool
     from mergesmith.bench.run import Evaluator, _average, _normalized
     from mergesmith.methods import METHODS
     from mergesmith.protect import protect_checkpoint
@@ -94,7 +77,7 @@ def run_protect_bench(
         if m not in METHODS:
             raise MergesmithError(f"unknown method {m!r} for --protect; known: {', '.join(sorted(METHODS))}")
     torch.set_num_threads(os.cpu_count() or 1)
-    bench_pool = _load_pool(profile, pool, cache_dir, seed, progress, echo)
+    bench_pool = load_bench_pool(profile, pool, cache_dir, seed, progress, echo)
     tasks = bench_pool.tasks
     names = [t.name for t in tasks]
     target = protect_task or names[0]

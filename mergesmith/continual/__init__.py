@@ -33,11 +33,12 @@ CONTINUAL_METHODS: dict[str, ContinualMethod] = {
 
 def __getattr__(name: str):
     # the drivers import the io layer; keep ``import mergesmith.continual`` light for the CLI
-    if name in ("continual_add", "continual_add_state_dicts", "ContinualResult"):
+    if name in ("continual_add", "continual_add_state_dicts", "start_state_dict", "ContinualResult"):
         from mergesmith.continual import add
 
         return getattr(add, name)
     raise AttributeError(name)
 
 
-__all__ = ["CONTINUAL_METHODS", "ContinualMethod", "continual_add", "continual_add_state_dicts", "ContinualResult"]
+__all__ = ["CONTINUAL_METHODS", "ContinualMethod", "continual_add", "continual_add_state_dicts", "start_state_dict",
+           "ContinualResult"]

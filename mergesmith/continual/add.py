@@ -180,7 +180,10 @@ def continual_add_state_dicts(
     previous_name: str = "expert-1",
     **params: Any,
 ) -> tuple[dict[str, Tensor], ContinualState]:
-    """One continual step on state dicts: (next merge, its state). ``state`` None: ``previous`` is one expert.
+    """One continual step on state dicts: (next merge, its state).
+
+    ``state`` None: ``previous`` is the first expert itself, as fine-tuned (the step applies the method's start,
+    e.g. theta_0 + lambda tau_1 for task arithmetic); otherwise the merge and state a previous step returned.
 
     >>> merged, state = continual_add_state_dicts(base, expert_a, expert_b, "opcm")
     >>> merged, state = continual_add_state_dicts(base, merged, expert_c, "opcm", state=state)
@@ -198,6 +201,22 @@ def continual_add_state_dicts(
             out[name] = merged.to(prev.dtype)
     return out, _next_state(plan, state, lam, norm_sum, BaseRef(path="<in memory>", fingerprint=""),
                             MergedExpert(name=previous_name, fingerprint=""), MergedExpert(name=new_name, fingerprint=""))
+
+
+def start_state_dict(base: Mapping[str, Tensor], expert: Mapping[str, Tensor], method: str, **params: Any
+                     ) -> dict[str, Tensor]:
+    """The model a sequence of ``method`` holds after its first expert (task arithmetic and TIES: theta_0 + lambda
+    tau_1; the others: the expert itself)."""
+    spec = get_method(method)
+    resolved = resolve_params(spec, params, None)
+    out: dict[str, Tensor] = {}
+    for name, tensor in expert.items():
+        if tensor.is_floating_point():
+            dtype = compute_dtype(tensor.dtype)
+            out[name] = spec.start(base[name].to(dtype), tensor.to(dtype), resolved).to(tensor.dtype)
+        else:
+            out[name] = tensor.clone()
+    return out
 
 
 def _plan(method: str, state: ContinualState | None, params: Mapping[str, Any] | None) -> StepPlan:
