@@ -15,6 +15,8 @@ _LAZY = {
     "MergeResult": "mergesmith.api",
     "METHODS": "mergesmith.methods",
     "MergesmithError": "mergesmith.errors",
+    "continual_add": "mergesmith.continual",
+    "continual_add_state_dicts": "mergesmith.continual",
 }
 
 
