@@ -74,9 +74,24 @@ def svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         return uh.T, s, v.T
     if m > 2 * n:
         q, r = torch.linalg.qr(matrix)
-        u_r, s, vh = torch.linalg.svd(r)
+        u_r, s, vh = _lapack_svd(r)
         return q @ u_r, s, vh
-    return torch.linalg.svd(matrix, full_matrices=False)
+    return _lapack_svd(matrix)
+
+
+def _lapack_svd(matrix: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """torch.linalg.svd, retried in float64 when LAPACK's divide-and-conquer fails to converge.
+
+    gesdd can fail on matrices whose singular values cluster, e.g. TSV-M's concatenation of orthonormal bases (all
+    near 1); float64 separates them enough. The result is cast back to the input dtype.
+    """
+    try:
+        return torch.linalg.svd(matrix, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if matrix.dtype == torch.float64:
+            raise
+        u, s, vh = torch.linalg.svd(matrix.double(), full_matrices=False)
+        return u.to(matrix.dtype), s.to(matrix.dtype), vh.to(matrix.dtype)
 
 
 def truncated_svd(matrix: Tensor, k: int, tol: float) -> tuple[Tensor, Tensor, Tensor]:

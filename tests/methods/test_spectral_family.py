@@ -472,3 +472,24 @@ def test_cli_merge_loads_with_transformers(llama_family, tmp_path, method, param
     assert torch.isfinite(logits).all()
     merged, base = load_tensors(tmp_path / "out"), load_tensors(llama_family.base)
     assert all(not torch.equal(merged[k], base[k]) for k in base if k.endswith("up_proj.weight"))
+
+
+def test_svd_retries_in_float64_when_lapack_does_not_converge(monkeypatch):
+    """gesdd can fail on clustered singular values (TSV-M's concatenated orthonormal bases hit it on the bench)."""
+    real = torch.linalg.svd
+    calls = []
+
+    def flaky(matrix, full_matrices=True):
+        calls.append(matrix.dtype)
+        if matrix.dtype == torch.float32:
+            raise torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        return real(matrix, full_matrices=full_matrices)
+
+    monkeypatch.setattr(torch.linalg, "svd", flaky)
+    q, _ = torch.linalg.qr(torch.randn(12, 12, generator=torch.Generator().manual_seed(0)))
+    clustered = torch.cat([q[:, :6], q[:, 3:9]], dim=1)  # two orthonormal blocks: singular values near 1 and sqrt 2
+    u, s, vh = sp.svd(clustered)
+    assert calls == [torch.float32, torch.float64] and u.dtype == s.dtype == torch.float32
+    assert torch.allclose((u * s) @ vh, clustered, atol=1e-5)
+    with pytest.raises(torch.linalg.LinAlgError):
+        sp.svd(clustered.double())
