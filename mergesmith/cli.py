@@ -335,6 +335,8 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
                            name=name, force=force, max_shard_size=max_shard_size, progress=None if quiet else progress)
     for bar in bars:
         bar.close()
+    for note in result.notes:
+        click.echo(f"note: {note}")
     state = result.state
     extra = f", lambda {state.scale:.4f}" if state.method == "opcm" else ""
     click.echo(f"{state.method}: merged expert {state.count} ({state.experts[-1].name}) into {out_dir}{extra}")

@@ -12,9 +12,11 @@ from mergesmith.continual._spec import ContinualMethod
 CONTINUAL_METHODS: dict[str, ContinualMethod] = {
     "opcm": ContinualMethod(
         name="opcm", paper=opcm.PAPER, params=opcm.OpcmParams, step=opcm.step, start=opcm.start, rescales=True,
+        non_matrix="added without projection, as the paper does (no singular subspace)",
         summary="project the new task vector off the merge's singular subspace; keep the average task-vector norm"),
     "dop": ContinualMethod(
         name="dop", paper=dop.PAPER, params=dop.DopParams, step=dop.step, start=dop.start,
+        non_matrix="averaged with the previous merge, as the authors' code does (no subspace to project on)",
         summary="per linear weight, MGDA-balanced Adam on dual (input/output) subspace-projection losses"),
     "averaging": ContinualMethod(
         name="averaging", paper="running weight average (model soups, Wortsman et al. 2022)",

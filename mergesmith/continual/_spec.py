@@ -40,3 +40,5 @@ class ContinualMethod:
     # start(base, first expert, params) -> the "merge" of one expert that a sequence starts from
     start: Callable[[Tensor, Tensor, BaseModel], Tensor]
     rescales: bool = False  # OPCM: the task vector is rescaled by a whole-model norm after the step
+    # what happens to tensors that are not linear weights, for the one note per step (empty: nothing special)
+    non_matrix: str = ""

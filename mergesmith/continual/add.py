@@ -44,6 +44,7 @@ class Totals:
     new_dot: float = 0.0
     first_sq: float = 0.0
     first_dot: float = 0.0
+    non_matrix: int = 0  # floating tensors that are not linear weights
 
 
 @dataclass
@@ -65,6 +66,15 @@ class ContinualResult:
     state: ContinualState
     tensors: int
     shards: dict[str, str]
+    notes: list[str] = field(default_factory=list)
+
+
+def non_matrix_note(plan: StepPlan) -> list[str]:
+    """The one note per step on tensors outside the method's matrix rule (biases, norms, embeddings)."""
+    if not plan.method.non_matrix or not plan.totals.non_matrix:
+        return []
+    return [f"{plan.method.name}: {plan.totals.non_matrix} tensors are not linear weights (biases, norms, "
+            f"embeddings); they are {plan.method.non_matrix}"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -87,6 +97,7 @@ def step_tensor(plan: StepPlan, name: str, base: Tensor, previous: Tensor, new: 
     is_matrix = is_linear_weight(name, b)
     new_sq = _sq(n - b)
     t.new += new_sq
+    t.non_matrix += not is_matrix
     if is_matrix:
         t.base_sq += _sq(b)
         t.new_sq += _sq(n)
@@ -354,7 +365,7 @@ def continual_add(
                 "outputs": shards,
             })
             output.commit()
-        return ContinualResult(Path(out_dir), next_state, len(names), shards)
+        return ContinualResult(Path(out_dir), next_state, len(names), shards, non_matrix_note(plan))
     finally:
         for ckpt in opened:
             ckpt.close()

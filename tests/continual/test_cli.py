@@ -159,3 +159,12 @@ def test_existing_output_needs_force(llama_family, tmp_path):
                      llama_family.base, "--quiet")
     assert result.exit_code == 2 and "--force" in result.output
     assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_tensors_outside_the_matrix_rule_are_noted_once(llama_family, tmp_path):
+    out = _add(llama_family.experts[0], llama_family.experts[1], tmp_path / "o", "--base", llama_family.base)
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    assert len(notes) == 1 and "not linear weights" in notes[0] and "without projection" in notes[0]
+    out = _add(llama_family.experts[0], llama_family.experts[1], tmp_path / "a", "--base", llama_family.base,
+               "--method", "averaging")
+    assert "note:" not in out
