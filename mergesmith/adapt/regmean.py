@@ -88,17 +88,81 @@ def stage_of(name: str, stack: str | None, depth: int) -> int:
 
 
 def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: bool) -> AdaptResult:
+    method = "regmean_plusplus" if plusplus else "regmean"
+    check_needs(problem, method, frozenset({params.data}))
+    workdir = tempfile.TemporaryDirectory(prefix=f"mergesmith-{method}-")
+    root = Path(workdir.name)
+    encoder = problem.load_encoder(problem.base_dir)
+    modules = linear_modules(encoder)
+    weight_of = {m: f"{m}.weight" for m in modules}
+    linear_weights = set(weight_of.values())
+    names = checkpoint_names(problem, linear_weights)
+    info: dict = {"linear_layers": len(modules)}
+    if plusplus:
+        statistics, merged, regularised = _plusplus_statistics(problem, params, seed, encoder, modules, root, names)
+    else:
+        statistics = _regmean_statistics(problem, params, seed, encoder, modules, root, names)
+        merged, regularised = None, _singular_sums(statistics, names, params)
+    del encoder
+    floating, config_path = engine_merge(problem, "regmean_combine", statistics, {"alpha": params.alpha, "ridge": params.ridge}, root)
+    portable = root / "merge.portable.yaml"
+    portable.write_text(portable_config(config_path, statistics), encoding="utf-8")
+    files = {f"statistics/{t}.safetensors": p for t, p in statistics.items()} | {"merge.yaml": portable}
+    info["regularised"] = regularised
+    if regularised:
+        info["warning"] = (f"{len(regularised)} Gram sum(s) were singular and got a ridge of {params.ridge:g} x mean "
+                           f"diagonal, e.g. {regularised[0]}")
+    if merged is not None:  # RegMean++'s layer sweep solved in memory: the engine's solution must agree
+        info["engine_max_abs_difference"] = max(float((floating[k] - merged[k]).abs().max()) for k in linear_weights)
+    spec = {"method": method, "paper": PAPER_PP if plusplus else PAPER, "params": params_dict(params), "seed": seed}
+    return weights_result(problem, floating, spec=spec, info=info, files=files, workdir=workdir)
+
+
+def _regmean_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
+                        names: dict[str, str]) -> dict[str, Path]:
+    """Each task's Grams, recorded on its expert and written to disk before the next task: memory holds the base
+    encoder, one expert's weights and one task's Grams; the engine then streams weights and Grams (section 3)."""
+    from tqdm import tqdm
+
+    statistics: dict[str, Path] = {}
+    for i, task in enumerate(tqdm(problem.tasks, desc="regmean", unit="task", leave=False)):
+        expert = {k: v for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()}
+        found = task_grams(problem, task, encoder, modules, params, seed + i, state=expert)
+        del expert
+        statistics[task.name] = save_statistics(root / "statistics" / f"{task.name}.safetensors",
+                                                {f"{m}.weight": g for m, g in found.items()}, names)
+        del found
+    return statistics
+
+
+def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: Params) -> list[str]:
+    """The linear weights whose Gram sum is singular (the engine regularises them with the ridge), read one
+    weight at a time from the statistics files."""
+    from safetensors import safe_open
+
+    from mergesmith.methods.regmean_combine import is_singular, reduce_off_diagonal
+
+    handles = [safe_open(str(p), framework="pt") for p in statistics.values()]
+    singular = []
+    for weight, stored in sorted(names.items()):
+        if stored not in handles[0].keys():
+            continue
+        total = sum(reduce_off_diagonal(h.get_tensor(stored).double(), params.alpha) for h in handles)
+        if is_singular(total):  # the test regmean_weight applies before its ridge
+            singular.append(weight)
+    return singular
+
+
+def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
+                         names: dict[str, str]) -> tuple[dict[str, Path], dict[str, Tensor], list[str]]:
+    """RegMean++: layers merged in order, each task's Grams taken from a model whose earlier layers are merged."""
     from tqdm import tqdm
 
     from mergesmith.engine.layers import layer_counts, main_stack
 
-    method = "regmean_plusplus" if plusplus else "regmean"
-    check_needs(problem, method, frozenset({params.data}))
     base = problem.base_state()
     vectors = problem.task_vectors()
     tasks = problem.tasks
-    encoder = problem.load_encoder(problem.base_dir)
-    modules = linear_modules(encoder)
     weight_of = {m: f"{m}.weight" for m in modules}
     linear_weights = set(weight_of.values())
     n = len(tasks)
@@ -110,52 +174,27 @@ def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: b
     merged = {k: b + sum(vectors[t.name][k] for t in tasks) / n for k, b in base.items() if k not in linear_weights}
     grams: dict[str, dict[str, Tensor]] = {t.name: {} for t in tasks}
     regularised: list[str] = []
-
-    def solve(module_names) -> None:
-        for m in module_names:
+    stack = main_stack(list(base))
+    depth = layer_counts(list(base)).get(stack, 0) if stack else 0
+    stages = sorted({stage_of(weight_of[m], stack, depth) for m in modules})
+    for stage in tqdm(stages, desc="regmean_plusplus", unit="stage", leave=False):
+        stage_modules = {m: mod for m, mod in modules.items() if stage_of(weight_of[m], stack, depth) == stage}
+        for i, task in enumerate(tasks):
+            own = expert(i)
+            # Layers before this stage are the merged model's; this layer (and later ones) are expert i's.
+            hybrid = {k: (merged[k] if stage_of(k, stack, depth) < stage else own[k]) for k in base}
+            found = task_grams(problem, task, encoder, stage_modules, params, seed + i, state=hybrid)
+            grams[task.name].update({weight_of[m]: g for m, g in found.items()})
+            del own, hybrid
+        for m in stage_modules:
             w = weight_of[m]
             weights = [base[w] + vectors[t.name][w] for t in tasks]
             merged[w], singular = regmean_weight(weights, [grams[t.name][w] for t in tasks], params.alpha, params.ridge)
             if singular:
                 regularised.append(w)
-
-    if not plusplus:
-        for i, task in enumerate(tqdm(tasks, desc=method, unit="task", leave=False)):
-            found = task_grams(problem, task, encoder, modules, params, seed + i, state=expert(i))
-            grams[task.name] = {weight_of[m]: g for m, g in found.items()}
-        solve(modules)
-    else:
-        stack = main_stack(list(base))
-        depth = layer_counts(list(base)).get(stack, 0) if stack else 0
-        stages = sorted({stage_of(weight_of[m], stack, depth) for m in modules})
-        for stage in tqdm(stages, desc=method, unit="stage", leave=False):
-            stage_modules = {m: mod for m, mod in modules.items() if stage_of(weight_of[m], stack, depth) == stage}
-            for i, task in enumerate(tasks):
-                own = expert(i)
-                # Layers before this stage are the merged model's; this layer (and later ones) are expert i's.
-                hybrid = {k: (merged[k] if stage_of(k, stack, depth) < stage else own[k]) for k in base}
-                found = task_grams(problem, task, encoder, stage_modules, params, seed + i, state=hybrid)
-                grams[task.name].update({weight_of[m]: g for m, g in found.items()})
-                del own, hybrid
-            solve(stage_modules)
-    del encoder
-
-    workdir = tempfile.TemporaryDirectory(prefix=f"mergesmith-{method}-")
-    root = Path(workdir.name)
-    names = checkpoint_names(problem, linear_weights)
-    statistics = {t.name: save_statistics(root / "statistics" / f"{t.name}.safetensors", grams[t.name], names) for t in tasks}
-    floating, config_path = engine_merge(problem, "regmean_combine", statistics, {"alpha": params.alpha, "ridge": params.ridge}, root)
-    portable = root / "merge.portable.yaml"
-    portable.write_text(portable_config(config_path, statistics), encoding="utf-8")
-    files = {f"statistics/{t}.safetensors": p for t, p in statistics.items()} | {"merge.yaml": portable}
-    info: dict = {"linear_layers": len(modules), "regularised": regularised}
-    if regularised:
-        info["warning"] = (f"{len(regularised)} Gram sum(s) were singular and got a ridge of {params.ridge:g} x mean "
-                           f"diagonal, e.g. {regularised[0]}")
-    # The in-memory solution (used by RegMean++'s layer sweep) and the engine's must agree.
-    info["engine_max_abs_difference"] = max(float((floating[k] - merged[k]).abs().max()) for k in linear_weights)
-    spec = {"method": method, "paper": PAPER_PP if plusplus else PAPER, "params": params_dict(params), "seed": seed}
-    return weights_result(problem, floating, spec=spec, info=info, files=files, workdir=workdir)
+    statistics = {t.name: save_statistics(root / "statistics" / f"{t.name}.safetensors", grams[t.name], names)
+                  for t in tasks}
+    return statistics, merged, regularised
 
 
 def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
