@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import html
 import io
 import json
@@ -10,6 +9,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from mergesmith.analysis.summary import Summary
+from mergesmith.figures import img_tag
 
 PLOTS = (
     ("cosine", "Pairwise task-vector cosine (whole model)"),
@@ -62,12 +62,9 @@ def _mean_offdiag(matrix: list[list[float]]) -> float | None:
 
 
 def _png(fig) -> bytes:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
-    import matplotlib.pyplot as plt
+    from mergesmith.figures import png_bytes
 
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def render_plots(s: Summary) -> dict[str, bytes]:
@@ -128,8 +125,7 @@ def render_html(s: Summary, plots: dict[str, bytes], table_text: str) -> str:
     ]
     titles = dict(PLOTS)
     for key, png in plots.items():
-        data = base64.b64encode(png).decode("ascii")
-        parts.append(f"<h2>{e(titles.get(key, key))}</h2><figure><img alt='{e(key)}' src='data:image/png;base64,{data}'></figure>")
+        parts.append(f"<h2>{e(titles.get(key, key))}</h2><figure>{img_tag(png, key)}</figure>")
     parts.append("</body></html>\n")
     return "\n".join(parts)
 

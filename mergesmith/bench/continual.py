@@ -171,9 +171,9 @@ def format_continual_table(results: dict) -> str:
 
 
 def _plot(results: dict) -> bytes:
-    import io
-
     import matplotlib
+
+    from mergesmith.figures import png_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -194,15 +194,13 @@ def _plot(results: dict) -> bytes:
     ax.set_xticks(steps)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def _write(results: dict, run_dir: Path) -> None:
-    import base64
     import html
+
+    from mergesmith.figures import img_tag
 
     run_dir.mkdir(parents=True, exist_ok=True)
     png = _plot(results)
@@ -213,8 +211,7 @@ def _write(results: dict, run_dir: Path) -> None:
         "<!doctype html><html><head><meta charset='utf-8'><title>mergesmith bench --continual</title></head><body>"
         "<h1>Continual merging: experts added one at a time</h1>"
         f"<pre>{html.escape(format_continual_table(results))}</pre>"
-        f"<img alt='normalized accuracy on seen tasks per step' src='data:image/png;base64,"
-        f"{base64.b64encode(png).decode('ascii')}'>"
+        f"{img_tag(png, 'normalized accuracy on seen tasks per step')}"
         f"<h2>Task orders</h2><ol>{orders}</ol>"
         "</body></html>\n"
     )

@@ -197,9 +197,9 @@ def format_protect_table(results: dict) -> str:
 
 
 def _plot(results: dict) -> bytes:
-    import io
-
     import matplotlib
+
+    from mergesmith.figures import png_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -215,15 +215,13 @@ def _plot(results: dict) -> bytes:
     ax.set_title(f"merge with vs without MergeLock on {results['protected_task']}")
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100, metadata={"Software": None}, bbox_inches="tight")
-    plt.close(fig)
-    return buffer.getvalue()
+    return png_bytes(fig)
 
 
 def _write(results: dict, run_dir: Path) -> None:
-    import base64
     import html
+
+    from mergesmith.figures import img_tag
 
     run_dir.mkdir(parents=True, exist_ok=True)
     png = _plot(results)
@@ -233,7 +231,7 @@ def _write(results: dict, run_dir: Path) -> None:
         "<!doctype html><html><head><meta charset='utf-8'><title>mergesmith bench --protect</title></head><body>"
         "<h1>MergeLock: merging with a protected expert</h1>"
         f"<pre>{html.escape(format_protect_table(results))}</pre>"
-        f"<img alt='normalized accuracy' src='data:image/png;base64,{base64.b64encode(png).decode('ascii')}'>"
+        f"{img_tag(png, 'normalized accuracy')}"
         "</body></html>\n"
     )
     (run_dir / "report.html").write_text(page, encoding="utf-8")

@@ -8,7 +8,6 @@ shown as "-": experts are often scored on their own task only, baselines have no
 
 from __future__ import annotations
 
-import base64
 import csv
 import html
 import io
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from mergesmith.errors import MergesmithError
+from mergesmith.figures import img_tag
 
 # Top-level keys of a results dict; "cosine" may be null (a user pool whose task vectors were not compared).
 REQUIRED_KEYS = ("profile", "seed", "date", "machine", "base_model", "trained", "tasks", "rows", "expert_average",
@@ -301,11 +301,11 @@ def _new_figure(height_in: float, width_in: float = FIG_WIDTH_IN):
 def _png_bytes(fig) -> bytes:
     import matplotlib
 
-    buffer = io.BytesIO()
-    # No "Software" text chunk (it carries the matplotlib version) and fixed rc values: same data, same bytes.
+    from mergesmith.figures import png_bytes
+
+    # fixed rc values and no "Software" chunk (png_bytes): same data, same bytes
     with matplotlib.rc_context({"svg.hashsalt": "mergesmith", "savefig.dpi": FIG_DPI}):
-        fig.savefig(buffer, format="png", dpi=FIG_DPI, metadata={"Software": None})
-    return buffer.getvalue()
+        return png_bytes(fig, dpi=FIG_DPI, tight=False, close=False)
 
 
 def method_colors(results: Mapping[str, Any]) -> dict[str, Any]:
@@ -758,9 +758,7 @@ def render_html(results: Mapping[str, Any], plots: Sequence[tuple[str, str, byte
             ("experts on their own tasks", f"{_pct(results['expert_average'])} average test accuracy")]
     figures = []
     for title, caption, png in plots:
-        data = base64.b64encode(png).decode("ascii")
-        figures.append(f'<h2>{_e(title)}</h2>\n<figure><img alt="{_e(title)}" src="data:image/png;base64,{data}">'
-                       f"<figcaption>{_e(caption)}</figcaption></figure>")
+        figures.append(f"<h2>{_e(title)}</h2>\n<figure>{img_tag(png, title)}<figcaption>{_e(caption)}</figcaption></figure>")
     return "\n".join([
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
