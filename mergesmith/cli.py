@@ -43,7 +43,9 @@ def main() -> None:
     mergesmith bench --pool POOL.yaml      the same benchmark on your own checkpoints and data
     mergesmith methods                     list the merge methods and their parameters
     mergesmith adapt METHOD --pool P OUT   data-driven merging (fisher, regmean, bmm, adamerging, ...)
-    mergesmith continual add MERGED NEW OUT add one expert to a merge (OPCM, DOP, baselines)
+    mergesmith continual add MERGED NEW OUT  add one expert to a merge (OPCM, DOP, baselines)
+    mergesmith protect MODEL OUT           MergeLock: same outputs, weights that do not merge
+    mergesmith inspect BASE EXPERT...      task-vector diagnostics: cosine, sign conflicts, spectra
     mergesmith demo                        build tiny local checkpoints and merge them with several methods
     """
 
