@@ -1,4 +1,5 @@
-"""A tiny text pool for the adapt tests: a tiny BERT base, 2 perturbed experts, heads, CSV splits."""
+"""A tiny text pool for the adapt tests: a tiny base (BERT by default; GPT-2 or LLaMA with ``arch=``), 2 perturbed
+experts, heads, CSV splits."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from safetensors.torch import save_file
 from tests.helpers import write_yaml
 
 TASKS = (("reviews", ("neg", "pos")), ("topics", ("a", "b", "c")))
-WIDTH = 64  # tiny BERT hidden size = the pooled feature width
+WIDTH = 64  # the hidden size of every tiny architecture (mergesmith.tiny_models) = the pooled feature width
 
 
 def sentences(n: int, seed: int) -> list[str]:
@@ -35,16 +36,34 @@ def save_head(path: Path, rows: int, width: int, seed: int) -> Path:
     return path
 
 
-def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, noise: float = 0.02) -> Path:
-    """Write the pool under ``root`` and return the pool YAML's path."""
-    from mergesmith.tiny_models import build_tiny_family
+def _state_hidden_size(directory: Path, width: int) -> None:
+    """Write ``hidden_size`` into a config.json that names the width otherwise (GPT-2: ``n_embd``). The bench's pool
+    checker and TextFeaturizer.feature_width read only ``hidden_size`` (mergesmith/bench/features.py, outside the
+    adapt package; tests/adapt/test_decoders.py has a strict xfail for a stock GPT-2 config); transformers maps the
+    key back onto ``n_embd``, so the model is unchanged."""
+    import json
 
-    family = build_tiny_family(root / "models", "bert", len(TASKS), noise=noise)
+    path = directory / "config.json"
+    config = json.loads(path.read_text(encoding="utf-8"))
+    if "hidden_size" not in config:
+        config["hidden_size"] = width
+        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, noise: float = 0.02, arch: str = "bert") -> Path:
+    """Write the pool under ``root`` and return the pool YAML's path; ``arch`` is a ``mergesmith.tiny_models`` architecture."""
+    from mergesmith.tiny_models import build_tiny_family, tiny_config
+
+    family = build_tiny_family(root / "models", arch, len(TASKS), noise=noise)
+    width = int(tiny_config(arch).hidden_size)  # the heads read the pooled features: the model's hidden size
+    if arch != "bert":
+        for directory in (family.base, *family.experts):
+            _state_hidden_size(directory, width)
     tasks = []
     for i, (name, labels) in enumerate(TASKS):
         for split, n, seed in (("validation", n_validation, 10 * i + 1), ("test", n_test, 10 * i + 2)):
             write_csv(root / "data" / f"{name}_{split}.csv", [(t, labels[k % len(labels)]) for k, t in enumerate(sentences(n, seed))])
-        save_head(root / "heads" / f"{name}.safetensors", len(labels), WIDTH, seed=i)
+        save_head(root / "heads" / f"{name}.safetensors", len(labels), width, seed=i)
         tasks.append({"name": name, "expert": f"models/expert_{i}", "head": f"heads/{name}.safetensors",
                       "data": {"format": "csv", "validation": f"data/{name}_validation.csv", "test": f"data/{name}_test.csv",
                                "labels": list(labels)}})
