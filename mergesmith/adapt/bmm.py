@@ -12,6 +12,9 @@ Data-free variant: the Grams are estimated from the task vectors, G_i ~ tau_i^T 
 alignment between activation statistics and task vectors the paper reports (as in WUDI-merging, Cheng et al. 2025,
 arXiv:2503.08099, where a task vector's rows span its inputs' subspace).
 
+Linear modules are ``nn.Linear`` and GPT-2's ``Conv1D``; a Conv1D weight is stored [in, out], so its regression (and
+its data-free Gram) is computed on the [out, in] view and the solution turned back (``statistics.linear_layout``).
+
 Our reading of the paper is from its abstract and the brief (the full text was not available offline): the regression
 form above, per-module rho's grouped by module kind or layer, the anchor's values for every non-linear tensor.
 """
@@ -27,7 +30,8 @@ from torch import Tensor
 from mergesmith.adapt._spec import AdaptSpec, params_dict
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
-from mergesmith.adapt.statistics import example_batches, linear_modules
+from mergesmith.adapt.modules import is_conv1d
+from mergesmith.adapt.statistics import example_batches, linear_layout, linear_modules
 from mergesmith.methods.regmean_combine import solve_regression
 
 PAPER = "Li, Han, Su & Ji 2026, Bayesian Model Merging, arXiv:2605.12843"
@@ -113,15 +117,17 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
     vectors = problem.task_vectors()
     tasks = problem.tasks
     encoder = problem.load_encoder(problem.base_dir)
-    modules = linear_modules(encoder)
+    modules = linear_modules(encoder, method)
     weight_of = {m: f"{m}.weight" for m in modules}
+    conv1d = {weight_of[m] for m, module in modules.items() if is_conv1d(module)}  # stored [in, out]
 
     # Anchor: task arithmetic (Ilharco et al. 2023), base + s * sum_i tau_i; its values stand for every other tensor.
     anchor = {k: b + params.anchor_scale * sum(vectors[t.name][k] for t in tasks) for k, b in base.items()}
     grams: dict[str, list[Tensor]] = {weight_of[m]: [] for m in modules}
     if datafree:
         for m in modules:
-            grams[weight_of[m]] = [datafree_gram(vectors[t.name][weight_of[m]]) for t in tasks]
+            w = weight_of[m]
+            grams[w] = [datafree_gram(linear_layout(vectors[t.name][w], w in conv1d)) for t in tasks]
     else:
         gram_params = RegMeanParams(num_examples=params.num_examples, data="validation", batch_size=params.batch_size)
         for i, task in enumerate(tqdm(tasks, desc=f"{method} grams", unit="task", leave=False)):
@@ -140,8 +146,11 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
         state = dict(anchor)
         for group, names in groups.items():
             for w in names:
-                experts = [base[w] + vectors[t.name][w] for t in tasks]  # built per module: no second copy of the vectors
-                state[w], singular = bmm_weight(experts, grams[w], anchor[w], rhos[group], params.ridge)
+                c = w in conv1d
+                # built per module: no second copy of the vectors; solved in nn.Linear layout, stored layout back
+                experts = [linear_layout(base[w] + vectors[t.name][w], c) for t in tasks]
+                solution, singular = bmm_weight(experts, grams[w], linear_layout(anchor[w], c), rhos[group], params.ridge)
+                state[w] = linear_layout(solution, c).contiguous() if c else solution
                 if singular:
                     regularised.add(w)
         return state
@@ -172,6 +181,8 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
     final = merged_state(best_rhos)
     info: dict = {"rho": best_rhos, "groups": {g: len(v) for g, v in groups.items()}, "linear_layers": len(modules),
                   "gram_source": "task vectors (data-free)" if datafree else f"{params.num_examples} validation inputs per task"}
+    if conv1d:
+        info["conv1d_layers"] = len(conv1d)
     if searching:
         info["bo"] = {"sampler": "optuna TPE", "trials": len(trials_log), "best_validation": max(t["validation"] for t in trials_log),
                       "history": [round(t["validation"], 4) for t in trials_log]}

@@ -69,9 +69,15 @@ def _get(module: nn.Module, dotted: str) -> nn.Module | None:
     return module
 
 
+def is_conv1d(module: nn.Module | None) -> bool:
+    """GPT-2's ``Conv1D`` (transformers.pytorch_utils): y = x W + b with W stored [in, out], the transpose of
+    ``nn.Linear``'s [out, in]. Matched by class name so that no transformers import is needed."""
+    return type(module).__name__ == "Conv1D"
+
+
 def is_linear_like(module: nn.Module | None) -> bool:
     """``nn.Linear`` or GPT-2's ``Conv1D`` (a linear layer with its weight stored transposed)."""
-    return isinstance(module, nn.Linear) or type(module).__name__ == "Conv1D"
+    return isinstance(module, nn.Linear) or is_conv1d(module)
 
 
 def mlp_blocks(model: nn.Module) -> list[MlpBlock]:
@@ -96,4 +102,4 @@ def mlp_blocks(model: nn.Module) -> list[MlpBlock]:
     )
 
 
-__all__ = ["MLP_LAYOUTS", "MlpBlock", "mlp_blocks", "transformer_blocks", "is_linear_like"]
+__all__ = ["MLP_LAYOUTS", "MlpBlock", "mlp_blocks", "transformer_blocks", "is_conv1d", "is_linear_like"]

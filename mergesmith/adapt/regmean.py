@@ -10,6 +10,12 @@ expert i's own sub-modules), so layers are merged in order, from the embeddings 
 
 Both save each task's Grams as ``statistics/<task>.safetensors`` (``<linear weight name>`` -> [in, in]) and the final
 checkpoint is written by the engine's ``regmean_combine`` from the weights and those Grams.
+
+GPT-2's ``Conv1D`` layers are linear layers too, but store their weight [in, out]; ``regmean_combine`` reads every
+2-D weight in ``nn.Linear`` layout ([out, in], Gram [in, in]), so it would reject their Grams (or, for a square
+weight, silently solve the transposed problem). Their Grams go to ``statistics/<task>.conv1d.safetensors`` instead,
+and the same regression (``regmean_weight`` on the [out, in] view) is solved here, one weight at a time from those
+files; the engine's average of those weights is replaced by that solution.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from torch import Tensor
 from mergesmith.adapt._spec import AdaptSpec, params_dict
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
+from mergesmith.adapt.modules import is_conv1d
 from mergesmith.adapt.statistics import (
     AllCollected,
     GramCollector,
@@ -32,6 +39,7 @@ from mergesmith.adapt.statistics import (
     data_split,
     engine_merge,
     example_batches,
+    linear_layout,
     linear_modules,
     portable_config,
     save_statistics,
@@ -39,6 +47,9 @@ from mergesmith.adapt.statistics import (
 from mergesmith.methods.regmean_combine import regmean_weight
 
 PAPER = "Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models, arXiv:2212.09849"
+CONV1D_SUFFIX = ".conv1d.safetensors"  # statistics/<task>.conv1d.safetensors: Grams of GPT-2 Conv1D weights
+CONV1D_NOTE = ("GPT-2 Conv1D weights ([in, out]) are not merged by this config: regmean_combine reads nn.Linear layout, so "
+               "it averages them; mergesmith adapt solved them from statistics/<task>.conv1d.safetensors")
 PAPER_PP = ("Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of Regression Mean for Model "
             "Merging, arXiv:2508.03121")
 
@@ -76,6 +87,19 @@ def task_grams(problem: AdaptProblem, task, encoder, modules: dict, params: Para
         return collector.grams()
 
 
+def regmean_weight_stored(weights: list[Tensor], grams: list[Tensor], alpha: float, ridge: float,
+                          conv1d: bool) -> tuple[Tensor, bool]:
+    """``regmean_weight`` for weights in their stored layout: a GPT-2 Conv1D weight ([in, out]) is solved on its
+    [out, in] view and turned back (``regmean_weight`` is written for nn.Linear)."""
+    merged, singular = regmean_weight([linear_layout(w, conv1d) for w in weights], grams, alpha, ridge)
+    return linear_layout(merged, conv1d).contiguous(), singular
+
+
+def split_grams(grams: dict[str, Tensor], conv1d: set[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+    """(Grams the engine merges with, Grams of Conv1D weights solved here) (module docstring)."""
+    return ({w: g for w, g in grams.items() if w not in conv1d}, {w: g for w, g in grams.items() if w in conv1d})
+
+
 def stage_of(name: str, stack: str | None, depth: int) -> int:
     """Where a tensor sits in RegMean++'s layer order: -1 before the layer stack (embeddings), its layer index inside
     it, ``depth`` after it (pooler, final norm)."""
@@ -93,46 +117,89 @@ def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: b
     workdir = tempfile.TemporaryDirectory(prefix=f"mergesmith-{method}-")
     root = Path(workdir.name)
     encoder = problem.load_encoder(problem.base_dir)
-    modules = linear_modules(encoder)
+    modules = linear_modules(encoder, method)
     weight_of = {m: f"{m}.weight" for m in modules}
     linear_weights = set(weight_of.values())
+    conv1d = {weight_of[m] for m, module in modules.items() if is_conv1d(module)}
     names = checkpoint_names(problem, linear_weights)
     info: dict = {"linear_layers": len(modules)}
+    if conv1d:
+        info["conv1d_layers"] = len(conv1d)
     if plusplus:
-        statistics, merged, regularised = _plusplus_statistics(problem, params, seed, encoder, modules, root, names)
+        statistics, conv_statistics, merged, regularised = _plusplus_statistics(problem, params, seed, encoder, modules,
+                                                                                 root, names, conv1d)
     else:
-        statistics = _regmean_statistics(problem, params, seed, encoder, modules, root, names)
+        statistics, conv_statistics = _regmean_statistics(problem, params, seed, encoder, modules, root, names, conv1d)
         merged, regularised = None, _singular_sums(statistics, names, params)
     del encoder
     floating, config_path = engine_merge(problem, "regmean_combine", statistics, {"alpha": params.alpha, "ridge": params.ridge}, root)
+    if conv1d:  # the engine averaged them (module docstring): put the regression's solution in their place
+        if merged is not None:
+            floating.update({w: merged[w] for w in conv1d})
+        else:
+            solved, singular = solve_conv1d(problem, conv_statistics, names, conv1d, params)
+            floating.update(solved)
+            regularised = sorted(regularised + singular)
     portable = root / "merge.portable.yaml"
-    portable.write_text(portable_config(config_path, statistics), encoding="utf-8")
+    portable.write_text(portable_config(config_path, statistics, CONV1D_NOTE if conv1d else ""), encoding="utf-8")
     files = {f"statistics/{t}.safetensors": p for t, p in statistics.items()} | {"merge.yaml": portable}
+    files |= {f"statistics/{t}{CONV1D_SUFFIX}": p for t, p in conv_statistics.items()}
     info["regularised"] = regularised
     if regularised:
         info["warning"] = (f"{len(regularised)} Gram sum(s) were singular and got a ridge of {params.ridge:g} x mean "
                            f"diagonal, e.g. {regularised[0]}")
-    if merged is not None:  # RegMean++'s layer sweep solved in memory: the engine's solution must agree
-        info["engine_max_abs_difference"] = max(float((floating[k] - merged[k]).abs().max()) for k in linear_weights)
+    engine_solved = linear_weights - conv1d
+    if merged is not None and engine_solved:  # RegMean++'s layer sweep solved in memory: the engine's solution must agree
+        info["engine_max_abs_difference"] = max(float((floating[k] - merged[k]).abs().max()) for k in engine_solved)
     spec = {"method": method, "paper": PAPER_PP if plusplus else PAPER, "params": params_dict(params), "seed": seed}
     return weights_result(problem, floating, spec=spec, info=info, files=files, workdir=workdir)
 
 
+def _save_grams(root: Path, task: str, grams: dict[str, Tensor], names: dict[str, str], conv1d: set[str],
+                conv_statistics: dict[str, Path]) -> Path:
+    """Write a task's Grams: the engine's file, and the Conv1D Grams' own file when the model has Conv1D layers."""
+    engine_grams, conv_grams = split_grams(grams, conv1d)
+    if conv1d:
+        conv_statistics[task] = save_statistics(root / "statistics" / f"{task}{CONV1D_SUFFIX}", conv_grams, names)
+    return save_statistics(root / "statistics" / f"{task}.safetensors", engine_grams, names)
+
+
 def _regmean_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
-                        names: dict[str, str]) -> dict[str, Path]:
+                        names: dict[str, str], conv1d: set[str]) -> tuple[dict[str, Path], dict[str, Path]]:
     """Each task's Grams, recorded on its expert and written to disk before the next task: memory holds the base
-    encoder, one expert's weights and one task's Grams; the engine then streams weights and Grams (section 3)."""
+    encoder, one expert's weights and one task's Grams; the engine then streams weights and Grams (section 3).
+    Returns (the engine's statistics files, the Conv1D Grams' files) by task."""
     from tqdm import tqdm
 
     statistics: dict[str, Path] = {}
+    conv_statistics: dict[str, Path] = {}
     for i, task in enumerate(tqdm(problem.tasks, desc="regmean", unit="task", leave=False)):
         expert = {k: v for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()}
         found = task_grams(problem, task, encoder, modules, params, seed + i, state=expert)
         del expert
-        statistics[task.name] = save_statistics(root / "statistics" / f"{task.name}.safetensors",
-                                                {f"{m}.weight": g for m, g in found.items()}, names)
+        statistics[task.name] = _save_grams(root, task.name, {f"{m}.weight": g for m, g in found.items()}, names, conv1d,
+                                            conv_statistics)
         del found
-    return statistics
+    return statistics, conv_statistics
+
+
+def solve_conv1d(problem: AdaptProblem, conv_statistics: dict[str, Path], names: dict[str, str], conv1d: set[str],
+                 params: Params) -> tuple[dict[str, Tensor], list[str]]:
+    """Eq. (3) for every Conv1D weight, read one weight's Grams at a time from the tasks' Conv1D files; the experts'
+    weights are base + task vector. Returns the solutions (stored layout) and the weights that needed the ridge."""
+    from safetensors import safe_open
+
+    base, vectors = problem.base_state(), problem.task_vectors()
+    handles = [safe_open(str(conv_statistics[t]), framework="pt") for t in problem.task_names]
+    solved: dict[str, Tensor] = {}
+    singular: list[str] = []
+    for w in sorted(w for w in conv1d if w in names):  # a weight the checkpoints lack is the same in every expert
+        grams = [h.get_tensor(names[w]) for h in handles]
+        weights = [base[w] + vectors[t][w] for t in problem.task_names]
+        solved[w], flag = regmean_weight_stored(weights, grams, params.alpha, params.ridge, conv1d=True)
+        if flag:
+            singular.append(w)
+    return solved, singular
 
 
 def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: Params) -> list[str]:
@@ -154,7 +221,8 @@ def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: P
 
 
 def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
-                         names: dict[str, str]) -> tuple[dict[str, Path], dict[str, Tensor], list[str]]:
+                         names: dict[str, str], conv1d: set[str],
+                         ) -> tuple[dict[str, Path], dict[str, Path], dict[str, Tensor], list[str]]:
     """RegMean++: layers merged in order, each task's Grams taken from a model whose earlier layers are merged."""
     from tqdm import tqdm
 
@@ -189,12 +257,13 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
         for m in stage_modules:
             w = weight_of[m]
             weights = [base[w] + vectors[t.name][w] for t in tasks]
-            merged[w], singular = regmean_weight(weights, [grams[t.name][w] for t in tasks], params.alpha, params.ridge)
+            merged[w], singular = regmean_weight_stored(weights, [grams[t.name][w] for t in tasks], params.alpha,
+                                                        params.ridge, conv1d=w in conv1d)
             if singular:
                 regularised.append(w)
-    statistics = {t.name: save_statistics(root / "statistics" / f"{t.name}.safetensors", grams[t.name], names)
-                  for t in tasks}
-    return statistics, merged, regularised
+    conv_statistics: dict[str, Path] = {}
+    statistics = {t.name: _save_grams(root, t.name, grams[t.name], names, conv1d, conv_statistics) for t in tasks}
+    return statistics, conv_statistics, merged, regularised
 
 
 def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:

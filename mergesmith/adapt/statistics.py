@@ -17,9 +17,26 @@ from torch import Tensor, nn
 from mergesmith.errors import MergesmithError
 
 
-def linear_modules(encoder: nn.Module) -> dict[str, nn.Linear]:
-    """Every ``nn.Linear`` of the encoder by module name (the layers RegMean merges by regression)."""
-    return {name: m for name, m in encoder.named_modules() if isinstance(m, nn.Linear)}
+def linear_modules(encoder: nn.Module, method: str = "this method") -> dict[str, nn.Module]:
+    """Every linear layer of the encoder by module name (the layers RegMean and BMM merge by regression):
+    ``nn.Linear`` and GPT-2's ``Conv1D``, the same map with its weight stored [in, out] (``linear_layout`` gives the
+    [out, in] view the regressions are written in). Without them GPT-2 had no regression layer at all and RegMean
+    silently became averaging; an encoder with no linear layer is a one-line error."""
+    from mergesmith.adapt.modules import is_linear_like
+
+    found = {name: m for name, m in encoder.named_modules() if is_linear_like(m)}
+    if not found:
+        raise MergesmithError(
+            f"{method}: {type(encoder).__name__} has no linear layer (looked for nn.Linear and GPT-2 Conv1D modules); "
+            f"{method} merges linear layers by regression"
+        )
+    return found
+
+
+def linear_layout(weight: Tensor, conv1d: bool) -> Tensor:
+    """A linear layer's weight as ``nn.Linear`` stores it, [out, in], from its stored layout: GPT-2's Conv1D stores
+    the transpose [in, out]. The transpose is its own inverse, so the same call turns a solution back."""
+    return weight.T if conv1d else weight
 
 
 def checkpoint_names(problem, names: Iterable[str]) -> dict[str, str]:
@@ -170,7 +187,7 @@ def engine_merge(problem, method: str, statistics: dict[str, Path], parameters: 
     return floating, config_path
 
 
-def portable_config(config_path: Path, statistics: dict[str, Path]) -> str:
+def portable_config(config_path: Path, statistics: dict[str, Path], note: str = "") -> str:
     """The merge YAML as saved beside the result: statistics paths relative to the output directory."""
     import yaml
 
@@ -180,4 +197,6 @@ def portable_config(config_path: Path, statistics: dict[str, Path]) -> str:
         entry["statistics"] = by_path.get(entry["statistics"], entry["statistics"])
     header = ("# The merge mergesmith ran for this result: `mergesmith merge merge.yaml OUT` from this directory\n"
               "# (statistics paths are relative to it) rebuilds model.safetensors from the experts and statistics.\n")
+    if note:
+        header += f"# {note}\n"
     return header + yaml.safe_dump(config, sort_keys=False)
