@@ -15,8 +15,10 @@ NeurIPS 2024, arXiv:2406.15479. Steps (Sec. 3 of the paper):
 
 Inference (``TwinEncoder``): one pass of the shared model gives the router's features; the second pass adds the
 routed exclusive parts exactly without building per-input weights: for a linear layer y = x W*^T + b* +
-sum_t w_t(x) [(x V_t) (U_t S_t)^T + delta_b_t] (the low-rank product applied to activations, as LoRA does);
-embeddings add sum_t w_t (U_t S_t)[ids] V_t^T; layer norms add xhat * sum_t w_t delta_gamma_t + sum_t w_t delta_beta_t.
+sum_t w_t(x) [(x V_t) (U_t S_t)^T + delta_b_t] (the low-rank product applied to activations, as LoRA does); GPT-2's
+Conv1D (y = x W + b, W stored [in, out], so tau_t ~ U_t S_t V_t^T is [in, out]) adds sum_t w_t [(x U_t S_t) V_t^T +
+delta_b_t]; embeddings add sum_t w_t (U_t S_t)[ids] V_t^T; layer norms add xhat * sum_t w_t delta_gamma_t +
+sum_t w_t delta_beta_t, and LLaMA-style RMS norms (y = gamma * x / rms(x)) add xhat * sum_t w_t delta_gamma_t.
 Tensors owned by any other kind of module switch the model to a per-input path (``torch.func.functional_call``
 with theta(x) built for each input: exact, slower).
 
@@ -35,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from mergesmith.adapt._spec import AdaptSpec, params_dict
+from mergesmith.adapt.modules import is_conv1d
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult
 from mergesmith.errors import MergesmithError
@@ -186,6 +189,26 @@ def pooling_for(problem: AdaptProblem, output: Any) -> str:
 # Inference: the routed model
 
 
+def is_rms_norm(module: nn.Module) -> bool:
+    """An RMS norm computing y = gamma * x / sqrt(mean(x^2) + eps), no bias: ``torch.nn.RMSNorm`` or the transformers
+    LLaMA family's ``*RMSNorm`` (LLaMA, Mistral, Qwen2: eps in ``variance_epsilon``). Norms scaling by (1 + gamma)
+    (Gemma) keep their eps in ``eps`` and are not matched: they take the exact per-input path."""
+    if isinstance(module, nn.RMSNorm):
+        return True
+    return (type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
+            and isinstance(getattr(module, "weight", None), Tensor) and getattr(module, "bias", None) is None)
+
+
+def rms_normalized(module: nn.Module, x: Tensor) -> Tensor:
+    """x / sqrt(mean(x^2) + eps) as ``module`` computes it (in fp32, cast back to x's dtype), before the gain."""
+    if isinstance(module, nn.RMSNorm):
+        eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
+        return nn.functional.rms_norm(x, module.normalized_shape, None, eps)
+    hidden = x.float()
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+    return hidden.to(x.dtype)
+
+
 class TwinEncoder(nn.Module):
     """The shared encoder plus routed exclusive parts. ``forward(**kwargs)`` returns the encoder's own output type
     (``.last_hidden_state`` etc.) for theta(x) per input. ``force_routing`` ([T] weights) replaces the router (tests,
@@ -226,12 +249,14 @@ class TwinEncoder(nn.Module):
             module = self.encoder.get_submodule(path)
         except AttributeError:
             return False
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) or is_conv1d(module):
             return attr in ("weight", "bias")
         if isinstance(module, nn.Embedding):
             return attr == "weight" and module.max_norm is None
         if isinstance(module, nn.LayerNorm):
             return attr in ("weight", "bias")
+        if is_rms_norm(module):
+            return attr == "weight"
         return False
 
     # -- routing -----------------------------------------------------------------------------------------------
@@ -282,6 +307,8 @@ class TwinEncoder(nn.Module):
     def _hook_for(self, path: str, module: nn.Module):
         weight = self.parts.get(f"{path}.weight")
         bias = self.parts.get(f"{path}.bias")
+        conv1d = is_conv1d(module)
+        rms = not conv1d and not isinstance(module, (nn.Linear, nn.Embedding, nn.LayerNorm)) and is_rms_norm(module)
 
         def per_sample(w: Tensor, delta: Tensor, like: Tensor) -> Tensor:
             # sum_t w[b, t] delta_t, shaped to broadcast over the non-batch dims of ``like`` (features last)
@@ -294,17 +321,22 @@ class TwinEncoder(nn.Module):
                 return None
             x = inputs[0]
             extra = 0
-            if isinstance(mod, nn.Linear):
+            if isinstance(mod, nn.Linear) or conv1d:
                 if weight is not None:
-                    z = torch.einsum("b...n,tnr->b...tr", x, weight["V"])
+                    # nn.Linear: tau [out, in] = US V^T, x tau^T = (x V) US^T; Conv1D: tau [in, out] = US V^T, x tau = (x US) V^T
+                    first, second = (weight["US"], weight["V"]) if conv1d else (weight["V"], weight["US"])
+                    z = torch.einsum("b...n,tnr->b...tr", x, first)
                     z = z * w.reshape(w.shape[0], *([1] * (x.dim() - 2)), w.shape[1], 1)
-                    extra = torch.einsum("b...tr,tmr->b...m", z, weight["US"])
+                    extra = torch.einsum("b...tr,tmr->b...m", z, second)
                 if bias is not None:
                     extra = extra + per_sample(w, bias["delta"], output)
             elif isinstance(mod, nn.Embedding):
                 ids = x if x.shape[0] == w.shape[0] else x.expand(w.shape[0], *x.shape[1:])
                 rows = weight["US"][:, ids]  # [T, B, ..., r]
                 extra = torch.einsum("tb...r,tdr,bt->b...d", rows, weight["V"], w)
+            elif rms:  # RMSNorm: y = xhat * gamma
+                xhat = rms_normalized(mod, x)
+                extra = xhat * per_sample(w, weight["delta"], xhat)
             else:  # LayerNorm: y = xhat * gamma + beta
                 xhat = nn.functional.layer_norm(x, mod.normalized_shape, eps=mod.eps)
                 if weight is not None:
