@@ -48,6 +48,24 @@ def read_model_config(directory: Path) -> dict:
     return config
 
 
+def hidden_width(config: dict) -> int:
+    """The model's hidden width from its config.json. Architectures name it differently (GPT-2 ``n_embd``, T5
+    ``d_model``); transformers' config class for the model type maps its own name onto ``hidden_size``."""
+    if "hidden_size" in config:
+        return int(config["hidden_size"])
+    from transformers import AutoConfig
+
+    model_type = config.get("model_type")
+    try:
+        settings = {k: v for k, v in config.items() if k != "model_type"}
+        return int(AutoConfig.for_model(model_type, **settings).hidden_size)
+    except (ValueError, KeyError, AttributeError, TypeError):
+        raise MergesmithError(
+            f"config.json (model_type {model_type!r}) names no hidden width that transformers knows; give a "
+            "transformers model with a hidden_size (or its architecture's name for it, e.g. n_embd)"
+        ) from None
+
+
 def infer_modality(config: dict) -> str:
     """``image`` for CLIP/ViT-like configs (by model type, or an image size and patch size), else ``text``."""
     model_type = str(config.get("model_type", ""))
@@ -89,7 +107,7 @@ class TextFeaturizer:
 
     @staticmethod
     def feature_width(config: dict) -> int:
-        return int(config["hidden_size"])
+        return hidden_width(config)
 
     def load(self, path: Path) -> nn.Module:
         from transformers import AutoModel
@@ -158,7 +176,7 @@ class ImageFeaturizer:
     def feature_width(config: dict, kind: str) -> int:
         if kind == "clip_projection":
             return int(config["projection_dim"])
-        return int(config["hidden_size"])
+        return hidden_width(config)
 
     def load(self, path: Path) -> nn.Module:
         import transformers

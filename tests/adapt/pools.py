@@ -36,29 +36,12 @@ def save_head(path: Path, rows: int, width: int, seed: int) -> Path:
     return path
 
 
-def _state_hidden_size(directory: Path, width: int) -> None:
-    """Write ``hidden_size`` into a config.json that names the width otherwise (GPT-2: ``n_embd``). The bench's pool
-    checker and TextFeaturizer.feature_width read only ``hidden_size`` (mergesmith/bench/features.py, outside the
-    adapt package; tests/adapt/test_decoders.py has a strict xfail for a stock GPT-2 config); transformers maps the
-    key back onto ``n_embd``, so the model is unchanged."""
-    import json
-
-    path = directory / "config.json"
-    config = json.loads(path.read_text(encoding="utf-8"))
-    if "hidden_size" not in config:
-        config["hidden_size"] = width
-        path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-
-
 def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, noise: float = 0.02, arch: str = "bert") -> Path:
     """Write the pool under ``root`` and return the pool YAML's path; ``arch`` is a ``mergesmith.tiny_models`` architecture."""
     from mergesmith.tiny_models import build_tiny_family, tiny_config
 
     family = build_tiny_family(root / "models", arch, len(TASKS), noise=noise)
     width = int(tiny_config(arch).hidden_size)  # the heads read the pooled features: the model's hidden size
-    if arch != "bert":
-        for directory in (family.base, *family.experts):
-            _state_hidden_size(directory, width)
     tasks = []
     for i, (name, labels) in enumerate(TASKS):
         for split, n, seed in (("validation", n_validation, 10 * i + 1), ("test", n_test, 10 * i + 2)):

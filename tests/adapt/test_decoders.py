@@ -335,15 +335,17 @@ def test_adapt_cli_on_a_gpt2_pool(pools, tmp_path):
     assert features.shape == (4, 64) and torch.isfinite(features).all()
 
 
-@pytest.mark.xfail(strict=True, raises=MergesmithError,
-                   reason="mergesmith/bench reads the text feature width from config.json's hidden_size only; stock GPT-2 "
-                          "configs say n_embd (tests/adapt/pools.py writes hidden_size into the tiny GPT-2 configs)")
-def test_stock_gpt2_config_loads_as_a_pool(pools, tmp_path):
+def test_stock_gpt2_config_loads_as_a_pool(pools):
+    """save_pretrained writes GPT-2's width as n_embd only; the pool reads it through transformers' config class."""
     pool_yaml, _ = pools.get("gpt2")
-    root = tmp_path / "stock"
-    shutil.copytree(pool_yaml.parent, root)
-    for config_path in (root / "models").glob("*/config.json"):
-        config = json.loads(config_path.read_text())
-        config.pop("hidden_size")
-        config_path.write_text(json.dumps(config))
-    load_problem(pool=root / "pool.yaml", progress=False, echo=lambda _: None)
+    config = json.loads((pool_yaml.parent / "models" / "base" / "config.json").read_text())
+    assert "hidden_size" not in config and config["n_embd"] == 64
+    problem = load_problem(pool=pool_yaml, progress=False, echo=lambda _: None)
+    assert all(task.head.in_features == 64 for task in problem.tasks)
+
+
+def test_a_config_without_a_known_width_is_refused():
+    from mergesmith.bench.features import hidden_width
+
+    with pytest.raises(MergesmithError, match="names no hidden width"):
+        hidden_width({"model_type": "no_such_architecture"})
