@@ -69,22 +69,39 @@ def accuracy(head: nn.Linear, features: Tensor, labels: Tensor) -> float:
         return float((head(features).argmax(-1) == labels).float().mean())
 
 
+# A feature dimension whose spread over the training inputs is below this fraction of the median spread is constant
+# for the probe. all-MiniLM-L6-v2's mean-pooled features have one such dimension (std 2e-9 against a median of 0.19):
+# standardising it divided the probe's weight by ~1e-6, a folded weight of ~1e5, so the tiny drift a fine-tune or a
+# merge gives that dimension shifted the logits by whole units and collapsed merged models onto one class.
+CONSTANT_FEATURE_RATIO = 1e-3
+
+
+def informative_features(features: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """``(mean, std, informative)`` of the columns of ``features``; ``informative`` marks the columns that vary."""
+    mean, std = features.mean(0), features.std(0)
+    informative = std > CONSTANT_FEATURE_RATIO * std.median().clamp_min(1e-12)
+    return mean, torch.where(informative, std, torch.ones_like(std)), informative
+
+
 def train_probe(features: Tensor, labels: Tensor, num_labels: int, seed: int, steps: int = 300) -> nn.Linear:
-    """A linear probe: multinomial logistic regression on frozen features (full batch, Adam, light L2)."""
+    """A linear probe: multinomial logistic regression on standardised frozen features (full batch, Adam, light L2).
+    Constant feature dimensions (``CONSTANT_FEATURE_RATIO``) get weight zero: they carry no information, and a weight
+    scaled by 1/std on them would make the head amplify any later drift of that dimension."""
     torch.manual_seed(seed)
     head = nn.Linear(features.shape[1], num_labels)
     opt = torch.optim.Adam(head.parameters(), lr=1e-2, weight_decay=1e-4)
-    mean, std = features.mean(0), features.std(0).clamp_min(1e-6)
-    x = (features - mean) / std
+    mean, std, informative = informative_features(features)
+    x = ((features - mean) / std) * informative
     for _ in range(steps):
         opt.zero_grad()
         nn.functional.cross_entropy(head(x), labels).backward()
         opt.step()
     # Fold the standardisation into the head so it applies to raw features.
     with torch.no_grad():
+        weight = head.weight * informative / std
         folded = nn.Linear(features.shape[1], num_labels)
-        folded.weight.copy_(head.weight / std)
-        folded.bias.copy_(head.bias - (head.weight * (mean / std)).sum(1))
+        folded.weight.copy_(weight)
+        folded.bias.copy_(head.bias - (weight * mean).sum(1))
     return folded
 
 

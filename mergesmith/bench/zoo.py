@@ -32,7 +32,7 @@ from mergesmith.bench.encoder import (
     train_probe,
 )
 
-ZOO_VERSION = 1
+ZOO_VERSION = 2  # 2: probes give constant feature dimensions weight zero (bench.encoder.train_probe)
 HEAD_FILE = "task_head.safetensors"
 DONE_FILE = "expert.json"
 

@@ -35,6 +35,22 @@ def test_probe_learns_a_separable_problem():
     assert acc > 0.95
 
 
+def test_probe_gives_a_constant_feature_no_weight():
+    """A dimension that never varies on the training inputs must not get a 1/std-sized weight (a later drift of it
+    would move every logit)."""
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 8, generator=g)
+    features[:, 3] = 0.25 + 1e-9 * torch.randn(300, generator=g)  # constant up to float noise, as in MiniLM
+    labels = features[:, :3].argmax(-1)
+    head = train_probe(features, labels, 3, seed=0)
+    assert torch.all(head.weight[:, 3] == 0)
+    assert float(head.weight.abs().max()) < 100
+    shifted = features.clone()
+    shifted[:, 3] += 0.01  # a merge's drift of the constant dimension leaves the predictions alone
+    assert torch.equal(head(shifted).argmax(-1), head(features).argmax(-1))
+    assert float((head(features).argmax(-1) == labels).float().mean()) > 0.9
+
+
 def test_metrics():
     assert _average({"a": 0.5, "b": None, "c": 1.0}) == 0.75
     assert _normalized({"a": 0.4, "b": 0.9}, {"a": 0.8, "b": 0.9}) == pytest.approx(0.75)
