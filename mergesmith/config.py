@@ -279,6 +279,7 @@ _RANGES: dict[str, tuple[float, float, bool, bool]] = {
     "subspace": (1.0, math.inf, True, False),
     "k": (0.0, math.inf, True, False),
     "tall_mask_lambda": (0.0, math.inf, True, False),
+    "input_axis": (0.0, 1.0, True, True),  # regmean_combine: 0 (Conv1D) or 1 (nn.Linear); an int, so nothing between
 }
 # String parameters with a fixed set of values, checked in the plan as well.
 _CHOICES: dict[str, tuple[str, ...]] = {

@@ -11,11 +11,9 @@ expert i's own sub-modules), so layers are merged in order, from the embeddings 
 Both save each task's Grams as ``statistics/<task>.safetensors`` (``<linear weight name>`` -> [in, in]) and the final
 checkpoint is written by the engine's ``regmean_combine`` from the weights and those Grams.
 
-GPT-2's ``Conv1D`` layers are linear layers too, but store their weight [in, out]; ``regmean_combine`` reads every
-2-D weight in ``nn.Linear`` layout ([out, in], Gram [in, in]), so it would reject their Grams (or, for a square
-weight, silently solve the transposed problem). Their Grams go to ``statistics/<task>.conv1d.safetensors`` instead,
-and the same regression (``regmean_weight`` on the [out, in] view) is solved here, one weight at a time from those
-files; the engine's average of those weights is replaced by that solution.
+GPT-2's ``Conv1D`` layers are linear layers too, but store their weight [in, out] (the paper's own layout); the merge
+config gives each of them ``input_axis: 0`` (a per-tensor filter), so ``regmean_combine`` reads their Grams and
+solves them in that layout, and ``mergesmith merge merge.yaml`` rebuilds every weight.
 """
 
 from __future__ import annotations
@@ -39,17 +37,13 @@ from mergesmith.adapt.statistics import (
     data_split,
     engine_merge,
     example_batches,
-    linear_layout,
     linear_modules,
     portable_config,
     save_statistics,
 )
-from mergesmith.methods.regmean_combine import regmean_weight
+from mergesmith.methods.regmean_combine import regmean_weight_in_layout
 
 PAPER = "Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models, arXiv:2212.09849"
-CONV1D_SUFFIX = ".conv1d.safetensors"  # statistics/<task>.conv1d.safetensors: Grams of GPT-2 Conv1D weights
-CONV1D_NOTE = ("GPT-2 Conv1D weights ([in, out]) are not merged by this config: regmean_combine reads nn.Linear layout, so "
-               "it averages them; mergesmith adapt solved them from statistics/<task>.conv1d.safetensors")
 PAPER_PP = ("Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of Regression Mean for Model "
             "Merging, arXiv:2508.03121")
 
@@ -89,15 +83,16 @@ def task_grams(problem: AdaptProblem, task, encoder, modules: dict, params: Para
 
 def regmean_weight_stored(weights: list[Tensor], grams: list[Tensor], alpha: float, ridge: float,
                           conv1d: bool) -> tuple[Tensor, bool]:
-    """``regmean_weight`` for weights in their stored layout: a GPT-2 Conv1D weight ([in, out]) is solved on its
-    [out, in] view and turned back (``regmean_weight`` is written for nn.Linear)."""
-    merged, singular = regmean_weight([linear_layout(w, conv1d) for w in weights], grams, alpha, ridge)
-    return linear_layout(merged, conv1d).contiguous(), singular
+    """``regmean_weight`` for weights in their stored layout (a GPT-2 Conv1D weight is [in, out])."""
+    return regmean_weight_in_layout(weights, grams, alpha, ridge, 0 if conv1d else 1)
 
 
-def split_grams(grams: dict[str, Tensor], conv1d: set[str]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-    """(Grams the engine merges with, Grams of Conv1D weights solved here) (module docstring)."""
-    return ({w: g for w, g in grams.items() if w not in conv1d}, {w: g for w, g in grams.items() if w in conv1d})
+def layout_parameters(conv1d: set[str], names: dict[str, str]) -> dict:
+    """The merge config's ``input_axis``: 0 for each Conv1D weight (filtered by its checkpoint name), else 1."""
+    if not conv1d:
+        return {}
+    entries = [{"filter": names[w], "value": 0} for w in sorted(conv1d) if w in names]
+    return {"input_axis": entries + [{"value": 1}]}
 
 
 def stage_of(name: str, stack: str | None, depth: int) -> int:
@@ -126,80 +121,42 @@ def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: b
     if conv1d:
         info["conv1d_layers"] = len(conv1d)
     if plusplus:
-        statistics, conv_statistics, merged, regularised = _plusplus_statistics(problem, params, seed, encoder, modules,
-                                                                                 root, names, conv1d)
+        statistics, merged, regularised = _plusplus_statistics(problem, params, seed, encoder, modules, root, names, conv1d)
     else:
-        statistics, conv_statistics = _regmean_statistics(problem, params, seed, encoder, modules, root, names, conv1d)
+        statistics = _regmean_statistics(problem, params, seed, encoder, modules, root, names)
         merged, regularised = None, _singular_sums(statistics, names, params)
     del encoder
-    floating, config_path = engine_merge(problem, "regmean_combine", statistics, {"alpha": params.alpha, "ridge": params.ridge}, root)
-    if conv1d:  # the engine averaged them (module docstring): put the regression's solution in their place
-        if merged is not None:
-            floating.update({w: merged[w] for w in conv1d})
-        else:
-            solved, singular = solve_conv1d(problem, conv_statistics, names, conv1d, params)
-            floating.update(solved)
-            regularised = sorted(regularised + singular)
+    parameters = {"alpha": params.alpha, "ridge": params.ridge, **layout_parameters(conv1d, names)}
+    floating, config_path = engine_merge(problem, "regmean_combine", statistics, parameters, root)
     portable = root / "merge.portable.yaml"
-    portable.write_text(portable_config(config_path, statistics, CONV1D_NOTE if conv1d else ""), encoding="utf-8")
+    portable.write_text(portable_config(config_path, statistics), encoding="utf-8")
     files = {f"statistics/{t}.safetensors": p for t, p in statistics.items()} | {"merge.yaml": portable}
-    files |= {f"statistics/{t}{CONV1D_SUFFIX}": p for t, p in conv_statistics.items()}
     info["regularised"] = regularised
     if regularised:
         info["warning"] = (f"{len(regularised)} Gram sum(s) were singular and got a ridge of {params.ridge:g} x mean "
                            f"diagonal, e.g. {regularised[0]}")
-    engine_solved = linear_weights - conv1d
-    if merged is not None and engine_solved:  # RegMean++'s layer sweep solved in memory: the engine's solution must agree
-        info["engine_max_abs_difference"] = max(float((floating[k] - merged[k]).abs().max()) for k in engine_solved)
+    solved = sorted(w for w in linear_weights if w in names)
+    if merged is not None and solved:  # RegMean++'s layer sweep solved in memory: the engine's solution must agree
+        info["engine_max_abs_difference"] = max(float((floating[k] - merged[k]).abs().max()) for k in solved)
     spec = {"method": method, "paper": PAPER_PP if plusplus else PAPER, "params": params_dict(params), "seed": seed}
     return weights_result(problem, floating, spec=spec, info=info, files=files, workdir=workdir)
 
 
-def _save_grams(root: Path, task: str, grams: dict[str, Tensor], names: dict[str, str], conv1d: set[str],
-                conv_statistics: dict[str, Path]) -> Path:
-    """Write a task's Grams: the engine's file, and the Conv1D Grams' own file when the model has Conv1D layers."""
-    engine_grams, conv_grams = split_grams(grams, conv1d)
-    if conv1d:
-        conv_statistics[task] = save_statistics(root / "statistics" / f"{task}{CONV1D_SUFFIX}", conv_grams, names)
-    return save_statistics(root / "statistics" / f"{task}.safetensors", engine_grams, names)
-
-
 def _regmean_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
-                        names: dict[str, str], conv1d: set[str]) -> tuple[dict[str, Path], dict[str, Path]]:
+                        names: dict[str, str]) -> dict[str, Path]:
     """Each task's Grams, recorded on its expert and written to disk before the next task: memory holds the base
-    encoder, one expert's weights and one task's Grams; the engine then streams weights and Grams (section 3).
-    Returns (the engine's statistics files, the Conv1D Grams' files) by task."""
+    encoder, one expert's weights and one task's Grams; the engine then streams weights and Grams (section 3)."""
     from tqdm import tqdm
 
     statistics: dict[str, Path] = {}
-    conv_statistics: dict[str, Path] = {}
     for i, task in enumerate(tqdm(problem.tasks, desc="regmean", unit="task", leave=False)):
         expert = {k: v for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()}
         found = task_grams(problem, task, encoder, modules, params, seed + i, state=expert)
         del expert
-        statistics[task.name] = _save_grams(root, task.name, {f"{m}.weight": g for m, g in found.items()}, names, conv1d,
-                                            conv_statistics)
+        statistics[task.name] = save_statistics(root / "statistics" / f"{task.name}.safetensors",
+                                                {f"{m}.weight": g for m, g in found.items()}, names)
         del found
-    return statistics, conv_statistics
-
-
-def solve_conv1d(problem: AdaptProblem, conv_statistics: dict[str, Path], names: dict[str, str], conv1d: set[str],
-                 params: Params) -> tuple[dict[str, Tensor], list[str]]:
-    """Eq. (3) for every Conv1D weight, read one weight's Grams at a time from the tasks' Conv1D files; the experts'
-    weights are base + task vector. Returns the solutions (stored layout) and the weights that needed the ridge."""
-    from safetensors import safe_open
-
-    base, vectors = problem.base_state(), problem.task_vectors()
-    handles = [safe_open(str(conv_statistics[t]), framework="pt") for t in problem.task_names]
-    solved: dict[str, Tensor] = {}
-    singular: list[str] = []
-    for w in sorted(w for w in conv1d if w in names):  # a weight the checkpoints lack is the same in every expert
-        grams = [h.get_tensor(names[w]) for h in handles]
-        weights = [base[w] + vectors[t][w] for t in problem.task_names]
-        solved[w], flag = regmean_weight_stored(weights, grams, params.alpha, params.ridge, conv1d=True)
-        if flag:
-            singular.append(w)
-    return solved, singular
+    return statistics
 
 
 def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: Params) -> list[str]:
@@ -222,7 +179,7 @@ def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: P
 
 def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
                          names: dict[str, str], conv1d: set[str],
-                         ) -> tuple[dict[str, Path], dict[str, Path], dict[str, Tensor], list[str]]:
+                         ) -> tuple[dict[str, Path], dict[str, Tensor], list[str]]:
     """RegMean++: layers merged in order, each task's Grams taken from a model whose earlier layers are merged."""
     from tqdm import tqdm
 
@@ -261,9 +218,9 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
                                                         params.ridge, conv1d=w in conv1d)
             if singular:
                 regularised.append(w)
-    conv_statistics: dict[str, Path] = {}
-    statistics = {t.name: _save_grams(root, t.name, grams[t.name], names, conv1d, conv_statistics) for t in tasks}
-    return statistics, conv_statistics, merged, regularised
+    statistics = {t.name: save_statistics(root / "statistics" / f"{t.name}.safetensors", grams[t.name], names)
+                  for t in tasks}
+    return statistics, merged, regularised
 
 
 def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:

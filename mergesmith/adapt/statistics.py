@@ -187,7 +187,7 @@ def engine_merge(problem, method: str, statistics: dict[str, Path], parameters: 
     return floating, config_path
 
 
-def portable_config(config_path: Path, statistics: dict[str, Path], note: str = "") -> str:
+def portable_config(config_path: Path, statistics: dict[str, Path]) -> str:
     """The merge YAML as saved beside the result: statistics paths relative to the output directory."""
     import yaml
 
@@ -197,6 +197,4 @@ def portable_config(config_path: Path, statistics: dict[str, Path], note: str = 
         entry["statistics"] = by_path.get(entry["statistics"], entry["statistics"])
     header = ("# The merge mergesmith ran for this result: `mergesmith merge merge.yaml OUT` from this directory\n"
               "# (statistics paths are relative to it) rebuilds model.safetensors from the experts and statistics.\n")
-    if note:
-        header += f"# {note}\n"
     return header + yaml.safe_dump(config, sort_keys=False)

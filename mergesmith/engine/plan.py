@@ -405,7 +405,7 @@ def _add_statistics(plan: MergePlan) -> None:
         if any(i is None for i in infos):
             lacking = files[[i is None for i in infos].index(True)]
             raise ConfigError(f"{lacking}: has no statistic for {job.out_name!r} but other statistics files do; collect all of them the same way")
-        wanted = plan.method.statistics(job.shape)
+        wanted = plan.method.statistics(job.shape, job.params)
         for f, info in zip(files, infos):
             if wanted is None or tuple(info.shape) != tuple(wanted):
                 raise ConfigError(

@@ -110,9 +110,9 @@ class MethodSpec:
     # (biases, norms). The plan says so once per merge, not once per tensor.
     non_matrix: str = ""
     # For methods that combine weights with per-model statistics (fisher_combine, regmean_combine): maps a tensor's
-    # shape to the shape of its statistic (None: the tensor has none). Each model entry of the merge config then
+    # shape (and its resolved Params) to the shape of its statistic (None: the tensor has none). Each model entry of the merge config then
     # names its statistics file (``statistics:``); the plan appends the statistics to ``experts``.
-    statistics: Callable[[tuple[int, ...]], tuple[int, ...] | None] | None = None
+    statistics: Callable[[tuple[int, ...], Any], tuple[int, ...] | None] | None = None
     # For methods that keep per-task parts instead of one merged model (EMR, TALL masks): the output's kind
     # ("emr", "tall_masks"). Their ``merge`` returns ``(tensor, methods._per_task.PerTaskParts)``; the engine writes
     # the tensor as the model and the parts beside it (engine/side_outputs.py). Empty for plain methods.

@@ -46,7 +46,7 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
     return fisher_average(experts, None, params.weight, params.fisher_floor)
 
 
-def statistics_shape(shape: tuple[int, ...]) -> tuple[int, ...]:
+def statistics_shape(shape: tuple[int, ...], params=None) -> tuple[int, ...]:
     return tuple(shape)  # one Fisher value per parameter
 
 

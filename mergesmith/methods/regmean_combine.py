@@ -6,6 +6,9 @@ layer's inputs on model i's data and W in the paper's [in, out] layout. An ``nn.
 here W*^T = (sum_i G~_i)^-1 sum_i G~_i W_i^T, transposed back. Section 3.2: the off-diagonal entries of every G_i
 are scaled by ``alpha`` (G~ = alpha G + (1 - alpha) diag(G)), which regularises towards averaging.
 
+GPT-2's ``Conv1D`` stores its weight in the paper's own layout ([in, out]); ``input_axis: 0`` (set per tensor with a
+filter, as ``mergesmith adapt regmean`` writes it) says so, and the Gram is then [shape[0], shape[0]].
+
 A Gram sum that is singular (inputs confined to a subspace) is regularised with a ridge ``ridge * mean(diag) * I``.
 Tensors without Gram statistics (biases, norms, embeddings) are averaged, as in the paper.
 """
@@ -25,6 +28,7 @@ from mergesmith.methods._spec import MethodSpec, param, tensor_fact
 class Params:
     alpha: float = param(0.95, doc="scale of the Grams' off-diagonal entries (1 = plain RegMean, 0 = averaging)")
     ridge: float = param(1e-4, doc="ridge added to a singular Gram sum, relative to its mean diagonal")
+    input_axis: int = param(1, doc="the weight's axis the Gram's inputs index: 1 for nn.Linear [out, in], 0 for GPT-2 Conv1D [in, out]")
     statistics: bool | None = tensor_fact("statistics", doc="the experts list ends with each model's Gram matrix")
 
 
@@ -65,15 +69,36 @@ def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: fl
     return solution.T.to(weights[0].dtype), regularised
 
 
+def regmean_weight_in_layout(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, ridge: float,
+                             input_axis: int) -> tuple[Tensor, bool]:
+    """``regmean_weight`` for weights stored with their inputs on ``input_axis`` (0: Conv1D [in, out], solved on the
+    transposed [out, in] view and turned back)."""
+    if input_axis == 1:
+        return regmean_weight(weights, grams, alpha, ridge)
+    merged, regularised = regmean_weight([w.T for w in weights], grams, alpha, ridge)
+    return merged.T.contiguous(), regularised
+
+
 def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
     if params.statistics is True:  # the contract tests fill tensor facts with 0.5
         n = len(experts) // 2
-        return regmean_weight(experts[:n], experts[n:], params.alpha, params.ridge)[0]
+        return regmean_weight_in_layout(experts[:n], experts[n:], params.alpha, params.ridge, _axis(params))[0]
     return torch.stack(list(experts)).mean(0)
 
 
-def statistics_shape(shape: tuple[int, ...]) -> tuple[int, ...] | None:
-    return (shape[1], shape[1]) if len(shape) == 2 else None  # a Gram of the inputs for 2-D (linear) weights
+def _axis(params: Params) -> int:
+    axis = int(params.input_axis)
+    if axis not in (0, 1) or axis != params.input_axis:
+        raise ValueError(f"input_axis must be 0 (Conv1D, [in, out]) or 1 (nn.Linear, [out, in]), not {params.input_axis!r}")
+    return axis
+
+
+def statistics_shape(shape: tuple[int, ...], params: Params | None = None) -> tuple[int, ...] | None:
+    """A Gram of the inputs for 2-D (linear) weights: [in, in], ``in`` on ``input_axis``."""
+    if len(shape) != 2:
+        return None
+    n = shape[_axis(params) if params is not None else 1]
+    return (n, n)
 
 
 SPEC = MethodSpec(

@@ -208,28 +208,45 @@ def _keys(path: Path) -> list[str]:
 
 
 def test_regmean_on_gpt2_solves_every_conv1d_layer(pools, tmp_path):
+    import os
+
+    import yaml
     from safetensors.torch import load_file
 
-    from mergesmith.adapt.statistics import linear_layout
+    from mergesmith.api import merge
     from mergesmith.methods.regmean_combine import regmean_weight
 
     _, problem = pools.get("gpt2")
     result = _run(problem, "regmean")
     assert result.info["linear_layers"] == result.info["conv1d_layers"] == 8  # 2 blocks x (c_attn, c_proj, c_fc, c_proj)
     out = save_result(result, problem, tmp_path / "regmean")
-    engine_stats = _keys(out / "statistics" / "reviews.safetensors")
-    assert not [k for k in engine_stats if k.endswith("c_fc.weight")]  # the engine never sees Conv1D Grams
-    assert "Conv1D" in (out / "merge.yaml").read_text()
+    config = yaml.safe_load((out / "merge.yaml").read_text())
+    axis = config["parameters"]["input_axis"]
+    assert sorted(e["filter"] for e in axis[:-1]) == sorted(f"transformer.{w}" for w in CONV1D_WEIGHTS) and axis[-1] == {"value": 1}
     base, vectors = problem.base_state(), problem.task_vectors()
     for w, shape in (("h.1.mlp.c_fc.weight", (64, 64)), ("h.1.mlp.c_proj.weight", (256, 256))):
-        grams = [load_file(str(out / "statistics" / f"{t}.conv1d.safetensors"))[f"transformer.{w}"] for t in problem.task_names]
-        assert grams[0].shape == shape and torch.allclose(grams[0], grams[0].T)
+        grams = [load_file(str(out / "statistics" / f"{t}.safetensors"))[f"transformer.{w}"] for t in problem.task_names]
+        assert grams[0].shape == shape and torch.allclose(grams[0], grams[0].T)  # [in, in]: in = the stored rows
         # the same regression solved independently on the nn.Linear view of the stored [in, out] weights
         expected, _ = regmean_weight([(base[w] + vectors[t][w]).T for t in problem.task_names], grams, 0.95, 1e-4)
-        torch.testing.assert_close(result.state_dict[w], linear_layout(expected, True), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result.state_dict[w], expected.T, atol=1e-5, rtol=1e-5)
+    # the saved merge.yaml rebuilds the model with the engine, Conv1D layers solved (not averaged)
+    cwd = os.getcwd()
+    try:
+        os.chdir(out)
+        merge("merge.yaml", tmp_path / "rebuilt")
+    finally:
+        os.chdir(cwd)
+    rebuilt = load_file(str(next((tmp_path / "rebuilt").glob("*.safetensors"))))
+    for w in CONV1D_WEIGHTS:
+        torch.testing.assert_close(rebuilt[f"transformer.{w}"].float(), result.state_dict[w].float(), atol=1e-6, rtol=1e-6)
     plusplus = _run(problem, "regmean_plusplus")
-    assert "engine_max_abs_difference" not in plusplus.info  # GPT-2 has no nn.Linear: every layer is solved here
+    assert plusplus.info["engine_max_abs_difference"] < 1e-5  # the engine's solve from the saved Grams = the sweep's
     assert _differs(plusplus.state_dict[LINEAR["gpt2"]], result.state_dict[LINEAR["gpt2"]])
+
+
+CONV1D_WEIGHTS = tuple(f"h.{layer}.{name}.weight" for layer in range(2)
+                       for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
 
 
 def test_bmm_on_gpt2_regresses_conv1d_in_linear_layout(pools):
