@@ -42,3 +42,15 @@ def llama_bf16_family(tmp_path_factory):
     from mergesmith.tiny_models import build_tiny_family
 
     return build_tiny_family(tmp_path_factory.mktemp("llama_bf16"), "llama", 2, layers=2, dtype=torch.bfloat16)
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny products on one intra-op thread, as the engine runs them (two threads only add hand-offs on a busy 2-core
+    machine); the previous count is restored. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)

@@ -47,13 +47,7 @@ LINEAR = {"gpt2": "h.1.mlp.c_fc.weight", "llama": "layers.1.mlp.up_proj.weight"}
 NORM = {"gpt2": "h.1.ln_2.weight", "llama": "layers.1.post_attention_layernorm.weight"}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Tiny models on a shared 2-core machine: one thread avoids oversubscription (2 threads were ~50x slower here).
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 class _Pools:

@@ -12,13 +12,7 @@ from mergesmith.methods import METHODS, consensus, doge_ta, emr, wudi
 from mergesmith.methods._per_task import pack_mask, rescalers, single_tensor_task_model, task_model, unpack_mask
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """As the engine: tiny products on one thread (two threads only add hand-offs on a busy 2-core machine)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _family(shape=(24, 20), n=3, seed=0, scale=0.05):

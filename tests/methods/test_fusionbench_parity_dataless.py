@@ -25,12 +25,7 @@ from mergesmith.methods._per_task import rescalers, task_model
 pytest.importorskip("fusion_bench")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _state_dicts(shapes: dict[str, tuple], n: int = 3, seed: int = 0, scale: float = 0.05):
