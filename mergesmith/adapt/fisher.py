@@ -85,8 +85,7 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
     names = None
     # A tensor every expert left at the base value (e.g. word embeddings frozen during fine-tuning) merges to that
     # value whatever the Fishers (eq. 3 of equal thetas), so its Fisher is not computed; the engine averages it.
-    vectors = problem.task_vectors()
-    skip = frozenset(k for k in problem.base_state() if all(not bool(v[k].any()) for v in vectors.values()))
+    skip = problem.unchanged_tensors()  # streamed: Fisher itself never needs the task vectors in memory
     info["unchanged_tensors"] = len(skip)
     for i, task in enumerate(tqdm(problem.tasks, desc="fisher", unit="task", leave=False)):
         encoder = problem.load_encoder(problem.expert_dirs[task.name])

@@ -113,6 +113,20 @@ class AdaptProblem:
             self._vectors = vectors
         return self._vectors
 
+    def unchanged_tensors(self) -> frozenset[str]:
+        """The floating tensors every expert left at the base value (e.g. word embeddings frozen in fine-tuning).
+        Uses the task vectors when they are already held; else streams the experts one at a time, so a method that
+        only needs this set never holds them all."""
+        base = self.base_state()
+        if self._vectors is not None:
+            return frozenset(k for k in base if all(not bool(v[k].any()) for v in self._vectors.values()))
+        changed: set[str] = set()
+        for path in self.expert_dirs.values():
+            state = self.load_encoder(path).state_dict()
+            changed.update(k for k, b in base.items() if k not in changed and not torch.equal(state[k].detach().float(), b))
+            del state
+        return frozenset(k for k in base if k not in changed)
+
     def full_state(self, floating: dict[str, Tensor]) -> dict[str, Tensor]:
         """A loadable state dict: ``floating`` (merged floating tensors, HF names) plus the base's integer buffers."""
         self.base_state()

@@ -56,6 +56,30 @@ def test_task_vectors_and_merged_encoder(tiny_problem: AdaptProblem):
     torch.testing.assert_close(encoder.state_dict()["pooler.dense.weight"], merged["pooler.dense.weight"])
 
 
+def test_unchanged_tensors_streamed_or_from_held_task_vectors(tmp_path: Path):
+    """A tensor every expert left at the base value is found without holding the task vectors, and the same set
+    comes from the task vectors once they are held."""
+    from safetensors.torch import load_file, save_file
+
+    pool = build_text_pool(tmp_path)
+    frozen = "bert.embeddings.word_embeddings.weight"  # the checkpoints' name (a BertForMaskedLM save)
+    base_value = next(load_file(str(f))[frozen] for f in (tmp_path / "models" / "base").glob("*.safetensors")
+                      if frozen in load_file(str(f)))
+    for expert in sorted((tmp_path / "models").glob("expert_*")):
+        for shard in expert.glob("*.safetensors"):
+            tensors = load_file(str(shard))
+            if frozen in tensors:
+                tensors[frozen] = base_value.clone()
+                save_file(tensors, str(shard), metadata={"format": "pt"})
+    problem = load_problem(pool=pool, progress=False, echo=lambda _: None)
+    streamed = problem.unchanged_tensors()
+    assert problem._vectors is None  # nothing held
+    # the pooler is not in the (masked-LM) checkpoints: every model gets the same seeded initialisation of it
+    assert streamed == {"embeddings.word_embeddings.weight", "pooler.dense.weight", "pooler.dense.bias"}
+    problem.task_vectors()
+    assert problem.unchanged_tensors() == streamed
+
+
 def test_save_result_writes_hf_layout_and_loads_back(tiny_problem: AdaptProblem, tmp_path: Path):
     from mergesmith import load_merged
 

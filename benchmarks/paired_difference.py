@@ -1,0 +1,122 @@
+"""Is one merge really better than another on the bench? Paired bootstrap of the difference in normalized accuracy.
+
+Every merge is scored on the same test examples, so the honest comparison is paired: resample each task's test
+examples (with replacement, the same indices for every merge), recompute each merge's normalized accuracy (merged /
+expert accuracy per task, averaged over tasks, as `mergesmith bench` reports it) and read the 2.5 and 97.5
+percentiles of the difference against the first merge. A difference whose interval contains 0 is not a finding.
+
+    python benchmarks/paired_difference.py --cache-dir ~/.cache/mergesmith \\
+        'task_arithmetic:{lambda: 0.1}' 'ties:{density: 0.5, lambda: 0.7}' adapt:adamerging_layerwise
+
+Each merge is ``METHOD:{YAML params}`` (a tensor-wise method, merged in memory as the bench's grid does) or
+``adapt:METHOD[:{YAML params}]`` (a data-driven method, run as `mergesmith bench` runs it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import yaml
+
+
+def correctness(encoder_for, pool) -> dict[str, torch.Tensor]:
+    """Task -> bool [n_test]: whether the merged model's head prediction is right on each test example."""
+    from mergesmith.bench.encoder import split_features
+
+    out = {}
+    for task in pool.tasks:
+        features = split_features(encoder_for(task.name), task.test, pool.featurizer.pad_id)
+        with torch.no_grad():
+            out[task.name] = task.head(features).argmax(-1) == task.test.labels
+    return out
+
+
+def normalized(right: dict[str, torch.Tensor], expert: dict[str, float], rows: dict[str, torch.Tensor]) -> float:
+    return sum(float(right[t][rows[t]].float().mean()) / expert[t] for t in right) / len(right)
+
+
+def bootstrap(results: dict[str, dict[str, torch.Tensor]], expert: dict[str, float], samples: int, seed: int):
+    """Per merge: (normalized accuracy, [low, high] 95 % interval of its difference from the first merge)."""
+    names = list(results)
+    first = results[names[0]]
+    full = {t: torch.arange(len(v)) for t, v in first.items()}
+    generator = torch.Generator().manual_seed(seed)
+    diffs = {name: [] for name in names[1:]}
+    for _ in range(samples):
+        rows = {t: torch.randint(len(v), (len(v),), generator=generator) for t, v in first.items()}
+        reference = normalized(first, expert, rows)
+        for name in names[1:]:
+            diffs[name].append(normalized(results[name], expert, rows) - reference)
+    table = {names[0]: (normalized(first, expert, full), None)}
+    for name in names[1:]:
+        d = torch.tensor(diffs[name])
+        table[name] = (normalized(results[name], expert, full), (float(d.quantile(0.025)), float(d.quantile(0.975))))
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("merges", nargs="+", help="METHOD:{params} or adapt:METHOD[:{params}]; the first is the reference")
+    parser.add_argument("--cache-dir", default=os.environ.get("MERGESMITH_CACHE"))
+    parser.add_argument("--profile", default="default")
+    parser.add_argument("--samples", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    from transformers.utils import logging as hf_logging
+
+    from mergesmith.adapt import get_adapt_method
+    from mergesmith.adapt._spec import parse_params
+    from mergesmith.adapt.base_merge import anchor_merge
+    from mergesmith.adapt.problem import problem_from_pool
+    from mergesmith.bench.run import _profile_pool
+    from mergesmith.bench.sources import default_cache_dir
+    from mergesmith.bench.tasks import build_tasks
+
+    hf_logging.set_verbosity_error()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)
+    cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+    tasks = build_tasks(args.profile, cache, seed=args.seed, progress=False)
+    pool = _profile_pool(args.profile, tasks, cache, args.seed, False, lambda _: None)
+    problem = problem_from_pool(pool)
+
+    experts = {name: problem.load_encoder(problem.expert_dirs[name]) for name in problem.task_names}
+    expert_right = correctness(lambda t: experts[t], pool)
+    expert = {t: float(v.float().mean()) for t, v in expert_right.items()}
+    del experts
+
+    results = {}
+    for item in args.merges:
+        if item.startswith("adapt:"):
+            method, _, raw = item.removeprefix("adapt:").partition(":")
+            spec = get_adapt_method(method)
+            result = spec.run(problem, parse_params(spec, yaml.safe_load(raw) or {}), args.seed)
+            results[item] = correctness(result.encoder_for, pool)
+            del result
+        else:
+            method, _, raw = item.partition(":")
+            floating, _ = anchor_merge(problem, method, yaml.safe_load(raw) or {}, args.seed)
+            encoder = problem.encoder_with(floating)
+            results[item] = correctness(lambda _t: encoder, pool)
+        print(f"scored {item}", flush=True)
+
+    table = bootstrap(results, expert, args.samples, args.seed)
+    reference = args.merges[0]
+    print(f"\nnormalized accuracy (%), difference from {reference} with its paired 95 % bootstrap interval "
+          f"({args.samples} resamples of each task's {len(pool.tasks[0].test)} test examples)")
+    for name, (score, interval) in table.items():
+        if interval is None:
+            print(f"  {name:45s} {100 * score:6.2f}")
+        else:
+            low, high = interval
+            verdict = "not a difference" if low <= 0 <= high else ("better" if low > 0 else "worse")
+            print(f"  {name:45s} {100 * score:6.2f}   {100 * (score - table[reference][0]):+6.2f}  "
+                  f"[{100 * low:+.2f}, {100 * high:+.2f}]  {verdict}")
+
+
+if __name__ == "__main__":
+    main()
