@@ -180,7 +180,10 @@ def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: P
 def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
                          names: dict[str, str], conv1d: set[str],
                          ) -> tuple[dict[str, Path], dict[str, Tensor], list[str]]:
-    """RegMean++: layers merged in order, each task's Grams taken from a model whose earlier layers are merged."""
+    """RegMean++: layers merged in order, each task's Grams taken from a model whose earlier layers are merged.
+
+    Memory: besides the base and the task vectors, the merged weights so far, one stage's Grams of every task and
+    one stage's expert weights; each stage's Grams go to disk once its layers are solved."""
     from tqdm import tqdm
 
     from mergesmith.engine.layers import layer_counts, main_stack
@@ -192,25 +195,26 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
     linear_weights = set(weight_of.values())
     n = len(tasks)
 
-    def expert(i: int) -> dict[str, Tensor]:
-        return {k: b + vectors[tasks[i].name][k] for k, b in base.items()}
-
     # Section 3: every tensor that is not a linear layer's weight is averaged.
     merged = {k: b + sum(vectors[t.name][k] for t in tasks) / n for k, b in base.items() if k not in linear_weights}
-    grams: dict[str, dict[str, Tensor]] = {t.name: {} for t in tasks}
     regularised: list[str] = []
     stack = main_stack(list(base))
     depth = layer_counts(list(base)).get(stack, 0) if stack else 0
-    stages = sorted({stage_of(weight_of[m], stack, depth) for m in modules})
+    stage_index = {k: stage_of(k, stack, depth) for k in base}
+    stages = sorted({stage_index[weight_of[m]] for m in modules})
+    stage_files: dict[str, list[Path]] = {t.name: [] for t in tasks}
     for stage in tqdm(stages, desc="regmean_plusplus", unit="stage", leave=False):
-        stage_modules = {m: mod for m, mod in modules.items() if stage_of(weight_of[m], stack, depth) == stage}
+        stage_modules = {m: mod for m, mod in modules.items() if stage_index[weight_of[m]] == stage}
+        grams: dict[str, dict[str, Tensor]] = {}
         for i, task in enumerate(tasks):
-            own = expert(i)
-            # Layers before this stage are the merged model's; this layer (and later ones) are expert i's.
-            hybrid = {k: (merged[k] if stage_of(k, stack, depth) < stage else own[k]) for k in base}
+            # Layers before this stage are the merged model's, this layer is expert i's. Later layers cannot change
+            # this stage's inputs (and the forward stops once they are collected): they keep the base's tensors.
+            vector = vectors[task.name]
+            hybrid = {k: merged[k] if stage_index[k] < stage else (b + vector[k] if stage_index[k] == stage else b)
+                      for k, b in base.items()}
             found = task_grams(problem, task, encoder, stage_modules, params, seed + i, state=hybrid)
-            grams[task.name].update({weight_of[m]: g for m, g in found.items()})
-            del own, hybrid
+            grams[task.name] = {weight_of[m]: g for m, g in found.items()}
+            del hybrid, found
         for m in stage_modules:
             w = weight_of[m]
             weights = [base[w] + vectors[t.name][w] for t in tasks]
@@ -218,9 +222,27 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
                                                         params.ridge, conv1d=w in conv1d)
             if singular:
                 regularised.append(w)
-    statistics = {t.name: save_statistics(root / "statistics" / f"{t.name}.safetensors", grams[t.name], names)
+        for t in tasks:
+            path = root / "stages" / f"{t.name}.{len(stage_files[t.name])}.safetensors"
+            stage_files[t.name].append(save_statistics(path, grams[t.name], names))
+        del grams
+    statistics = {t.name: _join_statistics(stage_files[t.name], root / "statistics" / f"{t.name}.safetensors")
                   for t in tasks}
     return statistics, merged, regularised
+
+
+def _join_statistics(parts: list[Path], path: Path) -> Path:
+    """One statistics file from per-stage files (already keyed by the checkpoints' names); the parts are removed."""
+    from safetensors.torch import load_file, save_file
+
+    joined: dict[str, Tensor] = {}
+    for part in parts:
+        joined.update(load_file(str(part)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_file(joined, str(path), metadata={"format": "pt"})
+    for part in parts:
+        part.unlink()
+    return path
 
 
 def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:

@@ -87,3 +87,27 @@ def test_regmean_and_plusplus_end_to_end(tiny_problem, tmp_path: Path):
     average = base[norm] + (vectors["reviews"][norm] + vectors["topics"][norm]) / 2
     for name in states:
         torch.testing.assert_close(states[name][norm], average)
+
+
+def test_plusplus_grams_come_from_merged_earlier_layers_and_the_experts_own_layer(tiny_problem, tmp_path: Path):
+    """RegMean++'s Gram for a layer-1 linear equals the Gram recorded on a model with the merged embeddings and
+    layer 0 and expert's own layer 1 (built here from the result, independently of the layer sweep)."""
+    from mergesmith.adapt import get_adapt_method
+    from mergesmith.adapt._spec import parse_params
+    from mergesmith.adapt.regmean import task_grams
+    from mergesmith.adapt.result import save_result
+    from mergesmith.adapt.statistics import linear_modules
+
+    spec = get_adapt_method("regmean_plusplus")
+    params = parse_params(spec, {"num_examples": 6, "batch_size": 4})
+    result = spec.run(tiny_problem, params, 0)
+    out = save_result(result, tiny_problem, tmp_path / "pp")
+    i, task = 1, tiny_problem.tasks[1]
+    expert = tiny_problem.load_encoder(tiny_problem.expert_dirs[task.name]).state_dict()
+    state = {k: (expert[k] if k.startswith("encoder.layer.1.") else result.state_dict[k]) for k in result.state_dict}
+    encoder = tiny_problem.load_encoder(tiny_problem.base_dir)
+    module = "encoder.layer.1.intermediate.dense"
+    found = task_grams(tiny_problem, task, encoder, {module: linear_modules(encoder, "test")[module]}, params, 0 + i,
+                       state=state)
+    saved = load_file(str(out / "statistics" / f"{task.name}.safetensors"))[f"bert.{module}.weight"]
+    torch.testing.assert_close(saved, found[module], atol=1e-6, rtol=1e-5)
