@@ -54,17 +54,44 @@ class Params(BaseModel):
 # --- the inner level: pure math ---------------------------------------------------------------------------------------
 
 
-def bmm_weight(weights: list[Tensor], grams: list[Tensor], anchor: Tensor, rho: float, ridge: float = 1e-6) -> tuple[Tensor, bool]:
+class Sufficient:
+    """What the posterior mean of one module needs from the experts, whatever rho: sum_i G_i and sum_i G_i W_i^T
+    (float64), accumulated one expert at a time. The Bayesian-optimisation loop re-solves every module per trial
+    from these, so neither the per-task Grams nor the expert weights are held during the search."""
+
+    def __init__(self) -> None:
+        self.gram_sum: Tensor | None = None
+        self.cross_sum: Tensor | None = None
+
+    def add(self, gram: Tensor, weight: Tensor) -> None:
+        g = gram.double()
+        cross = g @ weight.double().T
+        if self.gram_sum is None:
+            self.gram_sum, self.cross_sum = g.clone(), cross
+        else:
+            self.gram_sum += g
+            self.cross_sum += cross
+
+
+def bmm_solve(stats: Sufficient, anchor: Tensor, rho: float, ridge: float = 1e-6) -> tuple[Tensor, bool]:
     """The posterior mean for one linear module (module docstring's equation); ``rho`` = inf returns the anchor."""
     if rho == float("inf"):
         return anchor.clone(), False
-    total = torch.stack([g.double() for g in grams]).sum(0)
+    total = stats.gram_sum
     scale = float(torch.diagonal(total).mean())
     lam = rho * (scale if scale > 0 else 1.0)
     lhs = total + lam * torch.eye(total.shape[0], dtype=total.dtype)
-    rhs = sum(g.double() @ w.double().T for g, w in zip(grams, weights)) + lam * anchor.double().T
+    rhs = stats.cross_sum + lam * anchor.double().T
     solution, regularised = solve_regression(lhs, rhs, ridge)
     return solution.T.to(anchor.dtype), regularised
+
+
+def bmm_weight(weights: list[Tensor], grams: list[Tensor], anchor: Tensor, rho: float, ridge: float = 1e-6) -> tuple[Tensor, bool]:
+    """``bmm_solve`` from the experts' weights ([out, in]) and Grams of one module."""
+    stats = Sufficient()
+    for g, w in zip(grams, weights):
+        stats.add(g, w)
+    return bmm_solve(stats, anchor, rho, ridge)
 
 
 def datafree_gram(task_vector: Tensor) -> Tensor:
@@ -114,28 +141,31 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
     needs = ({"validation"} if searching else set()) | (set() if datafree else {"validation"})
     check_needs(problem, method, frozenset(needs))
     base = problem.base_state()
-    vectors = problem.task_vectors()
     tasks = problem.tasks
     encoder = problem.load_encoder(problem.base_dir)
     modules = linear_modules(encoder, method)
     weight_of = {m: f"{m}.weight" for m in modules}
     conv1d = {weight_of[m] for m, module in modules.items() if is_conv1d(module)}  # stored [in, out]
 
+    # One expert at a time (memory: base, anchor, this expert, the sufficient statistics; never every task vector).
     # Anchor: task arithmetic (Ilharco et al. 2023), base + s * sum_i tau_i; its values stand for every other tensor.
-    anchor = {k: b + params.anchor_scale * sum(vectors[t.name][k] for t in tasks) for k, b in base.items()}
-    grams: dict[str, list[Tensor]] = {weight_of[m]: [] for m in modules}
-    if datafree:
-        for m in modules:
-            w = weight_of[m]
-            grams[w] = [datafree_gram(linear_layout(vectors[t.name][w], w in conv1d)) for t in tasks]
-    else:
-        gram_params = RegMeanParams(num_examples=params.num_examples, data="validation", batch_size=params.batch_size)
-        for i, task in enumerate(tqdm(tasks, desc=f"{method} grams", unit="task", leave=False)):
-            state = {k: b + vectors[task.name][k] for k, b in base.items()}
-            found = task_grams(problem, task, encoder, modules, gram_params, seed + i, state=state)
-            for m, g in found.items():
-                grams[weight_of[m]].append(g)
-            del state
+    anchor = {k: b.clone() for k, b in base.items()}
+    stats = {weight_of[m]: Sufficient() for m in modules}
+    gram_params = RegMeanParams(num_examples=params.num_examples, data="validation", batch_size=params.batch_size)
+    for i, task in enumerate(tqdm(tasks, desc=f"{method} statistics", unit="task", leave=False)):
+        expert = {k: v.detach().float() for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()
+                  if k in base}
+        for k, b in base.items():
+            anchor[k].add_(expert[k] - b, alpha=params.anchor_scale)
+        if datafree:
+            grams = {w: datafree_gram(linear_layout(expert[w] - base[w], w in conv1d)) for w in stats}
+        else:
+            found = task_grams(problem, task, encoder, modules, gram_params, seed + i, state=expert)
+            grams = {weight_of[m]: g for m, g in found.items()}
+            del found
+        for w, g in grams.items():
+            stats[w].add(g, linear_layout(expert[w], w in conv1d))
+        del expert, grams
     groups: dict[str, list[str]] = {}
     for m in modules:
         groups.setdefault(group_of(m, params.groups), []).append(weight_of[m])
@@ -147,9 +177,8 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
         for group, names in groups.items():
             for w in names:
                 c = w in conv1d
-                # built per module: no second copy of the vectors; solved in nn.Linear layout, stored layout back
-                experts = [linear_layout(base[w] + vectors[t.name][w], c) for t in tasks]
-                solution, singular = bmm_weight(experts, grams[w], linear_layout(anchor[w], c), rhos[group], params.ridge)
+                # solved in nn.Linear layout, stored layout back
+                solution, singular = bmm_solve(stats[w], linear_layout(anchor[w], c), rhos[group], params.ridge)
                 state[w] = linear_layout(solution, c).contiguous() if c else solution
                 if singular:
                     regularised.add(w)
