@@ -48,13 +48,21 @@ def job_cost(job: TensorJob, method: MethodSpec) -> int:
     if job.copy_from is not None:
         return job.out_nbytes * 2
     working = job.numel
-    if method.merge_block is not None and len(job.shape) > 1:
+    if blockwise(method, job) and len(job.shape) > 1:
         rows = max(b.stop - b.start for b in row_blocks(job.shape))
         working = rows * math.prod(job.shape[1:])
     held = len(job.inputs)
-    if method.one_expert_at_a_time and method.merge_block is not None and len(job.shape) > 0:
+    if method.one_expert_at_a_time and blockwise(method, job):
         held = min(held, 2)  # the base and the expert being added
     return (held + 2) * working * job.compute_dtype.itemsize + job.out_nbytes
+
+
+def blockwise(method: MethodSpec, job: TensorJob) -> bool:
+    """Whether the method merges this tensor block by block: it has ``merge_block``, the tensor is not 0-d, and
+    the tensor has no statistics unless they are per parameter (``statistics_by_row``)."""
+    if method.merge_block is None or len(job.shape) == 0:
+        return False
+    return method.statistics_by_row or getattr(job.params, "statistics", None) is not True
 
 
 def default_budget(plan: MergePlan) -> int:
@@ -162,7 +170,7 @@ class _ReadOnDemand(Sequence):
 def streams_rows(plan: MergePlan, job: TensorJob) -> bool:
     """Whether the job merges block by block (and so can hand its output over block by block)."""
     method = plan.method
-    return job.copy_from is None and method.merge_block is not None and method.context is not None and len(job.shape) > 0
+    return job.copy_from is None and method.context is not None and blockwise(method, job)
 
 
 def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock,

@@ -113,6 +113,10 @@ class MethodSpec:
     # shape (and its resolved Params) to the shape of its statistic (None: the tensor has none). Each model entry of the merge config then
     # names its statistics file (``statistics:``); the plan appends the statistics to ``experts``.
     statistics: Callable[[tuple[int, ...], Any], tuple[int, ...] | None] | None = None
+    # The statistics are per parameter, shaped like the tensor (Fisher): row blocks of the weights and of their
+    # statistics line up, so ``merge_block`` streams tensors with statistics too. Otherwise (RegMean's [in, in]
+    # Grams) a tensor with statistics is merged whole and only the tensors without them are streamed.
+    statistics_by_row: bool = False
     # For methods that keep per-task parts instead of one merged model (EMR, TALL masks): the output's kind
     # ("emr", "tall_masks"). Their ``merge`` returns ``(tensor, methods._per_task.PerTaskParts)``; the engine writes
     # the tensor as the model and the parts beside it (engine/side_outputs.py). Empty for plain methods.

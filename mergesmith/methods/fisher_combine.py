@@ -12,7 +12,7 @@ tensors and sets ``statistics``; a tensor without statistics is the weighted ave
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor
@@ -28,22 +28,51 @@ class Params:
 
 
 def fisher_average(thetas: Sequence[Tensor], fishers: Sequence[Tensor] | None, weights: Sequence[float], floor: float) -> Tensor:
-    """Eq. (3): sum_i w_i F_i theta_i / sum_i w_i F_i with F_i >= floor; the weighted average without Fishers."""
-    num = torch.zeros_like(thetas[0])
-    den = torch.zeros_like(thetas[0])
-    for i, theta in enumerate(thetas):
-        w = float(weights[i])
+    """Eq. (3): sum_i w_i F_i theta_i / sum_i w_i F_i with F_i >= floor; the weighted average without Fishers.
+    Model i's tensors are indexed when the sum reaches them (the engine may read each only then)."""
+    num = den = None
+    for i in range(len(thetas)):
+        theta = thetas[i]
+        if num is None:
+            num, den = torch.zeros_like(theta), torch.zeros_like(theta)
         f = fishers[i].to(theta.dtype).clamp_min(floor) if fishers is not None else torch.ones_like(theta)
-        num.addcmul_(f, theta, value=w)
-        den.add_(f, alpha=w)
+        num.addcmul_(f, theta, value=float(weights[i]))
+        den.add_(f, alpha=float(weights[i]))
+        del theta, f
+    assert num is not None, "fisher_combine needs at least one model"
     return num / den
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+class _Part(Sequence):
+    """Items ``start .. start + size`` of ``items``, indexed one at a time (a slice of the engine's on-demand
+    experts would read them all at once)."""
+
+    def __init__(self, items: Sequence[Tensor], start: int, size: int):
+        self.items, self.start, self.size = items, start, size
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __getitem__(self, index):  # type: ignore[override]
+        if not 0 <= index < self.size:
+            raise IndexError(index)
+        return self.items[self.start + index]
+
+
+def context(blocks, params: Params, rng) -> None:
+    return None
+
+
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
+    # The experts' tensors, then (with statistics) their Fishers in the same order; elementwise, so any row block.
     if params.statistics is True:  # the contract tests fill tensor facts with 0.5
         n = len(experts) // 2
-        return fisher_average(experts[:n], experts[n:], params.weight, params.fisher_floor)
+        return fisher_average(_Part(experts, 0, n), _Part(experts, n, n), params.weight, params.fisher_floor)
     return fisher_average(experts, None, params.weight, params.fisher_floor)
+
+
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+    return merge_block(base, experts, params, None, rng, 0)
 
 
 def statistics_shape(shape: tuple[int, ...], params=None) -> tuple[int, ...]:
@@ -57,5 +86,9 @@ SPEC = MethodSpec(
     paper="Matena & Raffel 2022, Merging Models with Fisher-Weighted Averaging, arXiv:2111.09832",
     base="unused",
     statistics=statistics_shape,
+    statistics_by_row=True,
+    context=context,
+    merge_block=merge_block,
+    one_expert_at_a_time=True,
     description="Fisher-weighted average; the per-model diagonal Fishers come from `mergesmith adapt fisher`",
 )

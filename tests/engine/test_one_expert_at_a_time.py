@@ -79,3 +79,76 @@ def test_job_cost_of_sum_like_methods_does_not_grow_with_the_experts(many_expert
         plan = plan_merge(_config(many_experts, method))
         job = max(plan.jobs, key=lambda j: j.numel)  # smaller than one row block: the whole tensor is the block
         assert job_cost(job, plan.method) == (held + 2) * job.numel * 4 + job.out_nbytes
+
+
+def _statistics_files(family, root, gram: bool) -> list:
+    """Per expert: a Fisher per floating tensor (``gram`` False) or an [in, in] Gram per 2-D weight (True)."""
+    from safetensors.torch import save_file
+
+    files = []
+    for i, expert in enumerate(family.experts):
+        g = torch.Generator().manual_seed(i)
+        stats = {}
+        for name, v in load_tensors(expert).items():
+            if not v.is_floating_point():
+                continue
+            if not gram:
+                stats[name] = torch.rand(v.shape, generator=g) + 0.1
+            elif v.dim() == 2 and "embed" not in name:
+                x = torch.randn(3 * v.shape[1], v.shape[1], generator=g)
+                stats[name] = x.T @ x / x.shape[0]
+        path = root / "stats" / f"stats_{i}.safetensors"
+        path.parent.mkdir(exist_ok=True)
+        save_file(stats, str(path))
+        files.append(path)
+    return files
+
+
+def test_fisher_reads_one_expert_and_its_fisher_at_a_time(monkeypatch, many_experts, tmp_path):
+    """Fisher is elementwise: weights and Fishers stream by row block together, two blocks per expert at a time,
+    and the bytes are those of eq. (3) on whole tensors."""
+    from mergesmith.methods.fisher_combine import fisher_average
+
+    files = _statistics_files(many_experts, tmp_path, gram=False)
+    config = {"merge_method": "fisher_combine", "dtype": "float32",
+              "models": [{"model": str(e), "statistics": str(f)} for e, f in zip(many_experts.experts, files)]}
+    live = {"now": 0, "peak": 0}
+    original = execute._Inputs.read
+
+    def read(self, ref, rows):
+        tensor = original(self, ref, rows)
+        live["now"] += 1
+        live["peak"] = max(live["peak"], live["now"])
+        weakref.finalize(tensor, lambda: live.__setitem__("now", live["now"] - 1))
+        return tensor
+
+    monkeypatch.setattr(execute._Inputs, "read", read)
+    out = merge(config, tmp_path / "out", threads=1).out_dir
+    assert live["peak"] <= 4, live["peak"]  # theta_i and F_i (and briefly the previous pair), never 32 tensors
+    merged = load_tensors(out)
+    experts = [load_tensors(e) for e in many_experts.experts]
+    from safetensors.torch import load_file
+
+    fishers = [load_file(str(f)) for f in files]
+    for name, tensor in merged.items():
+        expected = fisher_average([e[name] for e in experts], [f[name] for f in fishers], [1.0] * N_EXPERTS, 1e-6)
+        assert torch.equal(tensor, expected), name
+
+
+def test_regmean_streams_only_the_tensors_without_grams(many_experts, tmp_path):
+    """A Gram is not row-aligned with its weight: a tensor with Grams is solved whole (all experts and Grams held),
+    one without (embeddings, norms) is averaged one expert at a time."""
+    from mergesmith.api import plan_merge
+
+    files = _statistics_files(many_experts, tmp_path, gram=True)
+    plan = plan_merge({"merge_method": "regmean_combine", "dtype": "float32",
+                       "models": [{"model": str(e), "statistics": str(f)} for e, f in zip(many_experts.experts, files)]})
+    with_grams = [j for j in plan.jobs if j.params.statistics is True]
+    without = [j for j in plan.jobs if j.params.statistics is not True and len(j.shape) > 0]
+    assert with_grams and without
+    for job in with_grams:
+        assert not execute.streams_rows(plan, job)
+        assert job_cost(job, plan.method) == (2 * N_EXPERTS + 2) * job.numel * 4 + job.out_nbytes
+    for job in without:
+        assert execute.streams_rows(plan, job)
+        assert job_cost(job, plan.method) < (N_EXPERTS + 2) * job.numel * 4
