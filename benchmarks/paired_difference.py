@@ -39,22 +39,46 @@ def normalized(right: dict[str, torch.Tensor], expert: dict[str, float], rows: d
 
 
 def bootstrap(results: dict[str, dict[str, torch.Tensor]], expert: dict[str, float], samples: int, seed: int):
-    """Per merge: (normalized accuracy, [low, high] 95 % interval of its difference from the first merge)."""
+    """Per merge: (normalized accuracy, 95 % interval of its difference from the first merge, and from the merge
+    listed just before it); None for the first."""
     names = list(results)
     first = results[names[0]]
     full = {t: torch.arange(len(v)) for t, v in first.items()}
     generator = torch.Generator().manual_seed(seed)
-    diffs = {name: [] for name in names[1:]}
+    scores = {name: [] for name in names}
     for _ in range(samples):
         rows = {t: torch.randint(len(v), (len(v),), generator=generator) for t, v in first.items()}
-        reference = normalized(first, expert, rows)
-        for name in names[1:]:
-            diffs[name].append(normalized(results[name], expert, rows) - reference)
-    table = {names[0]: (normalized(first, expert, full), None)}
-    for name in names[1:]:
-        d = torch.tensor(diffs[name])
-        table[name] = (normalized(results[name], expert, full), (float(d.quantile(0.025)), float(d.quantile(0.975))))
+        for name in names:
+            scores[name].append(normalized(results[name], expert, rows))
+
+    def interval(a: str, b: str) -> tuple[float, float]:
+        d = torch.tensor(scores[a]) - torch.tensor(scores[b])
+        return float(d.quantile(0.025)), float(d.quantile(0.975))
+
+    table = {names[0]: (normalized(first, expert, full), None, None)}
+    for before, name in zip(names, names[1:]):
+        table[name] = (normalized(results[name], expert, full), interval(name, names[0]), interval(name, before))
     return table
+
+
+def _verdict(low: float, high: float) -> str:
+    return "no difference" if low <= 0 <= high else ("better" if low > 0 else "worse")
+
+
+def report(table: dict, samples: int, n_test: int) -> str:
+    names = list(table)
+    lines = [f"\nnormalized accuracy (%); differences with their paired 95 % bootstrap intervals ({samples} resamples "
+             f"of each task's {n_test} test examples), against the first merge and the one listed before"]
+    for i, (name, (score, against_first, against_previous)) in enumerate(table.items()):
+        line = f"  {name:42s} {100 * score:6.2f}"
+        for label, other, interval in (("first", names[0], against_first), ("previous", names[i - 1], against_previous)):
+            if interval is None or (label == "previous" and i == 1):
+                continue
+            low, high = interval
+            line += (f"   vs {other}: {100 * (score - table[other][0]):+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] "
+                     f"{_verdict(low, high)}")
+        lines.append(line)
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -104,19 +128,7 @@ def main() -> None:
             results[item] = correctness(lambda _t: encoder, pool)
         print(f"scored {item}", flush=True)
 
-    table = bootstrap(results, expert, args.samples, args.seed)
-    reference = args.merges[0]
-    print(f"\nnormalized accuracy (%), difference from {reference} with its paired 95 % bootstrap interval "
-          f"({args.samples} resamples of each task's {len(pool.tasks[0].test)} test examples)")
-    for name, (score, interval) in table.items():
-        if interval is None:
-            print(f"  {name:45s} {100 * score:6.2f}")
-        else:
-            low, high = interval
-            verdict = "not a difference" if low <= 0 <= high else ("better" if low > 0 else "worse")
-            print(f"  {name:45s} {100 * score:6.2f}   {100 * (score - table[reference][0]):+6.2f}  "
-                  f"[{100 * low:+.2f}, {100 * high:+.2f}]  {verdict}")
-
+    print(report(bootstrap(results, expert, args.samples, args.seed), args.samples, len(pool.tasks[0].test)))
 
 if __name__ == "__main__":
     main()
