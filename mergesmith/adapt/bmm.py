@@ -152,7 +152,7 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
     anchor = {k: b.clone() for k, b in base.items()}
     stats = {weight_of[m]: Sufficient() for m in modules}
     gram_params = RegMeanParams(num_examples=params.num_examples, data="validation", batch_size=params.batch_size)
-    for i, task in enumerate(tqdm(tasks, desc=f"{method} statistics", unit="task", leave=False)):
+    for i, task in enumerate(tqdm(tasks, desc=f"{method} statistics", unit="task", leave=False, disable=None)):
         expert = {k: v.detach().float() for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()
                   if k in base}
         for k, b in base.items():

@@ -87,7 +87,7 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
     # value whatever the Fishers (eq. 3 of equal thetas), so its Fisher is not computed; the engine averages it.
     skip = problem.unchanged_tensors()  # streamed: Fisher itself never needs the task vectors in memory
     info["unchanged_tensors"] = len(skip)
-    for i, task in enumerate(tqdm(problem.tasks, desc="fisher", unit="task", leave=False)):
+    for i, task in enumerate(tqdm(problem.tasks, desc="fisher", unit="task", leave=False, disable=None)):
         encoder = problem.load_encoder(problem.expert_dirs[task.name])
         fisher = diagonal_fisher(problem, task, encoder, params, seed + i, skip)
         if names is None:

@@ -149,7 +149,7 @@ def _regmean_statistics(problem: AdaptProblem, params: Params, seed: int, encode
     from tqdm import tqdm
 
     statistics: dict[str, Path] = {}
-    for i, task in enumerate(tqdm(problem.tasks, desc="regmean", unit="task", leave=False)):
+    for i, task in enumerate(tqdm(problem.tasks, desc="regmean", unit="task", leave=False, disable=None)):
         expert = {k: v for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()}
         found = task_grams(problem, task, encoder, modules, params, seed + i, state=expert)
         del expert
@@ -203,7 +203,7 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
     stage_index = {k: stage_of(k, stack, depth) for k in base}
     stages = sorted({stage_index[weight_of[m]] for m in modules})
     stage_files: dict[str, list[Path]] = {t.name: [] for t in tasks}
-    for stage in tqdm(stages, desc="regmean_plusplus", unit="stage", leave=False):
+    for stage in tqdm(stages, desc="regmean_plusplus", unit="stage", leave=False, disable=None):
         stage_modules = {m: mod for m, mod in modules.items() if stage_index[weight_of[m]] == stage}
         grams: dict[str, dict[str, Tensor]] = {}
         for i, task in enumerate(tasks):
