@@ -153,8 +153,7 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
     stats = {weight_of[m]: Sufficient() for m in modules}
     gram_params = RegMeanParams(num_examples=params.num_examples, data="validation", batch_size=params.batch_size)
     for i, task in enumerate(tqdm(tasks, desc=f"{method} statistics", unit="task", leave=False, disable=None)):
-        expert = {k: v.detach().float() for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()
-                  if k in base}
+        expert = problem.expert_state(task.name)
         for k, b in base.items():
             anchor[k].add_(expert[k] - b, alpha=params.anchor_scale)
         if datafree:

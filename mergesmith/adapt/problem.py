@@ -101,15 +101,22 @@ class AdaptProblem:
             self._buffers = {k: v.detach().clone() for k, v in state.items() if not v.is_floating_point()}
         return self._base
 
+    def expert_state(self, task: str) -> dict[str, Tensor]:
+        """Task ``task``'s expert: its floating tensors (those of the base) in fp32, loaded afresh (not held), for
+        methods that stream the experts one at a time instead of holding every task vector."""
+        base = self.base_state()
+        state = self.load_encoder(self.expert_dirs[task]).state_dict()
+        return {k: state[k].detach().float() for k in base}
+
     def task_vectors(self) -> dict[str, dict[str, Tensor]]:
         """Per task: expert - base over the floating tensors (fp32), held once; experts are loaded one at a time."""
         if self._vectors is None:
             base = self.base_state()
             vectors = {}
-            for name, path in self.expert_dirs.items():
-                state = self.load_encoder(path).state_dict()
-                vectors[name] = {k: state[k].detach().float() - b for k, b in base.items()}
-                del state
+            for name in self.expert_dirs:
+                expert = self.expert_state(name)
+                vectors[name] = {k: expert[k] - b for k, b in base.items()}
+                del expert
             self._vectors = vectors
         return self._vectors
 
@@ -121,10 +128,10 @@ class AdaptProblem:
         if self._vectors is not None:
             return frozenset(k for k in base if all(not bool(v[k].any()) for v in self._vectors.values()))
         changed: set[str] = set()
-        for path in self.expert_dirs.values():
-            state = self.load_encoder(path).state_dict()
-            changed.update(k for k, b in base.items() if k not in changed and not torch.equal(state[k].detach().float(), b))
-            del state
+        for name in self.expert_dirs:
+            expert = self.expert_state(name)
+            changed.update(k for k, b in base.items() if k not in changed and not torch.equal(expert[k], b))
+            del expert
         return frozenset(k for k in base if k not in changed)
 
     def full_state(self, floating: dict[str, Tensor]) -> dict[str, Tensor]:

@@ -275,7 +275,6 @@ def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
     name = "e_wemoe" if efficient else "wemoe"
     check_needs(problem, name, frozenset({"unlabeled"}))
     base = problem.base_state()
-    all_vectors = problem.task_vectors()
     task_names = problem.task_names
     probe = problem.load_encoder(problem.base_dir)
     blocks = mlp_blocks(probe)  # fails early, naming the layouts, when the architecture has no MLP block
@@ -284,15 +283,18 @@ def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
     mlp_set = set(mlp_names)
     density = params.density if efficient else 1.0
 
+    # One expert at a time: only the MLP task vectors (the MoE's experts) are kept, never every full task vector.
     # Step 2: task arithmetic outside the MLP blocks; the MLP tensors keep the base (their MoE adds the vectors).
-    floating = {}
-    for key, b in base.items():
-        if key in mlp_set:
-            floating[key] = b
-        else:
-            floating[key] = b + params.init_lambda * sum(all_vectors[t][key] for t in task_names)
-    # Step 6 (a): E-WEMoE sparsifies every MLP task-vector tensor.
-    vectors = [{key: sparsify(all_vectors[t][key], density) for key in mlp_names} for t in task_names]
+    floating = {key: (b if key in mlp_set else b.clone()) for key, b in base.items()}
+    vectors = []
+    for t in task_names:
+        expert = problem.expert_state(t)
+        for key, b in base.items():
+            if key not in mlp_set:
+                floating[key].add_(expert[key] - b, alpha=params.init_lambda)
+        # Step 6 (a): E-WEMoE sparsifies every MLP task-vector tensor.
+        vectors.append({key: sparsify(expert[key] - base[key], density) for key in mlp_names})
+        del expert
 
     model = problem.encoder_with(floating)
     model.requires_grad_(False)

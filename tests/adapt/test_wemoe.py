@@ -121,6 +121,20 @@ def test_entropy_falls_and_one_model_serves_every_task(results):
     assert wemoe.kind == "wemoe"
 
 
+def test_static_part_is_task_arithmetic_and_the_moe_holds_the_mlp_vectors(tiny_problem: AdaptProblem, results):
+    """Step 2 and 3, from the experts streamed one at a time: outside the MLPs base + 0.3 sum tau, inside the base
+    (the MoE adds the routed vectors), and the MoE's stacked vectors are the experts' MLP task vectors."""
+    wemoe, _ = results
+    base, vectors = tiny_problem.base_state(), tiny_problem.task_vectors()
+    names = tiny_problem.task_names
+    attention = "encoder.layer.0.attention.self.query.weight"
+    torch.testing.assert_close(wemoe.state_dict[attention], base[attention] + 0.3 * sum(vectors[t][attention] for t in names))
+    mlp = "encoder.layer.1.intermediate.dense.weight"
+    assert torch.equal(wemoe.state_dict[mlp], base[mlp])
+    for i, t in enumerate(names):
+        assert torch.equal(wemoe.extras[f"tau.{i}.{mlp}"], vectors[t][mlp])
+
+
 def test_e_wemoe_adds_far_fewer_parameters(results):
     wemoe, e_wemoe = results
     # tiny BERT: 2 layers x (64x128 + 128 + 128x64 + 64) MLP parameters per model, 2 task vectors
