@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
@@ -101,12 +101,12 @@ class AdaptProblem:
             self._buffers = {k: v.detach().clone() for k, v in state.items() if not v.is_floating_point()}
         return self._base
 
-    def expert_state(self, task: str) -> dict[str, Tensor]:
-        """Task ``task``'s expert: its floating tensors (those of the base) in fp32, loaded afresh (not held), for
-        methods that stream the experts one at a time instead of holding every task vector."""
+    def expert_state(self, task: str, keys: Iterable[str] | None = None) -> dict[str, Tensor]:
+        """Task ``task``'s expert: its floating tensors (those of the base, or only ``keys``) in fp32, loaded afresh
+        (not held), for methods that stream the experts one at a time instead of holding every task vector."""
         base = self.base_state()
         state = self.load_encoder(self.expert_dirs[task]).state_dict()
-        return {k: state[k].detach().float() for k in base}
+        return {k: state[k].detach().float() for k in (base if keys is None else keys)}
 
     def task_vectors(self) -> dict[str, dict[str, Tensor]]:
         """Per task: expert - base over the floating tensors (fp32), held once; experts are loaded one at a time."""

@@ -182,21 +182,28 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
                          ) -> tuple[dict[str, Path], dict[str, Tensor], list[str]]:
     """RegMean++: layers merged in order, each task's Grams taken from a model whose earlier layers are merged.
 
-    Memory: besides the base and the task vectors, the merged weights so far, one stage's Grams of every task and
-    one stage's expert weights; each stage's Grams go to disk once its layers are solved."""
+    Memory: the base, the merged weights so far, and one stage's Grams and expert tensors of every task; the
+    experts are read again for each stage rather than held, and each stage's Grams go to disk once it is solved."""
     from tqdm import tqdm
 
     from mergesmith.engine.layers import layer_counts, main_stack
 
     base = problem.base_state()
-    vectors = problem.task_vectors()
     tasks = problem.tasks
     weight_of = {m: f"{m}.weight" for m in modules}
     linear_weights = set(weight_of.values())
     n = len(tasks)
 
     # Section 3: every tensor that is not a linear layer's weight is averaged.
-    merged = {k: b + sum(vectors[t.name][k] for t in tasks) / n for k, b in base.items() if k not in linear_weights}
+    others = [k for k in base if k not in linear_weights]
+    merged = {k: torch.zeros_like(base[k]) for k in others}
+    for task in tasks:
+        expert = problem.expert_state(task.name, others)
+        for k in others:
+            merged[k].add_(expert[k])
+        del expert
+    for k in others:
+        merged[k].div_(n)
     regularised: list[str] = []
     stack = main_stack(list(base))
     depth = layer_counts(list(base)).get(stack, 0) if stack else 0
@@ -206,18 +213,20 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
     for stage in tqdm(stages, desc="regmean_plusplus", unit="stage", leave=False, disable=None):
         stage_modules = {m: mod for m, mod in modules.items() if stage_index[weight_of[m]] == stage}
         grams: dict[str, dict[str, Tensor]] = {}
+        stage_weights: dict[str, dict[str, Tensor]] = {}
+        own_keys = [k for k in base if stage_index[k] == stage]
         for i, task in enumerate(tasks):
             # Layers before this stage are the merged model's, this layer is expert i's. Later layers cannot change
             # this stage's inputs (and the forward stops once they are collected): they keep the base's tensors.
-            vector = vectors[task.name]
-            hybrid = {k: merged[k] if stage_index[k] < stage else (b + vector[k] if stage_index[k] == stage else b)
-                      for k, b in base.items()}
+            own = problem.expert_state(task.name, own_keys)
+            hybrid = {k: merged[k] if stage_index[k] < stage else own.get(k, b) for k, b in base.items()}
             found = task_grams(problem, task, encoder, stage_modules, params, seed + i, state=hybrid)
             grams[task.name] = {weight_of[m]: g for m, g in found.items()}
-            del hybrid, found
+            stage_weights[task.name] = {weight_of[m]: own[weight_of[m]] for m in stage_modules}
+            del hybrid, found, own
         for m in stage_modules:
             w = weight_of[m]
-            weights = [base[w] + vectors[t.name][w] for t in tasks]
+            weights = [stage_weights[t.name][w] for t in tasks]
             merged[w], singular = regmean_weight_stored(weights, [grams[t.name][w] for t in tasks], params.alpha,
                                                         params.ridge, conv1d=w in conv1d)
             if singular:
@@ -225,7 +234,7 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
         for t in tasks:
             path = root / "stages" / f"{t.name}.{len(stage_files[t.name])}.safetensors"
             stage_files[t.name].append(save_statistics(path, grams[t.name], names))
-        del grams
+        del grams, stage_weights
     statistics = {t.name: _join_statistics(stage_files[t.name], root / "statistics" / f"{t.name}.safetensors")
                   for t in tasks}
     return statistics, merged, regularised
