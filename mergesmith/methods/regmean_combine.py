@@ -62,9 +62,19 @@ def solve_regression(lhs: Tensor, rhs: Tensor, ridge: float) -> tuple[Tensor, bo
 
 def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, ridge: float) -> tuple[Tensor, bool]:
     """Eq. (3) for one linear layer: ``weights`` in nn.Linear layout [out, in], ``grams`` [in, in]."""
-    reduced = [reduce_off_diagonal(g.double(), alpha) for g in grams]
-    lhs = torch.stack(reduced).sum(0)
-    rhs = sum(g @ w.double().T for g, w in zip(reduced, weights))  # sum_i G~_i W_i^T : [in, out]
+    # Accumulated one model at a time: the float64 working set is two [in, in] and one [in, out] matrices, not
+    # every model's reduced Gram (6 x 19 MB for a 1536-wide input) plus their stack.
+    lhs = rhs = None
+    for g, w in zip(grams, weights):
+        reduced = reduce_off_diagonal(g.double(), alpha)
+        term = reduced @ w.double().T  # G~_i W_i^T : [in, out]
+        if lhs is None:
+            lhs, rhs = reduced.clone(), term
+        else:
+            lhs += reduced
+            rhs += term
+        del reduced, term
+    assert lhs is not None and rhs is not None, "regmean_weight needs at least one model"
     solution, regularised = solve_regression(lhs, rhs, ridge)
     return solution.T.to(weights[0].dtype), regularised
 
