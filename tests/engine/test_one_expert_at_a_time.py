@@ -30,8 +30,8 @@ def _config(family, method: str) -> dict:
     return config
 
 
-def _peak_live_blocks(monkeypatch, family, method: str, out) -> int:
-    """The most input blocks alive at once while merging with one worker thread."""
+def _peak_live_reads(monkeypatch, config: dict, out):
+    """``(the most input blocks alive at once, the output directory)`` for a merge with one worker thread."""
     live = {"now": 0, "peak": 0}
     original = execute._Inputs.read
 
@@ -43,8 +43,12 @@ def _peak_live_blocks(monkeypatch, family, method: str, out) -> int:
         return tensor
 
     monkeypatch.setattr(execute._Inputs, "read", read)
-    merge(_config(family, method), out, threads=1)
-    return live["peak"]
+    result = merge(config, out, threads=1)
+    return live["peak"], result.out_dir
+
+
+def _peak_live_blocks(monkeypatch, family, method: str, out) -> int:
+    return _peak_live_reads(monkeypatch, _config(family, method), out)[0]
 
 
 @pytest.mark.parametrize("method", ["linear", "task_arithmetic"])
@@ -112,19 +116,8 @@ def test_fisher_reads_one_expert_and_its_fisher_at_a_time(monkeypatch, many_expe
     files = _statistics_files(many_experts, tmp_path, gram=False)
     config = {"merge_method": "fisher_combine", "dtype": "float32",
               "models": [{"model": str(e), "statistics": str(f)} for e, f in zip(many_experts.experts, files)]}
-    live = {"now": 0, "peak": 0}
-    original = execute._Inputs.read
-
-    def read(self, ref, rows):
-        tensor = original(self, ref, rows)
-        live["now"] += 1
-        live["peak"] = max(live["peak"], live["now"])
-        weakref.finalize(tensor, lambda: live.__setitem__("now", live["now"] - 1))
-        return tensor
-
-    monkeypatch.setattr(execute._Inputs, "read", read)
-    out = merge(config, tmp_path / "out", threads=1).out_dir
-    assert live["peak"] <= 4, live["peak"]  # theta_i and F_i (and briefly the previous pair), never 32 tensors
+    peak, out = _peak_live_reads(monkeypatch, config, tmp_path / "out")
+    assert peak <= 4, peak  # theta_i and F_i (and briefly the previous pair), never 32 tensors
     merged = load_tensors(out)
     experts = [load_tensors(e) for e in many_experts.experts]
     from safetensors.torch import load_file
