@@ -81,6 +81,28 @@ def report(table: dict, samples: int, n_test: int) -> str:
     return "\n".join(lines)
 
 
+def parse_merge(item: str) -> tuple[bool, str, dict]:
+    """``METHOD:{params}`` or ``adapt:METHOD[:{params}]`` -> (is adapt, method, params); an unknown method, bad
+    YAML or parameters that fail the method's schema raise with a one-line message."""
+    from mergesmith.adapt import get_adapt_method
+    from mergesmith.adapt._spec import parse_params
+    from mergesmith.methods import METHODS
+
+    adapt = item.startswith("adapt:")
+    method, _, raw = item.removeprefix("adapt:").partition(":")
+    try:
+        params = yaml.safe_load(raw) if raw else {}
+    except yaml.YAMLError as e:
+        raise ValueError(f"{item!r}: the parameters are not YAML ({str(e).splitlines()[0]}); write e.g. '{{lambda: 0.3}}'") from None
+    if not isinstance(params, dict):
+        raise ValueError(f"{item!r}: the parameters must be a YAML mapping such as '{{lambda: 0.3}}'")
+    if adapt:
+        parse_params(get_adapt_method(method), params)
+    elif method not in METHODS:
+        raise ValueError(f"{item!r}: unknown method {method!r}; known: {', '.join(sorted(METHODS))} (or adapt:METHOD)")
+    return adapt, method, params
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("merges", nargs="+", help="METHOD:{params} or adapt:METHOD[:{params}]; the first is the reference")
@@ -99,6 +121,12 @@ def main() -> None:
     from mergesmith.bench.run import _profile_pool
     from mergesmith.bench.sources import default_cache_dir
     from mergesmith.bench.tasks import build_tasks
+    from mergesmith.errors import MergesmithError
+
+    try:  # every merge is checked before the minutes of scoring start
+        merges = {item: parse_merge(item) for item in args.merges}
+    except (ValueError, MergesmithError) as e:
+        parser.error(str(e))
 
     hf_logging.set_verbosity_error()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -114,16 +142,14 @@ def main() -> None:
     del experts
 
     results = {}
-    for item in args.merges:
-        if item.startswith("adapt:"):
-            method, _, raw = item.removeprefix("adapt:").partition(":")
+    for item, (adapt, method, params) in merges.items():
+        if adapt:
             spec = get_adapt_method(method)
-            result = spec.run(problem, parse_params(spec, yaml.safe_load(raw) or {}), args.seed)
+            result = spec.run(problem, parse_params(spec, params), args.seed)
             results[item] = correctness(result.encoder_for, pool)
             del result
         else:
-            method, _, raw = item.partition(":")
-            floating, _ = anchor_merge(problem, method, yaml.safe_load(raw) or {}, args.seed)
+            floating, _ = anchor_merge(problem, method, params, args.seed)
             encoder = problem.encoder_with(floating)
             results[item] = correctness(lambda _t: encoder, pool)
         print(f"scored {item}", flush=True)

@@ -39,3 +39,19 @@ def test_paired_bootstrap_separates_a_real_gain_from_a_relabelling():
     assert low < 0 < high and table["shuffled"][0] == table["ref"][0]
     text = pd.report(table, 400, 1000)
     assert "vs ref" in text and "better" in text and "no difference" in text
+
+
+def test_merges_are_checked_before_scoring():
+    import pytest
+
+    from mergesmith.errors import MergesmithError
+
+    pd = _module()
+    assert pd.parse_merge("ties:{density: 0.5, lambda: 0.7}") == (False, "ties", {"density": 0.5, "lambda": 0.7})
+    assert pd.parse_merge("adapt:regmean") == (True, "regmean", {})
+    with pytest.raises(ValueError, match="unknown method 'nosuch'"):
+        pd.parse_merge("nosuch:{}")
+    with pytest.raises(ValueError, match="not YAML"):
+        pd.parse_merge("ties:{lambda: [")
+    with pytest.raises(MergesmithError, match="parameter 'lr'"):
+        pd.parse_merge("adapt:wemoe:{lr: -1}")
