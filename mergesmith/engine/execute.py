@@ -158,8 +158,8 @@ class _ReadOnDemand(Sequence):
         return len(self.refs)
 
     def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):
-            return [self.inputs.read(ref, self.rows) for ref in self.refs[index]]
+        if isinstance(index, slice):  # still on demand: e.g. the models' tensors and their statistics, apart
+            return _ReadOnDemand(self.inputs, self.refs[index], self.rows)
         return self.inputs.read(self.refs[index], self.rows)
 
     def __iter__(self) -> Iterator[torch.Tensor]:
