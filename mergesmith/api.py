@@ -16,11 +16,10 @@ import yaml
 from mergesmith import __version__
 from mergesmith.config import MergeConfig, load_config, parameter_warnings, referenced_models
 from mergesmith.engine.execute import ExecutionReport, execute
-from mergesmith.engine.layers import layer_counts
-from mergesmith.engine.plan import MergePlan, TensorJob, build_plan, tensor_fact_values
-from mergesmith.engine.rng import TensorRng
+from mergesmith.engine.in_memory import merged_tensors
+from mergesmith.engine.plan import MergePlan, TensorJob, build_plan
 from mergesmith.engine.side_outputs import open_side_writer
-from mergesmith.errors import ConfigError, MergesmithError
+from mergesmith.errors import MergesmithError
 from mergesmith.io import open_checkpoint
 from mergesmith.io.atomic import StagedOutput
 from mergesmith.io.hash_cache import hash_files
@@ -33,7 +32,6 @@ from mergesmith.io.model_files import (
 )
 from mergesmith.io.writer import ShardedWriter, parse_size
 from mergesmith.methods import METHODS, get_method
-from mergesmith.methods._spec import param_infos
 
 
 @dataclass
@@ -183,7 +181,9 @@ def merge_state_dicts(
     """Merge state dicts with one method. Scalars apply to every expert; per-model parameters also take a list.
 
     >>> merge_state_dicts(base, [sd1, sd2], "ties", density=0.2, weight=[0.5, 0.5])
-    Tensors are merged in fp32 (fp64 stays fp64) and returned in the experts' dtype.
+    Tensors are merged in fp32 (fp64 stays fp64) and returned in the experts' dtype. Every error is a
+    MergesmithError: an unknown method or a bad parameter a ConfigError (before any tensor is merged), a method
+    failing on a tensor one that names the tensor.
     """
     spec = get_method(method)
     if spec.side_outputs:
@@ -193,55 +193,24 @@ def merge_state_dicts(
         raise MergesmithError("merge_state_dicts needs at least one expert state dict")
     if spec.base == "required" and base is None:
         raise MergesmithError(f"method {method} needs the base model's state dict")
-    values = _params_for(spec, len(experts), params)
     names = list(experts[0])
     for i, sd in enumerate(experts[1:], start=1):
         if set(sd) != set(names):
             diff = sorted(set(sd) ^ set(names))[:3]
             raise MergesmithError(f"expert {i} has different tensor names than expert 0 (e.g. {diff}); merge models of one architecture")
     out: dict[str, torch.Tensor] = {}
-    counts = layer_counts(names)  # where each tensor sits, for depth-scaled methods (as the engine's plan)
     non_matrix = 0
-    for name in names:
-        first = experts[0][name]
-        if not first.is_floating_point():
+    for name, first, merged in merged_tensors(spec, base, experts, params, seed, reference=experts[0]):
+        if merged is None:
             out[name] = first.clone()
             continue
-        compute = torch.float64 if first.dtype == torch.float64 else torch.float32
-        base_t = base[name].to(compute) if base is not None and spec.base != "unused" else None
-        tensors = [sd[name].to(compute) for sd in experts]
-        params_t = spec.params(**values, **tensor_fact_values(spec.params, name, counts))
-        merged = spec.merge(base_t, tensors, params_t, TensorRng(seed, name))
+        assert isinstance(merged, torch.Tensor)  # methods with per-task parts are refused above
         out[name] = merged.to(first.dtype)
         non_matrix += first.dim() != 2
     if spec.non_matrix and non_matrix:
         warnings.warn(f"{spec.name}: {non_matrix} tensors are not 2-D matrices (biases, norms); {spec.non_matrix}",
                       stacklevel=2)
     return out
-
-
-def _params_for(spec, n_experts: int, given: dict[str, Any]) -> dict[str, Any]:
-    infos = param_infos(spec.params)
-    unknown = sorted(set(given) - set(infos))
-    if unknown:
-        raise ConfigError(f"unknown parameter {unknown[0]!r} for {spec.name}; allowed: {', '.join(sorted(infos))}")
-    values: dict[str, Any] = {}
-    for name, info in infos.items():
-        if name in given:
-            value = given[name]
-        elif info.required:
-            raise ConfigError(f"method {spec.name} needs parameter {name!r}")
-        else:
-            value = info.default
-        if info.per_model:
-            if isinstance(value, (list, tuple)):
-                if len(value) != n_experts:
-                    raise ConfigError(f"parameter {name!r} has {len(value)} values for {n_experts} experts")
-                value = tuple(value)
-            else:
-                value = (value,) * n_experts
-        values[info.field_name] = value
-    return values
 
 
 __all__ = ["merge", "merge_state_dicts", "plan_merge", "MergeResult", "METHODS"]

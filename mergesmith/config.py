@@ -13,7 +13,6 @@ its configs mean the same thing:
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any, Union
 
@@ -22,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from mergesmith.errors import ConfigError
 from mergesmith.methods import METHODS, MethodSpec
-from mergesmith.methods._spec import ParamInfo, param_infos
+from mergesmith.methods._spec import MISSING, ParamInfo, param_infos
 
 Scalar = Union[bool, int, float, str]
 
@@ -246,7 +245,7 @@ def _check_parameter_block(
                 "move it to the top-level (or slice) parameters"
             )
         for value in _leaf_values(setting):
-            coerce_value(infos[key], value, f"{label}: {where}.{key}")
+            infos[key].coerce(value, f"{label}: {where}.{key}")  # the declared type and rules (methods/_spec.py)
 
 
 def allowed_here(info: ParamInfo, allow_global: bool) -> bool:
@@ -262,78 +261,6 @@ def _leaf_values(setting: ParameterSetting) -> list[Scalar]:
             out.extend(_leaf_values(item))
         return out
     return [setting]
-
-
-# Ranges checked in the plan, so a bad value never reaches a half-written output.
-_RANGES: dict[str, tuple[float, float, bool, bool]] = {
-    # name: (low, high, low inclusive, high inclusive)
-    "density": (0.0, 1.0, False, True),
-    "gamma": (0.0, 1.0, True, False),
-    "epsilon": (0.0, 1.0, True, False),
-    "select_topk": (0.0, 1.0, False, True),
-    "sv_reduction": (0.0, 1.0, False, True),
-    "common_space_fraction": (0.0, 1.0, True, True),
-    "rank_ratio": (0.0, 1.0, False, True),
-    # wudi, doge_ta, consensus, tall_masks (issue 5)
-    "steps": (0.0, math.inf, True, False),
-    "subspace": (1.0, math.inf, True, False),
-    "k": (0.0, math.inf, True, False),
-    "tall_mask_lambda": (0.0, math.inf, True, False),
-    "input_axis": (0.0, 1.0, True, True),  # regmean_combine: 0 (Conv1D) or 1 (nn.Linear); an int, so nothing between
-}
-# String parameters with a fixed set of values, checked in the plan as well.
-_CHOICES: dict[str, tuple[str, ...]] = {
-    "aggregation": ("task_arithmetic", "ties"),  # consensus, tall_masks
-    "rescale_by": ("sum", "tensor_means"),  # emr
-}
-
-
-def coerce_value(info: ParamInfo, value: Any, where: str) -> Any:
-    """Convert a YAML scalar to the parameter's type, or raise a ConfigError saying what is expected."""
-    kind = _scalar_kind(info)
-    if kind is bool:
-        if isinstance(value, bool):
-            return value
-        raise ConfigError(f"{where}: expected true or false, got {value!r}")
-    if kind in (float, int):
-        if isinstance(value, bool):
-            raise ConfigError(f"{where}: expected a number, got {value!r}")
-        if isinstance(value, str):
-            try:
-                value = float(value)  # PyYAML reads 1e-3 as a string
-            except ValueError:
-                raise ConfigError(f"{where}: expected a number, got {value!r}") from None
-        if not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise ConfigError(f"{where}: expected a finite number, got {value!r}")
-        if kind is int:
-            if float(value) != int(value):
-                raise ConfigError(f"{where}: expected an integer, got {value!r}")
-            value = int(value)
-        else:
-            value = float(value)
-        bounds = _RANGES.get(info.name)
-        if bounds:
-            low, high, low_in, high_in = bounds
-            ok_low = value >= low if low_in else value > low
-            ok_high = value <= high if high_in else value < high
-            if not (ok_low and ok_high):
-                interval = f"{'[' if low_in else '('}{low:g}, {high:g}{']' if high_in else ')'}"
-                raise ConfigError(f"{where}: {info.name} must be in {interval}, got {value:g}")
-        return value
-    if kind is str:
-        choices = _CHOICES.get(info.name)
-        if choices and str(value) not in choices:
-            raise ConfigError(f"{where}: {info.name} must be one of {', '.join(choices)}, got {value!r}")
-        return str(value)
-    return value
-
-
-def _scalar_kind(info: ParamInfo) -> type:
-    text = str(info.type)
-    for name, kind in (("bool", bool), ("int", int), ("float", float), ("str", str)):
-        if name in text:
-            return kind
-    return float
 
 
 def referenced_models(config: MergeConfig) -> list[str]:
@@ -398,19 +325,15 @@ def _numeric(value: Any) -> bool:
         return False
 
 
-def resolve_parameter(
-    info: ParamInfo, scopes: list[Parameters | None], tensor_name: str, t: float, where: str
-) -> Any:
-    """The first scope whose setting resolves wins; otherwise the default; a required parameter must be set."""
+def resolve_setting(name: str, scopes: list[Parameters | None], tensor_name: str, t: float) -> Any:
+    """The value of parameter ``name`` for one tensor: the first scope whose setting resolves wins; MISSING when
+    none does (``MethodSpec.make_params`` then takes the default, or refuses a required parameter)."""
     for scope in scopes:
-        if scope and info.name in scope:
-            value = evaluate_setting(scope[info.name], tensor_name, t)
+        if scope and name in scope:
+            value = evaluate_setting(scope[name], tensor_name, t)
             if value is not None:
-                return coerce_value(info, value, where)
-    if info.required:
-        raise ConfigError(f"{where}: missing required parameter {info.name!r}; set it under parameters")
-    return info.default
-
+                return value
+    return MISSING
 
 
 # ----------------------------------------------------------------------------------------------------------------

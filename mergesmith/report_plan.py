@@ -63,6 +63,7 @@ def format_methods() -> str:
         for pname, info in param_infos(spec.params).items():
             scope = "per model" if info.per_model else "global"
             default = "required" if info.required else f"default {_fmt_value(info.default)}"
+            rule = f", {info.rule()}" if info.rule() else ""
             doc = f" - {info.doc}" if info.doc else ""
-            lines.append(f"  {pname} ({scope}, {default}){doc}")
+            lines.append(f"  {pname} ({scope}, {default}{rule}){doc}")
     return "\n".join(lines)

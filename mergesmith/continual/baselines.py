@@ -61,4 +61,4 @@ def ties_step(base: Tensor, previous: Tensor, new: Tensor, params: TiesParams, c
     previous_tv = (previous - base) / params.lambda_
     tie_params = ties.Params(weight=(float(ctx.count), 1.0), density=(params.density, params.density),
                              lambda_=params.lambda_)
-    return ties.merge(base, [base + previous_tv, new], tie_params)
+    return ties.SPEC.merge(base, [base + previous_tv, new], tie_params)

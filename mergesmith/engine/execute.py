@@ -11,14 +11,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Callable, Union
 
 import torch
 
@@ -26,6 +27,7 @@ from mergesmith.engine.plan import MergePlan, TensorJob, TensorRef
 from mergesmith.engine.rng import TensorRng
 from mergesmith.errors import MergesmithError
 from mergesmith.methods._blocks import row_blocks
+from mergesmith.methods._per_task import PerTaskParts
 from mergesmith.methods._spec import MethodSpec
 
 CONSTANT_BUDGET = 64 << 20  # small tensors in flight together never need more than this
@@ -43,6 +45,28 @@ class NonFiniteInput(MergesmithError):
     pass
 
 
+class MethodFailed(MergesmithError):
+    """A merge method raised on a tensor (a shape it cannot take, a failed factorisation): the message names the
+    method and the tensor; the method's own exception is the cause."""
+
+
+# What a method raises on tensors it cannot merge (bad shapes, torch.linalg.LinAlgError, dtype errors); a method's
+# parameters are checked before (``MethodSpec.make_params``).
+METHOD_FAILURES = (ValueError, TypeError, RuntimeError, ArithmeticError, IndexError)
+
+
+@contextlib.contextmanager
+def failures_named(method: str, tensor: str) -> Iterator[None]:
+    """Turn a method's failure on ``tensor`` into a one-line MethodFailed that names both."""
+    try:
+        yield
+    except MergesmithError:
+        raise
+    except METHOD_FAILURES as exc:
+        detail = " ".join(str(exc).split()) or "no message"
+        raise MethodFailed(f"{method}: merging tensor {tensor!r} failed: {type(exc).__name__}: {detail}") from exc
+
+
 def job_cost(job: TensorJob, method: MethodSpec) -> int:
     """Bytes a job holds at its peak: its inputs and two working buffers in the compute dtype, plus the output."""
     if job.copy_from is not None:
@@ -52,17 +76,17 @@ def job_cost(job: TensorJob, method: MethodSpec) -> int:
         rows = max(b.stop - b.start for b in row_blocks(job.shape))
         working = rows * math.prod(job.shape[1:])
     held = len(job.inputs)
-    if method.one_expert_at_a_time and blockwise(method, job):
-        held = min(held, 2)  # the base and the expert being added
+    if method.streaming is not None and method.streaming.one_expert_at_a_time and blockwise(method, job):
+        held = min(held, 2)  # the base and the expert being added (or a model and its statistic)
     return (held + 2) * working * job.compute_dtype.itemsize + job.out_nbytes
 
 
 def blockwise(method: MethodSpec, job: TensorJob) -> bool:
-    """Whether the method merges this tensor block by block: it has ``merge_block``, the tensor is not 0-d, and
-    the tensor has no statistics unless they are per parameter (``statistics_by_row``)."""
-    if method.merge_block is None or len(job.shape) == 0:
+    """Whether the method merges this tensor block by block: it streams, the tensor is not 0-d, and the tensor has
+    no statistics unless they are row-aligned with the weights (``Statistics.merge_block``)."""
+    if method.streaming is None or len(job.shape) == 0:
         return False
-    return method.statistics_by_row or getattr(job.params, "statistics", None) is not True
+    return not job.statistics or (method.statistics is not None and method.statistics.merge_block is not None)
 
 
 def default_budget(plan: MergePlan) -> int:
@@ -130,25 +154,27 @@ class _Inputs:
         with self.lock:
             self.report.nonfinite.append(f"{where} ({count} non-finite values)")
 
-    def blocks(self) -> Callable[[], Iterator[tuple[torch.Tensor | None, list[torch.Tensor]]]]:
+    def rows(self, refs: tuple[TensorRef, ...], rows: slice) -> Sequence[torch.Tensor]:
+        """The row block of each tensor: read on demand for methods that hold one expert at a time."""
+        streaming = self.plan.method.streaming
+        if streaming is not None and streaming.one_expert_at_a_time:
+            return _ReadOnDemand(self, refs, rows)
+        return [self.read(ref, rows) for ref in refs]
+
+    def blocks(self) -> Callable[[], Iterator[tuple[torch.Tensor | None, Sequence[torch.Tensor]]]]:
         job = self.job
         slices = row_blocks(job.shape)
-
-        lazy = self.plan.method.one_expert_at_a_time
 
         def iterate() -> Iterator[tuple[torch.Tensor | None, Sequence[torch.Tensor]]]:
             for rows in slices:
                 base = self.read(job.base, rows) if job.base is not None else None
-                if lazy:
-                    yield base, _ReadOnDemand(self, job.experts, rows)
-                else:
-                    yield base, [self.read(ref, rows) for ref in job.experts]
+                yield base, self.rows(job.experts, rows)
 
         return iterate
 
 
 class _ReadOnDemand(Sequence):
-    """The experts' blocks, each read when the method reaches it and not kept (methods with
+    """The experts' (or their statistics') blocks, each read when the method reaches it and not kept (methods with
     ``one_expert_at_a_time``): a sum over 16 experts holds one expert's block at a time, not 16."""
 
     def __init__(self, inputs: _Inputs, refs: tuple[TensorRef, ...], rows: slice):
@@ -158,7 +184,7 @@ class _ReadOnDemand(Sequence):
         return len(self.refs)
 
     def __getitem__(self, index):  # type: ignore[override]
-        if isinstance(index, slice):  # still on demand: e.g. the models' tensors and their statistics, apart
+        if isinstance(index, slice):  # a slice stays on demand
             return _ReadOnDemand(self.inputs, self.refs[index], self.rows)
         return self.inputs.read(self.refs[index], self.rows)
 
@@ -169,38 +195,63 @@ class _ReadOnDemand(Sequence):
 
 def streams_rows(plan: MergePlan, job: TensorJob) -> bool:
     """Whether the job merges block by block (and so can hand its output over block by block)."""
-    method = plan.method
-    return job.copy_from is None and method.context is not None and blockwise(method, job)
+    return job.copy_from is None and blockwise(plan.method, job)
+
+
+JobResult = Union[torch.Tensor, tuple[torch.Tensor, PerTaskParts], None]
 
 
 def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock,
-            sink: queue.SimpleQueue | None = None) -> torch.Tensor | None:
-    """Merge one output tensor; returns it in the output dtype, or, given a ``sink``, puts its row blocks there (in
-    order) and returns None, so the writer can write a large tensor without it ever existing whole.
+            sink: queue.SimpleQueue | None = None) -> JobResult:
+    """Merge one output tensor; returns it in the output dtype (with its per-task parts for methods that keep them),
+    or, given a ``sink``, puts its row blocks there (in order) and returns None, so the writer can write a large
+    tensor without it ever existing whole. A method's failure is a MethodFailed naming the method and the tensor.
 
     Freed memory stays in the allocator for the next job: handing it back to the OS after every job (malloc_trim)
     made each job page-fault its buffers in afresh, a third of the merge's time spent in the kernel."""
-    inputs = _Inputs(plan, job, report, strict, lock)
     if job.copy_from is not None:
         return plan.checkpoints[job.copy_from.model].read(job.copy_from.name, None).to(job.out_dtype)
-    method = plan.method
+    with failures_named(plan.method.name, job.out_name):
+        if streams_rows(plan, job):
+            return _run_blocks(plan, job, seed, report, strict, lock, sink)
+        return _run_whole(plan, job, seed, report, strict, lock)
+
+
+def _run_blocks(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool,
+                lock: threading.Lock, sink: queue.SimpleQueue | None) -> torch.Tensor | None:
+    method, streaming = plan.method, plan.method.streaming
+    assert streaming is not None
+    with_statistics = method.statistics.merge_block if method.statistics is not None and job.statistics else None
+    inputs = _Inputs(plan, job, report, strict, lock)
     rng = TensorRng(seed, job.out_name)
-    if streams_rows(plan, job):
-        blocks = inputs.blocks()
-        ctx = method.context(blocks, job.params, rng)
-        out = torch.empty(job.shape, dtype=job.out_dtype) if sink is None else None
-        for index, (rows, (base, experts)) in enumerate(zip(row_blocks(job.shape), blocks())):
-            merged = _cast(method.merge_block(base, experts, job.params, ctx, rng, index), job, report, lock)
-            if out is None:
-                sink.put(merged)
-            else:
-                out[rows] = merged
-            del merged, base, experts
-        return out
+    blocks = inputs.blocks()
+    ctx = streaming.context(blocks, job.params, rng)
+    out = torch.empty(job.shape, dtype=job.out_dtype) if sink is None else None
+    for index, (rows, (base, experts)) in enumerate(zip(row_blocks(job.shape), blocks())):
+        if with_statistics is not None:
+            block = with_statistics(base, experts, job.params, ctx, rng, index,
+                                    statistics=inputs.rows(job.statistics, rows))
+        else:
+            block = streaming.merge_block(base, experts, job.params, ctx, rng, index)
+        merged = _cast(block, job, report, lock)
+        if out is None:
+            assert sink is not None
+            sink.put(merged)
+        else:
+            out[rows] = merged
+        del block, merged, base, experts
+    return out
+
+
+def _run_whole(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool,
+               lock: threading.Lock) -> torch.Tensor | tuple[torch.Tensor, PerTaskParts]:
+    method = plan.method
+    inputs = _Inputs(plan, job, report, strict, lock)
     base = inputs.read(job.base, None) if job.base is not None else None
     experts = [inputs.read(ref, None) for ref in job.experts]
-    merged = method.merge(base, experts, job.params, rng)
-    if method.side_outputs:  # (tensor, per-task parts): the writer puts the parts beside the model (side_outputs.py)
+    statistics = [inputs.read(ref, None) for ref in job.statistics] if job.statistics else None
+    merged = method.merge(base, experts, job.params, TensorRng(seed, job.out_name), statistics=statistics)
+    if isinstance(merged, tuple):  # (tensor, per-task parts): the writer puts the parts beside the model
         return _cast(merged[0], job, report, lock), merged[1]
     return _cast(merged, job, report, lock)
 
@@ -208,7 +259,7 @@ def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport,
 _JOB_DONE = object()
 
 
-def _run_into(sink: queue.SimpleQueue | None, *args) -> torch.Tensor | None:
+def _run_into(sink: queue.SimpleQueue | None, *args) -> JobResult:
     """run_job in a worker; a streaming job always ends its sink with _JOB_DONE, also when it fails."""
     try:
         return run_job(*args, sink=sink)

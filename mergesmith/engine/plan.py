@@ -17,7 +17,7 @@ from mergesmith.config import (
     Parameters,
     SliceSource,
     referenced_models,
-    resolve_parameter,
+    resolve_setting,
 )
 from mergesmith.engine.layers import (
     LayerName,
@@ -31,6 +31,7 @@ from mergesmith.engine.layers import (
 )
 from mergesmith.errors import ConfigError
 from mergesmith.methods import METHODS, MethodSpec
+from mergesmith.methods._protocol import Statistics
 from mergesmith.methods._spec import param_infos, tensor_facts
 
 DTYPE_BY_NAME = {
@@ -58,12 +59,15 @@ class TensorJob:
     params: Any  # the method's Params, resolved for this tensor; None for copies
     t: float
     copy_from: TensorRef | None = None  # non-float tensors (buffers) are copied, not merged
+    # Methods with statistics (``MethodSpec.statistics``): each expert's statistic for this tensor, in the experts'
+    # order; empty for tensors without statistics.
+    statistics: tuple[TensorRef, ...] = ()
 
     @property
     def inputs(self) -> tuple[TensorRef, ...]:
         if self.copy_from is not None:
             return (self.copy_from,)
-        return ((self.base,) if self.base is not None else ()) + self.experts
+        return ((self.base,) if self.base is not None else ()) + self.experts + self.statistics
 
     @property
     def numel(self) -> int:
@@ -117,7 +121,7 @@ def build_plan(config: MergeConfig, checkpoints: dict[str, Any]) -> MergePlan:
     if config.models is not None:
         _plan_models(plan)
         if method.statistics is not None:
-            _add_statistics(plan)
+            _add_statistics(plan, method.statistics)
     else:
         _plan_slices(plan)
     _check_unique_outputs(plan)
@@ -358,17 +362,19 @@ def _resolve_params(
     global_scope: Parameters | None,
     facts: dict[str, Any] | None = None,
 ) -> Any:
-    values: dict[str, Any] = dict(facts or {})
+    """The tensor's Params: each parameter's setting resolved for this tensor (filters, gradients), then every
+    declared rule checked by ``make_params``, so a bad value is refused here, before any weight is read."""
+    values: dict[str, Any] = {}
     for info in param_infos(method.params).values():
         if info.per_model:
-            per = []
-            for model in experts:
-                scopes = [s.get(model) for s in model_scopes] + slice_scopes + [global_scope]
-                per.append(resolve_parameter(info, scopes, tensor_name, t, f"{model}: {tensor_name}"))
-            values[info.field_name] = tuple(per)
+            values[info.name] = [
+                resolve_setting(info.name, [s.get(model) for s in model_scopes] + slice_scopes + [global_scope],
+                                tensor_name, t)
+                for model in experts
+            ]
         else:
-            values[info.field_name] = resolve_parameter(info, slice_scopes + [global_scope], tensor_name, t, tensor_name)
-    return method.params(**values)
+            values[info.name] = resolve_setting(info.name, slice_scopes + [global_scope], tensor_name, t)
+    return method.make_params(len(experts), values, facts=facts, where=tensor_name, models=experts)
 
 
 def tensor_fact_values(params_cls: type, name: str, counts: dict[str, int]) -> dict[str, Any]:
@@ -380,21 +386,18 @@ def tensor_fact_values(params_cls: type, name: str, counts: dict[str, int]) -> d
     for field_name, kind in tensor_facts(params_cls).items():
         if kind == "depth":
             values[field_name] = relative_depth(name, counts)
-        elif kind == "statistics":
-            values[field_name] = False  # set by _add_statistics where every model has the tensor's statistic
         else:  # a new kind of fact must be taught here
             raise ValueError(f"unknown tensor fact {kind!r} in {params_cls.__qualname__}.{field_name}")
     return values
 
 
-def _add_statistics(plan: MergePlan) -> None:
-    """Methods with statistics (fisher_combine, regmean_combine): append each expert's statistic for the tensor (its
-    model entry's ``statistics`` file, same tensor name) after the experts, and set the ``statistics`` tensor fact.
+def _add_statistics(plan: MergePlan, statistics: Statistics) -> None:
+    """Methods with statistics (fisher_combine, regmean_combine): give each job its experts' statistics for the
+    tensor (each model entry's ``statistics`` file, same tensor name), checked against the shape the method expects.
     A tensor some statistics files have and others lack is an error; one that none has is merged without."""
     import dataclasses
 
     entries = {e.model: e.statistics for e in plan.config.models or []}
-    fact = next(f for f, kind in tensor_facts(plan.method.params).items() if kind == "statistics")
     for index, job in enumerate(plan.jobs):
         if job.params is None:
             continue
@@ -405,7 +408,7 @@ def _add_statistics(plan: MergePlan) -> None:
         if any(i is None for i in infos):
             lacking = files[[i is None for i in infos].index(True)]
             raise ConfigError(f"{lacking}: has no statistic for {job.out_name!r} but other statistics files do; collect all of them the same way")
-        wanted = plan.method.statistics(job.shape, job.params)
+        wanted = statistics.shape(job.shape, job.params)
         for f, info in zip(files, infos):
             if wanted is None or tuple(info.shape) != tuple(wanted):
                 raise ConfigError(
@@ -413,9 +416,7 @@ def _add_statistics(plan: MergePlan) -> None:
                     f"{list(wanted) if wanted else 'none'} for a tensor of shape {list(job.shape)}"
                 )
         refs = tuple(TensorRef(plan.model_index(f), job.out_name) for f in files)
-        plan.jobs[index] = dataclasses.replace(
-            job, experts=job.experts + refs, params=dataclasses.replace(job.params, **{fact: True})
-        )
+        plan.jobs[index] = dataclasses.replace(job, statistics=refs)
 
 
 def _check_unique_outputs(plan: MergePlan) -> None:

@@ -215,10 +215,7 @@ def merge_state_dicts_per_task(
 ) -> dict[str, dict[str, torch.Tensor]]:
     """The in-memory twin of a per-task merge: {task: its state dict}, the bytes ``load_merged(out, task=...)`` gives
     for the same inputs. ``tasks`` names the experts (default "0", "1", ...)."""
-    from mergesmith.api import _params_for
-    from mergesmith.engine.layers import layer_counts
-    from mergesmith.engine.plan import tensor_fact_values
-    from mergesmith.engine.rng import TensorRng
+    from mergesmith.engine.in_memory import merged_tensors
     from mergesmith.methods import get_method
 
     spec = get_method(method)
@@ -229,18 +226,14 @@ def merge_state_dicts_per_task(
     names = list(tasks) if tasks is not None else [str(i) for i in range(len(experts))]
     if len(names) != len(experts) or len(set(names)) != len(names):
         raise MergesmithError(f"tasks must name each of the {len(experts)} experts once, got {names}")
-    values = _params_for(spec, len(experts), params)
-    counts = layer_counts(list(base))
     parts: dict[str, tuple[torch.Tensor, PerTaskParts]] = {}
     terms: list[list[tuple[float, float]]] = [[] for _ in experts]
     has_terms = False
-    for name, first in base.items():
-        if not first.is_floating_point():
+    for name, first, merged in merged_tensors(spec, base, experts, params, seed, reference=base):
+        if merged is None:
             continue
-        compute = torch.float64 if first.dtype == torch.float64 else torch.float32
-        tensors = [sd[name].to(compute) for sd in experts]
-        params_t = spec.params(**values, **tensor_fact_values(spec.params, name, counts))
-        tensor, p = spec.merge(first.to(compute), tensors, params_t, TensorRng(seed, name))
+        assert isinstance(merged, tuple)  # (theta_base, per-task parts): methods with side outputs
+        tensor, p = merged
         # stored as the engine stores them: both in the output (here: the input) dtype
         parts[name] = (tensor.to(first.dtype), PerTaskParts(p.task_vector.to(first.dtype), p.masks, p.scale_terms))
         if p.scale_terms is not None:

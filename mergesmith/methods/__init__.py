@@ -1,70 +1,44 @@
 """The catalogue of tensor-wise merge methods: a plain dict from name to MethodSpec.
 
-No registration by import side effect: adding a method means importing its module here and listing its SPEC (or,
-for a module holding two variants of one method, each of its SPECS). A test checks that every spec of every public
-module in this package is listed.
+Built by a deterministic scan of this package, not by registration at import: every public module (no leading
+underscore), in sorted order, contributes its ``SPEC``, or, for a module holding two variants of one method, each of
+its ``SPECS``. Adding a method is adding its module. A public module without a spec, or two specs with one name, is
+an error here, at import.
 """
 
 from __future__ import annotations
 
-from mergesmith.methods import (
-    breadcrumbs,
-    dare,
-    della,
-    karcher,
-    linear,
-    magmax,
-    model_stock,
-    multislerp,
-    nearswap,
-    nuslerp,
-    passthrough,
-    sce,
-    slerp,
-    task_arithmetic,
-    ties,
-)
-from mergesmith.methods import cart, iso, lines, pcb, tsv
-from mergesmith.methods import fisher_combine, regmean_combine
-from mergesmith.methods import consensus, doge_ta, emr, wudi
+import importlib
+import pkgutil
+from collections.abc import Iterable
+
+from mergesmith.errors import ConfigError
 from mergesmith.methods._spec import MethodSpec
 
-METHODS: dict[str, MethodSpec] = {
-    spec.name: spec
-    for spec in (
-        linear.SPEC,
-        slerp.SPEC,
-        nuslerp.SPEC,
-        multislerp.SPEC,
-        karcher.SPEC,
-        model_stock.SPEC,
-        nearswap.SPEC,
-        passthrough.SPEC,
-        task_arithmetic.SPEC,
-        ties.SPEC,
-        dare.LINEAR_SPEC,
-        dare.TIES_SPEC,
-        breadcrumbs.LINEAR_SPEC,
-        breadcrumbs.TIES_SPEC,
-        della.TIES_SPEC,
-        della.LINEAR_SPEC,
-        sce.SPEC,
-        magmax.SPEC,
-        pcb.SPEC,
-        tsv.SPEC,
-        iso.C_SPEC,
-        iso.CTS_SPEC,
-        cart.SPEC,
-        lines.SPEC,
-        fisher_combine.SPEC,
-        regmean_combine.SPEC,
-        wudi.SPEC,
-        doge_ta.SPEC,
-        consensus.CONSENSUS_SPEC,
-        consensus.TALL_MASKS_SPEC,
-        emr.SPEC,
-    )
-}
+
+def module_specs(module: object) -> tuple[MethodSpec, ...]:
+    """The specs a public method module exposes: its SPEC, or its SPECS (two variants of one method)."""
+    specs = tuple(getattr(module, "SPECS", ())) + ((getattr(module, "SPEC"),) if hasattr(module, "SPEC") else ())
+    if not specs or not all(isinstance(spec, MethodSpec) for spec in specs):
+        raise TypeError(f"{getattr(module, '__name__', module)} is a public method module but exposes no SPEC or SPECS "
+                        "of MethodSpec; give it one, or name it with a leading underscore")
+    return specs
+
+
+def catalogue(package: str, paths: Iterable[str]) -> dict[str, MethodSpec]:
+    """Every spec of every public module of ``package`` (found on ``paths``), keyed by method name."""
+    found: dict[str, MethodSpec] = {}
+    for info in sorted(pkgutil.iter_modules(list(paths)), key=lambda m: m.name):
+        if info.name.startswith("_"):
+            continue
+        for spec in module_specs(importlib.import_module(f"{package}.{info.name}")):
+            if spec.name in found:
+                raise TypeError(f"two merge methods are named {spec.name!r} ({package}.{info.name} and another)")
+            found[spec.name] = spec
+    return found
+
+
+METHODS: dict[str, MethodSpec] = catalogue(__name__, __path__)
 
 
 def get_method(name: str) -> MethodSpec:
@@ -72,4 +46,4 @@ def get_method(name: str) -> MethodSpec:
         return METHODS[name]
     except KeyError:
         known = ", ".join(sorted(METHODS))
-        raise KeyError(f"unknown merge method {name!r}; known methods: {known}") from None
+        raise ConfigError(f"unknown merge method {name!r}; known methods: {known}") from None

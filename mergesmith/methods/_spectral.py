@@ -16,12 +16,14 @@ still bends the other tasks' directions in TSV-M's orthogonalisation).
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods._protocol import check_shapes
 
 NON_MATRIX_MEAN = "they are merged by the mean of the task vectors (task arithmetic with lambda 1/T), as the paper does"
 
@@ -31,8 +33,19 @@ def check_inputs(method: str, base: Tensor | None, experts: Sequence[Tensor]) ->
     base = tv.require_base(method, base)
     if not experts:
         raise ValueError(f"{method} needs at least one fine-tuned model besides the base")
-    tv.check_shapes(method, base, experts)
+    check_shapes(method, base, experts)
     return base
+
+
+def all_finite(tensors: Sequence[Tensor]) -> bool:
+    return all(bool(torch.isfinite(t).all()) for t in tensors)
+
+
+def undefined_like(tensor: Tensor) -> Tensor:
+    """The result of a spectral step on a matrix with NaN/Inf: the SVD of such a matrix is undefined (LAPACK refuses
+    it), so every entry of the result is NaN, as any arithmetic on a NaN gives NaN. The engine has already reported
+    the input (a warning, or a refusal with --strict)."""
+    return torch.full_like(tensor, math.nan)
 
 
 def task_vectors(base: Tensor, experts: Sequence[Tensor]) -> list[Tensor]:
@@ -129,9 +142,3 @@ def low_rank(matrix: Tensor, k: int) -> Tensor:
     k = min(k, s.numel())
     return (u[:, :k] * s[:k]) @ vh[:k]
 
-
-def check_fraction(method: str, name: str, value: float, *, allow_zero: bool = False) -> None:
-    low_ok = value >= 0.0 if allow_zero else value > 0.0
-    if not (low_ok and value <= 1.0):
-        interval = "[0, 1]" if allow_zero else "(0, 1]"
-        raise ValueError(f"{method}: parameter {name!r} must be in {interval}, got {value}")

@@ -27,58 +27,23 @@ from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
 import torch
 from torch import Tensor
 
-from mergesmith.methods import _blocks
 from mergesmith.methods._kth import kth_largest
-from mergesmith.methods._spec import MISSING, MethodSpec, param_infos
+from mergesmith.methods._protocol import Blocks, Rng, Streaming, no_context
+from mergesmith.methods._spec import MethodSpec
 
-Blocks = Callable[[], Iterator[tuple[Tensor, list[Tensor]]]]
 Consensus = Literal["sum", "count"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Streaming: one implementation for whole and block-wise merges
-
-
-def _rows(t: Tensor, s: slice) -> Tensor:
-    return t[...] if t.ndim == 0 else t[s]
-
-
-def merge_in_blocks(
-    context: Callable[..., Any],
-    merge_block: Callable[..., Tensor],
-    base: Tensor | None,
-    experts: Sequence[Tensor],
-    params: Any,
-    rng: Any,
-    method: str,
-) -> Tensor:
-    """Merge a whole tensor by running ``context`` then ``merge_block`` over its fixed row blocks.
-
-    This is exactly what the engine does when it streams a large tensor, so both give the same bytes.
-    """
-    base = require_base(method, base)
-    if not experts:
-        return base.clone()
-    check_shapes(method, base, experts)
-    slices = _blocks.row_blocks(tuple(base.shape))
-
-    def blocks() -> Iterator[tuple[Tensor, list[Tensor]]]:
-        for s in slices:
-            yield _rows(base, s), [_rows(e, s) for e in experts]
-
-    ctx = context(blocks, params, rng)
-    out = torch.empty_like(base)
-    for index, s in enumerate(slices):
-        _rows(out, s).copy_(merge_block(_rows(base, s), [_rows(e, s) for e in experts], params, ctx, rng, index))
-    return out
+# Two variants of one method
 
 
 def variant_spec(
     name: str,
     consensus: Consensus | None,
-    context: Callable[..., Any],
     merge_block: Callable[..., Tensor],
     *,
+    context: Callable[..., Any] | None = None,
     params: type,
     paper: str,
     description: str,
@@ -88,33 +53,29 @@ def variant_spec(
     """The spec of one variant of a method that comes in two, one module each: dare (dare_linear, dare_ties),
     breadcrumbs (breadcrumbs, breadcrumbs_ties), della (della, della_linear).
 
-    The module writes ``context(method, blocks, params, rng)`` and ``merge_block(method, consensus, base, experts,
-    params, ctx, rng, block)`` once; here they are bound to the variant's ``name`` (its errors say it) and ``consensus``
-    (passed to ``combine``: None for a weighted sum, "sum" for TIES' sign election and disjoint merge). Its ``merge``
-    runs them over the whole tensor (``merge_in_blocks``), the bytes the engine gives when it streams.
+    The module writes ``merge_block(method, consensus, base, experts, params, ctx, rng, block)`` (and, if it needs
+    one, ``context(method, blocks, params, rng)``) once; here they are bound to the variant's ``name`` (its errors say
+    it) and ``consensus`` (passed to ``combine``: None for a weighted sum, "sum" for TIES' sign election and disjoint
+    merge).
     """
-    context = partial(context, name)
-    merge_block = partial(merge_block, name, consensus)
-
-    def merge(base: Tensor | None, experts: Sequence[Tensor], params: Any, rng: Any = None) -> Tensor:
-        return merge_in_blocks(context, merge_block, base, experts, params, rng, name)
-
+    streaming = Streaming(
+        merge_block=partial(merge_block, name, consensus),
+        context=partial(context, name) if context is not None else no_context,
+    )
     return MethodSpec(
         name=name,
-        merge=merge,
         params=params,
         paper=paper,
         base="required",
         randomized=randomized,
         order_invariant=order_invariant,
-        context=context,
-        merge_block=merge_block,
+        streaming=streaming,
         description=description,
     )
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Parameter checks (errors name the parameter and the allowed range)
+# Checks of the tensors a method is given
 
 
 def require_base(method: str, base: Tensor | None) -> Tensor:
@@ -123,88 +84,10 @@ def require_base(method: str, base: Tensor | None) -> Tensor:
     return base
 
 
-def check_shapes(method: str, base: Tensor, experts: Sequence[Tensor]) -> None:
-    for i, e in enumerate(experts):
-        if e.shape != base.shape:
-            raise ValueError(f"{method}: expert {i} has shape {tuple(e.shape)}, the base {tuple(base.shape)}")
-
-
-def per_model_values(params: Any, method: str) -> dict[str, tuple]:
-    """Every per-model parameter as one value per expert.
-
-    The number of experts is that of ``weight`` (required in this family). An empty tuple means "the default for
-    every expert"; any other length must match.
-    """
-    infos = [i for i in param_infos(type(params)).values() if i.per_model]
-    n = len(getattr(params, "weight"))
-    if n == 0:
-        raise ValueError(f"{method}: parameter 'weight' is required, one value per model")
-    values: dict[str, tuple] = {}
-    for info in infos:
-        given = tuple(getattr(params, info.field_name))
-        if not given:
-            if info.default is MISSING:
-                raise ValueError(f"{method}: parameter {info.name!r} is required, one value per model")
-            given = (info.default,) * n
-        if len(given) != n:
-            raise ValueError(f"{method}: parameter {info.name!r} has {len(given)} values but 'weight' has {n}")
-        values[info.name] = given
-    return values
-
-
-def checked_values(method: str, params: Any) -> dict[str, tuple]:
-    """``per_model_values`` for a method's ``context``, with the checks every method of the family shares: finite
-    ``weight`` values and a finite ``lambda``. Checks of the method's own parameters (``density``, ``gamma``, ...)
-    follow in the method."""
-    values = per_model_values(params, method)
-    check_finite(method, "weight", values["weight"])
-    check_finite(method, "lambda", [params.lambda_])
-    return values
-
-
-def block_values(method: str, params: Any, experts: Sequence[Tensor]) -> dict[str, tuple]:
-    """``per_model_values`` for a method's ``merge_block``: one ``weight`` value per expert of the block."""
-    values = per_model_values(params, method)
-    check_experts(method, experts, len(values["weight"]))
-    return values
-
-
-def check_experts(method: str, experts: Sequence[Tensor], n: int) -> None:
-    if len(experts) != n:
-        raise ValueError(f"{method}: {len(experts)} experts but {n} values of 'weight'; give one per model")
-
-
-def check_finite(method: str, name: str, values: Sequence[float]) -> None:
-    for v in values:
-        if not math.isfinite(v):
-            raise ValueError(f"{method}: parameter {name!r} must be a finite number, got {v}")
-
-
-def check_density(method: str, densities: Sequence[float]) -> None:
-    for d in densities:
-        if not (0.0 < d <= 1.0):
-            raise ValueError(f"{method}: parameter 'density' must be in (0, 1] (the fraction of entries kept), got {d}")
-
-
-def check_gamma(method: str, gammas: Sequence[float]) -> None:
-    for g in gammas:
-        if not (0.0 <= g < 1.0):
-            raise ValueError(f"{method}: parameter 'gamma' must be in [0, 1) (the fraction of largest entries "
-                             f"dropped), got {g}")
-
-
-def check_epsilon(method: str, densities: Sequence[float], epsilons: Sequence[float]) -> None:
-    for d, e in zip(densities, epsilons):
-        if not (e >= 0.0):
-            raise ValueError(f"{method}: parameter 'epsilon' must be >= 0, got {e}")
-        if d < 1.0 and not (0.0 < d - e and d + e < 1.0):
-            raise ValueError(f"{method}: density +/- epsilon must lie inside (0, 1), got density={d}, epsilon={e}; "
-                             f"use epsilon < min(density, 1 - density)")
-
-
-def check_rng(method: str, rng: Any) -> None:
+def require_rng(method: str, rng: Rng | None) -> Rng:
     if rng is None:
         raise ValueError(f"{method} drops entries at random and needs an rng (mergesmith.engine.rng.TensorRng)")
+    return rng
 
 
 # ---------------------------------------------------------------------------------------------------------------

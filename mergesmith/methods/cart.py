@@ -31,7 +31,8 @@ from torch import Tensor
 
 from mergesmith.methods import _spectral as sp
 from mergesmith.methods import _task_vectors as tv
-from mergesmith.methods._spec import MethodSpec, param
+from mergesmith.methods._protocol import Rng, check_shapes
+from mergesmith.methods._spec import MethodSpec, between, param
 
 NAME = "cart"
 
@@ -39,28 +40,26 @@ NAME = "cart"
 @dataclass(frozen=True)
 class Params:
     lambda_: float = param(1.0, alias="lambda", doc="scale of the summed rank-reduced centered task vectors")
-    rank_ratio: float = param(0.08, doc="fraction of each weight matrix's rank kept, in (0, 1]")
+    rank_ratio: float = param(0.08, within=between(0, 1, open_low=True), doc="fraction of each weight matrix's rank kept")
 
 
 def kept_rank(shape: Sequence[int], rank_ratio: float) -> int:
     return max(1, int(min(shape) * rank_ratio))
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
     if not experts:
         raise ValueError(f"{NAME} needs at least one model")
     first = experts[0]
-    for i, expert in enumerate(experts):
-        if expert.shape != first.shape:
-            raise ValueError(f"{NAME}: model {i} has shape {tuple(expert.shape)}, model 0 {tuple(first.shape)}")
-    tv.check_finite(NAME, "lambda", [params.lambda_])
-    sp.check_fraction(NAME, "rank_ratio", params.rank_ratio)
+    check_shapes(NAME, first, experts, "model")
     if all(torch.equal(expert, first) for expert in experts[1:]):
         return first.clone()  # one point (a frozen weight): its average, without rounding or SVDs
     # step 1: theta_avg = (1/T) sum_t theta_t
     average = tv.sum_in_order(experts) / len(experts)
     if first.dim() != 2:
         return average.to(first.dtype)  # the centered task vectors of a non-matrix sum to zero: the average
+    if not sp.all_finite(experts):
+        return sp.undefined_like(first)
     k = kept_rank(first.shape, params.rank_ratio)
     # step 1: tau_t = theta_t - theta_avg;  step 2: SVD_k(tau_t);  step 3: theta_avg + lambda * sum_t SVD_k(tau_t)
     reduced = tv.sum_in_order(sp.low_rank(expert - average, k) for expert in experts)
@@ -69,10 +68,10 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
     paper="Choi et al. 2024, Revisiting Weight Averaging for Model Merging, arXiv:2412.12153",
     base="unused",
+    whole_tensor=merge,
     description="weight average + lambda * sum of low-rank (SVD) task vectors centered at the average",
     non_matrix="they are averaged (their centered task vectors sum to zero and have no low-rank approximation)",
 )

@@ -33,60 +33,47 @@ from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._per_task import PerTaskParts
-from mergesmith.methods._spec import MethodSpec, param, per_model
+from mergesmith.methods._protocol import Rng, check_shapes
+from mergesmith.methods._spec import MethodSpec, at_least, between, param, per_model
 
 PAPER = "Wang et al. 2024, Localizing Task Information for Improved Model Merging and Compression, arXiv:2405.07813"
+
+
+AGGREGATIONS = ("task_arithmetic", "ties")
 
 
 @dataclass(frozen=True)
 class TallMasksParams:
     weight: tuple[float, ...] = per_model(1.0, doc="w_t, the coefficient of the task vector in tau_MTL")
-    tall_mask_lambda: tuple[float, ...] = per_model(0.4, doc="lambda_t of the TALL mask, >= 0")
-    aggregation: str = param("task_arithmetic", doc='how tau_MTL is built: "task_arithmetic" or "ties"')
-    density: tuple[float, ...] = per_model(0.2, doc="TIES trim fraction, in (0, 1] (aggregation: ties)")
+    tall_mask_lambda: tuple[float, ...] = per_model(0.4, within=at_least(0), doc="lambda_t of the TALL mask")
+    aggregation: str = param("task_arithmetic", choices=AGGREGATIONS, doc="how tau_MTL is built")
+    density: tuple[float, ...] = per_model(0.2, within=between(0, 1, open_low=True),
+                                           doc="TIES trim fraction (aggregation: ties)")
 
 
 @dataclass(frozen=True)
 class ConsensusParams:
     weight: tuple[float, ...] = per_model(1.0, doc="w_t, the coefficient of the task vector in tau_MTL")
-    tall_mask_lambda: tuple[float, ...] = per_model(0.4, doc="lambda_t of the TALL mask, >= 0")
-    aggregation: str = param("task_arithmetic", doc='how tau_MTL is built: "task_arithmetic" or "ties"')
-    density: tuple[float, ...] = per_model(0.2, doc="TIES trim fraction, in (0, 1] (aggregation: ties)")
-    k: int = param(2, doc="keep entries that at least k tasks' TALL masks keep")
+    tall_mask_lambda: tuple[float, ...] = per_model(0.4, within=at_least(0), doc="lambda_t of the TALL mask")
+    aggregation: str = param("task_arithmetic", choices=AGGREGATIONS, doc="how tau_MTL is built")
+    density: tuple[float, ...] = per_model(0.2, within=between(0, 1, open_low=True),
+                                           doc="TIES trim fraction (aggregation: ties)")
+    k: int = param(2, within=at_least(0), doc="keep entries that at least k tasks' TALL masks keep")
     lambda_: float = param(1.0, alias="lambda", doc="alpha, the scale of the masked multi-task vector")
 
 
-def _values(method: str, params, n: int) -> dict[str, tuple]:
-    values = {}
-    for name in ("weight", "tall_mask_lambda", "density"):
-        given = tuple(getattr(params, name))
-        default = {"weight": 1.0, "tall_mask_lambda": 0.4, "density": 0.2}[name]
-        given = given or (default,) * n
-        if len(given) != n:
-            raise ValueError(f"{method}: parameter {name!r} has {len(given)} values for {n} models; give one per model")
-        values[name] = given
-    tv.check_finite(method, "weight", values["weight"])
-    for lam in values["tall_mask_lambda"]:
-        if not lam >= 0:
-            raise ValueError(f"{method}: parameter 'tall_mask_lambda' must be >= 0, got {lam}")
-    if params.aggregation not in ("task_arithmetic", "ties"):
-        raise ValueError(f"{method}: aggregation must be 'task_arithmetic' or 'ties', got {params.aggregation!r}")
-    if params.aggregation == "ties":
-        tv.check_density(method, values["density"])
-    return values
-
-
-def multi_task_vector(base: Tensor, experts: Sequence[Tensor], taus: Tensor, values: dict, aggregation: str) -> Tensor:
+def multi_task_vector(base: Tensor, experts: Sequence[Tensor], taus: Tensor, params: TallMasksParams | ConsensusParams
+                      ) -> Tensor:
     """tau_MTL (Sec. 3): task arithmetic's sum_t w_t tau_t, or TIES' trimmed, sign-elected disjoint mean."""
-    weights = values["weight"]
+    weights = params.weight
     deltas = taus.clone()
-    if aggregation == "ties":
-        bands = tv.magnitude_bands(lambda: iter([(base, list(experts))]), values["density"], rescale=False)
+    if params.aggregation == "ties":
+        bands = tv.magnitude_bands(lambda: iter([(base, list(experts))]), params.density, rescale=False)
         for t, band in enumerate(bands):
             tv.keep_band(deltas[t], band)  # TIES step 1: trim
     for t, w in enumerate(weights):
         deltas[t].mul_(torch.tensor(w, dtype=deltas.dtype))
-    if aggregation == "task_arithmetic":
+    if params.aggregation == "task_arithmetic":
         return tv.sum_in_order(deltas)
     agree = tv.agreement(deltas, "sum").to(deltas.dtype)  # TIES step 2: elect sign
     mixed = tv.sum_in_order(deltas[t] * agree[t] for t in range(len(weights)))  # step 3: disjoint mean
@@ -104,25 +91,24 @@ def tall_masks_for(base: Tensor, experts: Sequence[Tensor], tau_mtl: Tensor, lam
     return masks
 
 
-def _prepare(method: str, base: Tensor | None, experts: Sequence[Tensor], params) -> tuple[Tensor, Tensor, list[Tensor]]:
+def _prepare(method: str, base: Tensor | None, experts: Sequence[Tensor], params: TallMasksParams | ConsensusParams
+             ) -> tuple[Tensor, Tensor, list[Tensor]]:
     base = tv.require_base(method, base)
-    tv.check_shapes(method, base, experts)
-    values = _values(method, params, len(experts))
+    check_shapes(method, base, experts)
     taus = tv.stacked_task_vectors(base, experts)
-    tau_mtl = multi_task_vector(base, experts, taus, values, params.aggregation)
-    return base, tau_mtl, tall_masks_for(base, experts, tau_mtl, values["tall_mask_lambda"])
+    tau_mtl = multi_task_vector(base, experts, taus, params)
+    return base, tau_mtl, tall_masks_for(base, experts, tau_mtl, params.tall_mask_lambda)
 
 
-def merge_tall_masks(base: Tensor | None, experts: Sequence[Tensor], params: TallMasksParams, rng=None) -> tuple[Tensor, PerTaskParts]:
+def merge_tall_masks(base: Tensor | None, experts: Sequence[Tensor], params: TallMasksParams,
+                     rng: Rng | None = None) -> tuple[Tensor, PerTaskParts]:
     base, tau_mtl, masks = _prepare("tall_masks", base, experts, params)
     # theta_t = theta_0 + m_t * tau_MTL (Sec. 4): the model is theta_0, tau_MTL and the masks go beside it
     return base, PerTaskParts(task_vector=tau_mtl, masks=masks, scale_terms=None)
 
 
-def merge_consensus(base: Tensor | None, experts: Sequence[Tensor], params: ConsensusParams, rng=None) -> Tensor:
-    if params.k < 0:
-        raise ValueError(f"consensus: parameter 'k' must be >= 0 (tasks that must keep an entry), got {params.k}")
-    tv.check_finite("consensus", "lambda", [params.lambda_])
+def merge_consensus(base: Tensor | None, experts: Sequence[Tensor], params: ConsensusParams,
+                    rng: Rng | None = None) -> Tensor:
     base, tau_mtl, masks = _prepare("consensus", base, experts, params)
     # m_cons = 1{sum_t m_t >= k} (Sec. 5); counts are integers, exact in any order
     votes = torch.stack(masks).sum(dim=0)
@@ -133,8 +119,8 @@ def merge_consensus(base: Tensor | None, experts: Sequence[Tensor], params: Cons
 
 TALL_MASKS_SPEC = MethodSpec(
     name="tall_masks",
-    merge=merge_tall_masks,
     params=TallMasksParams,
+    whole_tensor=merge_tall_masks,
     paper=PAPER,
     base="required",
     description="multi-task vector + per-task TALL masks (compression); one model per task, base + m_t * tau_MTL",
@@ -142,8 +128,8 @@ TALL_MASKS_SPEC = MethodSpec(
 )
 CONSENSUS_SPEC = MethodSpec(
     name="consensus",
-    merge=merge_consensus,
     params=ConsensusParams,
+    whole_tensor=merge_consensus,
     paper=PAPER,
     base="required",
     description="keep the entries of the multi-task vector that at least k tasks' TALL masks keep",

@@ -28,7 +28,7 @@ Parameters (mergekit names and defaults):
 - ``int8_mask`` (default false): accepted for mergekit compatibility; no effect.
 
 Randomness and streaming: ranks are within rows and row blocks never split a row, so each block is merged on its own
-(the context only checks parameters). The uniforms of expert t in row block b come from
+(no context). The uniforms of expert t in row block b come from
 ``rng.generator("della", t, b)``: identical whole or streamed, shared by della and della_linear, different for each
 tensor name.
 """
@@ -40,12 +40,22 @@ from typing import Sequence
 
 from torch import Tensor
 
+from mergesmith.errors import ConfigError
 from mergesmith.methods import _task_vectors as tv
-from mergesmith.methods._spec import param, per_model
+from mergesmith.methods._protocol import Rng
+from mergesmith.methods._spec import between, param, per_model
 
 RNG_KEY = "della"
 PAPER = ("Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling, "
          "arXiv:2406.11617")
+
+
+def check_keep_probabilities(params: TiesParams | LinearParams) -> None:
+    """Keep probabilities density - epsilon ... density + epsilon must be probabilities (MagPrune's assign step)."""
+    for density, epsilon in zip(params.density, params.epsilon):
+        if density < 1.0 and not (0.0 < density - epsilon and density + epsilon < 1.0):
+            raise ConfigError(f"density +/- epsilon must lie inside (0, 1), got density={density:g}, "
+                              f"epsilon={epsilon:g}; use epsilon < min(density, 1 - density)")
 
 
 @dataclass(frozen=True)
@@ -53,12 +63,15 @@ class TiesParams:
     """della: ``normalize`` (default true) divides by the weight of the agreeing experts."""
 
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
-    density: tuple[float, ...] = per_model(1.0, doc="mean keep probability, in (0, 1]")
-    epsilon: tuple[float, ...] = per_model(0.15, doc="keep probabilities span density +/- epsilon by magnitude rank")
+    density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True), doc="mean keep probability")
+    epsilon: tuple[float, ...] = per_model(0.15, within=between(0, 1, open_high=True),
+                                           doc="keep probabilities span density +/- epsilon by magnitude rank")
     normalize: bool = param(True, doc="divide by the weight of the agreeing experts (disjoint mean)")
     rescale: bool = param(True, doc="divide each kept entry by its keep probability 1 - p_i")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
+
+    check = check_keep_probabilities
 
 
 @dataclass(frozen=True)
@@ -66,41 +79,36 @@ class LinearParams:
     """della_linear: ``normalize`` (default false) divides by the sum of the weights."""
 
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
-    density: tuple[float, ...] = per_model(1.0, doc="mean keep probability, in (0, 1]")
-    epsilon: tuple[float, ...] = per_model(0.15, doc="keep probabilities span density +/- epsilon by magnitude rank")
+    density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True), doc="mean keep probability")
+    epsilon: tuple[float, ...] = per_model(0.15, within=between(0, 1, open_high=True),
+                                           doc="keep probabilities span density +/- epsilon by magnitude rank")
     normalize: bool = param(False, doc="divide the weighted sum by the sum of the weights")
     rescale: bool = param(True, doc="divide each kept entry by its keep probability 1 - p_i")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
 
-
-def _context(method: str, blocks, params: TiesParams | LinearParams, rng) -> None:
-    values = tv.checked_values(method, params)
-    tv.check_density(method, values["density"])
-    tv.check_epsilon(method, values["density"], values["epsilon"])
-    tv.check_rng(method, rng)
-    return None
+    check = check_keep_probabilities
 
 
-def _merge_block(method: str, consensus: tv.Consensus | None, base: Tensor, experts: Sequence[Tensor],
-                 params: TiesParams | LinearParams, ctx, rng, block: int) -> Tensor:
-    values = tv.block_values(method, params, experts)
-    tv.check_rng(method, rng)
-    deltas = tv.stacked_task_vectors(tv.require_base(method, base), experts)
-    for t, (density, epsilon) in enumerate(zip(values["density"], values["epsilon"])):
+def _merge_block(method: str, consensus: tv.Consensus | None, base: Tensor | None, experts: Sequence[Tensor],
+                 params: TiesParams | LinearParams, ctx: None, rng: Rng | None, block: int) -> Tensor:
+    rng = tv.require_rng(method, rng)
+    base = tv.require_base(method, base)
+    deltas = tv.stacked_task_vectors(base, experts)
+    for t, (density, epsilon) in enumerate(zip(params.density, params.epsilon)):
         tv.magprune(deltas[t], density, epsilon, rng.generator(RNG_KEY, t, block), params.rescale)  # drop
     # elect + fuse (consensus "sum"), or a weighted sum (consensus None)
-    return tv.combine(base, deltas, values["weight"], consensus=consensus, normalize=params.normalize,
+    return tv.combine(base, deltas, params.weight, consensus=consensus, normalize=params.normalize,
                       lam=params.lambda_)
 
 
 TIES_SPEC = tv.variant_spec(
-    "della", "sum", _context, _merge_block, params=TiesParams, paper=PAPER,
+    "della", "sum", _merge_block, params=TiesParams, paper=PAPER,
     randomized=True, order_invariant=False,  # the random stream of an expert follows its position
     description="magnitude-ranked random drop with per-entry rescale, TIES sign election and disjoint merge",
 )
 LINEAR_SPEC = tv.variant_spec(
-    "della_linear", None, _context, _merge_block, params=LinearParams, paper=PAPER,
+    "della_linear", None, _merge_block, params=LinearParams, paper=PAPER,
     randomized=True, order_invariant=False,  # the random stream of an expert follows its position
     description="magnitude-ranked random drop with per-entry rescale, weighted sum of task vectors",
 )

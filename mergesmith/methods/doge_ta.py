@@ -35,7 +35,9 @@ from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._adam import Adam, one_thread
-from mergesmith.methods._spec import MethodSpec, param
+from mergesmith.methods import _spectral as sp
+from mergesmith.methods._protocol import Rng, check_shapes
+from mergesmith.methods._spec import MethodSpec, at_least, between, param
 
 NAME = "doge_ta"
 
@@ -43,9 +45,10 @@ NAME = "doge_ta"
 @dataclass(frozen=True)
 class Params:
     lambda_: float = param(0.07, alias="lambda", doc="eta in lambda_i = eta / ||tau_i||_F")
-    subspace: int = param(6, doc="the shared subspace keeps min(out, in) // subspace directions")
-    density: float = param(0.3, doc="fraction of each task vector's largest-magnitude entries kept, in (0, 1]")
-    steps: int = param(400, doc="Adam steps per 2-D matrix")
+    subspace: int = param(6, within=at_least(1), doc="the shared subspace keeps min(out, in) // subspace directions")
+    density: float = param(0.3, within=between(0, 1, open_low=True),
+                           doc="fraction of each task vector's largest-magnitude entries kept")
+    steps: int = param(400, within=at_least(0), doc="Adam steps per 2-D matrix")
     lr: float = param(1e-4, doc="Adam learning rate")
 
 
@@ -109,22 +112,17 @@ def top_magnitude_mask(tau: Tensor, density: float) -> Tensor:
     return tau.abs() >= threshold
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
     base = tv.require_base(NAME, base)
-    tv.check_shapes(NAME, base, experts)
-    tv.check_finite(NAME, "lambda", [params.lambda_])
-    if params.subspace < 1:
-        raise ValueError(f"{NAME}: parameter 'subspace' must be >= 1 (divides the rank), got {params.subspace}")
-    if not 0.0 < params.density <= 1.0:
-        raise ValueError(f"{NAME}: parameter 'density' must be in (0, 1], got {params.density}")
-    if params.steps < 0:
-        raise ValueError(f"{NAME}: parameter 'steps' must be >= 0, got {params.steps}")
+    check_shapes(NAME, base, experts)
     if not experts:
         return base.clone()
     if base.dim() != 2:
         taus = tv.stacked_task_vectors(base, experts)
         return (base + tv.sum_in_order(taus) / len(experts)).to(base.dtype)
     taus = [e.float() - base.float() for e in experts]
+    if not sp.all_finite(taus):
+        return sp.undefined_like(base)  # the shared subspace is an SVD of the task vectors
     if not any(bool((t != 0).any()) for t in taus):
         return base.clone()  # every task vector is zero (e.g. frozen embeddings): nothing to merge or optimise
     lambdas = adaptive_lambdas(taus, params.lambda_)
@@ -140,8 +138,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
+    whole_tensor=merge,
     paper="Wei et al. 2025, Modeling Multi-Task Model Merging as Adaptive Projective Gradient Descent, "
           "arXiv:2501.01230",
     base="required",

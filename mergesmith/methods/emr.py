@@ -31,6 +31,7 @@ from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._per_task import PerTaskParts
+from mergesmith.methods._protocol import Rng, check_shapes
 from mergesmith.methods._spec import MethodSpec, param
 
 NAME = "emr"
@@ -38,8 +39,9 @@ NAME = "emr"
 
 @dataclass(frozen=True)
 class Params:
-    rescale_by: str = param(
-        "sum", doc='"sum": the paper\'s model-level sums; "tensor_means": sum of per-tensor means (authors\' code)')
+    rescale_by: str = param("sum", choices=("sum", "tensor_means"),
+                            doc='"sum": the paper\'s model-level sums; "tensor_means": sum of per-tensor means '
+                                '(authors\' code)')
 
 
 def elect_mask(taus: Tensor) -> tuple[Tensor, Tensor]:
@@ -67,11 +69,10 @@ def scale_terms(taus: Tensor, tau_uni: Tensor, masks: Tensor, rescale_by: str) -
     return terms
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> tuple[Tensor, PerTaskParts]:
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params,
+          rng: Rng | None = None) -> tuple[Tensor, PerTaskParts]:
     base = tv.require_base(NAME, base)
-    if params.rescale_by not in ("sum", "tensor_means"):
-        raise ValueError(f"{NAME}: rescale_by must be 'sum' or 'tensor_means', got {params.rescale_by!r}")
-    tv.check_shapes(NAME, base, experts)
+    check_shapes(NAME, base, experts)
     taus = tv.stacked_task_vectors(base, experts)
     tau_uni, masks = elect_mask(taus)
     terms = scale_terms(taus, tau_uni, masks, params.rescale_by)
@@ -80,8 +81,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
+    whole_tensor=merge,
     paper="Huang et al. 2024, EMR-Merging: Tuning-Free High-Performance Model Merging, arXiv:2405.17461",
     base="required",
     description="unified task vector (elected signs, max magnitudes) + per-task masks and rescalers; one model per task",

@@ -5,8 +5,9 @@ theta*_j = sum_i lambda_i F_i,j theta_i,j / sum_i lambda_i F_i,j, with F_i the d
 statistics, collected by ``mergesmith adapt fisher``) floored at ``fisher_floor`` so that a parameter no model's data
 touched (F = 0 everywhere) gets the plain weighted average instead of 0/0.
 
-The engine appends each model's Fisher tensor (its ``statistics:`` file in the merge config) after the models'
-tensors and sets ``statistics``; a tensor without statistics is the weighted average.
+The engine passes each model's Fisher tensor (its ``statistics:`` file in the merge config) as ``statistics``, in
+the models' order; a tensor without statistics is the weighted average. Fishers are per parameter, so weights and
+Fishers stream by row block together.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from mergesmith.methods._spec import MethodSpec, param, per_model, tensor_fact
+from mergesmith.methods._protocol import Rng, Statistics, Streaming
+from mergesmith.methods._spec import MethodSpec, at_least, param, per_model
 
 
 @dataclass(frozen=True)
 class Params:
     weight: tuple[float, ...] = per_model(1.0, doc="the model's weight lambda_i (eq. 3)")
-    fisher_floor: float = param(1e-6, doc="lower bound on every Fisher value (avoids 0/0 for untouched parameters)")
-    statistics: bool | None = tensor_fact("statistics", doc="the experts list ends with each model's Fisher tensor")
+    fisher_floor: float = param(1e-6, within=at_least(0),
+                                doc="lower bound on every Fisher value (avoids 0/0 for untouched parameters)")
 
 
 def fisher_average(thetas: Sequence[Tensor], fishers: Sequence[Tensor] | None, weights: Sequence[float], floor: float) -> Tensor:
@@ -43,37 +45,22 @@ def fisher_average(thetas: Sequence[Tensor], fishers: Sequence[Tensor] | None, w
     return num / den
 
 
-def context(blocks, params: Params, rng) -> None:
-    return None
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
+                block: int, *, statistics: Sequence[Tensor] | None = None) -> Tensor:
+    # Elementwise, so any row block. The engine's on-demand experts and Fishers are read when the sum reaches them.
+    return fisher_average(experts, statistics, params.weight, params.fisher_floor)
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    # The experts' tensors, then (with statistics) their Fishers in the same order; elementwise, so any row block.
-    # Slicing the engine's on-demand experts stays on demand: theta_i and F_i are read when the sum reaches them.
-    if params.statistics is True:  # the contract tests fill tensor facts with 0.5
-        n = len(experts) // 2
-        return fisher_average(experts[:n], experts[n:], params.weight, params.fisher_floor)
-    return fisher_average(experts, None, params.weight, params.fisher_floor)
-
-
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return merge_block(base, experts, params, None, rng, 0)
-
-
-def statistics_shape(shape: tuple[int, ...], params=None) -> tuple[int, ...]:
+def statistics_shape(shape: tuple[int, ...], params: Params) -> tuple[int, ...]:
     return tuple(shape)  # one Fisher value per parameter
 
 
 SPEC = MethodSpec(
     name="fisher_combine",
-    merge=merge,
     params=Params,
     paper="Matena & Raffel 2022, Merging Models with Fisher-Weighted Averaging, arXiv:2111.09832",
     base="unused",
-    statistics=statistics_shape,
-    statistics_by_row=True,
-    context=context,
-    merge_block=merge_block,
-    one_expert_at_a_time=True,
+    streaming=Streaming(merge_block, one_expert_at_a_time=True),
+    statistics=Statistics(statistics_shape, merge_block=merge_block),
     description="Fisher-weighted average; the per-model diagonal Fishers come from `mergesmith adapt fisher`",
 )

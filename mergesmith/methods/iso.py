@@ -46,7 +46,8 @@ from torch import Tensor
 
 from mergesmith.methods import _spectral as sp
 from mergesmith.methods import _task_vectors as tv
-from mergesmith.methods._spec import MethodSpec, param
+from mergesmith.methods._protocol import Rng
+from mergesmith.methods._spec import MethodSpec, between, param
 
 C_NAME = "iso_c"
 CTS_NAME = "iso_cts"
@@ -62,7 +63,8 @@ class CParams:
 @dataclass(frozen=True)
 class CTSParams:
     alpha: float = param(1.0, doc="scale of the isotropic merged task matrix")
-    common_space_fraction: float = param(0.8, doc="fraction of the rank kept for the common subspace, in [0, 1]")
+    common_space_fraction: float = param(0.8, within=between(0, 1),
+                                         doc="fraction of the rank kept for the common subspace")
 
 
 def isotropic(u: Tensor, s: Tensor, vh: Tensor, tol: float) -> Tensor:
@@ -110,38 +112,45 @@ def iso_cts_matrix(taus: Sequence[Tensor], common_space_fraction: float) -> Tens
     return spectrum.mean() * (u_perp @ vh_perp)
 
 
-def merge_c(base: Tensor | None, experts: Sequence[Tensor], params: CParams, rng=None) -> Tensor:
+def merge_c(base: Tensor | None, experts: Sequence[Tensor], params: CParams, rng: Rng | None = None) -> Tensor:
     base = sp.check_inputs(C_NAME, base, experts)
-    tv.check_finite(C_NAME, "alpha", [params.alpha])
     taus = sp.task_vectors(base, experts)
-    merged = iso_c_matrix(taus) if base.dim() == 2 else sp.mean_task_vector(taus)
+    if base.dim() != 2:
+        merged = sp.mean_task_vector(taus)
+    elif not sp.all_finite(taus):
+        merged = sp.undefined_like(base)
+    else:
+        merged = iso_c_matrix(taus)
     return (base + params.alpha * merged).to(base.dtype)  # step 4: theta_base + alpha * Delta_iso
 
 
-def merge_cts(base: Tensor | None, experts: Sequence[Tensor], params: CTSParams, rng=None) -> Tensor:
+def merge_cts(base: Tensor | None, experts: Sequence[Tensor], params: CTSParams, rng: Rng | None = None) -> Tensor:
     base = sp.check_inputs(CTS_NAME, base, experts)
-    tv.check_finite(CTS_NAME, "alpha", [params.alpha])
-    sp.check_fraction(CTS_NAME, "common_space_fraction", params.common_space_fraction, allow_zero=True)
     taus = sp.task_vectors(base, experts)
-    merged = iso_cts_matrix(taus, params.common_space_fraction) if base.dim() == 2 else sp.mean_task_vector(taus)
+    if base.dim() != 2:
+        merged = sp.mean_task_vector(taus)
+    elif not sp.all_finite(taus):
+        merged = sp.undefined_like(base)
+    else:
+        merged = iso_cts_matrix(taus, params.common_space_fraction)
     return (base + params.alpha * merged).to(base.dtype)
 
 
 C_SPEC = MethodSpec(
     name=C_NAME,
-    merge=merge_c,
     params=CParams,
     paper=PAPER,
     base="required",
+    whole_tensor=merge_c,
     description="per 2-D weight: the task-arithmetic sum with its singular values replaced by their mean",
     non_matrix=sp.NON_MATRIX_MEAN,
 )
 CTS_SPEC = MethodSpec(
     name=CTS_NAME,
-    merge=merge_cts,
     params=CTSParams,
     paper=PAPER,
     base="required",
+    whole_tensor=merge_cts,
     description="Iso-C on a common subspace plus each task's own directions, orthogonalised, flat spectrum",
     non_matrix=sp.NON_MATRIX_MEAN,
 )

@@ -23,29 +23,26 @@ Parameters:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from mergesmith.methods._spec import MethodSpec, param
+from mergesmith.methods._protocol import Rng
+from mergesmith.methods._spec import MethodSpec, at_least, param
 
 
 @dataclass(frozen=True)
 class Params:
-    max_iter: int = param(10, doc="most Riemannian gradient steps, >= 0 (default 10)")
-    tol: float = param(1e-5, doc="stopping step length, zero-norm and zero-angle threshold, >= 0 (default 1e-5)")
+    max_iter: int = param(10, within=at_least(0), doc="most Riemannian gradient steps (default 10)")
+    tol: float = param(1e-5, within=at_least(0),
+                       doc="stopping step length, zero-norm and zero-angle threshold (default 1e-5)")
 
 
-def _check(experts: Sequence[Tensor], params: Params) -> None:
+def _check(experts: Sequence[Tensor]) -> None:
     if len(experts) < 1:
         raise ValueError("karcher needs at least one model")
-    if isinstance(params.max_iter, bool) or int(params.max_iter) != params.max_iter or params.max_iter < 0:
-        raise ValueError(f"karcher: max_iter must be an integer >= 0; got {params.max_iter}")
-    if not (math.isfinite(params.tol) and params.tol >= 0):
-        raise ValueError(f"karcher: tol must be a finite number >= 0; got {params.tol}")
     for tensor in experts:
         if tensor.shape != experts[0].shape:
             raise ValueError(f"karcher: shape mismatch, {tuple(tensor.shape)} vs {tuple(experts[0].shape)}")
@@ -89,8 +86,8 @@ def karcher_mean_direction(
     return mean
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    _check(experts, params)
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
+    _check(experts)
     if len(experts) == 1:
         return experts[0]
     alphas = [1.0 / len(experts)] * len(experts)  # mergekit's karcher weights all models equally
@@ -104,7 +101,7 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
         [flat[i] for i in with_direction],
         [norms[i] for i in with_direction],
         [alphas[i] / total for i in with_direction],
-        int(params.max_iter),
+        params.max_iter,
         params.tol,
     )
     # the merged norm is the plain weighted mean of all the norms
@@ -114,8 +111,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name="karcher",
-    merge=merge,
     params=Params,
+    whole_tensor=merge,
     paper='Wang, Ye & Yin 2026, "Functionality-Oriented LLM Merging on the Fisher-Rao Manifold", arXiv:2603.04972; '
     'Karcher 1977, "Riemannian center of mass and mollifier smoothing" (no arXiv)',
     base="unused",

@@ -8,11 +8,12 @@ else sum_i w_i theta_i.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Iterable
 
 import torch
 from torch import Tensor
 
+from mergesmith.methods._protocol import Rng, Streaming
 from mergesmith.methods._spec import MethodSpec, param, per_model
 
 
@@ -22,11 +23,8 @@ class Params:
     normalize: bool = param(True, doc="divide by the sum of the weights")
 
 
-def context(blocks, params: Params, rng) -> None:
-    return None
-
-
-def merge_block(base: Tensor | None, experts: Iterable[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
+def merge_block(base: Tensor | None, experts: Iterable[Tensor], params: Params, ctx: None, rng: Rng | None,
+                block: int) -> Tensor:
     # One expert at a time (the engine may read each only when the loop reaches it).
     result: Tensor | None = None
     for tensor, weight in zip(experts, params.weight):
@@ -39,18 +37,11 @@ def merge_block(base: Tensor | None, experts: Iterable[Tensor], params: Params, 
     return result
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return merge_block(base, experts, params, None, rng, 0)
-
-
 SPEC = MethodSpec(
     name="linear",
-    merge=merge,
     params=Params,
     paper="Wortsman et al. 2022, Model soups, arXiv:2203.05482",
     base="unused",
-    context=context,
-    merge_block=merge_block,
-    one_expert_at_a_time=True,
+    streaming=Streaming(merge_block, one_expert_at_a_time=True),
     description="weighted average of all models",
 )

@@ -35,6 +35,7 @@ from typing import Sequence
 from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods._protocol import Rng, Streaming
 from mergesmith.methods._spec import MethodSpec, param, tensor_fact
 
 NAME = "lines"
@@ -52,21 +53,16 @@ def layer_scale(params: Params, n_tasks: int) -> float:
     if params.depth is None:
         raise ValueError(
             f"{NAME} scales each tensor by its depth and was called without one: merge through mergesmith.api "
-            "(merge or merge_state_dicts), or pass Params(depth=...) in [0, 1]"
+            "(merge or merge_state_dicts), or build the parameters with SPEC.make_params(..., facts={'depth': d})"
         )
     if not 0.0 <= params.depth <= 1.0:
         raise ValueError(f"{NAME}: depth must be in [0, 1], got {params.depth}")
     alpha = 1.0 / n_tasks if params.alpha is None else params.alpha
-    tv.check_finite(NAME, "alpha", [alpha])
-    tv.check_finite(NAME, "beta", [params.beta])
     return alpha + params.beta * params.depth
 
 
-def context(blocks, params: Params, rng) -> None:
-    return None
-
-
-def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
+                block: int) -> Tensor:
     base = tv.require_base(NAME, base)
     scale = layer_scale(params, len(experts))
     # step 1: tau_MTL = sum_t tau_t;  step 4: theta_base + lambda(depth) * tau_MTL
@@ -74,18 +70,12 @@ def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rn
     return (base + scale * multi_task).to(base.dtype)
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return tv.merge_in_blocks(context, merge_block, base, experts, params, rng, NAME)
-
-
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
     paper="Wang et al. 2025, LiNeS: Post-training Layer Scaling Prevents Forgetting and Enhances Model Merging, "
           "arXiv:2410.17146",
     base="required",
-    context=context,
-    merge_block=merge_block,
+    streaming=Streaming(merge_block),
     description="task arithmetic with a scale growing linearly with depth, alpha + beta * depth",
 )

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods._protocol import Rng, Streaming
 from mergesmith.methods._spec import MethodSpec, param
 
 NAME = "magmax"
@@ -31,12 +32,8 @@ class Params:
     lambda_: float = param(1.0, alias="lambda", doc="scale of the selected task vector")
 
 
-def context(blocks, params: Params, rng) -> None:
-    tv.check_finite(NAME, "lambda", [params.lambda_])
-    return None
-
-
-def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
+                block: int) -> Tensor:
     base = tv.require_base(NAME, base)
     if not experts:
         return base.clone()
@@ -50,17 +47,11 @@ def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rn
     return base + selected
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return tv.merge_in_blocks(context, merge_block, base, experts, params, rng, NAME)
-
-
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
     paper="Marczak et al. 2024, MagMax: Leveraging Model Merging for Seamless Continual Learning, arXiv:2407.06322",
     base="required",
-    context=context,
-    merge_block=merge_block,
+    streaming=Streaming(merge_block),
     description="per entry, the task-vector value of largest magnitude across experts",
 )

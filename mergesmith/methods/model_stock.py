@@ -26,6 +26,7 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
+from mergesmith.methods._protocol import Rng
 from mergesmith.methods._spec import MethodSpec, param
 
 NORM_PRODUCT_FLOOR = 1e-6  # mergekit's floor on |tau_i| |tau_j| in the cosine's denominator
@@ -39,7 +40,7 @@ class Params:
     )
 
 
-def _check(base: Tensor | None, experts: Sequence[Tensor]) -> None:
+def _check(base: Tensor | None, experts: Sequence[Tensor]) -> Tensor:
     if base is None:
         raise ValueError("model_stock needs a base model (the pretrained weights w_0): set base_model")
     if len(experts) < 2:
@@ -50,6 +51,7 @@ def _check(base: Tensor | None, experts: Sequence[Tensor]) -> None:
     for tensor in experts:
         if tensor.shape != base.shape:
             raise ValueError(f"model_stock: shape mismatch, base {tuple(base.shape)} vs model {tuple(tensor.shape)}")
+    return base
 
 
 def mean_pairwise_cosine(base: Tensor, experts: Sequence[Tensor]) -> Tensor:
@@ -64,8 +66,8 @@ def mean_pairwise_cosine(base: Tensor, experts: Sequence[Tensor]) -> Tensor:
     return torch.stack(cosines).mean(dim=0)
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    _check(base, experts)
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
+    base = _check(base, experts)
     shape = base.shape
     if params.filter_wise and base.dim() >= 2:
         w0, ws = base, list(experts)  # one vector per position of the leading dims
@@ -87,8 +89,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name="model_stock",
-    merge=merge,
     params=Params,
+    whole_tensor=merge,
     paper='Jang, Yun & Han 2024, "Model Stock: All we need is just a few fine-tuned models", arXiv:2403.19522',
     base="required",
     min_models=2,

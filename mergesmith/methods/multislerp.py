@@ -29,44 +29,39 @@ Parameters:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from mergesmith.methods._spec import MethodSpec, param, per_model
+from mergesmith.errors import ConfigError
+from mergesmith.methods._protocol import Rng
+from mergesmith.methods._spec import MethodSpec, above, param, per_model
 
 
 @dataclass(frozen=True)
 class Params:
     weight: tuple[float, ...] = per_model(doc="the model's weight in the barycentre (required)")
     normalize_weights: bool = param(True, doc="divide the weights by their sum (default True)")
-    eps: float = param(1e-8, doc="added to norms before dividing, > 0 (default 1e-8)")
+    eps: float = param(1e-8, within=above(0), doc="added to norms before dividing (default 1e-8)")
+
+    def check(self) -> None:
+        if self.normalize_weights and len(self.weight) > 1 and sum(self.weight) == 0:
+            raise ConfigError(f"the weights {list(self.weight)} sum to 0, so they cannot be normalised; change the "
+                              "weights or set normalize_weights: false")
 
 
-def _check(base: Tensor | None, experts: Sequence[Tensor], params: Params) -> None:
+def _check(base: Tensor | None, experts: Sequence[Tensor]) -> None:
     if len(experts) < 1:
         raise ValueError("multislerp needs at least one model (not counting the base)")
-    if len(params.weight) != len(experts):
-        raise ValueError(f"multislerp: weight needs one value per model ({len(experts)}); got {len(params.weight)}")
-    if not all(math.isfinite(w) for w in params.weight):
-        raise ValueError(f"multislerp: weight must be finite numbers; got {list(params.weight)}")
-    if params.normalize_weights and len(experts) > 1 and sum(params.weight) == 0:
-        raise ValueError(
-            f"multislerp: the weights {list(params.weight)} sum to 0, so they cannot be normalised; "
-            "change the weights or set normalize_weights: false"
-        )
-    if not (math.isfinite(params.eps) and params.eps > 0):
-        raise ValueError(f"multislerp: eps must be a finite number > 0; got {params.eps}")
     for tensor in (*experts, *([] if base is None else [base])):
         if tensor.shape != experts[0].shape:
             raise ValueError(f"multislerp: shape mismatch, {tuple(tensor.shape)} vs {tuple(experts[0].shape)}")
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    _check(base, experts, params)
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
+    _check(base, experts)
     if len(experts) == 1:
         return experts[0]  # nothing to interpolate (mergekit returns it as is, weight not applied)
     dtype = experts[0].dtype
@@ -111,8 +106,8 @@ def _finish(flat: Tensor, shape: torch.Size, base: Tensor | None) -> Tensor:
 
 SPEC = MethodSpec(
     name="multislerp",
-    merge=merge,
     params=Params,
+    whole_tensor=merge,
     paper='Goddard 2025, "Multi-SLERP" (goddard.blog, no arXiv; mergekit multislerp); Buss & Fillmore 2001, '
     '"Spherical averages and applications to spherical splines and interpolation", ACM TOG (no arXiv)',
     base="optional",

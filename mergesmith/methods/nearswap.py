@@ -18,12 +18,12 @@ Parameters:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 from torch import Tensor
 
+from mergesmith.methods._protocol import Rng, Streaming
 from mergesmith.methods._spec import MethodSpec, param
 
 MIN_DISTANCE = 1e-6  # floor on |a - b| before dividing (mergekit's): identical elements get w = 1 for any t > 0
@@ -34,23 +34,19 @@ class Params:
     t: float = param(doc="distance under which the other model's element is taken; finite, >= 0 useful (required)")
 
 
-def _check(base: Tensor | None, experts: Sequence[Tensor], params: Params) -> None:
+def _check(base: Tensor | None, experts: Sequence[Tensor]) -> Tensor:
     if base is None:
         raise ValueError("nearswap needs a base model: set base_model (the other model is swapped in near it)")
     if len(experts) != 1:
         raise ValueError(f"nearswap combines the base with exactly one other model; got {len(experts)}")
     if experts[0].shape != base.shape:
         raise ValueError(f"nearswap: shape mismatch, base {tuple(base.shape)} vs model {tuple(experts[0].shape)}")
-    if not math.isfinite(params.t):
-        raise ValueError(f"nearswap: t must be a finite number; got {params.t}")
+    return base
 
 
-def context(blocks, params: Params, rng) -> None:
-    return None  # no whole-tensor statistics
-
-
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    _check(base, experts, params)
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
+                block: int) -> Tensor:
+    base = _check(base, experts)
     other = experts[0]
     # w = clamp(t / max(|a - b|, eps), 0, 1): full swap within distance t, fading as t/|a - b| beyond it
     weight = (params.t / (base - other).abs_().clamp_(min=MIN_DISTANCE)).clamp_(0, 1)
@@ -59,20 +55,14 @@ def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, 
     return result.add_(weight.neg_().add_(1).mul_(base))
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return merge_block(base, experts, params, None, rng, 0)
-
-
 SPEC = MethodSpec(
     name="nearswap",
-    merge=merge,
     params=Params,
     paper="alchemonaut 2024, NearSwap, Hugging Face model card alchemonaut/QuartetAnemoi-70B-t0.0001 (no arXiv); "
     "as in mergekit, Goddard et al. 2024, arXiv:2403.13257",
     base="required",
     min_models=1,
     max_models=1,
-    context=context,
-    merge_block=merge_block,
+    streaming=Streaming(merge_block),
     description="elementwise: swap in the other model's value where it lies within t of the base's",
 )

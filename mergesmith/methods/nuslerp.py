@@ -20,13 +20,13 @@ Parameters:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from mergesmith.methods._protocol import Rng
 from mergesmith.methods._spec import MethodSpec, param, per_model
 
 UNIT_EPS = 1e-7  # smallest norm divided by when normalising: a zero vector stays zero (cosine 0 with anything)
@@ -73,20 +73,16 @@ def _slerp_shaped(t: float, v0: Tensor, v1: Tensor, flatten: bool, row_wise: boo
     return slerp_vectors(t, v0, v1)
 
 
-def _check(base: Tensor | None, experts: Sequence[Tensor], params: Params) -> None:
+def _check(base: Tensor | None, experts: Sequence[Tensor]) -> None:
     if len(experts) != 2:
         raise ValueError(f"nuslerp interpolates exactly two models (not counting the base); got {len(experts)}")
-    if len(params.weight) != 2:
-        raise ValueError(f"nuslerp: weight needs one value per model (2); got {len(params.weight)}")
-    if not all(math.isfinite(w) for w in params.weight):
-        raise ValueError(f"nuslerp: weight must be finite numbers; got {list(params.weight)}")
     for tensor in (*experts, *([] if base is None else [base])):
         if tensor.shape != experts[0].shape:
             raise ValueError(f"nuslerp: shape mismatch, {tuple(tensor.shape)} vs {tuple(experts[0].shape)}")
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    _check(base, experts, params)
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
+    _check(base, experts)
     t = interpolation_factor(params.weight)
     flatten, row_wise = params.nuslerp_flatten, params.nuslerp_row_wise
     if base is None:
@@ -98,8 +94,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name="nuslerp",
-    merge=merge,
     params=Params,
+    whole_tensor=merge,
     paper='Shoemake 1985, "Animating rotation with quaternion curves", SIGGRAPH 85 (no arXiv); '
     "nuSLERP as defined by mergekit, Goddard et al. 2024, arXiv:2403.13257",
     base="optional",

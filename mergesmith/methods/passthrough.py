@@ -11,12 +11,12 @@ Parameters:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
 from torch import Tensor
 
+from mergesmith.methods._protocol import Rng, Streaming
 from mergesmith.methods._spec import MethodSpec, per_model
 
 
@@ -27,42 +27,24 @@ class Params:
     )
 
 
-def _check(experts: Sequence[Tensor], params: Params) -> None:
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
+                block: int) -> Tensor:
     if len(experts) != 1:
         raise ValueError(
             f"passthrough takes exactly one model per tensor; got {len(experts)} (to stack layers from several "
             "models, use slices, each with one source)"
         )
-    if len(params.scale) > 1:
-        raise ValueError(f"passthrough: scale needs one value for the one model; got {len(params.scale)}")
-    scale = params.scale[0] if params.scale else None
-    if scale is not None and not math.isfinite(scale):
-        raise ValueError(f"passthrough: scale must be a finite number or null; got {scale}")
-
-
-def context(blocks, params: Params, rng) -> None:
-    return None
-
-
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    _check(experts, params)
-    scale = params.scale[0] if params.scale else None
+    (scale,) = params.scale
     return experts[0] if scale is None else experts[0] * scale
-
-
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return merge_block(base, experts, params, None, rng, 0)
 
 
 SPEC = MethodSpec(
     name="passthrough",
-    merge=merge,
     params=Params,
     paper='Goddard et al. 2024, "Arcee\'s MergeKit: A Toolkit for Merging Large Language Models", arXiv:2403.13257',
     base="unused",
     min_models=1,
     max_models=1,
-    context=context,
-    merge_block=merge_block,
+    streaming=Streaming(merge_block),
     description="the one input tensor, unchanged or scaled (layer stacking is done by slices)",
 )

@@ -40,15 +40,16 @@ import torch
 from torch import Tensor
 
 from mergesmith.methods import _spectral as sp
-from mergesmith.methods import _task_vectors as tv
-from mergesmith.methods._spec import MethodSpec, param
+from mergesmith.methods._protocol import Rng
+from mergesmith.methods._spec import MethodSpec, between, param
 
 NAME = "pcb"
 
 
 @dataclass(frozen=True)
 class Params:
-    density: float = param(0.1, doc="r: fraction of each task's entries kept after balancing, in (0, 1]")
+    density: float = param(0.1, within=between(0, 1, open_low=True),
+                           doc="r: fraction of each task's entries kept after balancing")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
 
 
@@ -86,10 +87,8 @@ def drop_low_scores(scores: Tensor, density: float) -> Tensor:
     return scores
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
     base = sp.check_inputs(NAME, base, experts)
-    tv.check_finite(NAME, "lambda", [params.lambda_])
-    tv.check_density(NAME, [params.density])
     # tau_i = theta_i - theta_pre, one flat vector per task
     taus = torch.stack([(expert - base).reshape(-1) for expert in experts])
     if not bool(taus.any()):
@@ -104,9 +103,9 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
     paper="Du et al. 2024, Parameter Competition Balancing for Model Merging, arXiv:2410.02396",
     base="required",
+    whole_tensor=merge,
     description="intra- and inter-task balancing scores, drop low scores, score-weighted mean of task vectors",
 )

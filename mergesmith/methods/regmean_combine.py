@@ -21,15 +21,17 @@ from typing import Sequence
 import torch
 from torch import Tensor
 
-from mergesmith.methods._spec import MethodSpec, param, tensor_fact
+from mergesmith.methods._protocol import Rng, Statistics, Streaming
+from mergesmith.methods._spec import MethodSpec, above, between, param
 
 
 @dataclass(frozen=True)
 class Params:
-    alpha: float = param(0.95, doc="scale of the Grams' off-diagonal entries (1 = plain RegMean, 0 = averaging)")
-    ridge: float = param(1e-4, doc="ridge added to a singular Gram sum, relative to its mean diagonal")
-    input_axis: int = param(1, doc="the weight's axis the Gram's inputs index: 1 for nn.Linear [out, in], 0 for GPT-2 Conv1D [in, out]")
-    statistics: bool | None = tensor_fact("statistics", doc="the experts list ends with each model's Gram matrix")
+    alpha: float = param(0.95, within=between(0, 1),
+                         doc="scale of the Grams' off-diagonal entries (1 = plain RegMean, 0 = averaging)")
+    ridge: float = param(1e-4, within=above(0), doc="ridge added to a singular Gram sum, relative to its mean diagonal")
+    input_axis: int = param(1, choices=(0, 1), doc="the weight's axis the Gram's inputs index: 1 for nn.Linear "
+                                                   "[out, in], 0 for GPT-2 Conv1D [in, out]")
 
 
 def reduce_off_diagonal(gram: Tensor, alpha: float) -> Tensor:
@@ -89,15 +91,10 @@ def regmean_weight_in_layout(weights: Sequence[Tensor], grams: Sequence[Tensor],
     return merged.T.contiguous(), regularised
 
 
-def context(blocks, params: Params, rng) -> None:
-    return None
-
-
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
+                block: int) -> Tensor:
     """A tensor without Grams (embeddings, norms, biases: section 3 averages them), one expert at a time. The
-    engine streams only these (``statistics_by_row`` is off: a Gram is not row-aligned with its weight)."""
-    if params.statistics is True:
-        raise AssertionError("regmean_combine: a tensor with Grams is solved whole (merge), never block by block")
+    engine streams only these: a Gram is not row-aligned with its weight."""
     total: Tensor | None = None
     count = 0
     for tensor in experts:
@@ -107,37 +104,26 @@ def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, 
     return total.div_(count)
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    if params.statistics is True:  # the contract tests fill tensor facts with 0.5
-        n = len(experts) // 2
-        return regmean_weight_in_layout(experts[:n], experts[n:], params.alpha, params.ridge, _axis(params))[0]
-    return merge_block(base, experts, params, None, rng, 0)
+def merge_with_grams(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None, *,
+                     statistics: Sequence[Tensor]) -> Tensor:
+    """Eq. (3) for a linear weight with one Gram per model (``statistics``), solved on the whole tensor."""
+    return regmean_weight_in_layout(experts, statistics, params.alpha, params.ridge, params.input_axis)[0]
 
 
-def _axis(params: Params) -> int:
-    axis = int(params.input_axis)
-    if axis not in (0, 1) or axis != params.input_axis:
-        raise ValueError(f"input_axis must be 0 (Conv1D, [in, out]) or 1 (nn.Linear, [out, in]), not {params.input_axis!r}")
-    return axis
-
-
-def statistics_shape(shape: tuple[int, ...], params: Params | None = None) -> tuple[int, ...] | None:
+def statistics_shape(shape: tuple[int, ...], params: Params) -> tuple[int, ...] | None:
     """A Gram of the inputs for 2-D (linear) weights: [in, in], ``in`` on ``input_axis``."""
     if len(shape) != 2:
         return None
-    n = shape[_axis(params) if params is not None else 1]
+    n = shape[params.input_axis]
     return (n, n)
 
 
 SPEC = MethodSpec(
     name="regmean_combine",
-    merge=merge,
     params=Params,
     paper="Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models, arXiv:2212.09849",
     base="unused",
-    statistics=statistics_shape,
-    context=context,
-    merge_block=merge_block,
-    one_expert_at_a_time=True,
+    streaming=Streaming(merge_block, one_expert_at_a_time=True),
+    statistics=Statistics(statistics_shape, merge=merge_with_grams),
     description="closed-form regression merge of linear layers from Gram statistics (`mergesmith adapt regmean`)",
 )

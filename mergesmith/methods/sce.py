@@ -31,14 +31,16 @@ from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._kth import kth_largest
-from mergesmith.methods._spec import MethodSpec, param
+from mergesmith.methods._protocol import Blocks, Rng, Streaming
+from mergesmith.methods._spec import MethodSpec, between, param
 
 NAME = "sce"
 
 
 @dataclass(frozen=True)
 class Params:
-    select_topk: float = param(1.0, doc="fraction of entries selected by variance across experts, in (0, 1]")
+    select_topk: float = param(1.0, within=between(0, 1, open_low=True),
+                               doc="fraction of entries selected by variance across experts")
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
 
 
@@ -75,11 +77,8 @@ def _selected(taus: Tensor, threshold: float | None) -> Tensor:
     return taus
 
 
-def context(blocks, params: Params, rng) -> Context:
+def context(blocks: Blocks, params: Params, rng: Rng | None) -> Context:
     topk = params.select_topk
-    if not (0.0 < topk <= 1.0):
-        raise ValueError(f"{NAME}: parameter 'select_topk' must be in (0, 1] (the fraction of entries selected), "
-                         f"got {topk}")
     threshold = None
     if topk < 1.0:
         def variances():
@@ -112,7 +111,8 @@ def context(blocks, params: Params, rng) -> Context:
     return Context(threshold, tuple(weights.tolist()))
 
 
-def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx: Context, rng, block: int) -> Tensor:
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: Context, rng: Rng | None,
+                block: int) -> Tensor:
     base = tv.require_base(NAME, base)
     if len(ctx.weights) != len(experts):
         raise ValueError(f"{NAME}: the context was computed for {len(ctx.weights)} experts, got {len(experts)}")
@@ -124,17 +124,11 @@ def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx: Co
     return base + merged / weight.clamp(min=1e-6)
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return tv.merge_in_blocks(context, merge_block, base, experts, params, rng, NAME)
-
-
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
     paper="Wan et al. 2024, FuseChat: Knowledge Fusion of Chat Models, arXiv:2408.07990",
     base="required",
-    context=context,
-    merge_block=merge_block,
+    streaming=Streaming(merge_block, context),
     description="select high-variance entries, weight experts by their squared task vectors, erase sign conflicts",
 )

@@ -19,13 +19,13 @@ Parameters:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
+from mergesmith.methods._protocol import Rng
 from mergesmith.methods._spec import MethodSpec, param
 
 # Above this |cos Omega| the pair is treated as collinear (mergekit's threshold): sin(Omega) is too small to divide by.
@@ -39,15 +39,14 @@ class Params:
     t: float = param(doc="position along the arc: 0 = base, 1 = the other model (any real value; default: required)")
 
 
-def _check(base: Tensor | None, experts: Sequence[Tensor], params: Params) -> None:
+def _check(base: Tensor | None, experts: Sequence[Tensor]) -> Tensor:
     if base is None:
         raise ValueError("slerp needs a base model: set base_model (t=0 gives the base, t=1 the other model)")
     if len(experts) != 1:
         raise ValueError(f"slerp interpolates the base with exactly one other model; got {len(experts)}")
     if experts[0].shape != base.shape:
         raise ValueError(f"slerp: shape mismatch, base {tuple(base.shape)} vs model {tuple(experts[0].shape)}")
-    if not math.isfinite(params.t):
-        raise ValueError(f"slerp: t must be a finite number; got {params.t}")
+    return base
 
 
 def slerp_coefficients(t: float, v0: Tensor, v1: Tensor) -> tuple[Tensor, Tensor]:
@@ -71,8 +70,8 @@ def slerp_coefficients(t: float, v0: Tensor, v1: Tensor) -> tuple[Tensor, Tensor
     return torch.sin((1 - t_) * omega) / sin_omega, torch.sin(t_ * omega) / sin_omega
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    _check(base, experts, params)
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
+    base = _check(base, experts)
     other = experts[0]
     if base.numel() == 0:
         return base.clone()
@@ -84,8 +83,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name="slerp",
-    merge=merge,
     params=Params,
+    whole_tensor=merge,
     paper='Shoemake 1985, "Animating rotation with quaternion curves", SIGGRAPH 85 (no arXiv); '
     'as in mergekit, Goddard et al. 2024, arXiv:2403.13257',
     base="required",

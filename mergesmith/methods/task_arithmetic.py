@@ -23,6 +23,7 @@ from typing import Sequence
 from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods._protocol import Rng, Streaming
 from mergesmith.methods._spec import MethodSpec, param, per_model
 
 NAME = "task_arithmetic"
@@ -36,31 +37,20 @@ class Params:
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
 
 
-def context(blocks, params: Params, rng) -> None:
-    values = tv.checked_values(NAME, params)
-    return None
-
-
-def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    values = tv.block_values(NAME, params, experts)
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
+                block: int) -> Tensor:
     base = tv.require_base(NAME, base)
     # sum_t w_t tau_t, one expert at a time (the engine may read each only when the sum reaches it)
-    mixed = tv.sum_in_order(tv.weighted_task_vectors(base, experts, values["weight"]))
-    return tv.finish(base, mixed, tv.weight_sum(values["weight"], mixed.dtype), normalize=params.normalize, lam=params.lambda_)
-
-
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return tv.merge_in_blocks(context, merge_block, base, experts, params, rng, NAME)
+    mixed = tv.sum_in_order(tv.weighted_task_vectors(base, experts, params.weight))
+    return tv.finish(base, mixed, tv.weight_sum(params.weight, mixed.dtype), normalize=params.normalize,
+                     lam=params.lambda_)
 
 
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
     paper="Ilharco et al. 2023, Editing Models with Task Arithmetic, arXiv:2212.04089",
     base="required",
-    context=context,
-    merge_block=merge_block,
-    one_expert_at_a_time=True,
+    streaming=Streaming(merge_block, one_expert_at_a_time=True),
     description="base + lambda * sum of weighted task vectors",
 )

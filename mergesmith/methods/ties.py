@@ -30,7 +30,8 @@ from typing import Sequence
 from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
-from mergesmith.methods._spec import MethodSpec, param, per_model
+from mergesmith.methods._protocol import Blocks, Rng, Streaming
+from mergesmith.methods._spec import MethodSpec, between, param, per_model
 
 NAME = "ties"
 
@@ -38,40 +39,34 @@ NAME = "ties"
 @dataclass(frozen=True)
 class Params:
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
-    density: tuple[float, ...] = per_model(1.0, doc="fraction of largest-magnitude entries kept, in (0, 1]")
+    density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True),
+                                           doc="fraction of largest-magnitude entries kept")
     normalize: bool = param(True, doc="divide by the weight of the agreeing experts (disjoint mean)")
     rescale: bool = param(False, doc="L1-rescale the trimmed task vector to the norm of the untrimmed one")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
 
 
-def context(blocks, params: Params, rng) -> list[tv.Band | None]:
-    values = tv.checked_values(NAME, params)
-    tv.check_density(NAME, values["density"])
+def context(blocks: Blocks, params: Params, rng: Rng | None) -> list[tv.Band | None]:
     # trim: each expert's magnitude threshold over the whole tensor
-    return tv.magnitude_bands(blocks, values["density"], params.rescale)
+    return tv.magnitude_bands(blocks, params.density, params.rescale)
 
 
-def merge_block(base: Tensor, experts: Sequence[Tensor], params: Params, ctx, rng, block: int) -> Tensor:
-    values = tv.block_values(NAME, params, experts)
-    deltas = tv.stacked_task_vectors(tv.require_base(NAME, base), experts)
+def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: list[tv.Band | None],
+                rng: Rng | None, block: int) -> Tensor:
+    base = tv.require_base(NAME, base)
+    deltas = tv.stacked_task_vectors(base, experts)
     for t, band in enumerate(ctx):
         tv.keep_band(deltas[t], band)  # trim
     # elect sign + disjoint merge
-    return tv.combine(base, deltas, values["weight"], consensus="sum", normalize=params.normalize, lam=params.lambda_)
-
-
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
-    return tv.merge_in_blocks(context, merge_block, base, experts, params, rng, NAME)
+    return tv.combine(base, deltas, params.weight, consensus="sum", normalize=params.normalize, lam=params.lambda_)
 
 
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
     paper="Yadav et al. 2023, TIES-Merging: Resolving Interference When Merging Models, arXiv:2306.01708",
     base="required",
-    context=context,
-    merge_block=merge_block,
+    streaming=Streaming(merge_block, context),
     description="trim to top-k magnitude, elect sign by summed mass, disjoint weighted mean",
 )

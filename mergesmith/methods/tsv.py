@@ -35,8 +35,8 @@ import torch
 from torch import Tensor
 
 from mergesmith.methods import _spectral as sp
-from mergesmith.methods import _task_vectors as tv
-from mergesmith.methods._spec import MethodSpec, param
+from mergesmith.methods._protocol import Rng
+from mergesmith.methods._spec import MethodSpec, between, param
 
 NAME = "tsv_m"
 
@@ -45,7 +45,8 @@ NAME = "tsv_m"
 class Params:
     alpha: float = param(1.0, doc="scale of the merged task matrix")
     sv_reduction: float | None = param(
-        None, doc="fraction of each task matrix's rank kept, in (0, 1] (default 1/T: the tasks share the rank)"
+        None, within=between(0, 1, open_low=True),
+        doc="fraction of each task matrix's rank kept (default 1/T: the tasks share the rank)",
     )
 
 
@@ -77,15 +78,14 @@ def merged_task_matrix(taus: Sequence[Tensor], k: int) -> Tensor:
     return (u_perp * s_cat) @ vh_perp
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
     base = sp.check_inputs(NAME, base, experts)
-    tv.check_finite(NAME, "alpha", [params.alpha])
-    if params.sv_reduction is not None:
-        sp.check_fraction(NAME, "sv_reduction", params.sv_reduction)
     taus = sp.task_vectors(base, experts)
     if base.dim() != 2:
         # not a matrix: the mean of the task vectors, as the paper's code does
         merged = sp.mean_task_vector(taus)
+    elif not sp.all_finite(taus):
+        merged = sp.undefined_like(base)
     else:
         merged = merged_task_matrix(taus, rank_per_task(base.shape, len(taus), params.sv_reduction))
     return (base + params.alpha * merged).to(base.dtype)
@@ -93,10 +93,10 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
     paper="Gargiulo et al. 2025, Task Singular Vectors: Reducing Task Interference in Model Merging, arXiv:2412.00081",
     base="required",
+    whole_tensor=merge,
     description="per 2-D weight: top-k singular vectors of each task vector, decorrelated (Procrustes), summed",
     non_matrix=sp.NON_MATRIX_MEAN,
 )

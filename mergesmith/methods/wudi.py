@@ -33,14 +33,15 @@ from torch import Tensor
 
 from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._adam import Adam, one_thread
-from mergesmith.methods._spec import MethodSpec, param
+from mergesmith.methods._protocol import Rng, check_shapes
+from mergesmith.methods._spec import MethodSpec, at_least, param
 
 NAME = "wudi"
 
 
 @dataclass(frozen=True)
 class Params:
-    steps: int = param(300, doc="Adam steps per 2-D matrix")
+    steps: int = param(300, within=at_least(0), doc="Adam steps per 2-D matrix")
     lr: float = param(1e-5, doc="Adam learning rate")
 
 
@@ -97,12 +98,9 @@ def optimise(taus: Sequence[Tensor], steps: int, lr: float) -> Tensor:
     return tau_m
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=None) -> Tensor:
+def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None) -> Tensor:
     base = tv.require_base(NAME, base)
-    tv.check_shapes(NAME, base, experts)
-    if params.steps < 0:
-        raise ValueError(f"{NAME}: parameter 'steps' must be >= 0, got {params.steps}")
-    tv.check_finite(NAME, "lr", [params.lr])
+    check_shapes(NAME, base, experts)
     if not experts:
         return base.clone()
     if base.dim() != 2:
@@ -117,8 +115,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng=No
 
 SPEC = MethodSpec(
     name=NAME,
-    merge=merge,
     params=Params,
+    whole_tensor=merge,
     paper="Cheng et al. 2025, Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via "
           "Task Vectors, arXiv:2503.08099",
     base="required",

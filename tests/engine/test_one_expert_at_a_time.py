@@ -136,8 +136,8 @@ def test_regmean_streams_only_the_tensors_without_grams(many_experts, tmp_path):
     files = _statistics_files(many_experts, tmp_path, gram=True)
     plan = plan_merge({"merge_method": "regmean_combine", "dtype": "float32",
                        "models": [{"model": str(e), "statistics": str(f)} for e, f in zip(many_experts.experts, files)]})
-    with_grams = [j for j in plan.jobs if j.params.statistics is True]
-    without = [j for j in plan.jobs if j.params.statistics is not True and len(j.shape) > 0]
+    with_grams = [j for j in plan.jobs if j.statistics]
+    without = [j for j in plan.jobs if j.params is not None and not j.statistics and len(j.shape) > 0]
     assert with_grams and without
     for job in with_grams:
         assert not execute.streams_rows(plan, job)

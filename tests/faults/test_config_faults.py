@@ -50,8 +50,8 @@ def test_unknown_method(llama_family, tmp_path):
         ({"models": "expert_0"}, ("models", "valid list")),
         ({"seed": "forty-two"}, ("seed", "integer")),
         ({"dtype": "int8"}, ("dtype", "int8", "float16")),
-        ({"parameters": {"weight": 1.0, "density": "lots"}}, ("parameters.density", "expected a number")),
-        ({"parameters": {"weight": True, "density": 0.5}}, ("parameters.weight", "expected a number")),
+        ({"parameters": {"weight": 1.0, "density": "lots"}}, ("parameters.density", "density must be a number")),
+        ({"parameters": {"weight": True, "density": 0.5}}, ("parameters.weight", "weight must be a number")),
         ({"parameters": {"weight": 1.0, "density": float("nan")}}, ("parameters.density", "finite")),
     ],
 )

@@ -6,7 +6,8 @@
 - the same seed gives the same bytes, and a different tensor name gives an independent random stream;
 - the order of the experts does not matter where the paper says so (weights move with their experts);
 - outputs are finite and keep the input dtype (fp32 in, fp32 out; fp64 in, fp64 out);
-- the block protocol, where a method has it, gives the same bytes as the whole-tensor function.
+- the block protocol, where a method has it, gives the same bytes as the whole-tensor function;
+- every declared parameter rule refuses a value just outside it and accepts one just inside, as a ConfigError.
 """
 
 from __future__ import annotations
@@ -19,10 +20,10 @@ import torch
 
 import mergesmith.methods as methods_pkg
 from mergesmith.engine.rng import TensorRng
-from mergesmith.methods import METHODS
+from mergesmith.methods import METHODS, module_specs
 from mergesmith.methods import _blocks
 from mergesmith.methods._per_task import single_tensor_task_model
-from mergesmith.methods._spec import param_infos, tensor_facts
+from mergesmith.methods._spec import tensor_facts
 
 N = 3
 
@@ -107,16 +108,8 @@ def _experts_for(spec) -> int:
 
 
 def _params(spec, values: dict, n: int):
-    infos = param_infos(spec.params)
-    kwargs = {}
-    for name, info in infos.items():
-        value = values.get(name, info.default)
-        if info.required and name not in values:
-            raise AssertionError(f"test table lacks required parameter {name} for {spec.name}")
-        kwargs[info.field_name] = tuple([value] * n) if info.per_model else value
-    for field_name in tensor_facts(spec.params):  # what the engine fills in: a tensor halfway down the stack
-        kwargs[field_name] = 0.5
-    return spec.params(**kwargs)
+    # the tensor facts as the engine fills them in for a tensor halfway down the stack
+    return spec.make_params(n, values, facts={name: 0.5 for name in tensor_facts(spec.params)})
 
 
 def _merge(spec, base, experts, values, seed=0, name="t"):
@@ -130,19 +123,59 @@ def _merge(spec, base, experts, values, seed=0, name="t"):
 def _module_specs(name):
     """The specs a public module of mergesmith.methods exposes: its SPEC, or its SPECS (two variants of a method)."""
     module = importlib.import_module(f"mergesmith.methods.{name}")
-    specs = tuple(getattr(module, "SPECS", ())) + ((module.SPEC,) if hasattr(module, "SPEC") else ())
-    assert specs, f"mergesmith.methods.{name} exposes neither SPEC nor SPECS"
-    return specs
+    return tuple(getattr(module, "SPECS", ())) + ((module.SPEC,) if hasattr(module, "SPEC") else ())
 
 
 def test_every_module_is_in_the_catalogue():
     modules = sorted(m.name for m in pkgutil.iter_modules(methods_pkg.__path__) if not m.name.startswith("_"))
+    assert len(modules) >= 25
     exposed = [(name, spec) for name in modules for spec in _module_specs(name)]
+    assert all(_module_specs(name) for name in modules), "a public module exposes neither SPEC nor SPECS"
     missing = [f"{name}: {spec.name}" for name, spec in exposed if METHODS.get(spec.name) is not spec]
     assert not missing, f"specs not listed in METHODS: {missing}"
     # and METHODS lists nothing else: each entry is one public module's spec, under its own name
     assert sorted(spec.name for _, spec in exposed) == sorted(METHODS)
     assert all(name == spec.name for name, spec in METHODS.items())
+
+
+def _write_package(root, modules: dict[str, str]):
+    package = root / "fake_methods"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    for name, source in modules.items():
+        (package / f"{name}.py").write_text(source)
+    return package
+
+
+SPEC_SOURCE = '''
+from dataclasses import dataclass
+from mergesmith.methods._spec import MethodSpec
+
+@dataclass(frozen=True)
+class Params:
+    pass
+
+def merge(base, experts, params, rng=None):
+    return experts[0]
+
+SPEC = MethodSpec(name={name!r}, params=Params, paper="p", base="unused", whole_tensor=merge)
+'''
+
+
+def test_the_catalogue_scan_refuses_a_module_without_a_spec_and_duplicate_names(tmp_path, monkeypatch):
+    from mergesmith.methods import catalogue
+
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good = _write_package(tmp_path, {"b_method": SPEC_SOURCE.format(name="b"), "a_method": SPEC_SOURCE.format(name="a"),
+                                     "_helpers": "X = 1\n"})
+    assert list(catalogue("fake_methods", [str(good)])) == ["a", "b"]  # sorted by module; private modules skipped
+    (good / "c_method.py").write_text("X = 1\n")
+    with pytest.raises(TypeError, match="c_method is a public method module but exposes no SPEC"):
+        catalogue("fake_methods", [str(good)])
+    (good / "c_method.py").unlink()
+    (good / "d_method.py").write_text(SPEC_SOURCE.format(name="a"))
+    with pytest.raises(TypeError, match="two merge methods are named 'a'"):
+        catalogue("fake_methods", [str(good)])
 
 
 def test_catalogue_has_the_issue_methods():
@@ -226,7 +259,7 @@ def test_fp64_stays_fp64(name, tensors):
     assert out.dtype == torch.float64
 
 
-@pytest.mark.parametrize("name", sorted(n for n in METHODS if METHODS[n].merge_block is not None))
+@pytest.mark.parametrize("name", sorted(n for n in METHODS if METHODS[n].streaming is not None))
 def test_block_protocol_equals_whole_tensor(name, monkeypatch):
     spec = METHODS[name]
     g = torch.Generator().manual_seed(1)
@@ -245,8 +278,8 @@ def test_block_protocol_equals_whole_tensor(name, monkeypatch):
         for rows in slices:
             yield (use_base[rows] if use_base is not None else None), [e[rows] for e in experts]
 
-    ctx = spec.context(blocks, params, rng)
-    streamed = torch.cat([spec.merge_block(b, e, params, ctx, rng, i) for i, (b, e) in enumerate(blocks())])
+    ctx = spec.streaming.context(blocks, params, rng)
+    streamed = torch.cat([spec.streaming.merge_block(b, e, params, ctx, rng, i) for i, (b, e) in enumerate(blocks())])
     if spec.randomized:
         # Masks are drawn per block, so streaming with other block sizes draws other masks; with the same
         # blocks the bytes must be equal.

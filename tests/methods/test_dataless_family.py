@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from mergesmith.errors import ConfigError
 from mergesmith.methods import METHODS, consensus, doge_ta, emr, wudi
 from mergesmith.methods._per_task import pack_mask, rescalers, single_tensor_task_model, task_model, unpack_mask
 
@@ -68,9 +69,8 @@ def test_wudi_is_deterministic_and_non_matrices_are_averaged():
 
 
 def test_wudi_bad_parameters():
-    base, experts = _family()
-    with pytest.raises(ValueError, match="steps"):
-        wudi.merge(base, experts, wudi.Params(steps=-1))
+    with pytest.raises(ConfigError, match="steps must be in \\[0, inf\\), got -1"):
+        wudi.SPEC.make_params(2, {"steps": -1})
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -107,10 +107,9 @@ def test_doge_loss_falls_and_steps_zero_is_trimmed_adaptive_task_arithmetic():
 
 
 def test_doge_bad_parameters():
-    base, experts = _family()
-    for bad in ({"density": 0.0}, {"subspace": 0}, {"steps": -1}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
-            doge_ta.merge(base, experts, doge_ta.Params(**bad))
+    for bad in ({"density": 0.0}, {"subspace": 0}, {"steps": -1}, {"steps": 2.5}):
+        with pytest.raises(ConfigError, match=f"{next(iter(bad))} must be"):
+            doge_ta.SPEC.make_params(2, bad)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -119,7 +118,7 @@ def test_doge_bad_parameters():
 
 def _tall(base, experts, **kw):
     n = len(experts)
-    params = consensus.TallMasksParams(weight=(1.0,) * n, tall_mask_lambda=(kw.pop("lam", 0.4),) * n, **kw)
+    params = consensus.TALL_MASKS_SPEC.make_params(n, {"tall_mask_lambda": kw.pop("lam", 0.4), **kw})
     return consensus.merge_tall_masks(base, experts, params)
 
 
@@ -146,9 +145,9 @@ def test_tall_lambda_zero_gives_the_multi_task_model_for_every_task():
 
 def test_tall_masks_with_ties_aggregation_use_the_ties_vector():
     base, experts = _family()
-    _, parts = _tall(base, experts, aggregation="ties", density=(0.3,) * 3)
+    _, parts = _tall(base, experts, aggregation="ties", density=0.3)
     ties = METHODS["ties"]
-    expected = ties.merge(base, experts, ties.params(weight=(1.0,) * 3, density=(0.3,) * 3)) - base
+    expected = ties.merge(base, experts, ties.make_params(3, {"weight": 1.0, "density": 0.3})) - base
     torch.testing.assert_close(parts.task_vector, expected, rtol=1e-5, atol=1e-6)
 
 
@@ -159,7 +158,7 @@ def test_consensus_threshold_k():
     votes = torch.stack(parts.masks).sum(0)
 
     def run(k):
-        return consensus.merge_consensus(base, experts, consensus.ConsensusParams(k=k, lambda_=0.5))
+        return consensus.merge_consensus(base, experts, consensus.CONSENSUS_SPEC.make_params(n, {"k": k, "lambda": 0.5}))
 
     tau = parts.task_vector
     torch.testing.assert_close(run(0), base + 0.5 * tau)  # k = 0: plain task arithmetic
@@ -168,7 +167,7 @@ def test_consensus_threshold_k():
     assert torch.equal(run(n + 1), base)  # nobody can reach k: the base
     kept = [int((run(k) != base).sum()) for k in range(n + 2)]
     assert kept == sorted(kept, reverse=True) and kept[1] > kept[n] > 0
-    with pytest.raises(ValueError, match="'k'"):
+    with pytest.raises(ConfigError, match="k must be in \\[0, inf\\), got -1"):
         run(-1)
 
 

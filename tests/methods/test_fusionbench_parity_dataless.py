@@ -105,7 +105,7 @@ def test_tall_masks_and_consensus_match_fusion_bench():
     flat_experts = torch.stack([e["w"].reshape(-1) for e in experts])
     task_vectors = flat_experts - flat_base
     their_masks = generate_task_masks(task_vectors, flat_experts, flat_base, tall_mask_lambda=0.4)
-    params = consensus.TallMasksParams(weight=(1.0,) * 4, tall_mask_lambda=(0.4,) * 4)
+    params = consensus.TALL_MASKS_SPEC.make_params(4, {"weight": 1.0, "tall_mask_lambda": 0.4})
     tensor, parts = consensus.merge_tall_masks(base["w"], [e["w"] for e in experts], params)
     _close(parts.task_vector.reshape(-1), task_vectors.sum(0))
     for t in range(4):
@@ -114,5 +114,6 @@ def test_tall_masks_and_consensus_match_fusion_bench():
                flat_base + their_masks[t] * task_vectors.sum(0))
     # consensus (the authors' construct_consensus_mask: entries at least k tasks keep), alpha = 0.5
     keep = their_masks.float().sum(0) >= 2
-    ours = consensus.merge_consensus(base["w"], [e["w"] for e in experts], consensus.ConsensusParams(lambda_=0.5))
+    ours = consensus.merge_consensus(base["w"], [e["w"] for e in experts],
+                                     consensus.CONSENSUS_SPEC.make_params(4, {"lambda": 0.5}))
     _close(ours.reshape(-1), flat_base + 0.5 * (keep * task_vectors.sum(0)))

@@ -15,6 +15,7 @@ import math
 import pytest
 import torch
 
+from mergesmith.errors import ConfigError
 from mergesmith.methods import karcher, model_stock, multislerp, nearswap, nuslerp, passthrough, slerp
 from mergesmith.methods._blocks import row_blocks
 from mergesmith.methods._spec import param_infos
@@ -57,10 +58,8 @@ def mergekit_merge(name, base, experts, **parameters):
 
 
 def ours(name, base, experts, **parameters):
-    module = MODULES[name]
-    per_model = {k: tuple(v) for k, v in parameters.items() if isinstance(v, (list, tuple))}
-    shared = {k: v for k, v in parameters.items() if k not in per_model}
-    return module.merge(base, list(experts), module.Params(**per_model, **shared), None)
+    spec = MODULES[name].SPEC
+    return spec.merge(base, list(experts), spec.make_params(len(experts), parameters), None)
 
 
 def rel_err(actual, expected):
@@ -373,10 +372,11 @@ def test_nearswap_endpoints_and_blocks():
     w = t / (base - other).abs()[~close]
     torch.testing.assert_close(out[~close], w * other[~close] + (1 - w) * base[~close])
     # the block protocol gives the same bytes as the whole tensor
-    spec = nearswap.SPEC
+    streaming = nearswap.SPEC.streaming
     params = nearswap.Params(t=t)
-    ctx = spec.context(None, params, None)
-    blocks = [spec.merge_block(base[s], [other[s]], params, ctx, None, i) for i, s in enumerate(row_blocks(base.shape))]
+    ctx = streaming.context(lambda: iter(()), params, None)
+    blocks = [streaming.merge_block(base[s], [other[s]], params, ctx, None, i)
+              for i, s in enumerate(row_blocks(base.shape))]
     assert torch.equal(torch.cat(blocks), out)
 
 
@@ -451,19 +451,10 @@ def test_multislerp_single_model_and_linear_fallback():
     [
         ("slerp", None, 1, dict(t=0.5), "base"),
         ("slerp", "b", 2, dict(t=0.5), "exactly one"),
-        ("slerp", "b", 1, dict(t=float("nan")), "t must be"),
         ("nuslerp", None, 3, dict(weight=[1, 1, 1]), "exactly two"),
-        ("nuslerp", None, 2, dict(weight=[1.0]), "weight"),
-        ("multislerp", None, 3, dict(weight=[1.0, -1.0, 0.0]), "sum to 0"),
-        ("multislerp", None, 2, dict(weight=[1.0, 1.0], eps=0.0), "eps"),
-        ("multislerp", None, 2, dict(weight=[1.0]), "weight"),
-        ("karcher", None, 2, dict(max_iter=-1), "max_iter"),
-        ("karcher", None, 2, dict(max_iter=2.5), "max_iter"),
-        ("karcher", None, 2, dict(tol=-1.0), "tol"),
         ("model_stock", None, 2, dict(), "base"),
         ("model_stock", "b", 1, dict(), "at least two"),
         ("nearswap", None, 1, dict(t=0.1), "base"),
-        ("nearswap", "b", 1, dict(t=float("inf")), "t must be"),
         ("passthrough", None, 2, dict(), "exactly one"),
     ],
 )
@@ -471,6 +462,25 @@ def test_invalid_inputs_raise(name, base, n, kwargs, match):
     b, experts = models((3, 4), n, seed=200)
     with pytest.raises(ValueError, match=match):
         ours(name, b if base else None, experts, **kwargs)
+
+
+@pytest.mark.parametrize(
+    "name,n,kwargs,match",
+    [
+        ("slerp", 1, dict(t=float("nan")), "slerp: t must be a finite number, got nan"),
+        ("nuslerp", 2, dict(weight=[1.0]), "weight has 1 values for 2 models"),
+        ("multislerp", 3, dict(weight=[1.0, -1.0, 0.0]), "sum to 0"),
+        ("multislerp", 2, dict(weight=[1.0, 1.0], eps=0.0), "eps must be in \\(0, inf\\), got 0"),
+        ("multislerp", 2, dict(weight=[1.0]), "weight has 1 values"),
+        ("karcher", 2, dict(max_iter=-1), "max_iter must be in \\[0, inf\\)"),
+        ("karcher", 2, dict(max_iter=2.5), "max_iter must be an integer, got 2.5"),
+        ("karcher", 2, dict(tol=-1.0), "tol must be in"),
+        ("nearswap", 1, dict(t=float("inf")), "t must be a finite number, got inf"),
+    ],
+)
+def test_invalid_parameters_are_refused(name, n, kwargs, match):
+    with pytest.raises(ConfigError, match=match):
+        MODULES[name].SPEC.make_params(n, kwargs)
 
 
 def test_multislerp_zero_mean_direction_raises_for_three():

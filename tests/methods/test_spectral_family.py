@@ -217,10 +217,11 @@ def test_cart_averages_non_matrices_and_needs_no_base():
 def test_lines_scale_grows_with_depth():
     base, experts = make((6, 5), 3, seed=15)
     mtv = sum(e - base for e in experts)
+    spec = lines.SPEC
     for depth in (0.0, 0.25, 1.0):
-        out = lines.merge(base, experts, lines.Params(beta=0.8, depth=depth))
+        out = spec.merge(base, experts, spec.make_params(3, {"beta": 0.8}, facts={"depth": depth}))
         torch.testing.assert_close(out, base + (1 / 3 + 0.8 * depth) * mtv, rtol=1e-10, atol=1e-12)
-    out = lines.merge(base, experts, lines.Params(alpha=0.2, beta=0.5, depth=0.5))
+    out = spec.merge(base, experts, spec.make_params(3, {"alpha": 0.2, "beta": 0.5}, facts={"depth": 0.5}))
     torch.testing.assert_close(out, base + 0.45 * mtv, rtol=1e-10, atol=1e-12)
 
 
@@ -252,7 +253,7 @@ def test_lines_depth_is_a_tensor_fact_not_a_parameter():
     assert set(param_infos(lines.Params)) == {"alpha", "beta"}
     base, experts = make((4, 3), 2)
     with pytest.raises(ValueError, match="without one"):
-        lines.merge(base, experts, lines.Params())
+        lines.SPEC.merge(base, experts, lines.Params())
     with pytest.raises(ConfigError, match="unknown parameter"):
         merge_state_dicts({"w": base}, [{"w": e} for e in experts], "lines", depth=0.5)
 
@@ -342,21 +343,24 @@ def test_merge_state_dicts_warns_once_per_merge():
 @pytest.mark.parametrize(
     "name, values, message",
     [
-        ("pcb", {"density": 0.0}, "'density' must be in \\(0, 1\\]"),
-        ("pcb", {"lambda_": math.inf}, "'lambda'"),
-        ("tsv_m", {"sv_reduction": 1.5}, "'sv_reduction' must be in \\(0, 1\\]"),
-        ("tsv_m", {"alpha": math.nan}, "'alpha'"),
-        ("iso_cts", {"common_space_fraction": -0.1}, "'common_space_fraction' must be in \\[0, 1\\]"),
-        ("cart", {"rank_ratio": 0.0}, "'rank_ratio' must be in \\(0, 1\\]"),
-        ("lines", {"beta": math.inf, "depth": 0.5}, "'beta'"),
-        ("lines", {"depth": 1.5}, "depth must be in \\[0, 1\\]"),
+        ("pcb", {"density": 0.0}, "pcb: density must be in \\(0, 1\\], got 0"),
+        ("pcb", {"lambda": math.inf}, "lambda must be a finite number, got inf"),
+        ("tsv_m", {"sv_reduction": 1.5}, "sv_reduction must be in \\(0, 1\\], got 1.5"),
+        ("tsv_m", {"alpha": math.nan}, "alpha must be a finite number"),
+        ("iso_cts", {"common_space_fraction": -0.1}, "common_space_fraction must be in \\[0, 1\\], got -0.1"),
+        ("cart", {"rank_ratio": 0.0}, "rank_ratio must be in \\(0, 1\\], got 0"),
+        ("lines", {"beta": math.inf}, "beta must be a finite number"),
     ],
 )
 def test_parameter_errors_name_the_parameter(name, values, message):
+    with pytest.raises(ConfigError, match=message):
+        METHODS[name].make_params(2, values)
+
+
+def test_a_depth_outside_the_stack_is_refused():
     base, experts = make((6, 5), 2)
-    spec = METHODS[name]
-    with pytest.raises(ValueError, match=message):
-        spec.merge(base if spec.base != "unused" else None, experts, spec.params(**values), None)
+    with pytest.raises(ValueError, match="depth must be in \\[0, 1\\]"):
+        lines.SPEC.merge(base, experts, lines.SPEC.make_params(2, {}, facts={"depth": 1.5}))
 
 
 def test_shape_errors():
@@ -364,8 +368,9 @@ def test_shape_errors():
     for name in NEW:
         spec = METHODS[name]
         with pytest.raises(ValueError, match="shape"):
-            spec.merge(base if spec.base != "unused" else None, [experts[0], experts[1][:3]], spec.params(depth=0.5)
-                       if name == "lines" else spec.params(), None)
+            facts = {"depth": 0.5} if name == "lines" else None
+            spec.merge(base if spec.base != "unused" else None, [experts[0], experts[1][:3]],
+                       spec.make_params(2, {}, facts=facts), None)
         if spec.base == "required":
             with pytest.raises(ValueError, match="base"):
                 spec.merge(None, experts, spec.params(), None)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from mergesmith.engine.rng import TensorRng
+from mergesmith.errors import ConfigError
 from mergesmith.methods import METHODS, _blocks, _kth, breadcrumbs, dare, della, magmax, sce, task_arithmetic, ties
 from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._spec import param_infos
@@ -42,16 +43,7 @@ def make(shape, n, seed=0, scale=0.1, dtype=torch.float32):
 
 def params_for(name, n, **values):
     """Our Params with per-model values given as lists (or one value for all models)."""
-    spec = SPECS[name]
-    kwargs = {}
-    for yaml_name, info in param_infos(spec.params).items():
-        if yaml_name not in values:
-            continue
-        value = values[yaml_name]
-        if info.per_model:
-            value = tuple(value) if isinstance(value, (list, tuple)) else (value,) * n
-        kwargs[info.field_name] = value
-    return spec.params(**kwargs)
+    return SPECS[name].make_params(n, values)
 
 
 def ours(name, base, experts, seed=0, tensor="t", **values):
@@ -81,9 +73,9 @@ def streamed(name, base, experts, seed=0, tensor="t", **values):
         for s in slices:
             yield base[s].clone(), [e[s].clone() for e in experts]
 
-    ctx = spec.context(blocks, params, rng)
+    ctx = spec.streaming.context(blocks, params, rng)
     parts = [
-        spec.merge_block(base[s].clone(), [e[s].clone() for e in experts], params, ctx, rng, i)
+        spec.streaming.merge_block(base[s].clone(), [e[s].clone() for e in experts], params, ctx, rng, i)
         for i, s in enumerate(slices)
     ]
     return torch.cat(parts), len(slices), len(passes)
@@ -433,7 +425,7 @@ def test_magmax_picks_the_largest_magnitude():
     base = torch.zeros(4)
     experts = [torch.tensor([1.0, -3.0, 0.5, 0.0]), torch.tensor([-2.0, 2.0, 0.25, 0.0]), torch.tensor([1.5, 1.0, -0.75,
                                                                                                         0.0])]
-    out = magmax.merge(base, experts, magmax.Params(lambda_=0.5))
+    out = ours("magmax", base, experts, **{"lambda": 0.5})
     assert torch.equal(out, torch.tensor([-1.0, -1.5, -0.375, 0.0]))
 
 
@@ -441,7 +433,7 @@ def test_ties_trims_elects_and_averages_disjointly():
     """A hand-computed example of Algorithm 1."""
     base = torch.zeros(5)
     experts = [torch.tensor([4.0, -1.0, 3.0, 0.5, -2.0]), torch.tensor([-1.0, -2.0, 2.0, 1.0, 6.0])]
-    out = ties.merge(base, experts, ties.Params(weight=(1.0, 1.0), density=(0.6, 0.6)))
+    out = ours("ties", base, experts, weight=1.0, density=0.6)
     # trim to the 3 largest: [4, 0, 3, 0, -2] and [0, -2, 2, 0, 6]; elected signs: + - + 0(+) +
     # disjoint means: 4, -2, 2.5, 0, 6
     assert torch.equal(out, torch.tensor([4.0, -2.0, 2.5, 0.0, 6.0]))
@@ -450,8 +442,7 @@ def test_ties_trims_elects_and_averages_disjointly():
 def test_breadcrumbs_keeps_the_middle_band():
     base = torch.zeros(10)
     expert = torch.arange(1.0, 11.0)  # magnitudes 1..10
-    params = breadcrumbs.LinearParams(weight=(1.0,), density=(0.5,), gamma=(0.2,))
-    out = breadcrumbs.LINEAR_SPEC.merge(base, [expert], params)
+    out = ours("breadcrumbs", base, [expert], weight=1.0, density=0.5, gamma=0.2)
     # keep 5, drop the top 2 (9, 10) and the bottom 3 (1, 2, 3)
     assert torch.equal(out, torch.tensor([0.0, 0, 0, 4, 5, 6, 7, 8, 0, 0]))
 
@@ -459,7 +450,7 @@ def test_breadcrumbs_keeps_the_middle_band():
 def test_sce_selects_by_variance_and_weights_by_energy():
     base = torch.zeros(4)
     experts = [torch.tensor([1.0, 1.0, 0.0, 3.0]), torch.tensor([1.0, -1.0, 2.0, 1.0])]
-    out = sce.merge(base, experts, sce.Params(select_topk=0.5))
+    out = ours("sce", base, experts, select_topk=0.5)
     # variances: 0, 1, 1, 1 -> nonzero 3, k = int(3 * 0.5) = 1: the tie at 1 keeps all three
     # selected: e0 = [0, 1, 0, 3], e1 = [0, -1, 2, 1]; energies 10/4 and 6/4 -> weights 10/16, 6/16
     # elected signs (sum): 0(+), 0(+), +, +: entry 1 has e0 agreeing only
@@ -471,41 +462,43 @@ def test_sce_selects_by_variance_and_weights_by_energy():
 @pytest.mark.parametrize(
     "name, values, message",
     [
-        ("ties", dict(weight=1.0, density=0.0), "'density' must be in \\(0, 1\\]"),
-        ("ties", dict(weight=1.0, density=1.5), "'density'"),
-        ("dare_linear", dict(weight=1.0, density=-0.1), "'density'"),
-        ("breadcrumbs", dict(weight=1.0, density=0.5, gamma=1.0), "'gamma' must be in \\[0, 1\\)"),
-        ("breadcrumbs_ties", dict(weight=1.0, density=0.5, gamma=-0.1), "'gamma'"),
+        ("ties", dict(weight=1.0, density=0.0), "ties: density must be in \\(0, 1\\], got 0"),
+        ("ties", dict(weight=1.0, density=1.5), "density must be in \\(0, 1\\], got 1.5"),
+        ("dare_linear", dict(weight=1.0, density=-0.1), "density must be in"),
+        ("breadcrumbs", dict(weight=1.0, density=0.5, gamma=1.0), "gamma must be in \\[0, 1\\), got 1"),
+        ("breadcrumbs_ties", dict(weight=1.0, density=0.5, gamma=-0.1), "gamma must be in"),
         ("della", dict(weight=1.0, density=0.1, epsilon=0.15), "density \\+/- epsilon"),
         ("della_linear", dict(weight=1.0, density=0.9, epsilon=0.15), "density \\+/- epsilon"),
-        ("della", dict(weight=1.0, density=0.5, epsilon=-0.1), "'epsilon'"),
-        ("sce", dict(select_topk=0.0), "'select_topk' must be in \\(0, 1\\]"),
-        ("task_arithmetic", dict(weight=float("nan")), "'weight' must be a finite"),
-        ("magmax", {"lambda": float("inf")}, "'lambda'"),
+        ("della", dict(weight=1.0, density=0.5, epsilon=-0.1), "epsilon must be in \\[0, 1\\)"),
+        ("sce", dict(select_topk=0.0), "select_topk must be in \\(0, 1\\]"),
+        ("task_arithmetic", dict(weight=float("nan")), "weight must be a finite number, got nan"),
+        ("magmax", {"lambda": float("inf")}, "lambda must be a finite number, got inf"),
+        ("ties", dict(weight=[1.0, 2.0, 3.0]), "weight has 3 values for 2 models"),
+        ("ties", dict(density=0.5), "missing required parameter 'weight'"),
+        ("ties", dict(weight=1.0, desnity=0.5), "unknown parameter 'desnity' for ties; allowed: density"),
     ],
 )
 def test_parameter_errors_name_the_parameter(name, values, message):
     base, experts = make((6, 5), 2)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ConfigError, match=message):
         ours(name, base, experts, **values)
 
 
 def test_shape_and_count_errors():
     base, experts = make((6, 5), 2)
     with pytest.raises(ValueError, match="needs a base model"):
-        ties.merge(None, experts, ties.Params(weight=(1.0, 1.0)))
-    with pytest.raises(ValueError, match="'weight' is required"):
-        ties.merge(base, experts, ties.Params())
-    with pytest.raises(ValueError, match="'density' has 1 values but 'weight' has 2"):
-        ties.merge(base, experts, ties.Params(weight=(1.0, 1.0), density=(0.5,)))
-    with pytest.raises(ValueError, match="2 experts but 3 values of 'weight'"):
-        task_arithmetic.merge(base, experts, task_arithmetic.Params(weight=(1.0, 1.0, 1.0)))
+        ours("ties", None, experts, weight=1.0)
+    with pytest.raises(ValueError, match="'density' has 1 values for 2 experts"):
+        ties.SPEC.merge(base, experts, ties.Params(weight=(1.0, 1.0), density=(0.5,)))
+    with pytest.raises(ValueError, match="'weight' has 3 values for 2 experts"):
+        task_arithmetic.SPEC.merge(base, experts, params_for("task_arithmetic", 3, weight=1.0))
     with pytest.raises(ValueError, match="shape"):
-        task_arithmetic.merge(base, [experts[0], experts[1][:3]], task_arithmetic.Params(weight=(1.0, 1.0)))
+        ours("task_arithmetic", base, [experts[0], experts[1][:3]], weight=1.0)
 
 
-def test_empty_per_model_tuple_means_default():
+def test_a_missing_per_model_value_is_the_default():
     base, experts = make((6, 5), 2)
-    a = ties.merge(base, experts, ties.Params(weight=(1.0, 1.0)))
-    b = ties.merge(base, experts, ties.Params(weight=(1.0, 1.0), density=(1.0, 1.0)))
+    assert params_for("ties", 2, weight=1.0) == params_for("ties", 2, weight=1.0, density=[1.0, 1.0])
+    a = ours("ties", base, experts, weight=1.0)
+    b = ours("ties", base, experts, weight=1.0, density=1.0)
     assert torch.equal(a, b)
