@@ -64,7 +64,8 @@ def failures_named(method: str, tensor: str) -> Iterator[None]:
         raise
     except METHOD_FAILURES as exc:
         detail = " ".join(str(exc).split()) or "no message"
-        raise MethodFailed(f"{method}: merging tensor {tensor!r} failed: {type(exc).__name__}: {detail}") from exc
+        kind = type(exc).__name__.lstrip("_")  # torch.linalg.LinAlgError is torch._C._LinAlgError
+        raise MethodFailed(f"{method}: merging tensor {tensor!r} failed: {kind}: {detail}") from exc
 
 
 def job_cost(job: TensorJob, method: MethodSpec) -> int:

@@ -374,7 +374,8 @@ def _resolve_params(
             ]
         else:
             values[info.name] = resolve_setting(info.name, slice_scopes + [global_scope], tensor_name, t)
-    return method.make_params(len(experts), values, facts=facts, where=tensor_name, models=experts)
+    return method.make_params(len(experts), values, facts=facts, where=f"{method.name} on tensor {tensor_name!r}",
+                              models=experts)
 
 
 def tensor_fact_values(params_cls: type, name: str, counts: dict[str, int]) -> dict[str, Any]:

@@ -195,6 +195,9 @@ class ParamInfo:
 
 
 def _short(value: Any) -> str:
+    """A value as a message shows it: huge integers by their size, long texts cut."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 128:
+        return f"an integer of {value.bit_length()} bits"
     text = repr(value)
     return text if len(text) <= 40 else f"{text[:20]}... ({len(text)} characters)"
 

@@ -78,6 +78,46 @@ def test_density_out_of_range_inside_a_gradient(llama_family, tmp_path):
     expect_refusal(tmp_path, cfg, "models[1].parameters.density", "got 1.2")
 
 
+def _della_config(fam, **parameters) -> dict:
+    return ties_config(fam, merge_method="della", parameters={"weight": 1.0, **parameters})
+
+
+@pytest.mark.parametrize(
+    ("config", "needles"),
+    [
+        # a rule across two parameters, each valid alone
+        (lambda fam: _della_config(fam, density=0.5, epsilon=0.6),
+         ("della", "density +/- epsilon must lie inside (0, 1)", "density=0.5, epsilon=0.6")),
+        # the same rule with the default epsilon, a density set for one model only
+        (lambda fam: {**_della_config(fam), "models": [{"model": str(fam.experts[0]), "parameters": {"density": 0.1}},
+                                                        {"model": str(fam.experts[1])}]},
+         ("density=0.1, epsilon=0.15",)),
+        # a value that reaches the rule only after a filter picks it for some tensors
+        (lambda fam: _della_config(fam, density=[{"filter": "mlp", "value": 0.05}, {"value": 0.5}]),
+         ("mlp", "density=0.05, epsilon=0.15")),
+        # rules declared on the method's own parameters
+        (lambda fam: {"merge_method": "karcher", "models": [{"model": str(p)} for p in fam.experts[:2]],
+                      "parameters": {"tol": -1.0}}, ("parameters.tol", "tol must be in [0, inf), got -1")),
+        (lambda fam: {"merge_method": "karcher", "models": [{"model": str(p)} for p in fam.experts[:2]],
+                      "parameters": {"max_iter": 2.5}}, ("parameters.max_iter", "max_iter must be an integer, got 2.5")),
+        (lambda fam: {"merge_method": "multislerp", "models": [{"model": str(p)} for p in fam.experts[:2]],
+                      "parameters": {"weight": 1.0, "eps": 0}}, ("parameters.eps", "eps must be in (0, inf), got 0")),
+        (lambda fam: {"merge_method": "multislerp", "models": [
+            {"model": str(fam.experts[0]), "parameters": {"weight": 1.0}},
+            {"model": str(fam.experts[1]), "parameters": {"weight": -1.0}}]}, ("weights [1.0, -1.0] sum to 0",)),
+    ],
+    ids=["della-epsilon", "della-default-epsilon", "della-filtered", "karcher-tol", "karcher-max-iter",
+         "multislerp-eps", "multislerp-weights"],
+)
+def test_parameter_rules_are_refused_at_plan_time(llama_family, tmp_path, config, needles):
+    cfg = config(llama_family)
+    planned = run_cli("plan", write_yaml(tmp_path / "p.yaml", cfg))
+    assert planned.exit_code == 2, planned.output
+    lines = planned.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and all(n in lines[0] for n in needles), planned.output
+    expect_refusal(tmp_path, cfg, *needles, inputs=_inputs(llama_family))
+
+
 def test_filter_that_matches_nothing_warns_and_merges(llama_family, tmp_path):
     cfg = ties_config(llama_family)
     cfg["parameters"]["density"] = [{"filter": "mlp.up_prj", "value": 0.9}, {"value": 0.5}]
