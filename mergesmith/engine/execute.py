@@ -64,6 +64,7 @@ def failures_named(method: str, tensor: str) -> Iterator[None]:
         raise
     except METHOD_FAILURES as exc:
         detail = " ".join(str(exc).split()) or "no message"
+        detail = detail.removeprefix(f"{method}: ")  # the message names the method once
         kind = type(exc).__name__.lstrip("_")  # torch.linalg.LinAlgError is torch._C._LinAlgError
         raise MethodFailed(f"{method}: merging tensor {tensor!r} failed: {kind}: {detail}") from exc
 
