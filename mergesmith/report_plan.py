@@ -66,4 +66,7 @@ def format_methods() -> str:
             rule = f", {info.rule()}" if info.rule() else ""
             doc = f" - {info.doc}" if info.doc else ""
             lines.append(f"  {pname} ({scope}, {default}{rule}){doc}")
+        check = getattr(spec.params, "check", None)
+        if check is not None and check.__doc__:
+            lines.append(f"  and: {check.__doc__.strip().splitlines()[0]}")
     return "\n".join(lines)

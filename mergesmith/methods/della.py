@@ -51,7 +51,7 @@ PAPER = ("Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Mergin
 
 
 def check_keep_probabilities(params: TiesParams | LinearParams) -> None:
-    """Keep probabilities density - epsilon ... density + epsilon must be probabilities (MagPrune's assign step)."""
+    """density +/- epsilon inside (0, 1) for every model with density < 1 (MagPrune's keep probabilities)."""
     for density, epsilon in zip(params.density, params.epsilon):
         if density < 1.0 and not (0.0 < density - epsilon and density + epsilon < 1.0):
             raise ConfigError(f"density +/- epsilon must lie inside (0, 1), got density={density:g}, "

@@ -47,6 +47,7 @@ class Params:
     eps: float = param(1e-8, within=above(0), doc="added to norms before dividing (default 1e-8)")
 
     def check(self) -> None:
+        """with normalize_weights and several models, the weights must not sum to 0."""
         if self.normalize_weights and len(self.weight) > 1 and sum(self.weight) == 0:
             raise ConfigError(f"the weights {list(self.weight)} sum to 0, so they cannot be normalised; change the "
                               "weights or set normalize_weights: false")

@@ -205,3 +205,16 @@ def test_missing_and_non_tensor_entries_are_named():
     experts = [{"layer.weight": [1.0, 2.0]}, {"layer.weight": [1.0, 2.0]}]
     with pytest.raises(MergesmithError, match="'layer.weight' is a list, not a torch.Tensor"):
         merge_state_dicts(base, experts, "ties", weight=1.0)
+
+
+def test_the_methods_listing_shows_each_declared_rule():
+    from tests.helpers import run_cli
+
+    result = run_cli("methods")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "  density (per model, default 1, in (0, 1]) - fraction of largest-magnitude entries kept" in lines
+    assert "  rescale_by (global, default sum, one of sum, tensor_means) - " + param_infos(
+        METHODS["emr"].params)["rescale_by"].doc in lines
+    assert any(line.startswith("  k (global, default 2, an integer in [0, inf))") for line in lines)
+    assert any(line.startswith("  and: density +/- epsilon inside (0, 1)") for line in lines)

@@ -363,6 +363,23 @@ def test_a_depth_outside_the_stack_is_refused():
         lines.SPEC.merge(base, experts, lines.SPEC.make_params(2, {}, facts={"depth": 1.5}))
 
 
+@pytest.mark.parametrize("name", ["tsv_m", "iso_c", "iso_cts", "cart", "doge_ta"])
+@pytest.mark.parametrize("value", [math.nan, math.inf])
+def test_a_non_finite_matrix_gives_a_nan_matrix_not_a_factorisation_error(name, value):
+    """The SVD of a matrix with NaN/Inf is undefined (LAPACK raises): the merged matrix is NaN, as arithmetic on a
+    NaN gives; the engine has already warned about the input, or refused it with --strict."""
+    base, experts = make((6, 5), 3)
+    experts[1][2, 3] = value
+    spec = METHODS[name]
+    params = spec.make_params(3, {"steps": 2} if name == "doge_ta" else {})
+    out = spec.merge(base if spec.base != "unused" else None, experts, params, None)
+    assert out.shape == base.shape and torch.isnan(out).all()
+    bias_base, bias_experts = make((5,), 3)
+    bias_experts[0][1] = value  # not a matrix: averaged, so only that entry is non-finite
+    out = spec.merge(bias_base if spec.base != "unused" else None, bias_experts, params, None)
+    assert int((~torch.isfinite(out)).sum()) == 1
+
+
 def test_shape_errors():
     base, experts = make((6, 5), 2)
     for name in NEW:
