@@ -158,7 +158,8 @@ def test_consensus_threshold_k():
     votes = torch.stack(parts.masks).sum(0)
 
     def run(k):
-        return consensus.merge_consensus(base, experts, consensus.CONSENSUS_SPEC.make_params(n, {"k": k, "lambda": 0.5}))
+        params = consensus.CONSENSUS_SPEC.make_params(n, {"k": k, "lambda": 0.5})
+        return consensus.merge_consensus(base, experts, params)
 
     tau = parts.task_vector
     torch.testing.assert_close(run(0), base + 0.5 * tau)  # k = 0: plain task arithmetic

@@ -68,8 +68,8 @@ def _just_inside(interval: Interval, step: float) -> list[float]:
 
 def test_the_declared_rules_cover_the_parameters_that_need_them():
     declared = {(name, info.name) for name, info in RULES}
-    for method, parameter in [("ties", "density"), ("breadcrumbs", "gamma"), ("della", "epsilon"), ("sce", "select_topk"),
-                              ("tsv_m", "sv_reduction"), ("iso_cts", "common_space_fraction"), ("cart", "rank_ratio"),
+    for method, parameter in [("ties", "density"), ("breadcrumbs", "gamma"), ("della", "epsilon"),
+                              ("sce", "select_topk"), ("tsv_m", "sv_reduction"), ("iso_cts", "common_space_fraction"), ("cart", "rank_ratio"),
                               ("wudi", "steps"), ("doge_ta", "subspace"), ("consensus", "k"), ("emr", "rescale_by"),
                               ("tall_masks", "aggregation"), ("regmean_combine", "input_axis"), ("karcher", "max_iter"),
                               ("karcher", "tol"), ("multislerp", "eps")]:
@@ -139,8 +139,8 @@ def test_make_params_coerces_and_broadcasts():
 
 def test_every_method_builds_its_default_params():
     for name, spec in METHODS.items():
-        values = {k: v for k, v in REQUIRED.items() if k in param_infos(spec.params) and param_infos(spec.params)[k].required}
-        params = spec.make_params(N, values)
+        infos = param_infos(spec.params)
+        params = spec.make_params(N, {k: v for k, v in REQUIRED.items() if k in infos and infos[k].required})
         assert dataclasses.is_dataclass(params), name
 
 
