@@ -59,9 +59,11 @@ def main() -> None:
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB, 500MiB, 1000000).")
 @click.option("--memory-budget", default=None, help="Bytes of tensors in flight (default: what the largest tensor needs).")
 @click.option("--strict", is_flag=True, help="Refuse inputs with NaN or Inf values instead of warning.")
+@click.option("--allow-crimes", is_flag=True, help="Merge models whose config.json declare different architectures (mergekit's flag).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_user_errors
-def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool, quiet: bool) -> None:
+def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool,
+          allow_crimes: bool, quiet: bool) -> None:
     """Merge the checkpoints named in CONFIG into OUT_DIR."""
     from mergesmith.api import merge as run_merge
     from mergesmith.errors import MergesmithError
@@ -82,6 +84,7 @@ def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_siz
         max_shard_size=shard_bytes,
         memory_budget=budget,
         strict=strict,
+        allow_crimes=allow_crimes,
         progress=bar.update,
         on_plan=bar.start,
     )
@@ -133,13 +136,14 @@ class _ProgressBar:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--limit", type=int, default=None, help="Print at most this many tensor rows.")
+@click.option("--allow-crimes", is_flag=True, help="Merge models whose config.json declare different architectures (mergekit's flag).")
 @_user_errors
-def plan(config: Path, limit: int | None) -> None:
+def plan(config: Path, limit: int | None, allow_crimes: bool) -> None:
     """Validate CONFIG against the checkpoints' headers and print the per-tensor plan (no weights are read)."""
     from mergesmith.api import plan_merge
     from mergesmith.report_plan import format_plan
 
-    merge_plan = plan_merge(config)
+    merge_plan = plan_merge(config, allow_crimes=allow_crimes)
     try:
         click.echo(format_plan(merge_plan, limit=limit))
     finally:
