@@ -31,7 +31,7 @@ from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
 from mergesmith.bench import per_task
 from mergesmith.bench.data import TaskData
 from mergesmith.bench.encoder import split_features
-from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, grid_points
+from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, choose_point, grid_points
 from mergesmith.bench.pool import Pool, PoolTask
 from mergesmith.bench.zoo import build_zoo, encode_tasks
 from mergesmith.errors import MergesmithError
@@ -256,7 +256,6 @@ def run_bench(
                                   out_dir=run_dir / "merged" / method if keep_models else None, echo=echo))
             continue
         grid = []
-        best = None
         points = [_params_with_defaults(method, p) for p in grid_points(method)]
         for point in points:
             if per_task.has_task_models(method):  # EMR, TALL masks: task t is scored with task t's model
@@ -266,9 +265,7 @@ def run_bench(
                 base_model.load_state_dict(merged)
                 score = _average(validation(base_model))
             grid.append({"params": point, "validation_average": score})
-            if best is None or score > best[1]:
-                best = (point, score)
-        chosen = best[0]
+        chosen = points[choose_point([g["validation_average"] for g in grid])]
         config = merge_config(method, chosen, bench_pool, tasks, seed)
         config_path = run_dir / "configs" / f"{method}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
