@@ -219,7 +219,7 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
     --pool POOL.yaml runs the same protocol on your own checkpoints and data:
       base_model: DIR        a text encoder (BERT-like) or a CLIP vision model
       tasks: [{name, expert: DIR, head: FILE, data: {format: csv|jsonl|imagefolder, train, validation, test}}]
-    (full schema: python -m pydoc mergesmith.bench.pool)
+    (full format and a complete example: docs/pools.md in the repository)
     """
     import time as _time
 
