@@ -74,13 +74,15 @@ def tensor_method_values(method: str, given: Mapping[str, Any], n_experts: int) 
     values: dict[str, Any] = {}
     for key, value in given.items():
         if key not in infos:
-            raise ConfigError(f"--methods {method}: unknown parameter {key!r}; allowed: {', '.join(sorted(infos)) or 'none'}")
+            allowed = ", ".join(sorted(infos)) or "none"
+            raise ConfigError(f"--methods {method}: unknown parameter {key!r}; allowed: {allowed}")
         where = f"--methods {method}:{key}"
         if isinstance(value, list):
             if not infos[key].per_model:
                 raise ConfigError(f"{where}: {key} is one value for all experts, not a list")
             if len(value) != n_experts:
-                raise ConfigError(f"{where}: {len(value)} values for {n_experts} experts; give one per expert or one for all")
+                raise ConfigError(f"{where}: {len(value)} values for {n_experts} experts; give one per expert or one "
+                                  f"for all")
             values[key] = [coerce_value(infos[key], v, where) for v in value]
         else:
             values[key] = coerce_value(infos[key], value, where)

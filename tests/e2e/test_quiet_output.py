@@ -1,5 +1,5 @@
 """What ``adapt`` and ``bench`` print, in a fresh process as a user runs them (transformers' logging and progress-bar
-switches are process-wide, so an in-process run would inherit the test session's): with -q no progress bar, no
+switches are process-wide, so an in-process run would inherit the test run's): with -q no progress bar, no
 load report, no raw Python warning; a refused output prints its one error line and nothing before it."""
 
 from __future__ import annotations
