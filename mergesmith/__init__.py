@@ -28,4 +28,9 @@ def __getattr__(name: str):
     raise AttributeError(f"module 'mergesmith' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    # the lazy names are attributes too (``dir(mergesmith)``, tab completion), though not imported until used
+    return sorted(set(globals()) | set(_LAZY))
+
+
 __all__ = list(_LAZY)

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from mergesmith import __version__
+from mergesmith.architectures import check_same_architecture
 from mergesmith.config import MergeConfig, load_config, parameter_warnings, referenced_models
 from mergesmith.engine.execute import ExecutionReport, execute
 from mergesmith.engine.in_memory import merged_tensors
@@ -34,13 +35,18 @@ from mergesmith.io.writer import ShardedWriter, parse_size
 from mergesmith.methods import METHODS, get_method
 
 
-@dataclass
+@dataclass(repr=False)
 class MergeResult:
     out_dir: Path
     plan: MergePlan
     report: ExecutionReport
     seconds: float
     shards: dict[str, str]
+
+    def __repr__(self) -> str:
+        # the plan holds one job per tensor: a full dataclass repr runs to tens of kilobytes
+        return (f"MergeResult(out_dir={str(self.out_dir)!r}, method={self.plan.method.name!r}, "
+                f"tensors={self.report.tensors}, seconds={self.seconds:.2f}, shards={len(self.shards)})")
 
 
 def open_models(config: MergeConfig) -> dict[str, Any]:
@@ -56,10 +62,26 @@ def open_models(config: MergeConfig) -> dict[str, Any]:
     return opened
 
 
-def plan_merge(config: str | Path | dict | MergeConfig) -> MergePlan:
-    """Validate a config against the checkpoints' headers and return the per-tensor plan. Reads no weights."""
+def plan_merge(config: str | Path | dict | MergeConfig, *, allow_crimes: bool = False) -> MergePlan:
+    """Validate a config against the checkpoints' headers and return the per-tensor plan. Reads no weights.
+
+    ``allow_crimes`` merges models whose config.json declare different architectures (mergekit's --allow-crimes).
+    """
     cfg = load_config(config)
-    return _with_warnings(build_plan(cfg, open_models(cfg)))
+    checkpoints = open_models(cfg)
+    try:
+        return _checked_plan(cfg, checkpoints, allow_crimes)
+    except BaseException:
+        for ckpt in checkpoints.values():
+            ckpt.close()
+        raise
+
+
+def _checked_plan(cfg: MergeConfig, checkpoints: dict[str, Any], allow_crimes: bool) -> MergePlan:
+    """The plan, then the checks that need the whole set of models (their declared architectures)."""
+    plan = _with_warnings(build_plan(cfg, checkpoints))
+    check_same_architecture(checkpoints, allow_crimes=allow_crimes)
+    return plan
 
 
 def _with_warnings(plan: MergePlan) -> MergePlan:
@@ -79,10 +101,14 @@ def merge(
     max_shard_size: str | int = "5GB",
     memory_budget: int | None = None,
     strict: bool = False,
+    allow_crimes: bool = False,
     progress: Callable[[TensorJob], None] | None = None,
     on_plan: Callable[[MergePlan], None] | None = None,
 ) -> MergeResult:
-    """Stream a merge of checkpoints into ``out_dir`` (written atomically; inputs are never modified)."""
+    """Stream a merge of checkpoints into ``out_dir`` (written atomically; inputs are never modified).
+
+    ``allow_crimes`` merges models whose config.json declare different architectures (mergekit's --allow-crimes).
+    """
     started = time.perf_counter()
     cfg = load_config(config)
     if seed is not None:
@@ -90,7 +116,7 @@ def merge(
     shard_bytes = parse_size(max_shard_size) if isinstance(max_shard_size, str) else int(max_shard_size)
     checkpoints = open_models(cfg)
     try:
-        plan = _with_warnings(build_plan(cfg, checkpoints))
+        plan = _checked_plan(cfg, checkpoints, allow_crimes)
         if on_plan is not None:
             on_plan(plan)
         input_files = _input_files(plan)

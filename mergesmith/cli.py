@@ -5,8 +5,10 @@ Heavy modules (torch, transformers) are imported inside the commands so ``merges
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+import warnings
 from pathlib import Path
 
 import click
@@ -29,6 +31,37 @@ def _user_errors(func):
             sys.exit(130)
 
     return wrapper
+
+
+@contextlib.contextmanager
+def _library_output():
+    """What the libraries print while adapt and bench run. transformers' load reports and weight-loading bars are
+    about mergesmith's own loads (a base model read as an encoder reports its unused head) and are not shown; a Python
+    warning becomes one line on stderr, once per message (``note:`` for mergesmith's own, ``warning:`` for the
+    libraries'), instead of a ``file:line: UserWarning`` dump."""
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    package = str(Path(__file__).resolve().parent)
+    shown: set[str] = set()
+
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        text = " ".join(str(message).split())
+        if text not in shown:
+            shown.add(text)
+            ours = issubclass(category, UserWarning) and str(Path(filename).resolve()).startswith(package)
+            click.echo(f"{'note' if ours else 'warning'}: {text}", err=True)
+
+    try:
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            yield
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -59,9 +92,11 @@ def main() -> None:
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB, 500MiB, 1000000).")
 @click.option("--memory-budget", default=None, help="Bytes of tensors in flight (default: what the largest tensor needs).")
 @click.option("--strict", is_flag=True, help="Refuse inputs with NaN or Inf values instead of warning.")
+@click.option("--allow-crimes", is_flag=True, help="Merge models whose config.json declare different architectures (mergekit's flag).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_user_errors
-def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool, quiet: bool) -> None:
+def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool,
+          allow_crimes: bool, quiet: bool) -> None:
     """Merge the checkpoints named in CONFIG into OUT_DIR."""
     from mergesmith.api import merge as run_merge
     from mergesmith.errors import MergesmithError
@@ -82,6 +117,7 @@ def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_siz
         max_shard_size=shard_bytes,
         memory_budget=budget,
         strict=strict,
+        allow_crimes=allow_crimes,
         progress=bar.update,
         on_plan=bar.start,
     )
@@ -133,13 +169,14 @@ class _ProgressBar:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--limit", type=int, default=None, help="Print at most this many tensor rows.")
+@click.option("--allow-crimes", is_flag=True, help="Merge models whose config.json declare different architectures (mergekit's flag).")
 @_user_errors
-def plan(config: Path, limit: int | None) -> None:
+def plan(config: Path, limit: int | None, allow_crimes: bool) -> None:
     """Validate CONFIG against the checkpoints' headers and print the per-tensor plan (no weights are read)."""
     from mergesmith.api import plan_merge
     from mergesmith.report_plan import format_plan
 
-    merge_plan = plan_merge(config)
+    merge_plan = plan_merge(config, allow_crimes=allow_crimes)
     try:
         click.echo(format_plan(merge_plan, limit=limit))
     finally:
@@ -149,16 +186,21 @@ def plan(config: Path, limit: int | None) -> None:
 
 @main.command()
 def methods() -> None:
-    """List the merge methods, their papers and parameters."""
+    """List the merge methods, their papers and parameters; then the data-driven (adapt) and continual methods."""
+    from mergesmith.method_listing import format_adapt_methods, format_continual_methods
     from mergesmith.report_plan import format_methods
 
     click.echo(format_methods())
+    click.echo("")
+    click.echo(format_adapt_methods())
+    click.echo("")
+    click.echo(format_continual_methods())
 
 
 @main.command()
 @click.option("--profile", default=None, help="default (6 tasks; the default) or mini (3 small tasks, a few minutes).")
 @click.option("--pool", "pool", type=click.Path(path_type=Path), default=None, help="Your own pool YAML (base model, experts, heads, task data) instead of a built-in profile.")
-@click.option("--methods", default=None, help="Comma-separated merge methods (default: a representative set).")
+@click.option("--methods", default=None, help="Comma-separated methods, each METHOD or METHOD:KEY=VALUE (more KEY=VALUE after commas), e.g. ties:density=0.3,lambda=1.0,regmean (default: a representative set).")
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/bench-PROFILE-TIME).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where data and the expert zoo are cached (default: $MERGESMITH_CACHE or ~/.cache/mergesmith).")
 @click.option("--seed", type=int, default=0, show_default=True)
@@ -177,10 +219,11 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
     --pool POOL.yaml runs the same protocol on your own checkpoints and data:
       base_model: DIR        a text encoder (BERT-like) or a CLIP vision model
       tasks: [{name, expert: DIR, head: FILE, data: {format: csv|jsonl|imagefolder, train, validation, test}}]
-    (full schema: python -m pydoc mergesmith.bench.pool)
+    (full format and a complete example: docs/pools.md in the repository)
     """
     import time as _time
 
+    from mergesmith.bench.method_args import parse_methods
     from mergesmith.bench.run import run_bench
     from mergesmith.errors import MergesmithError
 
@@ -191,30 +234,28 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
         out_dir = Path("runs") / f"bench-{label}-{_time.strftime('%Y%m%d-%H%M%S')}"
     if protect_mode and continual_mode:
         raise MergesmithError("--protect and --continual are separate modes; run them one at a time")
-    if continual_mode:
-        from mergesmith.bench.continual import run_continual_bench
+    choices = parse_methods(methods or "")
+    names = [c.name for c in choices] or None
+    if (protect_mode or continual_mode) and any(c.params for c in choices):
+        mode = "--protect" if protect_mode else "--continual"
+        raise MergesmithError(f"{mode} takes method names only (their parameters are tuned or fixed by the mode); "
+                              f"drop the :KEY=VALUE parts of --methods")
+    with _library_output():
+        if continual_mode:
+            from mergesmith.bench.continual import run_continual_bench
 
-        run_continual_bench(profile=profile, pool=pool, methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-                            orders=orders, run_dir=out_dir, cache_dir=cache_dir, seed=seed, progress=not quiet, echo=click.echo)
-        return
-    if protect_mode:
-        from mergesmith.bench.protected import run_protect_bench
+            run_continual_bench(profile=profile, pool=pool, methods=names, orders=orders, run_dir=out_dir,
+                                cache_dir=cache_dir, seed=seed, progress=not quiet, echo=click.echo)
+            return
+        if protect_mode:
+            from mergesmith.bench.protected import run_protect_bench
 
-        run_protect_bench(profile=profile, pool=pool, methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-                          protect_task=protect_task, run_dir=out_dir, cache_dir=cache_dir, seed=seed, progress=not quiet,
-                          echo=click.echo)
-        return
-    run_bench(
-        profile=profile,
-        pool=pool,
-        methods=[m.strip() for m in methods.split(",") if m.strip()] if methods else None,
-        run_dir=out_dir,
-        cache_dir=cache_dir,
-        seed=seed,
-        keep_models=keep_models,
-        progress=not quiet,
-        echo=click.echo,
-    )
+            run_protect_bench(profile=profile, pool=pool, methods=names, protect_task=protect_task, run_dir=out_dir,
+                              cache_dir=cache_dir, seed=seed, progress=not quiet, echo=click.echo)
+            return
+        run_bench(profile=profile, pool=pool, methods=names, method_params={c.name: c.params for c in choices},
+                  run_dir=out_dir, cache_dir=cache_dir, seed=seed, keep_models=keep_models, progress=not quiet,
+                  echo=click.echo)
 
 
 @main.command()
@@ -233,15 +274,20 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
     import json
 
     from mergesmith.adapt import ADAPT_METHODS
+    from mergesmith.adapt._spec import without_progress_bars
     from mergesmith.adapt.runner import parse_param_args, run_adapt
 
     if method not in ADAPT_METHODS:
         from mergesmith.errors import MergesmithError
 
         raise MergesmithError(f"unknown adapt method {method!r}; known: {', '.join(sorted(ADAPT_METHODS))}")
-    result, seconds = run_adapt(method, out_dir, pool=pool, profile=profile, cache_dir=cache_dir,
-                                params=parse_param_args(params), seed=seed, force=force, progress=not quiet,
-                                echo=(lambda _: None) if quiet else click.echo)
+    given = parse_param_args(params)
+    if quiet:
+        given = without_progress_bars(ADAPT_METHODS[method], given)
+    with _library_output():
+        result, seconds = run_adapt(method, out_dir, pool=pool, profile=profile, cache_dir=cache_dir, params=given,
+                                    seed=seed, force=force, progress=not quiet,
+                                    echo=(lambda _: None) if quiet else click.echo)
     click.echo(f"{method}: {seconds:.1f} s; wrote {out_dir} (kind {result.kind}; load with mergesmith.load_merged)")
     shown = {k: v for k, v in result.info.items() if k not in ("history",)}
     click.echo("info: " + json.dumps(shown, default=str)[:2000])
@@ -347,13 +393,9 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
 @continual.command("methods")
 def continual_methods() -> None:
     """List the continual methods and their parameters."""
-    from mergesmith.continual import CONTINUAL_METHODS
+    from mergesmith.method_listing import format_continual_methods
 
-    for spec in CONTINUAL_METHODS.values():
-        click.echo(f"{spec.name:16s} {spec.summary}")
-        click.echo(f"{'':16s} paper: {spec.paper}")
-        for field_name, info in spec.params.model_fields.items():
-            click.echo(f"{'':16s} {info.alias or field_name} = {info.default!r}: {info.description}")
+    click.echo(format_continual_methods())
 
 
 @main.command()

@@ -52,3 +52,10 @@ def parse_params(spec: AdaptSpec, given: dict[str, Any] | None = None) -> Any:
 def params_dict(params: Any) -> dict:
     """A JSON-able dict of a params object (for adapt.json and bench rows)."""
     return params.model_dump(mode="json") if hasattr(params, "model_dump") else dict(params or {})
+
+
+def without_progress_bars(spec: AdaptSpec, given: dict[str, Any]) -> dict[str, Any]:
+    """``given`` with the method's own ``progress`` switch off, unless ``given`` sets it (what ``-q`` asks for)."""
+    if "progress" in spec.params.model_fields and "progress" not in given:
+        return {**given, "progress": False}
+    return given

@@ -1,6 +1,7 @@
 """Bench rows for adapt methods (``mergesmith bench --methods fisher,regmean,...``): run the method on the bench's
 pool, time it, sample its peak memory, and score ``result.encoder_for(task)`` on each task's test split with the
-task's head. Hyper-parameters are the method's Params defaults (methods that tune on validation do it inside ``run``).
+task's head. Hyper-parameters are those given with ``--methods METHOD:KEY=VALUE``, else the method's Params defaults
+(methods that tune on validation do it inside ``run``).
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ def _trim_heap() -> None:
 
 
 def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, features, out_dir: Path | None,
-              echo: Callable[[str], None] = print) -> dict:
-    """One results row of kind "adapt". ``features`` is the pool's featurizer; ``out_dir`` saves the result there."""
+              echo: Callable[[str], None] = print, params=None) -> dict:
+    """One results row of kind "adapt". ``features`` is the pool's featurizer; ``out_dir`` saves the result there;
+    ``params`` the method's parameters object (default: its defaults)."""
     import gc
 
     from mergesmith.adapt import get_adapt_method
@@ -41,7 +43,7 @@ def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, fea
     from mergesmith.bench.run import Evaluator, PeakRss, _average, _normalized
 
     spec = get_adapt_method(method)
-    params = spec.params()
+    params = params if params is not None else spec.params()
     problem = problem_from_pool(pool)  # a fresh problem: the run loads (and is charged for) the base and task vectors
     check_needs(problem, method, spec.needs)
     gc.collect()

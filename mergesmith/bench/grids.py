@@ -1,4 +1,5 @@
-"""Which merge methods the bench runs by default, and the small hyper-parameter grid each is tuned over.
+"""Which merge methods the bench runs by default, the small hyper-parameter grid each is tuned over, and which
+point of a grid is chosen.
 
 Grids follow the papers' usual ranges (task arithmetic's lambda, TIES' density and lambda, DARE's drop rate). The
 point chosen on the validation split is recorded in the results with every point's validation score.
@@ -7,6 +8,14 @@ point chosen on the validation split is recorded in the results with every point
 from __future__ import annotations
 
 import itertools
+import math
+from typing import Sequence
+
+# Validation averages closer than this are a tie. An average of accuracies is a multiple of 1 / (examples x tasks) up
+# to float rounding: 0.77500001 and 0.77499998 are the same count of correct answers summed in another order, and a
+# real difference (one example of a few thousand) is above 1e-5. A tie goes to the earliest point of the grid, whose
+# values are listed smallest (simplest) first.
+TIE_TOLERANCE = 1e-6
 
 # method -> {parameter: [values]}; per-model parameters (weight, density, ...) apply to every expert.
 GRIDS: dict[str, dict[str, list]] = {
@@ -52,3 +61,13 @@ def grid_points(method: str) -> list[dict]:
         return [{}]
     names = sorted(grid)
     return [dict(zip(names, values)) for values in itertools.product(*(grid[n] for n in names))]
+
+
+def choose_point(scores: Sequence[float | None]) -> int:
+    """Index of the chosen grid point: the first whose validation score is within ``TIE_TOLERANCE`` of the best
+    (a missing or NaN score is never chosen unless every score is)."""
+    valid = [-math.inf if s is None or math.isnan(s) else float(s) for s in scores]
+    if not valid:
+        raise ValueError("no grid point was scored")
+    best = max(valid)
+    return next(i for i, s in enumerate(valid) if s >= best - TIE_TOLERANCE)

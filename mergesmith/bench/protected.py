@@ -27,17 +27,17 @@ DEFAULT_PROTECT_METHODS = ("task_arithmetic", "linear")
 def _choose_and_score(method, base_state, experts, model, validation, test, seed):
     """Grid point with the best validation average, then its test scores (merged in memory)."""
     from mergesmith.api import merge_state_dicts
-    from mergesmith.bench.grids import grid_points
+    from mergesmith.bench.grids import choose_point, grid_points
     from mergesmith.bench.run import _average, _params_with_defaults
 
-    best = None
-    for point in (_params_with_defaults(method, p) for p in grid_points(method)):
+    points = [_params_with_defaults(method, p) for p in grid_points(method)]
+    scores = []
+    for point in points:
         model.load_state_dict(merge_state_dicts(base_state, experts, method, seed=seed, **point))
-        score = _average(validation(model))
-        if best is None or score > best[1]:
-            best = (point, score)
-    model.load_state_dict(merge_state_dicts(base_state, experts, method, seed=seed, **best[0]))
-    return best[0], best[1], test(model)
+        scores.append(_average(validation(model)))
+    chosen = choose_point(scores)
+    model.load_state_dict(merge_state_dicts(base_state, experts, method, seed=seed, **points[chosen]))
+    return points[chosen], scores[chosen], test(model)
 
 
 def run_protect_bench(

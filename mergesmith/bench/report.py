@@ -589,6 +589,9 @@ def _is_chosen(point_params: Mapping[str, Any], chosen: Mapping[str, Any]) -> bo
     return bool(point_params) and all(chosen.get(key) == value for key, value in point_params.items())
 
 
+MIN_GRID_SPAN_POINTS = 1.0  # smallest y range of a grid plot, in percentage points of validation accuracy
+
+
 def _plot_one_grid(ax, row: Mapping[str, Any], color) -> None:
     points = row["grid"]
     x_key, series_key = _grid_axes(points)
@@ -622,6 +625,13 @@ def _plot_one_grid(ax, row: Mapping[str, Any], color) -> None:
     ax.set_title(f"{row['name']}\nchosen: {compact_params(row['params'])}", fontsize=9)
     ax.set_ylabel("validation average (%)")
     ax.grid(alpha=0.3)
+    # Plain tick labels (no "+7.75e1" offset) over at least one percentage point: float noise between grid points
+    # (77.500001 vs 77.499998) draws as the flat line it is, not as a slope on an axis zoomed to 1e-6.
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+    low, high = ax.get_ylim()
+    if high - low < MIN_GRID_SPAN_POINTS:
+        middle = (low + high) / 2
+        ax.set_ylim(middle - MIN_GRID_SPAN_POINTS / 2, middle + MIN_GRID_SPAN_POINTS / 2)
 
 
 def plot_grids(results: Mapping[str, Any]) -> bytes | None:

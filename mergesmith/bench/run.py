@@ -31,7 +31,8 @@ from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
 from mergesmith.bench import per_task
 from mergesmith.bench.data import TaskData
 from mergesmith.bench.encoder import split_features
-from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, grid_points
+from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, choose_point, grid_points
+from mergesmith.bench.method_args import grid_with, method_parameters
 from mergesmith.bench.pool import Pool, PoolTask
 from mergesmith.bench.zoo import build_zoo, encode_tasks
 from mergesmith.errors import MergesmithError
@@ -159,7 +160,11 @@ def merge_config(method: str, params: dict, pool, tasks: list, seed: int) -> dic
     config: dict = {"merge_method": method, "dtype": "float32", "seed": seed}
     if spec.base != "unused":
         config["base_model"] = str(pool.base_dir)
-    config["models"] = [{"model": str(pool.experts[t.name]), **({"parameters": per_model} if per_model else {})} for t in tasks]
+    def own(i: int) -> dict:  # a per-model list (``--methods ties:density=[0.2,0.5]``) gives model i its value
+        return {k: v[i] if isinstance(v, (list, tuple)) else v for k, v in per_model.items()}
+
+    config["models"] = [{"model": str(pool.experts[t.name]), **({"parameters": own(i)} if per_model else {})}
+                        for i, t in enumerate(tasks)]
     if global_params:
         config["parameters"] = global_params
     return config
@@ -170,6 +175,7 @@ def run_bench(
     profile: str | None = None,
     pool: str | Path | None = None,
     methods: list[str] | None = None,
+    method_params: dict[str, dict] | None = None,
     run_dir: Path,
     cache_dir: Path | None = None,
     seed: int = 0,
@@ -177,7 +183,10 @@ def run_bench(
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
-    """Run the bench on a built-in profile (default: "default") or on the user pool described by the YAML ``pool``."""
+    """Run the bench on a built-in profile (default: "default") or on the user pool described by the YAML ``pool``.
+
+    ``method_params``: method -> parameters given for it (``mergesmith.bench.method_args``): fixed axes of a
+    tensor-wise method's grid, or an adapt method's parameters."""
     from transformers.utils import logging as hf_logging
 
     from mergesmith.api import merge, merge_state_dicts
@@ -198,8 +207,9 @@ def run_bench(
     if run_dir.exists() and any(run_dir.iterdir()):
         raise MergesmithError(f"run directory {run_dir} exists and is not empty; choose another with --out")
     if pool is None:
+        method_names = resolve_methods(methods, profile, len(PROFILES[profile].tasks))  # before any data is built
+        fixed = method_parameters(method_names, method_params or {}, len(PROFILES[profile].tasks), progress=progress)
         tasks = build_tasks(profile, cache_dir, seed=seed, progress=progress)
-        method_names = resolve_methods(methods, profile, len(tasks))
         torch.set_num_threads(os.cpu_count() or 1)
         bench_pool = _profile_pool(profile, tasks, cache_dir, seed, progress, echo)
     else:
@@ -207,6 +217,7 @@ def run_bench(
 
         checked = check_pool(pool)  # every input checked before any model is loaded
         method_names = resolve_methods(methods, "custom", len(checked.tasks))
+        fixed = method_parameters(method_names, method_params or {}, len(checked.tasks), progress=progress)
         torch.set_num_threads(os.cpu_count() or 1)
         bench_pool = build_pool(checked, seed=seed, progress=progress, echo=echo)
 
@@ -252,12 +263,11 @@ def run_bench(
     experts_in_order = [expert_states[t.name] for t in tasks]
     for method in method_names:
         if is_adapt_method(method):  # data-driven methods run on the pool itself (mergesmith.bench.adapt_rows)
-            rows.append(adapt_row(method, bench_pool, expert_acc, seed=seed, features=featurizer,
+            rows.append(adapt_row(method, bench_pool, expert_acc, seed=seed, features=featurizer, params=fixed[method],
                                   out_dir=run_dir / "merged" / method if keep_models else None, echo=echo))
             continue
         grid = []
-        best = None
-        points = [_params_with_defaults(method, p) for p in grid_points(method)]
+        points = [_params_with_defaults(method, p) for p in grid_with(grid_points(method), fixed[method])]
         for point in points:
             if per_task.has_task_models(method):  # EMR, TALL masks: task t is scored with task t's model
                 score = per_task.validation_average(method, point, base_state, experts_in_order, base_model, validation, seed)
@@ -266,9 +276,7 @@ def run_bench(
                 base_model.load_state_dict(merged)
                 score = _average(validation(base_model))
             grid.append({"params": point, "validation_average": score})
-            if best is None or score > best[1]:
-                best = (point, score)
-        chosen = best[0]
+        chosen = points[choose_point([g["validation_average"] for g in grid])]
         config = merge_config(method, chosen, bench_pool, tasks, seed)
         config_path = run_dir / "configs" / f"{method}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")

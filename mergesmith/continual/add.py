@@ -20,6 +20,7 @@ import torch
 from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
+from mergesmith.architectures import checkpoint_architectures, find_conflict
 from mergesmith.continual import CONTINUAL_METHODS, opcm
 from mergesmith.continual._spec import ContinualMethod, StepContext, is_linear_weight
 from mergesmith.continual.state import BaseRef, ContinualState, MergedExpert, read_state, write_state
@@ -338,6 +339,7 @@ def continual_add(
             raise MergesmithError(
                 f"{new_ckpt.root} is a continual merge over another base ({new_state_file.base.path}); add "
                 f"experts fine-tuned from {base_ckpt.root}")
+        _check_not_merged_yet(state, prev_ckpt, new_ckpt)
         names = list(prev_ckpt.tensors)
         entries = [(n, prev_ckpt.tensors[n].dtype, prev_ckpt.tensors[n].shape) for n in names]
         output = StagedOutput(out_dir, force=force, inputs=[prev_ckpt.root, new_ckpt.root, base_ckpt.root])
@@ -372,13 +374,28 @@ def continual_add(
 
 
 def _check_checkpoints(base_ckpt, prev_ckpt, new_ckpt) -> None:
-    archs = {label: c.architecture() for label, c in (("base", base_ckpt), ("previous", prev_ckpt), ("new", new_ckpt))}
-    known = {a for a in archs.values() if a}
-    if len(known) > 1:
-        raise MergesmithError(f"architectures differ: {new_ckpt.root} is {archs['new']}, {prev_ckpt.root} is "
-                              f"{archs['previous']}, base {base_ckpt.root} is {archs['base']}; merge experts of one base")
+    conflict = find_conflict(checkpoint_architectures({str(c.root): c for c in (base_ckpt, prev_ckpt, new_ckpt)}))
+    if conflict is not None:
+        raise MergesmithError(f"architectures differ: {conflict.model} is {conflict.declared.describe()}, "
+                              f"{conflict.reference} is {conflict.reference_declared.describe()}; merge experts of "
+                              f"one base")
     labels = (str(base_ckpt.root), str(prev_ckpt.root), str(new_ckpt.root))
     _check_names(base_ckpt.tensors, prev_ckpt.tensors, new_ckpt.tensors, labels)
+
+
+def _check_not_merged_yet(state: ContinualState | None, prev_ckpt, new_ckpt) -> None:
+    """Refuse an expert that is already in the merge: the previous model's own directory, or weight files with the
+    same content hashes (``_fingerprint``) as an expert the sequence recorded (or as the first expert itself)."""
+    if new_ckpt.root.resolve() == prev_ckpt.root.resolve():
+        raise MergesmithError(f"{new_ckpt.root} is the model it would be added to ({prev_ckpt.root}); add a different "
+                              f"expert")
+    recorded = state.experts if state is not None else [MergedExpert(name=str(prev_ckpt.root),
+                                                                     fingerprint=_fingerprint(prev_ckpt))]
+    new_print = _fingerprint(new_ckpt)
+    for expert in recorded:
+        if expert.fingerprint and expert.fingerprint == new_print:
+            raise MergesmithError(f"{new_ckpt.root} is already in this merge: its weights are those of expert "
+                                  f"{expert.name!r}; add each expert once")
 
 
 def _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, staging: Path, max_shard_size, progress):

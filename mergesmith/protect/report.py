@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mergesmith.protect.verify import VerifyReport
+from mergesmith.protect.verify import MAX_COLLAPSED_AGREEMENT, VerifyReport
 
 
 def format_verify(report: VerifyReport) -> str:
@@ -15,6 +15,8 @@ def format_verify(report: VerifyReport) -> str:
         f"{report.plain_merge_agreement:.1%}; attention circuits {report.plain_merge_circuit_divergence:.3f} from the original",
         f"  protected merge:   outputs {report.protected_merge_divergence:.3f} from the unprotected merge, top-1 agreement "
         f"{report.protected_merge_agreement:.1%}; attention circuits {report.protected_merge_circuit_divergence:.3f} from it",
-        f"merge collapses: {'yes' if report.collapsed else 'no'}",
+        f"merge collapses: {'yes' if report.collapsed else 'no'} (the protected merge keeps "
+        f"{report.protected_merge_agreement:.1%} of the unprotected merge's top-1 outputs; a collapse keeps under "
+        f"{MAX_COLLAPSED_AGREEMENT:.0%})",
     ]
     return "\n".join(lines)

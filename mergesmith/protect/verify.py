@@ -1,7 +1,9 @@
 """Checking a MergeLock output: same function as the original, and merging it with another fine-tune collapses.
 
 Loads the models with transformers (a check, not a streaming job), runs a forward pass on fixed token inputs and
-compares the outputs (logits when the model has a head, the last hidden state otherwise).
+compares the outputs (logits when the model has a head, the last hidden state otherwise). Both verdicts come from
+those outputs; the attention-circuit distances are reported beside them as a diagnosis (on a small or nearly uniform
+attention the circuits can move far while the outputs barely change).
 """
 
 from __future__ import annotations
@@ -13,6 +15,10 @@ from pathlib import Path
 import torch
 
 from mergesmith.errors import MergesmithError
+
+# The merge collapses when merge(protected, other) and merge(original, other) pick the same top-1 output at fewer than
+# this fraction of the positions: most of what the unprotected merge would predict is lost.
+MAX_COLLAPSED_AGREEMENT = 0.5
 
 
 @dataclass
@@ -36,9 +42,9 @@ class VerifyReport:
 
     @property
     def collapsed(self) -> bool:
-        """The protected merge's attention circuits are far from the plain merge's (>= 0.5 relative, and more than
-        3x as far as the plain merge is from the original)."""
-        return self.protected_merge_circuit_divergence > max(0.5, 3 * self.plain_merge_circuit_divergence)
+        """Measured on outputs: the protected merge agrees with the unprotected merge on fewer than
+        ``MAX_COLLAPSED_AGREEMENT`` of the top-1 predictions."""
+        return self.protected_merge_agreement < MAX_COLLAPSED_AGREEMENT
 
     def as_dict(self) -> dict:
         return {**asdict(self), "preserved": self.preserved, "collapsed": self.collapsed}

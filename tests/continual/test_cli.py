@@ -124,6 +124,21 @@ def test_another_architecture_is_refused(llama_family, gpt2_family, tmp_path):
              needles=("architectures differ",))
 
 
+def test_an_expert_already_in_the_merge_is_refused(llama_family, tmp_path):
+    fam = llama_family
+    _refused(tmp_path, fam.experts[0], fam.experts[0], "--base", fam.base, needles=("the model it would be added to",))
+    first_copy = tmp_path / "first-copy"
+    shutil.copytree(fam.experts[0], first_copy)
+    _refused(tmp_path, fam.experts[0], first_copy, "--base", fam.base, needles=(str(first_copy), "already in this merge"))
+    prev = tmp_path / "prev"
+    _add(fam.experts[0], fam.experts[1], prev, "--base", fam.base)
+    second_copy = tmp_path / "second-copy"
+    shutil.copytree(fam.experts[1], second_copy)
+    for again in (fam.experts[1], second_copy, fam.experts[0]):
+        _refused(tmp_path, prev, again, needles=("already in this merge", "add each expert once"), inputs=[prev, again])
+    _add(prev, fam.experts[2], tmp_path / "next")  # a new expert is still accepted
+
+
 def test_a_changed_method_or_parameter_is_refused(llama_family, tmp_path):
     prev = tmp_path / "prev"
     _add(llama_family.experts[0], llama_family.experts[1], prev, "--base", llama_family.base)
