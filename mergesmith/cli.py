@@ -6,29 +6,109 @@ Heavy modules (torch, transformers) are imported inside the commands so ``merges
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
 
+# SIGTERM is what `timeout`, systemd and container runtimes send, SIGHUP what a closed terminal sends: both unwind
+# like Ctrl-C, so staging directories and lock files are removed on the way out.
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+_MEMORY_HINTS = {
+    "merge": "merge fewer tensors at once: --threads 1 and a smaller --memory-budget (e.g. 1GB)",
+    "continual_add_command": "free memory (a continual step holds three copies of the largest tensor)",
+    "inspect": "inspect fewer experts at once, or pass --no-spectrum",
+}
+
+
+class _Stopped(BaseException):
+    """A stop signal, raised in the main thread; a BaseException so no ``except Exception`` swallows it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _raise_stopped(signum, frame) -> None:
+    for other in _STOP_SIGNALS + (signal.SIGINT,):
+        signal.signal(other, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
+    raise _Stopped(signum)
+
+
+def _echo_line(text: str) -> None:
+    """One line on stderr, with control characters escaped: a path holding a newline cannot forge a second line."""
+    from mergesmith.errors import escape_unprintable
+
+    click.echo(escape_unprintable(text), err=True)
+
+
+def _out_of_memory(exc: BaseException) -> bool:
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
+                                              or "Cannot allocate memory" in text)
+
 
 def _user_errors(func):
-    """Turn MergesmithError (and bad-input errors from pydantic/torch layers) into one line and exit code 2."""
+    """Turn MergesmithError (and bad-input errors from pydantic/torch layers) into one line and exit code 2; stop
+    signals (SIGINT, SIGTERM, SIGHUP) into one line and exit code 128 + the signal number, after the clean-up."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         from mergesmith.errors import MergesmithError
 
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
+            previous.update({sig: signal.signal(sig, _raise_stopped) for sig in _STOP_SIGNALS})
         try:
             return func(*args, **kwargs)
         except MergesmithError as exc:
-            click.echo(f"error: {exc}", err=True)
+            _echo_line(f"error: {exc}")
             sys.exit(2)
         except KeyboardInterrupt:
-            click.echo("error: interrupted; no output was written", err=True)
-            sys.exit(130)
+            _echo_line("error: interrupted; no output was written")
+            sys.exit(128 + signal.SIGINT)
+        except _Stopped as exc:
+            _echo_line(f"error: stopped by {signal.Signals(exc.signum).name}; no output was written")
+            sys.exit(128 + exc.signum)
+        except (MemoryError, RuntimeError) as exc:
+            if not _out_of_memory(exc):
+                raise
+            hint = _MEMORY_HINTS.get(func.__name__, "free memory or use a machine with more")
+            _echo_line(f"error: out of memory ({type(exc).__name__}); {hint}; no output was written")
+            sys.exit(2)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
 
     return wrapper
+
+
+def _size(value: str, option: str) -> int:
+    """A byte size option (``--max-shard-size``, ``--memory-budget``): the one parser, at least one byte."""
+    from mergesmith.io.sizes import parse_size
+
+    return parse_size(value, what=option, minimum=1)
+
+
+def _pool_models(pool: Path | None) -> list[Path]:
+    """The model directories a pool YAML names (none without a pool): an output must not overlap them."""
+    if pool is None:
+        return []
+    from mergesmith.bench.pool_schema import pool_model_dirs
+
+    return pool_model_dirs(pool)
+
+
+def _check_output(out_dir: Path, force: bool, inputs, **kwargs) -> None:
+    """Refuse a bad output path before any work or progress bar (the same rule StagedOutput applies)."""
+    from mergesmith.io.atomic import check_output
+
+    check_output(out_dir, force=force, inputs=[Path(p) for p in inputs if Path(p).exists()], **kwargs)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -64,14 +144,11 @@ def main() -> None:
 def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool, quiet: bool) -> None:
     """Merge the checkpoints named in CONFIG into OUT_DIR."""
     from mergesmith.api import merge as run_merge
-    from mergesmith.errors import MergesmithError
-    from mergesmith.io.writer import parse_size
+    from mergesmith.config import load_config, referenced_models
 
-    try:
-        shard_bytes = parse_size(max_shard_size)
-        budget = parse_size(memory_budget) if memory_budget else None
-    except ValueError as exc:
-        raise MergesmithError(str(exc)) from None
+    shard_bytes = _size(max_shard_size, "--max-shard-size")
+    budget = _size(memory_budget, "--memory-budget") if memory_budget is not None else None
+    _check_output(out_dir, force, referenced_models(load_config(config)))
     bar = _ProgressBar(disabled=quiet)
     result = run_merge(
         config,
@@ -87,11 +164,11 @@ def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_siz
     )
     bar.close()
     for note in result.plan.notes:
-        click.echo(note if note.startswith("warning: ") else f"note: {note}", err=True)
+        _echo_line(note if note.startswith("warning: ") else f"note: {note}")
     for line in result.report.nonfinite:
-        click.echo(f"warning: non-finite input values: {line} (pass --strict to refuse them)", err=True)
+        _echo_line(f"warning: non-finite input values: {line} (pass --strict to refuse them)")
     for line in result.report.fp16_clamped:
-        click.echo(f"warning: values beyond float16 range clamped in {line}", err=True)
+        _echo_line(f"warning: values beyond float16 range clamped in {line}")
     click.echo(
         f"merged {result.report.tensors} tensors ({result.report.bytes_written / 1e6:.1f} MB) with "
         f"{result.plan.method.name} into {out_dir} in {result.seconds:.1f} s ({len(result.shards)} shard(s))"
@@ -191,6 +268,7 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
         out_dir = Path("runs") / f"bench-{label}-{_time.strftime('%Y%m%d-%H%M%S')}"
     if protect_mode and continual_mode:
         raise MergesmithError("--protect and --continual are separate modes; run them one at a time")
+    _check_output(out_dir, False, _pool_models(pool), force_option=None, what="run directory")
     if continual_mode:
         from mergesmith.bench.continual import run_continual_bench
 
@@ -239,6 +317,7 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
         from mergesmith.errors import MergesmithError
 
         raise MergesmithError(f"unknown adapt method {method!r}; known: {', '.join(sorted(ADAPT_METHODS))}")
+    _check_output(out_dir, force, _pool_models(pool))
     result, seconds = run_adapt(method, out_dir, pool=pool, profile=profile, cache_dir=cache_dir,
                                 params=parse_param_args(params), seed=seed, force=force, progress=not quiet,
                                 echo=(lambda _: None) if quiet else click.echo)
@@ -276,6 +355,8 @@ def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool
     from mergesmith.protect import protect_checkpoint, verify_protection
     from mergesmith.protect.report import format_verify
 
+    shard_bytes = _size(max_shard_size, "--max-shard-size")
+    _check_output(out_dir, force, [model])
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -286,7 +367,7 @@ def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool
         bars[0].update(done - bars[0].n)
 
     result = protect_checkpoint(model, out_dir, seed=seed, strength=strength, force=force,
-                                max_shard_size=max_shard_size, progress=None if quiet else progress)
+                                max_shard_size=shard_bytes, progress=None if quiet else progress)
     for bar in bars:
         bar.close()
     layout = result.layout
@@ -324,6 +405,8 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
     from mergesmith.adapt.runner import parse_param_args
     from mergesmith.continual import continual_add
 
+    shard_bytes = _size(max_shard_size, "--max-shard-size")
+    _check_output(out_dir, force, [merged_dir, new_expert] + ([base] if base is not None else []))
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -334,7 +417,7 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
         bars[0].update(done - bars[0].n)
 
     result = continual_add(merged_dir, new_expert, out_dir, method=method, base=base, params=parse_param_args(params),
-                           name=name, force=force, max_shard_size=max_shard_size, progress=None if quiet else progress)
+                           name=name, force=force, max_shard_size=shard_bytes, progress=None if quiet else progress)
     for bar in bars:
         bar.close()
     for note in result.notes:
@@ -362,14 +445,17 @@ def continual_methods() -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Write report.html, PNG plots and diagnostics.json here.")
 @click.option("--top-k", type=int, default=8, show_default=True, help="Singular values kept per 2-D tensor.")
 @click.option("--no-spectrum", is_flag=True, help="Skip the SVDs (top singular values, effective rank).")
+@click.option("--strict", is_flag=True, help="Refuse tensors with NaN or Inf values instead of warning and leaving them out.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @_user_errors
-def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, force: bool, quiet: bool) -> None:
+def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, strict: bool, force: bool, quiet: bool) -> None:
     """Task-vector diagnostics of EXPERTS against BASE: cosine, sign conflicts, norms, spectra, mergeability."""
     from mergesmith.analysis import inspect_task_vectors, summarize
     from mergesmith.analysis.report import format_tables, write_report
 
+    if out_dir is not None:
+        _check_output(out_dir, force, [base, *experts], force_option="--force")
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -379,10 +465,12 @@ def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, force: 
             bars.append(tqdm(total=total, desc="inspecting", unit="tensor", file=sys.stderr, dynamic_ncols=True))
         bars[0].update(done - bars[0].n)
 
-    diag = inspect_task_vectors(base, list(experts), top_k=top_k, spectrum=not no_spectrum,
+    diag = inspect_task_vectors(base, list(experts), top_k=top_k, spectrum=not no_spectrum, strict=strict,
                                 progress=None if quiet else progress)
     for bar in bars:
         bar.close()
+    for line in diag.nonfinite:
+        _echo_line(f"warning: non-finite values, tensor left out of the diagnostics: {line} (pass --strict to refuse)")
     summary = summarize(diag)
     click.echo(format_tables(summary, width=None))
     if out_dir is not None:

@@ -143,10 +143,7 @@ def _tied_weight_notes(plan: MergePlan) -> list[str]:
     ckpt = plan.checkpoints[plan.reference]
     if ckpt.config_path is None:
         return []
-    try:
-        config = json.loads(open(ckpt.config_path, encoding="utf-8").read())
-    except (OSError, ValueError):
-        return []
+    config = ckpt.config()  # bounded; a broken config.json is an error naming it, never a traceback
     if config.get("tie_word_embeddings", True) is False:
         return []
     heads = [n for n in ("lm_head.weight", "cls.predictions.decoder.weight") if n not in ckpt.tensors]
