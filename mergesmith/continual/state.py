@@ -47,8 +47,8 @@ class ContinualState(_Strict):
     base: BaseRef
     experts: list[MergedExpert] = Field(min_length=2)  # a continual merge holds at least two experts
     # lambda_t: the merged task vector is (theta - theta_0) * scale in the method's own units; divided by it
-    scale: float = Field(1.0, gt=0)
-    task_norm_sum: float = Field(0.0, ge=0)  # OPCM: sum_i ||tau_i|| over the experts merged so far
+    scale: float = Field(1.0, gt=0, strict=True)
+    task_norm_sum: float = Field(0.0, ge=0, strict=True)  # OPCM: sum_i ||tau_i|| over the experts merged so far
 
     @property
     def count(self) -> int:
@@ -61,8 +61,12 @@ def read_state(model_dir: Path) -> ContinualState | None:
     if not path.exists() and not path.is_symlink():
         return None
     fix = "restore it from the run that wrote this model, or start a new sequence from an expert"
-    data = read_json(path, what="continual-merge state", root=model_dir, limit=MAX_STATE_BYTES,
-                     error=MergesmithError, constants=False, fix=fix)
+    try:
+        data = read_json(path, what="the file", root=model_dir, limit=MAX_STATE_BYTES, error=MergesmithError,
+                         constants=False, fix=fix)
+    except MergesmithError as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        raise MergesmithError(f"{path}: not a valid continual-merge state: {detail}") from None
     try:
         state = ContinualState.model_validate(data)
     except ValidationError as exc:
