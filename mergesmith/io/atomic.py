@@ -45,7 +45,11 @@ def check_output(out_dir: str | os.PathLike[str], *, force: bool = False, inputs
             )
     if out.exists() and not out.is_dir():
         raise MergesmithError(f"output path {out} exists and is a file; choose a directory path")
-    if out.is_dir() and not force and any(out.iterdir()):
+    try:
+        occupied = out.is_dir() and not force and any(out.iterdir())
+    except OSError as exc:
+        raise MergesmithError(f"cannot list {out}: {exc.strerror or exc}; choose a writable output location") from None
+    if occupied:
         how = f"choose another or pass {force_option} to replace it" if force_option else "choose another"
         raise MergesmithError(f"{what} {out} exists and is not empty; {how}")
     parent = out.parent
