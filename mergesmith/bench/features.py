@@ -13,7 +13,6 @@ stays in this module.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator, Sequence
 

@@ -138,8 +138,6 @@ def _non_matrix_notes(plan: MergePlan) -> list[str]:
 
 def _tied_weight_notes(plan: MergePlan) -> list[str]:
     """Name the weights a model ties to others instead of storing them (they are absent from every input)."""
-    import json
-
     ckpt = plan.checkpoints[plan.reference]
     if ckpt.config_path is None:
         return []

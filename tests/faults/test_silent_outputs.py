@@ -11,7 +11,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.faults._faults import copy_model, expect_cli_refusal, expect_refusal, first_shard, ties_config
-from tests.helpers import run_cli, write_yaml
+from tests.helpers import run_cli
 
 pytestmark = pytest.mark.e2e
 
