@@ -5,111 +5,12 @@ Heavy modules (torch, transformers) are imported inside the commands so ``merges
 
 from __future__ import annotations
 
-import functools
-import signal
 import sys
-import threading
 from pathlib import Path
 
 import click
 
-# SIGTERM is what `timeout`, systemd and container runtimes send, SIGHUP what a closed terminal sends: both unwind
-# like Ctrl-C, so staging directories and lock files are removed on the way out.
-_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
-_MEMORY_HINTS = {
-    "merge": "merge fewer tensors at once: --threads 1 and a smaller --memory-budget (e.g. 1GB)",
-    "continual_add_command": "free memory (a continual step holds three copies of the largest tensor)",
-    "inspect": "inspect fewer experts at once, or pass --no-spectrum",
-}
-
-
-class _Stopped(BaseException):
-    """A stop signal, raised in the main thread; a BaseException so no ``except Exception`` swallows it."""
-
-    def __init__(self, signum: int) -> None:
-        super().__init__(signum)
-        self.signum = signum
-
-
-def _raise_stopped(signum, frame) -> None:
-    for other in _STOP_SIGNALS + (signal.SIGINT,):
-        signal.signal(other, signal.SIG_IGN)  # a second signal must not interrupt the clean-up
-    raise _Stopped(signum)
-
-
-def _echo_line(text: str) -> None:
-    """One line on stderr, with control characters escaped: a path holding a newline cannot forge a second line."""
-    from mergesmith.errors import escape_unprintable
-
-    click.echo(escape_unprintable(text), err=True)
-
-
-def _out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
-                                              or "Cannot allocate memory" in text)
-
-
-def _user_errors(func):
-    """Turn MergesmithError (and bad-input errors from pydantic/torch layers) into one line and exit code 2; stop
-    signals (SIGINT, SIGTERM, SIGHUP) into one line and exit code 128 + the signal number, after the clean-up."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from mergesmith.errors import MergesmithError
-
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            previous = {signal.SIGINT: signal.getsignal(signal.SIGINT)}
-            previous.update({sig: signal.signal(sig, _raise_stopped) for sig in _STOP_SIGNALS})
-        try:
-            return func(*args, **kwargs)
-        except MergesmithError as exc:
-            _echo_line(f"error: {exc}")
-            sys.exit(2)
-        except KeyboardInterrupt:
-            _echo_line("error: interrupted; no output was written")
-            sys.exit(128 + signal.SIGINT)
-        except _Stopped as exc:
-            _echo_line(f"error: stopped by {signal.Signals(exc.signum).name}; no output was written")
-            sys.exit(128 + exc.signum)
-        except (MemoryError, RuntimeError) as exc:
-            if not _out_of_memory(exc):
-                raise
-            hint = _MEMORY_HINTS.get(func.__name__, "free memory or use a machine with more")
-            _echo_line(f"error: out of memory ({type(exc).__name__}); {hint}; no output was written")
-            sys.exit(2)
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
-
-    return wrapper
-
-
-def _size(value: str, option: str) -> int:
-    """A byte size option (``--max-shard-size``, ``--memory-budget``): the one parser, at least one byte."""
-    from mergesmith.io.sizes import parse_size
-
-    return parse_size(value, what=option, minimum=1)
-
-
-def _pool_models(pool: Path | None) -> list[Path]:
-    """The model directories a pool YAML names (none without a pool): an output must not overlap them."""
-    if pool is None:
-        return []
-    from mergesmith.bench.pool_schema import pool_model_dirs
-
-    return pool_model_dirs(pool)
-
-
-def _check_output(out_dir: Path, force: bool, inputs, **kwargs) -> None:
-    """Refuse a bad output path before any work or progress bar (the same rule StagedOutput applies)."""
-    from mergesmith.io.atomic import check_output
-
-    check_output(out_dir, force=force, inputs=[Path(p) for p in inputs if Path(p).exists()], **kwargs)
-
+from mergesmith.cli_errors import check_output_early, echo_line, pool_models, size_option, user_errors
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="mergesmith")
@@ -140,15 +41,15 @@ def main() -> None:
 @click.option("--memory-budget", default=None, help="Bytes of tensors in flight (default: what the largest tensor needs).")
 @click.option("--strict", is_flag=True, help="Refuse inputs with NaN or Inf values instead of warning.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool, quiet: bool) -> None:
     """Merge the checkpoints named in CONFIG into OUT_DIR."""
     from mergesmith.api import merge as run_merge
     from mergesmith.config import load_config, referenced_models
 
-    shard_bytes = _size(max_shard_size, "--max-shard-size")
-    budget = _size(memory_budget, "--memory-budget") if memory_budget is not None else None
-    _check_output(out_dir, force, referenced_models(load_config(config)))
+    shard_bytes = size_option(max_shard_size, "--max-shard-size")
+    budget = size_option(memory_budget, "--memory-budget") if memory_budget is not None else None
+    check_output_early(out_dir, force, referenced_models(load_config(config)))
     bar = _ProgressBar(disabled=quiet)
     result = run_merge(
         config,
@@ -164,11 +65,11 @@ def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_siz
     )
     bar.close()
     for note in result.plan.notes:
-        _echo_line(note if note.startswith("warning: ") else f"note: {note}")
+        echo_line(note if note.startswith("warning: ") else f"note: {note}")
     for line in result.report.nonfinite:
-        _echo_line(f"warning: non-finite input values: {line} (pass --strict to refuse them)")
+        echo_line(f"warning: non-finite input values: {line} (pass --strict to refuse them)")
     for line in result.report.fp16_clamped:
-        _echo_line(f"warning: values beyond float16 range clamped in {line}")
+        echo_line(f"warning: values beyond float16 range clamped in {line}")
     click.echo(
         f"merged {result.report.tensors} tensors ({result.report.bytes_written / 1e6:.1f} MB) with "
         f"{result.plan.method.name} into {out_dir} in {result.seconds:.1f} s ({len(result.shards)} shard(s))"
@@ -210,7 +111,7 @@ class _ProgressBar:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--limit", type=int, default=None, help="Print at most this many tensor rows.")
-@_user_errors
+@user_errors
 def plan(config: Path, limit: int | None) -> None:
     """Validate CONFIG against the checkpoints' headers and print the per-tensor plan (no weights are read)."""
     from mergesmith.api import plan_merge
@@ -245,7 +146,7 @@ def methods() -> None:
 @click.option("--continual", "continual_mode", is_flag=True, help="Continual mode: add the experts one at a time in several orders and score the tasks seen after each step (methods default: averaging,task_arithmetic,ties,opcm; dop on request).")
 @click.option("--orders", type=int, default=3, show_default=True, help="With --continual: task orders (the pool's, then seeded permutations).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_user_errors
+@user_errors
 def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bool, protect_mode: bool, protect_task,
           continual_mode: bool, orders: int, quiet: bool) -> None:
     """Offline benchmark: experts vs merges on real tasks, with a table, results.json/csv and report.html.
@@ -268,7 +169,7 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
         out_dir = Path("runs") / f"bench-{label}-{_time.strftime('%Y%m%d-%H%M%S')}"
     if protect_mode and continual_mode:
         raise MergesmithError("--protect and --continual are separate modes; run them one at a time")
-    _check_output(out_dir, False, _pool_models(pool), force_option=None, what="run directory")
+    check_output_early(out_dir, False, pool_models(pool), force_option=None, what="run directory")
     if continual_mode:
         from mergesmith.bench.continual import run_continual_bench
 
@@ -305,7 +206,7 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_user_errors
+@user_errors
 def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: int, force: bool, quiet: bool) -> None:
     """Data-driven merging (Fisher, RegMean, BMM, AdaMerging, ...) on a task pool; writes a loadable model to OUT_DIR."""
     import json
@@ -317,7 +218,7 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
         from mergesmith.errors import MergesmithError
 
         raise MergesmithError(f"unknown adapt method {method!r}; known: {', '.join(sorted(ADAPT_METHODS))}")
-    _check_output(out_dir, force, _pool_models(pool))
+    check_output_early(out_dir, force, pool_models(pool))
     result, seconds = run_adapt(method, out_dir, pool=pool, profile=profile, cache_dir=cache_dir,
                                 params=parse_param_args(params), seed=seed, force=force, progress=not quiet,
                                 echo=(lambda _: None) if quiet else click.echo)
@@ -331,7 +232,7 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--force", is_flag=True, help="Replace the demo directory if it exists.")
-@_user_errors
+@user_errors
 def demo(out_dir: Path, force: bool) -> None:
     """Build tiny local LLaMA checkpoints (a base and three fine-tunes) and merge them with several methods."""
     from mergesmith.demo import run_demo
@@ -349,14 +250,14 @@ def demo(out_dir: Path, force: bool) -> None:
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool, merge_with, max_shard_size: str, force: bool, quiet: bool) -> None:
     """MergeLock: write a copy of MODEL with the same outputs but weights that do not merge with other fine-tunes."""
     from mergesmith.protect import protect_checkpoint, verify_protection
     from mergesmith.protect.report import format_verify
 
-    shard_bytes = _size(max_shard_size, "--max-shard-size")
-    _check_output(out_dir, force, [model])
+    shard_bytes = size_option(max_shard_size, "--max-shard-size")
+    check_output_early(out_dir, force, [model])
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -394,7 +295,7 @@ def continual() -> None:
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, method, base, params, name, max_shard_size: str,
                           force: bool, quiet: bool) -> None:
     """Merge NEW_EXPERT into MERGED_DIR (a continual merge, or a first expert with --base) and write OUT_DIR.
@@ -405,8 +306,8 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
     from mergesmith.adapt.runner import parse_param_args
     from mergesmith.continual import continual_add
 
-    shard_bytes = _size(max_shard_size, "--max-shard-size")
-    _check_output(out_dir, force, [merged_dir, new_expert] + ([base] if base is not None else []))
+    shard_bytes = size_option(max_shard_size, "--max-shard-size")
+    check_output_early(out_dir, force, [merged_dir, new_expert] + ([base] if base is not None else []))
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -448,14 +349,14 @@ def continual_methods() -> None:
 @click.option("--strict", is_flag=True, help="Refuse tensors with NaN or Inf values instead of warning and leaving them out.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, strict: bool, force: bool, quiet: bool) -> None:
     """Task-vector diagnostics of EXPERTS against BASE: cosine, sign conflicts, norms, spectra, mergeability."""
     from mergesmith.analysis import inspect_task_vectors, summarize
     from mergesmith.analysis.report import format_tables, write_report
 
     if out_dir is not None:
-        _check_output(out_dir, force, [base, *experts], force_option="--force")
+        check_output_early(out_dir, force, [base, *experts], force_option="--force")
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -470,7 +371,7 @@ def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, strict:
     for bar in bars:
         bar.close()
     for line in diag.nonfinite:
-        _echo_line(f"warning: non-finite values, tensor left out of the diagnostics: {line} (pass --strict to refuse)")
+        echo_line(f"warning: non-finite values, tensor left out of the diagnostics: {line} (pass --strict to refuse)")
     summary = summarize(diag)
     click.echo(format_tables(summary, width=None))
     if out_dir is not None:
