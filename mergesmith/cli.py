@@ -6,32 +6,13 @@ Heavy modules (torch, transformers) are imported inside the commands so ``merges
 from __future__ import annotations
 
 import contextlib
-import functools
 import sys
 import warnings
 from pathlib import Path
 
 import click
 
-
-def _user_errors(func):
-    """Turn MergesmithError (and bad-input errors from pydantic/torch layers) into one line and exit code 2."""
-
-    @functools.wraps(func)
-    def wrapper(*args, **kwargs):
-        from mergesmith.errors import MergesmithError
-
-        try:
-            return func(*args, **kwargs)
-        except MergesmithError as exc:
-            click.echo(f"error: {exc}", err=True)
-            sys.exit(2)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; no output was written", err=True)
-            sys.exit(130)
-
-    return wrapper
-
+from mergesmith.cli_errors import check_output_early, echo_line, pool_models, size_option, user_errors
 
 @contextlib.contextmanager
 def _library_output():
@@ -94,19 +75,16 @@ def main() -> None:
 @click.option("--strict", is_flag=True, help="Refuse inputs with NaN or Inf values instead of warning.")
 @click.option("--allow-crimes", is_flag=True, help="Merge models whose config.json declare different architectures (mergekit's flag).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool,
           allow_crimes: bool, quiet: bool) -> None:
     """Merge the checkpoints named in CONFIG into OUT_DIR."""
     from mergesmith.api import merge as run_merge
-    from mergesmith.errors import MergesmithError
-    from mergesmith.io.writer import parse_size
+    from mergesmith.config import load_config, referenced_models
 
-    try:
-        shard_bytes = parse_size(max_shard_size)
-        budget = parse_size(memory_budget) if memory_budget else None
-    except ValueError as exc:
-        raise MergesmithError(str(exc)) from None
+    shard_bytes = size_option(max_shard_size, "--max-shard-size")
+    budget = size_option(memory_budget, "--memory-budget") if memory_budget is not None else None
+    check_output_early(out_dir, force, referenced_models(load_config(config)))
     bar = _ProgressBar(disabled=quiet)
     result = run_merge(
         config,
@@ -123,11 +101,11 @@ def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_siz
     )
     bar.close()
     for note in result.plan.notes:
-        click.echo(note if note.startswith("warning: ") else f"note: {note}", err=True)
+        echo_line(note if note.startswith("warning: ") else f"note: {note}")
     for line in result.report.nonfinite:
-        click.echo(f"warning: non-finite input values: {line} (pass --strict to refuse them)", err=True)
+        echo_line(f"warning: non-finite input values: {line} (pass --strict to refuse them)")
     for line in result.report.fp16_clamped:
-        click.echo(f"warning: values beyond float16 range clamped in {line}", err=True)
+        echo_line(f"warning: values beyond float16 range clamped in {line}")
     click.echo(
         f"merged {result.report.tensors} tensors ({result.report.bytes_written / 1e6:.1f} MB) with "
         f"{result.plan.method.name} into {out_dir} in {result.seconds:.1f} s ({len(result.shards)} shard(s))"
@@ -170,7 +148,7 @@ class _ProgressBar:
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--limit", type=int, default=None, help="Print at most this many tensor rows.")
 @click.option("--allow-crimes", is_flag=True, help="Merge models whose config.json declare different architectures (mergekit's flag).")
-@_user_errors
+@user_errors
 def plan(config: Path, limit: int | None, allow_crimes: bool) -> None:
     """Validate CONFIG against the checkpoints' headers and print the per-tensor plan (no weights are read)."""
     from mergesmith.api import plan_merge
@@ -210,7 +188,7 @@ def methods() -> None:
 @click.option("--continual", "continual_mode", is_flag=True, help="Continual mode: add the experts one at a time in several orders and score the tasks seen after each step (methods default: averaging,task_arithmetic,ties,opcm; dop on request).")
 @click.option("--orders", type=int, default=3, show_default=True, help="With --continual: task orders (the pool's, then seeded permutations).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_user_errors
+@user_errors
 def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bool, protect_mode: bool, protect_task,
           continual_mode: bool, orders: int, quiet: bool) -> None:
     """Offline benchmark: experts vs merges on real tasks, with a table, results.json/csv and report.html.
@@ -240,6 +218,7 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
         mode = "--protect" if protect_mode else "--continual"
         raise MergesmithError(f"{mode} takes method names only (their parameters are tuned or fixed by the mode); "
                               f"drop the :KEY=VALUE parts of --methods")
+    check_output_early(out_dir, False, pool_models(pool), force_option=None, what="run directory")
     with _library_output():
         if continual_mode:
             from mergesmith.bench.continual import run_continual_bench
@@ -268,7 +247,7 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
-@_user_errors
+@user_errors
 def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: int, force: bool, quiet: bool) -> None:
     """Data-driven merging (Fisher, RegMean, BMM, AdaMerging, ...) on a task pool; writes a loadable model to OUT_DIR."""
     import json
@@ -281,6 +260,7 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
         from mergesmith.errors import MergesmithError
 
         raise MergesmithError(f"unknown adapt method {method!r}; known: {', '.join(sorted(ADAPT_METHODS))}")
+    check_output_early(out_dir, force, pool_models(pool))
     given = parse_param_args(params)
     if quiet:
         given = without_progress_bars(ADAPT_METHODS[method], given)
@@ -298,7 +278,7 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
 @main.command()
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("runs/demo"), show_default=True)
 @click.option("--force", is_flag=True, help="Replace the demo directory if it exists.")
-@_user_errors
+@user_errors
 def demo(out_dir: Path, force: bool) -> None:
     """Build tiny local LLaMA checkpoints (a base and three fine-tunes) and merge them with several methods."""
     from mergesmith.demo import run_demo
@@ -316,12 +296,14 @@ def demo(out_dir: Path, force: bool) -> None:
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool, merge_with, max_shard_size: str, force: bool, quiet: bool) -> None:
     """MergeLock: write a copy of MODEL with the same outputs but weights that do not merge with other fine-tunes."""
     from mergesmith.protect import protect_checkpoint, verify_protection
     from mergesmith.protect.report import format_verify
 
+    shard_bytes = size_option(max_shard_size, "--max-shard-size")
+    check_output_early(out_dir, force, [model])
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -332,7 +314,7 @@ def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool
         bars[0].update(done - bars[0].n)
 
     result = protect_checkpoint(model, out_dir, seed=seed, strength=strength, force=force,
-                                max_shard_size=max_shard_size, progress=None if quiet else progress)
+                                max_shard_size=shard_bytes, progress=None if quiet else progress)
     for bar in bars:
         bar.close()
     layout = result.layout
@@ -359,7 +341,7 @@ def continual() -> None:
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_user_errors
+@user_errors
 def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, method, base, params, name, max_shard_size: str,
                           force: bool, quiet: bool) -> None:
     """Merge NEW_EXPERT into MERGED_DIR (a continual merge, or a first expert with --base) and write OUT_DIR.
@@ -370,6 +352,8 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
     from mergesmith.adapt.runner import parse_param_args
     from mergesmith.continual import continual_add
 
+    shard_bytes = size_option(max_shard_size, "--max-shard-size")
+    check_output_early(out_dir, force, [merged_dir, new_expert] + ([base] if base is not None else []))
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -380,7 +364,7 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
         bars[0].update(done - bars[0].n)
 
     result = continual_add(merged_dir, new_expert, out_dir, method=method, base=base, params=parse_param_args(params),
-                           name=name, force=force, max_shard_size=max_shard_size, progress=None if quiet else progress)
+                           name=name, force=force, max_shard_size=shard_bytes, progress=None if quiet else progress)
     for bar in bars:
         bar.close()
     for note in result.notes:
@@ -404,14 +388,17 @@ def continual_methods() -> None:
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Write report.html, PNG plots and diagnostics.json here.")
 @click.option("--top-k", type=int, default=8, show_default=True, help="Singular values kept per 2-D tensor.")
 @click.option("--no-spectrum", is_flag=True, help="Skip the SVDs (top singular values, effective rank).")
+@click.option("--strict", is_flag=True, help="Refuse tensors with NaN or Inf values instead of warning and leaving them out.")
 @click.option("--force", is_flag=True, help="Replace --out if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-@_user_errors
-def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, force: bool, quiet: bool) -> None:
+@user_errors
+def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, strict: bool, force: bool, quiet: bool) -> None:
     """Task-vector diagnostics of EXPERTS against BASE: cosine, sign conflicts, norms, spectra, mergeability."""
     from mergesmith.analysis import inspect_task_vectors, summarize
     from mergesmith.analysis.report import format_tables, write_report
 
+    if out_dir is not None:
+        check_output_early(out_dir, force, [base, *experts], force_option="--force")
     bars: list = []
 
     def progress(done: int, total: int) -> None:
@@ -421,10 +408,12 @@ def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, force: 
             bars.append(tqdm(total=total, desc="inspecting", unit="tensor", file=sys.stderr, dynamic_ncols=True))
         bars[0].update(done - bars[0].n)
 
-    diag = inspect_task_vectors(base, list(experts), top_k=top_k, spectrum=not no_spectrum,
+    diag = inspect_task_vectors(base, list(experts), top_k=top_k, spectrum=not no_spectrum, strict=strict,
                                 progress=None if quiet else progress)
     for bar in bars:
         bar.close()
+    for line in diag.nonfinite:
+        echo_line(f"warning: non-finite values, tensor left out of the diagnostics: {line} (pass --strict to refuse)")
     summary = summarize(diag)
     click.echo(format_tables(summary, width=None))
     if out_dir is not None:

@@ -13,6 +13,7 @@ its configs mean the same thing:
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Union
 
@@ -20,6 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from mergesmith.errors import ConfigError
+from mergesmith.io.parse import read_yaml
 from mergesmith.methods import METHODS, MethodSpec
 from mergesmith.methods._spec import MISSING, ParamInfo, param_infos
 
@@ -145,17 +147,11 @@ def load_config(source: str | Path | dict | MergeConfig) -> MergeConfig:
         else:
             path = Path(source)
             label = str(path)
-            if not path.is_file():
+            if not path.exists():
                 raise ConfigError(f"{path}: config file not found; pass the path of a merge YAML file")
-            try:
-                data = yaml.load(path.read_text(encoding="utf-8"), Loader=_NoPythonTagsLoader)
-            except yaml.YAMLError as exc:
-                mark = getattr(exc, "problem_mark", None)
-                where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-                problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-                raise ConfigError(f"{path}: not valid YAML{where}: {problem}; only plain YAML is accepted (no tags)") from None
-            except UnicodeDecodeError:
-                raise ConfigError(f"{path}: not a UTF-8 text file; pass a merge YAML file") from None
+            # Bounded: size, nesting, aliases and number lengths are checked before anything is built.
+            data = read_yaml(path, loader=_NoPythonTagsLoader, what="merge config", error=ConfigError, top=None,
+                             fix="only plain YAML is accepted (no tags); pass a merge YAML file")
         if not isinstance(data, dict):
             raise ConfigError(f"{label}: expected a mapping with merge_method and models or slices at the top level")
         unsupported = {"modules", "tokenizer", "chat_template"} & set(data)
@@ -189,11 +185,13 @@ def check_config(config: MergeConfig, label: str = "config") -> None:
     infos = param_infos(method.params)
     _check_parameter_block(config.parameters, "parameters", infos, method, allow_global=True, label=label)
     if config.models is not None:
-        seen: set[str] = set()
+        seen: dict[tuple[str, ...], str] = {}
         for i, entry in enumerate(config.models):
-            if entry.model in seen:
-                raise ConfigError(f"{label}: models[{i}]: {entry.model!r} is listed twice; list each model once")
-            seen.add(entry.model)
+            key = model_identity(entry.model)
+            if key in seen:
+                same = "" if seen[key] == entry.model else f" (the same model as {seen[key]!r})"
+                raise ConfigError(f"{label}: models[{i}]: {entry.model!r} is listed twice{same}; list each model once")
+            seen[key] = entry.model
             _check_parameter_block(entry.parameters, f"models[{i}].parameters", infos, method, allow_global=False, label=label)
     else:
         for s, out_slice in enumerate(config.slices or []):
@@ -212,6 +210,22 @@ def check_config(config: MergeConfig, label: str = "config") -> None:
         raise ConfigError(
             f"{label}: tokenizer_source {config.tokenizer_source!r} is not one of the models; use 'base' or a listed model"
         )
+
+
+def model_identity(name: str) -> tuple[str, ...]:
+    """What makes two model references the same model: the resolved path of a local file or directory (so
+    ``expert/``, ``./expert``, an absolute path and a symlink to it agree), else a hub id's lower-cased repo and
+    revision (``main`` when none is given), else the text itself."""
+    from mergesmith.io.hub import parse_repo_id
+
+    path = Path(name).expanduser()
+    if path.exists():
+        return ("path", str(path.resolve()))
+    parsed = parse_repo_id(name)
+    if parsed is not None:
+        repo, revision = parsed
+        return ("hub", repo.lower(), revision or "main")
+    return ("path", os.path.abspath(path))
 
 
 def _check_statistics(config: MergeConfig, method: MethodSpec, label: str) -> None:

@@ -7,11 +7,11 @@ the function that rebuilds the model. A plain dict: a new kind means one new ent
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
 from mergesmith.errors import MergesmithError
+from mergesmith.io.parse import read_json
 
 SPEC_FILES = ("adapt.json", "mergesmith.json")
 
@@ -67,10 +67,8 @@ def read_kind(directory: Path) -> tuple[str, dict]:
     for name in SPEC_FILES:
         path = directory / name
         if path.is_file():
-            try:
-                spec = json.loads(path.read_text(encoding="utf-8"))
-            except (OSError, ValueError) as exc:
-                raise MergesmithError(f"{path}: not readable JSON ({exc}); restore the file or merge again") from None
+            spec = read_json(path, what="manifest", root=directory, error=MergesmithError, top=None,
+                             fix="restore the file or merge again")
             if isinstance(spec, dict) and "kind" in spec:
                 return str(spec["kind"]), spec
     return "weights", {}

@@ -61,7 +61,7 @@ def save_result(result: AdaptResult, problem: "AdaptProblem", out_dir: str | Pat
 
     from mergesmith import __version__
     from mergesmith.io.atomic import StagedOutput
-    from mergesmith.io.model_files import copy_side_files, write_config
+    from mergesmith.io.model_files import copy_model_file, copy_side_files, write_config
     from mergesmith.io.writer import ShardedWriter
 
     base_dir = Path(problem.base_dir)
@@ -70,8 +70,7 @@ def save_result(result: AdaptResult, problem: "AdaptProblem", out_dir: str | Pat
     with output as staging:
         write_config(base_dir / "config.json", staging, _dtype_name(result.state_dict), None)
         copy_side_files(base_dir, staging)
-        if (base_dir / "preprocessor_config.json").is_file():
-            shutil.copyfile(base_dir / "preprocessor_config.json", staging / "preprocessor_config.json")
+        copy_model_file(base_dir, "preprocessor_config.json", staging)  # a regular file inside base_dir, or refused
         names = sorted(result.state_dict)
         entries = [(n, result.state_dict[n].dtype, tuple(result.state_dict[n].shape)) for n in names]
         writer = ShardedWriter(staging, entries, "5GB", metadata={"mergesmith_adapt": str(result.spec.get("method", ""))})

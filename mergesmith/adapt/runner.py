@@ -11,7 +11,7 @@ from mergesmith.errors import ConfigError, MergesmithError
 
 def parse_param_args(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     """``key=value`` strings -> a dict; values are read as YAML scalars/lists (``0.3``, ``true``, ``[1, 2]``)."""
-    import yaml
+    from mergesmith.io.parse import parse_yaml
 
     params: dict[str, Any] = {}
     for item in items:
@@ -20,9 +20,9 @@ def parse_param_args(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--param {item!r}: expected key=value, e.g. --param num_examples=128")
         try:
-            params[key] = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            params[key] = raw
+            params[key] = parse_yaml(raw, f"--param {key}", what="value", error=ConfigError, top=None) if raw.strip() else ""
+        except ConfigError:
+            params[key] = raw  # not YAML: the text itself, which the method's parameter check then judges
     return params
 
 

@@ -199,7 +199,9 @@ def portable_config(config_path: Path, statistics: dict[str, Path]) -> str:
     """The merge YAML as saved beside the result: statistics paths relative to the output directory."""
     import yaml
 
-    config = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    from mergesmith.io.parse import read_yaml
+
+    config = read_yaml(config_path, what="merge config")
     by_path = {str(p): f"statistics/{task}.safetensors" for task, p in statistics.items()}
     for entry in config["models"]:
         entry["statistics"] = by_path.get(entry["statistics"], entry["statistics"])

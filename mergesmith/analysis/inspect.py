@@ -3,6 +3,9 @@
 Memory: the base tensor plus one task vector per expert for the tensor being read, i.e. about
 (experts + 1) x the largest tensor (in float32). Global and per-layer numbers are sums of per-tensor dot products,
 squared norms and sign counts.
+
+A tensor whose task vectors hold NaN or Inf is left out of every number (a single NaN would make every cosine NaN
+and stop the SVD) and listed in ``Diagnostics.nonfinite``; with ``strict`` it is an error instead.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ class Diagnostics:
     tensors: list[TensorDiagnostics] = field(default_factory=list)
     pair_conflicts: list[list[float]] = field(default_factory=list)  # [n, n] entries with opposite signs
     pair_both: list[list[float]] = field(default_factory=list)  # [n, n] entries where both are nonzero
+    nonfinite: list[str] = field(default_factory=list)  # "expert: tensor (k values)", left out of every number
 
 
 def _label(path: Path, taken: set[str]) -> str:
@@ -64,9 +68,11 @@ def inspect_task_vectors(
     *,
     top_k: int = 8,
     spectrum: bool = True,
+    strict: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Diagnostics:
-    """Task-vector diagnostics of ``experts`` against ``base``; a one-line MergesmithError on mismatched inputs."""
+    """Task-vector diagnostics of ``experts`` against ``base``; a one-line MergesmithError on mismatched inputs (and,
+    with ``strict``, on NaN/Inf values; without it such tensors are listed in ``nonfinite`` and left out)."""
     if not experts:
         raise MergesmithError("inspect needs at least one expert besides the base; give BASE EXPERT [EXPERT ...]")
     if top_k < 1:
@@ -89,6 +95,16 @@ def inspect_task_vectors(
             taus = torch.empty((n, b.numel()), dtype=torch.float32)
             for i, ckpt in enumerate(expert_ckpts):
                 torch.sub(ckpt.read(name).to(torch.float32).reshape(-1), b.reshape(-1), out=taus[i])
+            bad = _nonfinite(taus, [str(base)] if not bool(torch.isfinite(b).all()) else [], result.experts, name)
+            if bad:
+                if strict:
+                    raise MergesmithError(f"{bad[0]} has NaN/Inf values; fix or drop that model, or run without "
+                                          f"--strict to inspect the other tensors")
+                result.nonfinite.extend(bad)
+                del taus, b
+                if progress is not None:
+                    progress(done, len(names))
+                continue
             conflicts = eligible = 0
             g = torch.zeros(n, n, dtype=torch.float64)
             for start in range(0, taus.shape[1], _CHUNK):  # float64 copies one chunk at a time: memory stays ~(n+1) x
@@ -111,7 +127,11 @@ def inspect_task_vectors(
                         tops.append([0.0] * min(top_k, min(b.shape)))
                         ranks.append(0.0)
                         continue
-                    s = torch.linalg.svdvals(taus[i].reshape(b.shape))
+                    try:
+                        s = torch.linalg.svdvals(taus[i].reshape(b.shape))
+                    except torch.linalg.LinAlgError:
+                        raise MergesmithError(f"{result.experts[i]}: the SVD of tensor '{name}' did not converge; "
+                                              f"rerun with --no-spectrum") from None
                     tops.append(s[:top_k].tolist())
                     ranks.append(effective_rank(s))
                 record.top_singular, record.effective_rank = tops, ranks
@@ -124,6 +144,16 @@ def inspect_task_vectors(
     finally:
         for ckpt in opened:
             ckpt.close()
+
+
+def _nonfinite(taus: torch.Tensor, base_bad: list[str], labels: list[str], name: str) -> list[str]:
+    """``"model: tensor (k non-finite values)"`` for each model whose tensor holds NaN/Inf (the base first)."""
+    out = [f"{b}: {name}" for b in base_bad]
+    for label, row in zip(labels, taus):
+        count = int((~torch.isfinite(row)).sum())
+        if count:
+            out.append(f"{label}: {name} ({count} non-finite values)")
+    return out
 
 
 def _check_matching(base, experts, names: list[str]) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from mergesmith.errors import MergesmithError
+from mergesmith.io.parse import read_json
 
 # Bump when the JSON layout or the split procedure changes: it is part of every cache key.
 DATA_FORMAT_VERSION = 1
@@ -168,7 +169,7 @@ def load_cached_task(path: Path) -> TaskData | None:
     """The task stored at ``path``, or None if it is missing, unreadable, or its content does not match its
     fingerprint (a truncated or hand-edited file is rebuilt, never trusted)."""
     try:
-        payload = json.loads(Path(path).read_text(encoding="utf-8"))
+        payload = read_json(path, what="cached task", limit=1 << 30)
         task = TaskData.from_json(payload["task"])
     except (OSError, ValueError, KeyError, TypeError, MergesmithError):
         return None

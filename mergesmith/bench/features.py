@@ -13,7 +13,6 @@ stays in this module.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -22,6 +21,7 @@ from torch import Tensor, nn
 
 from mergesmith.bench.encoder import EncodedSplit, encode_split, split_features
 from mergesmith.errors import MergesmithError
+from mergesmith.io.parse import read_json
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -37,14 +37,9 @@ _IMAGE_MODEL_TYPES = {"clip", "clip_vision_model", "vit", "deit", "beit", "dinov
 
 def read_model_config(directory: Path) -> dict:
     path = Path(directory) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MergesmithError(f"{directory}: no config.json; give the directory a model was saved to with save_pretrained") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MergesmithError(f"{path}: not a readable JSON config ({exc}); fix or re-save the model") from None
-    if not isinstance(config, dict):
-        raise MergesmithError(f"{path}: expected a JSON object; fix or re-save the model")
+    if not path.exists() and not path.is_symlink():
+        raise MergesmithError(f"{directory}: no config.json; give the directory a model was saved to with save_pretrained")
+    config = read_json(path, what="config.json", root=directory, error=MergesmithError, fix="fix or re-save the model")
     return config
 
 

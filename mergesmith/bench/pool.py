@@ -47,7 +47,7 @@ from torch import nn
 from mergesmith.bench.data import Example
 from mergesmith.bench.features import ImageFeaturizer, TextFeaturizer, infer_modality, make_featurizer, read_model_config
 from mergesmith.bench.pool_data import Record, read_split, resolve_labels
-from mergesmith.bench.pool_schema import PoolSpec, TaskSpec, read_pool_spec
+from mergesmith.bench.pool_schema import MAX_LABELS, PoolSpec, TaskSpec, read_pool_spec, resolve_pool_path
 from mergesmith.bench.zoo import HEAD_FILE
 from mergesmith.errors import MergesmithError
 
@@ -124,7 +124,7 @@ def check_pool(path: str | Path) -> CheckedPool:
     source = Path(path).resolve()
     root = source.parent
 
-    base_dir = _resolve(root, spec.base_model)
+    base_dir = resolve_pool_path(root, spec.base_model)
     if not base_dir.is_dir():
         raise MergesmithError(f"{label}: base_model: {base_dir} is not a directory; give the Hugging Face directory of the base model")
     config = _wrap(label, "base_model", lambda: read_model_config(base_dir))
@@ -145,11 +145,11 @@ def check_pool(path: str | Path) -> CheckedPool:
     tasks = []
     for i, task in enumerate(spec.tasks):
         where = f"tasks[{i}]"
-        expert = _resolve(root, task.expert)
+        expert = resolve_pool_path(root, task.expert)
         _check_expert(label, f"{where}.expert", expert, base_shapes, model_type)
-        head_path = _resolve(root, task.head) if task.head is not None else expert / HEAD_FILE
+        head_path = resolve_pool_path(root, task.head) if task.head is not None else expert / HEAD_FILE
         head_where = f"{where}.head" if task.head is not None else where
-        if not head_path.is_file():
+        if not head_path.exists():
             hint = "check the path" if task.head is not None else f"give {where}.head (a safetensors file with the head's weight and bias)"
             raise MergesmithError(f"{label}: {head_where}: no head file {head_path}; {hint}")
         head = _load_head(label, head_where, head_path)
@@ -167,8 +167,8 @@ def check_pool(path: str | Path) -> CheckedPool:
             if value is None:
                 continue
             splits[split] = _wrap(label, None, lambda: read_split(
-                data.format, _resolve(root, value), data.text_column or "text", data.label_column or "label", f"{where}.data.{split}"))
-        names, indices = _wrap(label, None, lambda: resolve_labels(splits, data.labels, where))
+                data.format, resolve_pool_path(root, value), data.text_column or "text", data.label_column or "label", f"{where}.data.{split}"))
+        names, indices = _wrap(label, None, lambda: resolve_labels(splits, data.labels, where, head.weight.shape[0]))
 
         if head.weight.shape[1] != width:
             raise MergesmithError(
@@ -232,11 +232,6 @@ def load_pool(path: str | Path, *, seed: int = 0, progress: bool = True, echo: C
 # --- helpers -----------------------------------------------------------------------------------------------------------
 
 
-def _resolve(root: Path, value: str) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else root / path
-
-
 def _wrap(label: str, where: str | None, action):
     """Run ``action``; prefix any MergesmithError with the pool file (and the YAML key when given)."""
     try:
@@ -292,13 +287,22 @@ def _check_expert(label: str, where: str, expert: Path, base_shapes: dict, model
 
 
 def _load_head(label: str, where: str, path: Path) -> nn.Linear:
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
+    from mergesmith.io.safetensors_file import SafetensorsFile
 
+    # Our bounded reader (a regular file, a validated header), not safetensors.load_file: a FIFO would hang it.
     try:
-        tensors = load_file(str(path))
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise MergesmithError(f"{label}: {where}: {path} is not a readable safetensors file ({exc}); re-save the head") from None
+        head_file = SafetensorsFile(path)
+    except MergesmithError as exc:
+        raise MergesmithError(f"{label}: {where}: not a readable safetensors file: {exc}") from None
+    try:
+        infos = head_file.tensors
+        rows = infos["weight"].shape[0] if "weight" in infos and len(infos["weight"].shape) == 2 else 0
+        if rows > MAX_LABELS:
+            raise MergesmithError(f"{label}: {where}: {path}: 'weight' has {rows} rows, more than the {MAX_LABELS} "
+                                  "labels a task may have")
+        tensors = {name: head_file.read(info) for name, info in infos.items() if name in ("weight", "bias")}
+    finally:
+        head_file.close()
     weight, bias = tensors.get("weight"), tensors.get("bias")
     if weight is None or weight.dim() != 2 or not weight.is_floating_point():
         raise MergesmithError(f"{label}: {where}: {path} has no 2-D float tensor 'weight' [labels, features]; save the head as {{'weight': W, 'bias': b}}")

@@ -8,18 +8,25 @@ rows of the task's head:
   value is an integer below ``len(labels)``, the values are indices into ``labels``;
 - without it: integers (JSON ints, or cells/folder names made of digits only) are class indices ``0..max``; any
   other values are names, in sorted order.
+
+Indices are compared with the head's row count before any list is built from them, so a stray ``2000000000`` is one
+line of error, not two billion label names; negative integers are names, not indices from the end.
 """
 
 from __future__ import annotations
 
 import csv
-import json
+import io
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 from mergesmith.bench.features import IMAGE_SUFFIXES
+from mergesmith.bench.pool_schema import MAX_LABELS
 from mergesmith.errors import MergesmithError
+from mergesmith.io.parse import parse_json
+from mergesmith.io.paths import open_regular
 
 _DIGITS = re.compile(r"\d+")
 
@@ -38,7 +45,7 @@ def read_split(fmt: str, path: Path, text_column: str, label_column: str, where:
             raise MergesmithError(f"{where}: {path} is not a directory; an imagefolder split is a directory of <label>/<image> files")
         records = _read_imagefolder(path)
     else:
-        if not path.is_file():
+        if not path.exists():
             raise MergesmithError(f"{where}: no such file {path}; check the path (relative paths start at the pool file's directory)")
         reader = _read_csv if fmt == "csv" else _read_jsonl
         records = reader(path, text_column, label_column, where)
@@ -51,7 +58,7 @@ def _read_csv(path: Path, text_column: str, label_column: str, where: str) -> li
     try:
         # utf-8-sig: spreadsheet exports often start with a byte-order mark that would otherwise stick to the first
         # column's name.
-        with open(path, encoding="utf-8-sig", newline="") as handle:
+        with _open_text(path, where, newline="") as handle:
             reader = csv.DictReader(handle)
             columns = reader.fieldnames or []
             for column, key in ((text_column, "text_column"), (label_column, "label_column")):
@@ -76,19 +83,16 @@ def _read_csv(path: Path, text_column: str, label_column: str, where: str) -> li
 def _read_jsonl(path: Path, text_column: str, label_column: str, where: str) -> list[Record]:
     records = []
     try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        with _open_text(path, where) as handle:
+            lines = handle.read().splitlines()
     except UnicodeDecodeError:
         raise MergesmithError(f"{where}: {path} is not UTF-8 text; re-save it as UTF-8") from None
     for line_number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         at = f"{path.name} line {line_number}"
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise MergesmithError(f"{where}: {at} is not a JSON object ({exc.msg}); one JSON object per line") from None
-        if not isinstance(item, dict):
-            raise MergesmithError(f"{where}: {at} is not a JSON object; one JSON object per line")
+        item = parse_json(line, f"{where}: {at}", what="line", error=MergesmithError, top=dict,
+                          fix="one JSON object per line")
         text, label = item.get(text_column), item.get(label_column)
         if not isinstance(text, str):
             raise MergesmithError(f"{where}: {at} has no text string under {text_column!r}; set data.text_column or fix the line")
@@ -97,6 +101,16 @@ def _read_jsonl(path: Path, text_column: str, label_column: str, where: str) -> 
             raise MergesmithError(f"{where}: {at} has no label (a name or an integer) under {label_column!r}; set data.label_column or fix the line")
         records.append(Record(text, label.strip() if isinstance(label, str) else label, at))
     return records
+
+
+def _open_text(path: Path, where: str, newline: str | None = None) -> io.TextIOWrapper:
+    """A UTF-8 text handle on a regular file (a FIFO named like a data file would block for ever). utf-8-sig:
+    spreadsheet exports often start with a byte-order mark that would otherwise stick to the first column's name."""
+    try:
+        fd, _ = open_regular(path, error=MergesmithError)
+    except MergesmithError as exc:
+        raise MergesmithError(f"{where}: {exc}") from None
+    return io.TextIOWrapper(os.fdopen(fd, "rb"), encoding="utf-8-sig", newline=newline)
 
 
 def _read_imagefolder(root: Path) -> list[Record]:
@@ -109,13 +123,22 @@ def _read_imagefolder(root: Path) -> list[Record]:
 
 
 def _is_index(value: str | int) -> bool:
-    return isinstance(value, int) or bool(_DIGITS.fullmatch(value))
+    return (isinstance(value, int) and value >= 0) or (isinstance(value, str) and bool(_DIGITS.fullmatch(value)))
+
+
+def _index(value: str | int) -> int:
+    """The class index an ``_is_index`` value stands for; digit strings too long to be one (Python refuses to
+    convert more than 4300 digits) count as 10^12, beyond any label count."""
+    if isinstance(value, str) and len(value.lstrip("0")) > 12:
+        return 10**12
+    return int(value)
 
 
 def resolve_labels(
-    splits: dict[str, list[Record]], labels: list[str] | None, where: str
+    splits: dict[str, list[Record]], labels: list[str] | None, where: str, head_rows: int | None = None
 ) -> tuple[tuple[str, ...], dict[str, list[int]]]:
-    """(label names, class index of every record per split); ``where`` is the task's YAML path (``tasks[0]``)."""
+    """(label names, class index of every record per split); ``where`` is the task's YAML path (``tasks[0]``);
+    ``head_rows``: the head's outputs, which an index must stay below (checked before names are built)."""
     values = [r for records in splits.values() for r in records]
     if labels is not None:
         names = tuple(labels)
@@ -123,19 +146,29 @@ def resolve_labels(
         stray = next((r for r in values if str(r.label) not in by_name), None)
         if stray is None:
             return names, {s: [by_name[str(r.label)] for r in records] for s, records in splits.items()}
-        if all(_is_index(r.label) and int(r.label) < len(names) for r in values):
-            return names, {s: [int(r.label) for r in records] for s, records in splits.items()}
+        if all(_is_index(r.label) and _index(r.label) < len(names) for r in values):
+            return names, {s: [_index(r.label) for r in records] for s, records in splits.items()}
         # Name the value that is neither a listed name nor an index into the list: the one the user must fix.
         # (A mix of names and indices has no such value: then the first value that is not a name.)
-        stray = next((r for r in values if str(r.label) not in by_name and not (_is_index(r.label) and int(r.label) < len(names))), stray)
+        stray = next((r for r in values if str(r.label) not in by_name and not (_is_index(r.label) and _index(r.label) < len(names))), stray)
         split = next(s for s, records in splits.items() if stray in records)
         raise MergesmithError(
             f"{where}.data.{split}: label {stray.label!r} ({stray.where}) is not among data.labels {list(names)}; "
             "add it to data.labels or fix the data"
         )
     if all(_is_index(r.label) for r in values):
-        names = tuple(str(i) for i in range(max(int(r.label) for r in values) + 1))
-        indices = {s: [int(r.label) for r in records] for s, records in splits.items()}
+        top = max(values, key=lambda r: _index(r.label))
+        limit = min(MAX_LABELS, head_rows) if head_rows is not None else MAX_LABELS
+        if _index(top.label) >= limit:
+            split = next(s for s, records in splits.items() if top in records)
+            whose = f"the head has {head_rows} outputs" if head_rows is not None and head_rows < MAX_LABELS \
+                else f"a task has at most {MAX_LABELS} labels"
+            raise MergesmithError(
+                f"{where}.data.{split}: label index {_short_label(top.label)} ({top.where}) is out of range: {whose}; "
+                "fix the data or list the label names under data.labels"
+            )
+        names = tuple(str(i) for i in range(_index(top.label) + 1))
+        indices = {s: [_index(r.label) for r in records] for s, records in splits.items()}
     else:
         names = tuple(sorted({str(r.label) for r in values}))
         by_name = {name: i for i, name in enumerate(names)}
@@ -143,3 +176,8 @@ def resolve_labels(
     if len(names) < 2:
         raise MergesmithError(f"{where}.data: every example is labelled {names[0]!r}; a task needs at least 2 labels (list them under data.labels)")
     return names, indices
+
+
+def _short_label(value: str | int) -> str:
+    text = str(value)
+    return text if len(text) <= 24 else f"{text[:12]}...({len(text)} digits)"

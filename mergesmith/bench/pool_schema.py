@@ -9,10 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Union
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
 from mergesmith.errors import MergesmithError
+from mergesmith.io.parse import read_yaml
+
+# A task's label count, bounded before anything is built from it (a label index of 2e9 would otherwise build 2e9
+# names before they are compared with the head); ImageNet-21k has 21,841 classes.
+MAX_LABELS = 100_000
+MAX_TASKS = 1_000
 
 
 class _Strict(BaseModel):
@@ -26,7 +31,7 @@ class DataSpec(_Strict):
     test: StrictStr
     text_column: StrictStr | None = None
     label_column: StrictStr | None = None
-    labels: list[Union[StrictStr, StrictInt]] | None = Field(default=None, min_length=2)
+    labels: list[Union[StrictStr, StrictInt]] | None = Field(default=None, min_length=2, max_length=MAX_LABELS)
 
     @field_validator("labels", mode="before")
     @classmethod
@@ -60,7 +65,7 @@ class TaskSpec(_Strict):
 class PoolSpec(_Strict):
     base_model: StrictStr
     modality: Literal["text", "image"] | None = None
-    tasks: list[TaskSpec] = Field(min_length=1)
+    tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
 
     @field_validator("tasks")
     @classmethod
@@ -107,20 +112,25 @@ def _message(err: ValidationError, source: str) -> str:
 def read_pool_spec(path: str | Path) -> PoolSpec:
     """Parse and validate the pool YAML's structure; MergesmithError with one line on any problem."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists():
         raise MergesmithError(f"{path}: pool file not found; pass the path of a pool YAML file to --pool")
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise MergesmithError(f"{path}: not valid YAML{at}: {problem}; fix the file") from None
-    except UnicodeDecodeError:
-        raise MergesmithError(f"{path}: not a UTF-8 text file; pass a pool YAML file") from None
+    data = read_yaml(path, what="pool", error=MergesmithError, top=None, fix="fix the file")
     if not isinstance(data, dict):
         raise MergesmithError(f"{path}: expected a mapping with base_model and tasks at the top level")
     try:
         return PoolSpec.model_validate(data)
     except ValidationError as err:
         raise MergesmithError(_message(err, str(path))) from None
+
+
+def resolve_pool_path(root: Path, value: str) -> Path:
+    """A path written in the pool file: ``~`` expanded, relative paths starting at the pool file's directory."""
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else root / path
+
+
+def pool_model_dirs(path: str | Path) -> list[Path]:
+    """The base and expert directories a pool file names (what an output must not overlap)."""
+    spec = read_pool_spec(path)
+    root = Path(path).resolve().parent
+    return [resolve_pool_path(root, spec.base_model)] + [resolve_pool_path(root, t.expert) for t in spec.tasks]

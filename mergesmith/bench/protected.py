@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 
 from mergesmith.errors import MergesmithError
+from mergesmith.io.parse import read_json
 
 DEFAULT_PROTECT_METHODS = ("task_arithmetic", "linear")
 
@@ -147,10 +148,8 @@ def run_protect_bench(
 
 
 def _read_reference(path, bench_pool, names, methods, seed) -> dict:
-    try:
-        results = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MergesmithError(f"{path}: not a readable bench results.json ({exc})") from None
+    results = read_json(path, what="bench results.json", error=MergesmithError,
+                        fix="give the results.json of a bench run")
     if results.get("seed") != seed or [t["name"] for t in results.get("tasks", [])] != names or (
             "zoo" in bench_pool.provenance and results.get("zoo") != bench_pool.provenance["zoo"]):
         raise MergesmithError(f"{path}: a bench run of another pool, zoo or seed; give results.json of the same profile and seed")

@@ -31,6 +31,7 @@ from mergesmith.bench.encoder import (
     split_features,
     train_probe,
 )
+from mergesmith.io.parse import read_json
 
 ZOO_VERSION = 2  # 2: probes give constant feature dimensions weight zero (bench.encoder.train_probe)
 HEAD_FILE = "task_head.safetensors"
@@ -103,7 +104,7 @@ def build_zoo(
         probe_path = directory / "probes" / f"{task.name}.safetensors"
         if (target / DONE_FILE).is_file() and probe_path.is_file():
             experts[task.name] = target
-            seconds[task.name] = json.loads((target / DONE_FILE).read_text())["train_seconds"]
+            seconds[task.name] = read_json(target / DONE_FILE, what="zoo marker")["train_seconds"]
             continue
         for stale in target.parent.glob(f".{task.name}.partial-*"):
             shutil.rmtree(stale, ignore_errors=True)  # left by an interrupted build; never used

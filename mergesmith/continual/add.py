@@ -119,6 +119,10 @@ def step_tensor(plan: StepPlan, name: str, base: Tensor, previous: Tensor, new: 
 def finish_numbers(plan: StepPlan) -> tuple[float, float]:
     """(lambda_t, sum of task-vector norms) after the step."""
     t = plan.totals
+    if not all(math.isfinite(v) for v in (t.first, t.new, t.unscaled)):
+        # NaN would flow into every tensor while next_lambda reads NaN as "no norm" and records lambda 1.0.
+        raise MergesmithError("the models of this continual step hold NaN or Inf values (their task-vector norms are "
+                              "not finite); fix or drop the model that holds them")
     norm_sum = (math.sqrt(t.first) if plan.first else plan.norm_sum) + math.sqrt(t.new)
     if not plan.method.rescales:
         return 1.0, norm_sum

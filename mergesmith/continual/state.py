@@ -4,6 +4,9 @@ Its size does not depend on the number of experts merged, except for the list of
 (provenance, a few dozen bytes each): the method, its parameters, the base model (path and fingerprint), the count
 n, and the scalars the method carries (lambda for task arithmetic, TIES and OPCM; OPCM's sum of task-vector norms).
 No tensor is stored: every method's next step needs only the base, the current merge and the new expert.
+
+The file is read back as input, so every field is validated: a NaN, infinite, zero or negative ``scale`` would turn
+the next merge into NaN (or a division by zero) while the new state read ``scale: 1.0``.
 """
 
 from __future__ import annotations
@@ -12,35 +15,40 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictStr, ValidationError
 
 from mergesmith.errors import MergesmithError
+from mergesmith.io.parse import read_json
 
 STATE_FILE = "continual.json"
 FORMAT = "mergesmith-continual/1"
+MAX_STATE_BYTES = 16 * 1024 * 1024  # names and fingerprints: about 100 bytes per expert merged
+_FINGERPRINT = r"^([0-9a-f]{64})?$"  # sha256 hex; empty for in-memory steps
 
 
-class MergedExpert(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    name: str
-    fingerprint: str
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
-class BaseRef(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    path: str
-    fingerprint: str
+class MergedExpert(_Strict):
+    name: StrictStr = Field(max_length=4096)
+    fingerprint: StrictStr = Field(pattern=_FINGERPRINT)
 
 
-class ContinualState(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    format: str = FORMAT
-    method: str
+class BaseRef(_Strict):
+    path: StrictStr = Field(max_length=4096)
+    fingerprint: StrictStr = Field(pattern=_FINGERPRINT)
+
+
+class ContinualState(_Strict):
+    format: StrictStr = FORMAT
+    method: StrictStr = Field(max_length=64)
     params: dict[str, Any] = Field(default_factory=dict)
     base: BaseRef
-    experts: list[MergedExpert]
-    scale: float = 1.0  # lambda_t: the merged task vector is (theta - theta_0) * scale in the method's own units
-    task_norm_sum: float = 0.0  # OPCM: sum_i ||tau_i|| over the experts merged so far
+    experts: list[MergedExpert] = Field(min_length=2)  # a continual merge holds at least two experts
+    # lambda_t: the merged task vector is (theta - theta_0) * scale in the method's own units; divided by it
+    scale: float = Field(1.0, gt=0, strict=True)
+    task_norm_sum: float = Field(0.0, ge=0, strict=True)  # OPCM: sum_i ||tau_i|| over the experts merged so far
 
     @property
     def count(self) -> int:
@@ -50,15 +58,21 @@ class ContinualState(BaseModel):
 def read_state(model_dir: Path) -> ContinualState | None:
     """The state beside a continual merge, or None for a plain model (an expert to start a sequence from)."""
     path = Path(model_dir) / STATE_FILE
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         return None
+    fix = "restore it from the run that wrote this model, or start a new sequence from an expert"
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = read_json(path, what="the file", root=model_dir, limit=MAX_STATE_BYTES, error=MergesmithError,
+                         constants=False, fix=fix)
+    except MergesmithError as exc:
+        detail = str(exc).removeprefix(f"{path}: ")
+        raise MergesmithError(f"{path}: not a valid continual-merge state: {detail}") from None
+    try:
         state = ContinualState.model_validate(data)
-    except (OSError, UnicodeDecodeError, ValueError, ValidationError) as exc:
-        first = exc.errors()[0]["msg"] if isinstance(exc, ValidationError) else str(exc)
-        raise MergesmithError(f"{path}: not a valid continual-merge state ({first}); restore it from the run that "
-                              f"wrote this model, or start a new sequence from an expert") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        raise MergesmithError(f"{path}: not a valid continual-merge state ({where}: {first['msg']}); {fix}") from None
     if state.format != FORMAT:
         raise MergesmithError(f"{path}: format {state.format!r} is not {FORMAT!r}; re-create the merge with this "
                               f"version of mergesmith")

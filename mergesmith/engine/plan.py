@@ -142,15 +142,10 @@ def _non_matrix_notes(plan: MergePlan) -> list[str]:
 
 def _tied_weight_notes(plan: MergePlan) -> list[str]:
     """Name the weights a model ties to others instead of storing them (they are absent from every input)."""
-    import json
-
     ckpt = plan.checkpoints[plan.reference]
     if ckpt.config_path is None:
         return []
-    try:
-        config = json.loads(open(ckpt.config_path, encoding="utf-8").read())
-    except (OSError, ValueError):
-        return []
+    config = ckpt.config()  # bounded; a broken config.json is an error naming it, never a traceback
     if config.get("tie_word_embeddings", True) is False:
         return []
     heads = [n for n in ("lm_head.weight", "cls.predictions.decoder.weight") if n not in ckpt.tensors]

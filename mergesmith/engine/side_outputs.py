@@ -29,6 +29,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from mergesmith.errors import ConfigError, MergesmithError
+from mergesmith.io.parse import read_json
 from mergesmith.methods._per_task import PerTaskParts, pack_mask, packed_length, rescalers, task_model, unpack_mask
 
 TASK_VECTOR_FILE = "task_vector.safetensors"
@@ -111,7 +112,7 @@ class SideWriter:
     def annotate_manifest(self, staging: Path, hashes: dict[str, str]) -> None:
         """Add the kind, the tasks and the side files' hashes to mergesmith.json (``load_merged`` reads the kind)."""
         path = Path(staging) / "mergesmith.json"
-        manifest = json.loads(path.read_text(encoding="utf-8"))
+        manifest = read_json(path, what="manifest")
         manifest.update({"kind": self.kind, "tasks": self.tasks, "side_outputs": hashes})
         path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
         card = Path(staging) / "README.md"
@@ -136,10 +137,8 @@ def open_side_writer(plan: Any, staging: Path, write_model: Callable) -> SideWri
 
 def read_tasks(directory: str | Path) -> dict:
     path = Path(directory) / TASKS_FILE
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise MergesmithError(f"{path}: missing or unreadable ({exc}); merge again to rebuild the per-task parts") from None
+    return read_json(path, what="per-task index", root=directory, error=MergesmithError,
+                     fix="merge again to rebuild the per-task parts")
 
 
 def check_task(directory: str | Path, info: dict, task: str | None) -> str:
@@ -193,7 +192,7 @@ def load_task_model(directory: Path, spec: dict, task: str | None) -> Any:
 
     info = read_tasks(directory)
     check_task(directory, info, task)
-    config = json.loads((directory / "config.json").read_text(encoding="utf-8"))
+    config = read_json(directory / "config.json", what="config.json", root=directory, error=MergesmithError)
     architectures = config.get("architectures") or []
     cls = getattr(transformers, architectures[0], None) if architectures else None
     model = (cls or transformers.AutoModel).from_pretrained(directory).eval()

@@ -2,7 +2,11 @@
 
 A directory that looks like a finished model (index, config) exists only once the merge is finished. A lock
 (``flock``, released by the kernel even when the process is killed) stops two merges from writing the same
-output; leftovers of a killed run are removed by the next run that takes the lock.
+output; leftovers of a killed run are removed by the next run that takes the lock. Before the rename, every input
+file still open is checked to be the file that was read (``paths.check_inputs_unchanged``).
+
+``check_output`` is the one rule for where an output may go; commands call it before any work (so a bad output
+path is refused before a progress bar or a minute of computation), and ``StagedOutput`` applies it again.
 """
 
 from __future__ import annotations
@@ -15,8 +19,47 @@ import uuid
 from pathlib import Path
 
 from mergesmith.errors import MergesmithError
+from mergesmith.io.paths import check_inputs_unchanged
 
 _STAGING_TAG = ".mergesmith-tmp-"
+
+
+def check_output(out_dir: str | os.PathLike[str], *, force: bool = False, inputs: list = (),  # type: ignore[assignment]
+                 force_option: str | None = "--force", what: str = "output directory") -> Path:
+    """Refuse (one-line MergesmithError) an output path that cannot or must not be written, before any work:
+
+    a symbolic link (dangling or not: the final rename would replace the link, not write where it points), an
+    existing file, a non-empty directory without ``force``, a path that overlaps an input (is, contains or sits
+    inside one), or a location whose nearest existing parent is not a writable directory. Returns the absolute path.
+    ``force_option`` names the flag that allows replacing (None: the command has none)."""
+    out = Path(out_dir).absolute()
+    if out.is_symlink():
+        target = os.readlink(out)
+        state = "which does not exist" if not out.exists() else "a link the output would replace"
+        raise MergesmithError(f"{what} {out} is a symbolic link to {target}, {state}; give a real directory path")
+    resolved = out.resolve()
+    for source in (Path(p).resolve() for p in inputs):
+        if resolved == source or source in resolved.parents or resolved in source.parents:
+            raise MergesmithError(
+                f"{what} {out} overlaps input {source}; choose an output outside every input model"
+            )
+    if out.exists() and not out.is_dir():
+        raise MergesmithError(f"output path {out} exists and is a file; choose a directory path")
+    try:
+        occupied = out.is_dir() and not force and any(out.iterdir())
+    except OSError as exc:
+        raise MergesmithError(f"cannot list {out}: {exc.strerror or exc}; choose a writable output location") from None
+    if occupied:
+        how = f"choose another or pass {force_option} to replace it" if force_option else "choose another"
+        raise MergesmithError(f"{what} {out} exists and is not empty; {how}")
+    parent = out.parent
+    while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise MergesmithError(f"cannot create {out.parent}: {parent} is not a directory; choose a writable output location")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise MergesmithError(f"cannot write in {parent}: permission denied; choose a writable output location")
+    return out
 
 
 class StagedOutput:
@@ -29,17 +72,7 @@ class StagedOutput:
         self._lock_path = self.out_dir.parent / f".{self.out_dir.name}.mergesmith-lock"
 
     def __enter__(self) -> Path:
-        out = self.out_dir
-        resolved = out.resolve()
-        for source in self.inputs:
-            if resolved == source or source in resolved.parents or resolved in source.parents:
-                raise MergesmithError(
-                    f"output directory {out} overlaps input {source}; choose an output outside every input model"
-                )
-        if out.exists() and not out.is_dir():
-            raise MergesmithError(f"output path {out} exists and is a file; choose a directory path")
-        if out.is_dir() and any(out.iterdir()) and not self.force:
-            raise MergesmithError(f"output directory {out} exists and is not empty; choose another or pass --force to replace it")
+        out = check_output(self.out_dir, force=self.force, inputs=self.inputs)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -77,6 +110,7 @@ class StagedOutput:
     def commit(self) -> None:
         """Move the finished staging directory into place (replacing the old output with --force)."""
         assert self.staging is not None
+        check_inputs_unchanged(self.inputs)  # after the last read: an input rewritten meanwhile means mixed output
         out = self.out_dir
         trash = None
         if out.exists():

@@ -5,11 +5,13 @@ Layouts, in the order a directory is probed:
   pytorch_model.bin; or a bare .safetensors / .bin / .pt / .pth file; or a Hub repo id ``org/name[@revision]``
   that is not a local path.
 Opening reads headers (and, for torch formats, the pickle) only; tensors are read on demand by ``read``.
+Every file of a model directory must resolve inside it (``paths.check_inside``; Hugging Face cache snapshots point
+into their repository's ``blobs/``) and be a regular file. The identity of every file read is remembered while the
+checkpoint is open, so an output can check, before it is committed, that no input changed under the merge.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 from pathlib import Path
@@ -19,8 +21,10 @@ import torch
 
 from mergesmith.errors import CheckpointError
 from mergesmith.io.hub import parse_repo_id, resolve_hub
+from mergesmith.io.parse import read_json_with_identity
+from mergesmith.io.paths import FileIdentity, check_unchanged, forget_inputs, watch_input
 from mergesmith.io.safetensors_file import SafetensorsFile
-from mergesmith.io.tensor_info import TensorInfo
+from mergesmith.io.tensor_info import TensorInfo, check_tensor_name
 from mergesmith.io.torch_file import TorchFile
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -33,6 +37,7 @@ _TORCH_SUFFIXES = (".bin", ".pt", ".pth")
 class _WeightFile(Protocol):
     path: Path
     tensors: dict[str, TensorInfo]
+    identity: FileIdentity
 
     def read(self, info: TensorInfo, rows: slice | None = None) -> torch.Tensor: ...
 
@@ -42,9 +47,13 @@ class _WeightFile(Protocol):
 class Checkpoint:
     """The tensors of one model, read on demand. Reads are thread-safe; use as a context manager or ``close()``."""
 
-    def __init__(self, root: Path, files: list[_WeightFile]) -> None:
+    def __init__(self, root: Path, files: list[_WeightFile], index: tuple[Path, FileIdentity] | None = None) -> None:
         self.root = root
         self._files = {f.path: f for f in files}
+        self._read: dict[Path, FileIdentity] = {f.path: f.identity for f in files}  # every file read, as opened
+        if index is not None:
+            self._read[index[0]] = index[1]
+        self._config_cache: dict[str, Any] | None = None
         self.weight_files: list[Path] = [f.path for f in files]
         self.tensors: dict[str, TensorInfo] = {}
         for f in files:
@@ -57,11 +66,13 @@ class Checkpoint:
                 self.tensors[name] = info
         self._closed = False
         self._close_lock = threading.Lock()
+        self._watch = [watch_input(root, path, identity) for path, identity in self._read.items()]
 
     @property
     def config_path(self) -> Path | None:
+        """``config.json`` beside the weights if there is one (whatever it is: reading it checks it)."""
         path = self.root / "config.json"
-        return path if path.is_file() else None
+        return path if os.path.lexists(path) else None
 
     def read(self, name: str, rows: slice | None = None) -> torch.Tensor:
         """Tensor ``name`` in its stored dtype; ``rows`` reads only that range of dim 0 (step 1)."""
@@ -83,20 +94,33 @@ class Checkpoint:
         return model_type if isinstance(model_type, str) else None
 
     def _config(self) -> dict[str, Any]:
-        path = self.config_path
-        if path is None:
-            return {}
-        try:
-            config = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: not a readable JSON config ({e}); fix or re-download config.json") from None
-        return config if isinstance(config, dict) else {}
+        return self.config()
+
+    def config(self) -> dict[str, Any]:
+        """The parsed ``config.json`` ({} when there is none), read once through the bounded JSON reader."""
+        if self._config_cache is None:
+            path = self.config_path
+            if path is None:
+                self._config_cache = {}
+            else:
+                config, identity = read_json_with_identity(
+                    path, what="config.json", root=self.root, fix="fix or re-download config.json")
+                self._read[path] = identity
+                self._watch.append(watch_input(self.root, path, identity))
+                self._config_cache = config
+        return dict(self._config_cache)
+
+    def check_unchanged(self) -> None:
+        """Refuse (CheckpointError naming the file) if a file read so far was rewritten, replaced or removed."""
+        for path, identity in list(self._read.items()):
+            check_unchanged(path, identity)
 
     def close(self) -> None:
         with self._close_lock:
             if self._closed:
                 return
             self._closed = True
+        forget_inputs(self._watch)
         for f in self._files.values():
             f.close()
 
@@ -123,15 +147,17 @@ def open_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
 
 
 def _open_file(path: Path) -> Checkpoint:
-    # An index file stands for its sharded model (people paste the index path as often as the directory).
+    # An index file stands for its sharded model (people paste the index path as often as the directory). The file
+    # the user named may be a symlink (they chose it); the shards and config.json beside it must be inside its
+    # directory.
     if path.name.endswith(".safetensors.index.json"):
-        return _open_indexed(path.parent, path.name, SafetensorsFile)
+        return _open_indexed(path.parent, path.name, SafetensorsFile, named=True)
     if path.name.endswith(".bin.index.json"):
-        return _open_indexed(path.parent, path.name, TorchFile)
+        return _open_indexed(path.parent, path.name, TorchFile, named=True)
     if path.suffix == ".safetensors":
-        return _build(path.parent, [path], SafetensorsFile)
+        return _build(path.parent, [path], SafetensorsFile, named=True)
     if path.suffix in _TORCH_SUFFIXES:
-        return _build(path.parent, [path], TorchFile)
+        return _build(path.parent, [path], TorchFile, named=True)
     raise CheckpointError(
         f"{path}: unknown checkpoint file type '{path.suffix}'; pass a .safetensors, .bin, .pt or .pth file or a "
         f"model directory"
@@ -139,13 +165,15 @@ def _open_file(path: Path) -> Checkpoint:
 
 
 def _open_directory(directory: Path) -> Checkpoint:
-    if (directory / SAFETENSORS_INDEX).is_file():
+    # lexists, not is_file: a symlink pointing away or a FIFO named like the weights is refused by the opener with
+    # a message saying what it is, rather than skipped.
+    if os.path.lexists(directory / SAFETENSORS_INDEX):
         return _open_indexed(directory, SAFETENSORS_INDEX, SafetensorsFile)
-    if (directory / SAFETENSORS_SINGLE).is_file():
+    if os.path.lexists(directory / SAFETENSORS_SINGLE):
         return _build(directory, [directory / SAFETENSORS_SINGLE], SafetensorsFile)
-    if (directory / TORCH_INDEX).is_file():
+    if os.path.lexists(directory / TORCH_INDEX):
         return _open_indexed(directory, TORCH_INDEX, TorchFile)
-    if (directory / TORCH_SINGLE).is_file():
+    if os.path.lexists(directory / TORCH_SINGLE):
         return _build(directory, [directory / TORCH_SINGLE], TorchFile)
     looked_for = ", ".join((SAFETENSORS_INDEX, SAFETENSORS_SINGLE, TORCH_INDEX, TORCH_SINGLE))
     others = sorted(p.name for p in directory.iterdir() if p.suffix in (".safetensors", *_TORCH_SUFFIXES))
@@ -155,22 +183,25 @@ def _open_directory(directory: Path) -> Checkpoint:
     )
 
 
-def _build(root: Path, paths: list[Path], opener: type) -> Checkpoint:
+def _build(root: Path, paths: list[Path], opener: type, *, named: bool = False,
+           index: tuple[Path, FileIdentity] | None = None) -> Checkpoint:
+    """``named``: the single path is the file the user named, trusted where it points; other files must resolve
+    inside ``root``."""
     files: list[_WeightFile] = []
     try:
         for path in paths:
-            files.append(opener(path))
-        return Checkpoint(root, files)
+            files.append(opener(path, root=None if named else root))
+        return Checkpoint(root, files, index)
     except BaseException:
         for f in files:
             f.close()
         raise
 
 
-def _open_indexed(directory: Path, index_name: str, opener: type) -> Checkpoint:
-    weight_map = _read_weight_map(directory / index_name)
+def _open_indexed(directory: Path, index_name: str, opener: type, *, named: bool = False) -> Checkpoint:
+    weight_map, identity = _read_weight_map(directory / index_name, named)
     shard_names = sorted(set(weight_map.values()))
-    checkpoint = _build(directory, [directory / name for name in shard_names], opener)
+    checkpoint = _build(directory, [directory / name for name in shard_names], opener, index=(directory / index_name, identity))
     for name, shard in weight_map.items():
         info = checkpoint.tensors.get(name)
         if info is None or info.path.name != shard:
@@ -183,17 +214,21 @@ def _open_indexed(directory: Path, index_name: str, opener: type) -> Checkpoint:
     return checkpoint
 
 
-def _read_weight_map(index_path: Path) -> dict[str, str]:
+# An index lists every tensor once: a million tensors take about 60 MB.
+MAX_INDEX_BYTES = 100_000_000
+
+
+def _read_weight_map(index_path: Path, named: bool = False) -> tuple[dict[str, str], FileIdentity]:
     """The index's weight_map, with every shard a plain, existing file name inside the index's directory."""
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{index_path}: not a readable JSON index ({e}); re-download or re-save the model") from None
-    weight_map = index.get("weight_map") if isinstance(index, dict) else None
+    index, identity = read_json_with_identity(
+        index_path, what="index", root=None if named else index_path.parent, limit=MAX_INDEX_BYTES,
+        fix="re-download or re-save the model")
+    weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: has no weight_map object; re-download or re-save the model")
     checked: set[str] = set()
     for name, shard in weight_map.items():
+        check_tensor_name(str(index_path), name)
         if isinstance(shard, str) and shard in checked:
             continue
         # A shard path that escapes the directory could make us read any file on the machine.
@@ -209,10 +244,10 @@ def _read_weight_map(index_path: Path) -> dict[str, str]:
                 f"{index_path}: tensor '{name}' maps to {shard!r}, which is not a plain file name in the model "
                 f"directory; shards must sit beside the index, fix the weight_map or re-download the model"
             )
-        if not (index_path.parent / shard).is_file():
+        if not os.path.lexists(index_path.parent / shard):
             raise CheckpointError(
                 f"{index_path}: shard {shard} (holding tensor '{name}') does not exist; the download is incomplete, "
                 f"re-download the model"
             )
         checked.add(shard)
-    return weight_map
+    return weight_map, identity

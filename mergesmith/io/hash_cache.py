@@ -11,7 +11,9 @@ import os
 import threading
 from pathlib import Path
 
+from mergesmith.errors import MergesmithError
 from mergesmith.io.model_files import sha256_file
+from mergesmith.io.parse import read_json
 
 _LOCK = threading.Lock()
 
@@ -33,11 +35,9 @@ def hash_files(paths: list[Path], cache: Path | None = None) -> dict[str, str]:
     cache = cache or cache_path()
     with _LOCK:
         try:
-            known = json.loads(cache.read_text(encoding="utf-8"))
-            if not isinstance(known, dict):
-                known = {}
-        except (OSError, ValueError):
-            known = {}
+            known = read_json(cache, what="hash cache", limit=256 * 1024 * 1024) if cache.exists() else {}
+        except MergesmithError:
+            known = {}  # a damaged cache only costs a re-hash
         out: dict[str, str] = {}
         changed = False
         for path in paths:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
+import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +12,8 @@ import yaml
 
 from mergesmith.engine.layers import LAYER_COUNT_KEYS
 from mergesmith.errors import CheckpointError
+from mergesmith.io.parse import read_json
+from mergesmith.io.paths import open_regular
 
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -33,12 +35,11 @@ _DTYPE_NAMES = {"torch.float32": "float32", "torch.float16": "float16", "torch.b
 
 def write_config(source_config: Path | None, out_dir: Path, out_dtype: str | None, layer_count: int | None) -> bool:
     """Copy config.json with the output dtype (and, after slicing, the new depth). False when there is none."""
-    if source_config is None or not source_config.is_file():
+    if source_config is None or not os.path.lexists(source_config):
         return False
-    try:
-        config: dict[str, Any] = json.loads(source_config.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise CheckpointError(f"{source_config}: not valid JSON ({exc}); fix or remove that config.json") from None
+    source_config = Path(source_config)
+    config: dict[str, Any] = read_json(source_config, what="config.json", root=source_config.parent,
+                                       fix="fix or remove that config.json")
     if out_dtype is not None:
         config["torch_dtype"] = out_dtype
         if "dtype" in config:
@@ -61,16 +62,26 @@ def write_config(source_config: Path | None, out_dir: Path, out_dtype: str | Non
 
 
 def copy_side_files(source_root: Path | None, out_dir: Path) -> list[str]:
-    """Tokenizer files and generation_config.json from the tokenizer source. Returns the names copied."""
-    copied: list[str] = []
+    """Tokenizer files and generation_config.json from the tokenizer source. Returns the names copied.
+
+    Each must be a regular file resolving inside ``source_root`` (or its hub cache blobs): a symlink to a file
+    elsewhere (a private key) is refused, never copied into an output people upload."""
     if source_root is None:
-        return copied
-    for name in TOKENIZER_FILES + EXTRA_FILES:
-        path = source_root / name
-        if path.is_file():
-            shutil.copyfile(path, out_dir / name)
-            copied.append(name)
-    return copied
+        return []
+    return [name for name in TOKENIZER_FILES + EXTRA_FILES if copy_model_file(source_root, name, out_dir)]
+
+
+def copy_model_file(source_root: Path, name: str, out_dir: Path) -> bool:
+    """Copy ``source_root/name`` to ``out_dir/name`` if it exists (False if not); CheckpointError naming the file
+    if it is not a regular file inside the model directory. Copied through the descriptor that was checked."""
+    path = Path(source_root) / name
+    if not os.path.lexists(path):
+        return False
+    fd, _ = open_regular(path, root=source_root)
+    with os.fdopen(fd, "rb") as source, open(Path(out_dir) / name, "wb") as target:
+        while block := source.read(8 << 20):
+            target.write(block)
+    return True
 
 
 def dtype_name(dtype: Any) -> str:
@@ -79,7 +90,8 @@ def dtype_name(dtype: Any) -> str:
 
 def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as handle:
+    fd, _ = open_regular(path)
+    with os.fdopen(fd, "rb") as handle:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()

@@ -16,18 +16,27 @@ import torch
 
 from mergesmith.errors import CheckpointError
 from mergesmith.io._rows import resolve_rows
-from mergesmith.io.safetensors_header import read_header
+from mergesmith.io.paths import open_regular
+from mergesmith.io.safetensors_header import read_header_from
 from mergesmith.io.tensor_info import TensorInfo
 
 
 class SafetensorsFile:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    """One safetensors file, opened once: the header and every tensor are read through the same descriptor, so the
+    file whose header was validated is the file whose bytes are read. ``identity`` is what it was when opened.
+
+    ``root``: the model directory the file belongs to; a file resolving outside it (a symlink) is refused."""
+
+    def __init__(self, path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
-        self.tensors, self.metadata, self.data_start = read_header(self.path)
+        self._fd: int | None = None
+        fd, self.identity = open_regular(self.path, root=root)
         try:
-            self._fd: int | None = os.open(self.path, os.O_RDONLY | getattr(os, "O_BINARY", 0))
-        except OSError as e:
-            raise CheckpointError(f"{self.path}: cannot open ({e.strerror or e}); check the path and permissions") from e
+            self.tensors, self.metadata, self.data_start = read_header_from(fd, self.identity.size, self.path)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
         # Platforms without pread (Windows) fall back to seek + read under a lock.
         self._seek_lock = threading.Lock()
 

@@ -10,7 +10,6 @@ header fails at open time with a message naming the file, instead of as a short 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -19,36 +18,16 @@ from typing import Any
 
 from mergesmith.errors import CheckpointError
 from mergesmith.io.dtypes import SAFETENSORS_TO_TORCH
-from mergesmith.io.tensor_info import TensorInfo
+from mergesmith.io.parse import parse_json
+from mergesmith.io.paths import open_regular
+from mergesmith.io.tensor_info import TensorInfo, check_shape, check_tensor_name
 
 # The same bound the reference implementation uses: a larger header is a corrupt file or an attack.
 MAX_HEADER_BYTES = 100_000_000
+# Objects and lists a header may hold: one entry object and two lists per tensor (a million tensors in one file).
+MAX_HEADER_CONTAINERS = 3_000_001
 
 _FIX_CORRUPT = "the file is truncated or corrupt, re-download or re-save it"
-
-
-class _DuplicateKey(Exception):
-    def __init__(self, key: str) -> None:
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    # json.loads keeps the last of duplicate keys silently; two tensors with one name must not pass.
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise _DuplicateKey(key)
-        out[key] = value
-    return out
-
-
-class _BadConstant(Exception):
-    pass
-
-
-def _no_constants(name: str) -> Any:
-    # Python's json accepts NaN/Infinity, which are not JSON; the reference reader refuses such headers, so do we.
-    raise _BadConstant(name)
 
 
 def _is_int(value: Any) -> bool:
@@ -61,48 +40,54 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     Returns ``(tensors, metadata, data_start)``: tensors keyed by name in the order of their data in the file,
     with absolute byte offsets; the ``__metadata__`` dict (empty if absent); the absolute offset of the data.
     """
-    path = Path(path)
-    where = str(path)
+    fd, identity = open_regular(path)
     try:
-        with open(path, "rb") as f:
-            file_size = os.fstat(f.fileno()).st_size
-            if file_size < 8:
-                raise CheckpointError(
-                    f"{where}: only {file_size} bytes, too short for a safetensors header; {_FIX_CORRUPT}"
-                )
-            (header_len,) = struct.unpack("<Q", f.read(8))
-            if header_len > MAX_HEADER_BYTES:
-                raise CheckpointError(
-                    f"{where}: header claims {header_len} bytes, more than the {MAX_HEADER_BYTES}-byte limit; "
-                    f"this is not a valid safetensors file, re-download or re-save it"
-                )
-            if header_len > file_size - 8:
-                raise CheckpointError(
-                    f"{where}: header claims {header_len} bytes but the file has only {file_size - 8} after the "
-                    f"length prefix; {_FIX_CORRUPT}"
-                )
-            raw = f.read(header_len)
+        return read_header_from(fd, identity.size, Path(path))
+    finally:
+        os.close(fd)
+
+
+def _pread_exactly(fd: int, nbytes: int, offset: int) -> bytes:
+    chunks, done = [], 0
+    while done < nbytes:
+        chunk = os.pread(fd, min(nbytes - done, 1 << 30), offset + done)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        done += len(chunk)
+    return b"".join(chunks)
+
+
+def read_header_from(fd: int, file_size: int, path: Path) -> tuple[dict[str, TensorInfo], dict[str, str], int]:
+    """``read_header`` on an open descriptor of the regular file ``path`` of ``file_size`` bytes."""
+    where = str(path)
+    if file_size < 8:
+        raise CheckpointError(f"{where}: only {file_size} bytes, too short for a safetensors header; {_FIX_CORRUPT}")
+    try:
+        prefix = _pread_exactly(fd, 8, 0)
+        if len(prefix) != 8:
+            raise CheckpointError(f"{where}: the file shrank while it was read; {_FIX_CORRUPT}")
+        (header_len,) = struct.unpack("<Q", prefix)
+        if header_len > MAX_HEADER_BYTES:
+            raise CheckpointError(
+                f"{where}: header claims {header_len} bytes, more than the {MAX_HEADER_BYTES}-byte limit; "
+                f"this is not a valid safetensors file, re-download or re-save it"
+            )
+        if header_len > file_size - 8:
+            raise CheckpointError(
+                f"{where}: header claims {header_len} bytes but the file has only {file_size - 8} after the "
+                f"length prefix; {_FIX_CORRUPT}"
+            )
+        raw = _pread_exactly(fd, header_len, 8)
     except OSError as e:
         raise CheckpointError(f"{where}: cannot read the file ({e.strerror or e}); check the path and permissions") from e
     if len(raw) != header_len:  # the file shrank under us
         raise CheckpointError(f"{where}: header is shorter than its length prefix; {_FIX_CORRUPT}")
 
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise CheckpointError(f"{where}: header is not valid UTF-8 (byte {e.start}); {_FIX_CORRUPT}") from None
-    try:
-        header = json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except _BadConstant as e:
-        raise CheckpointError(f"{where}: header is not valid JSON ({e} is not a JSON value); {_FIX_CORRUPT}") from None
-    except _DuplicateKey as e:
-        raise CheckpointError(
-            f"{where}: header names tensor '{e.key}' twice; the file is corrupt, re-save it with unique names"
-        ) from None
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{where}: header is not valid JSON ({e.msg} at char {e.pos}); {_FIX_CORRUPT}") from None
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{where}: header is JSON but not an object; {_FIX_CORRUPT}")
+    # Bounded parse: nesting, numbers and container count are checked before json builds anything; duplicate
+    # names and NaN/Infinity (which the reference reader refuses) are refused.
+    header = parse_json(raw, where, what="header", top=dict, constants=False, unique_keys=True,
+                        max_containers=MAX_HEADER_CONTAINERS, fix=_FIX_CORRUPT)
 
     data_start = 8 + header_len
     data_len = file_size - data_start
@@ -112,6 +97,7 @@ def read_header(path: str | os.PathLike[str]) -> tuple[dict[str, TensorInfo], di
     spans: list[tuple[int, int, str]] = []
     infos: dict[str, TensorInfo] = {}
     for name, entry in header.items():
+        check_tensor_name(where, name)
         dtype_name, shape, begin, end = _read_entry(where, name, entry)
         dtype = SAFETENSORS_TO_TORCH[dtype_name]
         expected = math.prod(shape) * dtype.itemsize
@@ -158,6 +144,7 @@ def _read_entry(where: str, name: str, entry: Any) -> tuple[str, tuple[int, ...]
         raise CheckpointError(
             f"{where}: tensor '{name}' has shape {shape!r}, not a list of non-negative integers; {_FIX_CORRUPT}"
         )
+    check_shape(where, name, tuple(shape))
     offsets = entry["data_offsets"]
     if not (isinstance(offsets, list) and len(offsets) == 2 and all(_is_int(o) for o in offsets)):
         raise CheckpointError(

@@ -21,7 +21,8 @@ import torch
 
 from mergesmith.errors import CheckpointError
 from mergesmith.io._rows import resolve_rows
-from mergesmith.io.tensor_info import TensorInfo
+from mergesmith.io.paths import check_unchanged, open_regular
+from mergesmith.io.tensor_info import TensorInfo, check_shape, check_tensor_name
 
 _CONVERT = "convert it to safetensors with a trusted tool, or use a safetensors copy of the model"
 
@@ -53,9 +54,16 @@ def _load(path: Path) -> Any:
 
 
 class TorchFile:
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    """``root``: the model directory the file belongs to; a file resolving outside it (a symlink) is refused."""
+
+    def __init__(self, path: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
+        # torch.load opens the path itself: check first that it is a regular file (a FIFO would block for ever)
+        # inside the model directory, and afterwards that the file loaded is the one checked.
+        fd, self.identity = open_regular(self.path, root=root)
+        os.close(fd)
         loaded = _load(self.path)
+        check_unchanged(self.path, self.identity)
         if not isinstance(loaded, dict):
             raise CheckpointError(
                 f"{self.path}: holds a {type(loaded).__name__}, not a state dict of named tensors; save "
@@ -71,6 +79,10 @@ class TorchFile:
                 f"{self.path}: no tensors at the top level (keys: {keys}); save a flat state dict "
                 f"(model.state_dict()) instead"
             )
+        where = str(self.path)
+        for name, t in self._tensors.items():
+            check_tensor_name(where, name)
+            check_shape(where, name, tuple(t.shape))
         self.tensors: dict[str, TensorInfo] = {
             name: TensorInfo(name, self.path, t.dtype, tuple(t.shape), None, t.numel() * t.element_size())
             for name, t in self._tensors.items()

@@ -22,6 +22,7 @@ import torch
 
 from mergesmith.io.dtypes import safetensors_dtype_name
 from mergesmith.io.sizes import parse_size
+from mergesmith.io.tensor_info import name_problem
 
 Entry = tuple[str, torch.dtype, tuple[int, ...]]
 
@@ -50,6 +51,9 @@ def _normalise(entries: Sequence[tuple[str, torch.dtype, Sequence[int]]]) -> lis
             raise ValueError(f"tensor '{name}' is listed twice; every output tensor needs a unique name")
         if name == "__metadata__":
             raise ValueError("'__metadata__' is reserved by the safetensors format and cannot name a tensor")
+        problem = name_problem(name)  # the readers' rule: what they accept, the writer can write
+        if problem is not None:
+            raise ValueError(f"tensor name {ascii(name)[:80]} {problem}")
         safetensors_dtype_name(dtype)  # ValueError for unsupported dtypes
         shape = tuple(shape)
         if not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
@@ -67,9 +71,7 @@ def plan_shards(
     Greedy: a shard takes tensors until the next one would overflow it; a tensor larger than the limit gets a
     shard of its own. One shard is named ``model.safetensors``, several ``model-0000i-of-0000N.safetensors``.
     """
-    limit = parse_size(max_shard_bytes)
-    if limit <= 0:
-        raise ValueError(f"max_shard_bytes must be positive, got {max_shard_bytes!r}")
+    limit = parse_size(max_shard_bytes, what="max_shard_size", minimum=1)
     groups: list[list[Entry]] = [[]]
     filled = 0
     for entry in _normalise(entries):

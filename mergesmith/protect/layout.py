@@ -9,7 +9,6 @@ Supported layouts (what ``protect`` looks for):
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -57,11 +56,7 @@ def read_config(checkpoint) -> dict[str, Any]:
     path = checkpoint.config_path
     if path is None:
         return {}
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise MergesmithError(f"{path}: not a readable JSON config ({exc}); fix or re-save config.json") from None
-    return config if isinstance(config, dict) else {}
+    return checkpoint.config()  # the bounded reader: one line naming the file on any problem
 
 
 def _int(config: dict, *keys: str) -> int | None:

@@ -8,7 +8,6 @@ attention the circuits can move far while the outputs barely change).
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -60,7 +59,10 @@ def load_model(path: str | Path):
     config_path = Path(path) / "config.json"
     if not config_path.is_file():
         raise MergesmithError(f"{path}: no config.json; --verify loads the model with transformers and needs it")
-    archs = json.loads(config_path.read_text(encoding="utf-8")).get("architectures") or []
+    from mergesmith.io.parse import read_json
+
+    archs = read_json(config_path, what="config.json", root=path, error=MergesmithError).get("architectures") or []
+    archs = archs if isinstance(archs, list) and all(isinstance(a, str) for a in archs) else []
     cls = getattr(transformers, archs[0], None) if archs else None
     cls = cls or transformers.AutoModel
     return cls.from_pretrained(path, dtype=torch.float32).eval()

@@ -60,6 +60,30 @@ def expect_refusal(tmp_path: Path, config, *needles: str, args=(), inputs=(), ou
     return lines[0]
 
 
+def expect_cli_refusal(args, *needles: str, out: Path | None = None, inputs=(), code: int = 2) -> str:
+    """Run any ``mergesmith`` command and assert the same contract as ``expect_refusal``: exit ``code``, one
+    ``error:`` line holding every needle, ``out`` absent (or byte-identical if it existed), no staging or lock
+    beside it, every input byte-identical. Returns the error line."""
+    watched = [Path(p) for p in inputs]
+    before = {str(p): _hashes(p) for p in watched}
+    previous = tree_hashes(out) if out is not None and out.is_dir() and not out.is_symlink() else None
+    existed = out is not None and (out.exists() or out.is_symlink())
+    result = run_cli(*args)
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    if out is not None:
+        if previous is not None:
+            assert tree_hashes(out) == previous
+        elif not existed:
+            assert not out.exists() and not out.is_symlink()
+        assert leftovers(out.parent, out.name) == []
+    assert {str(p): _hashes(p) for p in watched} == before, "an input was modified"
+    return lines[0]
+
+
 def _hashes(path: Path) -> dict[str, str]:
     if path.is_dir():
         return tree_hashes(path)

@@ -106,28 +106,8 @@ def test_duplicate_tensor_names(llama_family, tmp_path, broken):
     _refuse_with(llama_family, tmp_path, broken, shard.name, f"'{name}' twice")
 
 
-class _CountingFile:
-    """A file wrapper recording how many bytes each read asked for."""
-
-    def __init__(self, handle, sizes: list[int]):
-        self._handle, self._sizes = handle, sizes
-
-    def read(self, n=-1):
-        self._sizes.append(n)
-        return self._handle.read(n)
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.close()
-
-
 def test_huge_header_is_refused_with_a_bounded_read(llama_family, tmp_path, broken, monkeypatch):
-    import builtins
+    import os
 
     from mergesmith.io import safetensors_header
 
@@ -137,13 +117,23 @@ def test_huge_header_is_refused_with_a_bounded_read(llama_family, tmp_path, brok
         f.write(struct.pack("<Q", claimed))
         f.truncate(claimed + 4096)
     sizes: list[int] = []
-    real_open = builtins.open
+    real_pread, real_read = os.pread, os.read
 
-    def counting_open(path, *args, **kwargs):
-        handle = real_open(path, *args, **kwargs)
-        return _CountingFile(handle, sizes) if Path(path) == shard else handle
+    def of_shard(fd: int) -> bool:
+        return Path(os.readlink(f"/proc/self/fd/{fd}")) == shard.resolve()
 
-    monkeypatch.setattr(safetensors_header, "open", counting_open, raising=False)
+    def counting_pread(fd, n, offset):
+        if of_shard(fd):
+            sizes.append(n)
+        return real_pread(fd, n, offset)
+
+    def counting_read(fd, n):
+        if of_shard(fd):
+            sizes.append(n)
+        return real_read(fd, n)
+
+    monkeypatch.setattr(os, "pread", counting_pread)
+    monkeypatch.setattr(os, "read", counting_read)
     _refuse_with(llama_family, tmp_path, broken, shard.name, "limit")
     assert sizes and max(sizes) <= 8, sizes  # only the length prefix was read
 

@@ -14,6 +14,9 @@ MODULES = sorted(PACKAGE.rglob("*.py"))
 SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "_NoPythonTagsLoader"}
 NETWORK_MODULES = {"requests", "urllib", "urllib3", "http", "socket", "httpx", "aiohttp", "huggingface_hub"}
 HUB_RESOLVER = PACKAGE / "io" / "hub.py"
+BOUNDED_READERS = PACKAGE / "io" / "parse.py"
+PARSE_CALLS = {"json.load", "json.loads", "yaml.load", "yaml.load_all", "yaml.safe_load", "yaml.safe_load_all",
+               "yaml.parse", "yaml.compose", "yaml.compose_all", "yaml.scan"}
 
 
 def _calls(tree: ast.AST):
@@ -62,9 +65,28 @@ def test_yaml_is_only_loaded_safely(trees):
     for path, tree in trees.items():
         for call in _calls(tree):
             name = _dotted(call.func)
-            if name in ("yaml.load", "yaml.load_all"):
+            if name in ("yaml.load", "yaml.load_all") and path != BOUNDED_READERS:
                 loader = _keyword(call, "Loader") or (call.args[1] if len(call.args) > 1 else None)
                 assert loader is not None and _dotted(loader).split(".")[-1] in SAFE_YAML_LOADERS, f"{path}:{call.lineno}"
+
+
+def test_the_bounded_yaml_reader_refuses_unsafe_loaders():
+    import yaml
+
+    from mergesmith.io.parse import parse_yaml
+
+    with pytest.raises(TypeError, match="SafeLoader"):
+        parse_yaml("a: 1", "x", loader=yaml.UnsafeLoader)
+
+
+def test_json_and_yaml_are_parsed_only_by_the_bounded_readers(trees):
+    """Python's parsers recurse per nesting level and convert any number: every parse goes through io/parse.py,
+    which bounds size, depth and numbers first."""
+    for path, tree in trees.items():
+        if path == BOUNDED_READERS:
+            continue
+        for call in _calls(tree):
+            assert _dotted(call.func) not in PARSE_CALLS, f"{path}:{call.lineno}: {_dotted(call.func)}"
 
 
 def test_loader_subclass_is_a_safe_loader():

@@ -89,7 +89,7 @@ def test_plan_single_shard_is_model_safetensors_and_accepts_size_strings():
 @pytest.mark.parametrize(
     "entries,limit,message",
     [
-        ([("a", torch.float32, (1,))], 0, "positive"),
+        ([("a", torch.float32, (1,))], 0, "at least 1"),
         ([("a", torch.float32, (1,)), ("a", torch.float32, (1,))], 10, "listed twice"),
         ([("a", torch.complex64, (1,))], 10, "cannot be stored"),
         ([("a", torch.float32, (-1,))], 10, "non-negative"),
