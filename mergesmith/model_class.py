@@ -1,0 +1,66 @@
+"""The transformers class a model directory loads with: the one its config.json ``architectures`` names.
+
+Only transformers' own model classes count (the names its Auto mappings list); any other name (a typo, a class of
+remote code, ``os.system``) falls back to ``AutoModel``, which loads the architecture's bare model. Remote code is
+never run.
+"""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from mergesmith.errors import CheckpointError
+
+_MAX_CONFIG_BYTES = 16 << 20
+
+
+@lru_cache(maxsize=1)
+def known_class_names() -> frozenset[str]:
+    """Every model class name in transformers' Auto mappings (``MODEL_FOR_CAUSAL_LM_MAPPING_NAMES`` and the rest)."""
+    from transformers.models.auto import modeling_auto
+
+    names: set[str] = set()
+    for attribute in dir(modeling_auto):
+        if attribute.endswith("_MAPPING_NAMES"):
+            for value in getattr(modeling_auto, attribute).values():
+                names.update([value] if isinstance(value, str) else value)
+    return frozenset(names)
+
+
+def architecture_class(architectures: Any) -> type | None:
+    """The transformers class ``architectures[0]`` names, or None when it names none of transformers' own."""
+    import transformers
+
+    if not isinstance(architectures, list) or not architectures or not isinstance(architectures[0], str):
+        return None
+    name = architectures[0]
+    if name not in known_class_names():
+        return None
+    cls = getattr(transformers, name, None)
+    return cls if isinstance(cls, type) and hasattr(cls, "from_pretrained") else None
+
+
+def read_architectures(directory: Path) -> Any:
+    path = Path(directory) / "config.json"
+    try:
+        if path.stat().st_size > _MAX_CONFIG_BYTES:
+            raise CheckpointError(f"{path}: larger than a config.json can be ({_MAX_CONFIG_BYTES} bytes); restore it")
+        config = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read it ({exc.strerror}); pass a model directory with its config.json") from None
+    except (ValueError, RecursionError):
+        raise CheckpointError(f"{path}: not valid JSON; restore the config.json of the model") from None
+    return config.get("architectures") if isinstance(config, dict) else None
+
+
+def load_pretrained(directory: Path) -> Any:
+    """The model in ``directory`` as the class its config.json names (``AutoModel`` when it names none), eval mode."""
+    cls = architecture_class(read_architectures(directory))
+    if cls is None:
+        from transformers import AutoModel
+
+        return AutoModel.from_pretrained(directory, trust_remote_code=False).eval()
+    return cls.from_pretrained(directory).eval()
