@@ -64,3 +64,11 @@ def load_pretrained(directory: Path) -> Any:
 
         return AutoModel.from_pretrained(directory, trust_remote_code=False).eval()
     return cls.from_pretrained(directory).eval()
+
+
+def bare_model_class_name(model_type: Any) -> str | None:
+    """The name of the architecture's bare model class (``AutoModel``'s choice: "BertModel" for "bert"), or None."""
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING_NAMES
+
+    name = MODEL_MAPPING_NAMES.get(model_type) if isinstance(model_type, str) else None
+    return name if isinstance(name, str) else None

@@ -42,3 +42,17 @@ def test_a_class_name_outside_transformers_falls_back_to_auto_model(llama_family
     config["architectures"] = ["os.system"]
     (out / "config.json").write_text(json.dumps(config))
     assert type(mergesmith.load_merged(out)).__name__ == "LlamaModel"
+
+
+def test_protected_and_continual_outputs_load_with_their_class(gpt2_family, llama_family, tmp_path):
+    from mergesmith.continual import continual_add
+    from mergesmith.protect import protect_checkpoint
+
+    protect_checkpoint(gpt2_family.experts[0], tmp_path / "protected", seed=1)
+    protected = mergesmith.load_merged(tmp_path / "protected")
+    original = mergesmith.load_merged(gpt2_family.experts[0])  # a plain checkpoint without a manifest
+    assert type(protected).__name__ == type(original).__name__ == "GPT2LMHeadModel"
+    ids = torch.tensor([[1, 2, 3, 4]])
+    torch.testing.assert_close(protected(ids).logits, original(ids).logits, rtol=1e-4, atol=1e-4)
+    continual_add(llama_family.experts[0], llama_family.experts[1], tmp_path / "step2", base=llama_family.base)
+    assert type(mergesmith.load_merged(tmp_path / "step2")).__name__ == "LlamaForCausalLM"
