@@ -43,8 +43,10 @@ class ContinualState(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict)
     base: BaseRef
     experts: list[MergedExpert]
-    scale: float = 1.0  # lambda_t: the merged task vector is (theta - theta_0) * scale in the method's own units
-    task_norm_sum: float = 0.0  # OPCM: sum_i ||tau_i|| over the experts merged so far
+    # lambda_t: the merged task vector is (theta - theta_0) * scale in the method's own units. A state edited to
+    # NaN or infinity would turn every merged weight into NaN: refused when read.
+    scale: float = Field(1.0, allow_inf_nan=False)
+    task_norm_sum: float = Field(0.0, ge=0, allow_inf_nan=False)  # OPCM: sum_i ||tau_i|| over the experts merged so far
 
     @property
     def count(self) -> int:

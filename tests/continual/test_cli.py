@@ -147,6 +147,17 @@ def test_a_damaged_state_is_refused(llama_family, tmp_path):
     _refused(tmp_path, prev, llama_family.experts[2], needles=("mergesmith.json", "not valid JSON"))
 
 
+@pytest.mark.parametrize("field,value", [("scale", "NaN"), ("scale", "Infinity"), ("task_norm_sum", "NaN")])
+def test_a_non_finite_scalar_in_the_state_is_refused(llama_family, tmp_path, field, value):
+    prev = tmp_path / "prev"
+    _add(llama_family.experts[0], llama_family.experts[1], prev, "--base", llama_family.base)
+    text = (prev / "mergesmith.json").read_text()
+    manifest = json.loads(text)
+    manifest["details"]["state"][field] = 12345.5
+    (prev / "mergesmith.json").write_text(json.dumps(manifest).replace("12345.5", value))
+    _refused(tmp_path, prev, llama_family.experts[2], needles=("mergesmith.json", "finite"))
+
+
 def test_a_state_of_an_earlier_version_is_read(llama_family, tmp_path):
     """Outputs written before the state moved into the manifest kept it in continual.json beside an older manifest."""
     prev = tmp_path / "prev"
