@@ -30,7 +30,7 @@ def known_class_names() -> frozenset[str]:
     return frozenset(names)
 
 
-def architecture_class(architectures: Any) -> type | None:
+def architecture_class(architectures: Any) -> Any:
     """The transformers class ``architectures[0]`` names, or None when it names none of transformers' own."""
     import transformers
 

@@ -16,8 +16,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from torch import Tensor, nn
 
-from mergesmith.errors import MergesmithError
-
 if TYPE_CHECKING:
     from mergesmith.adapt.problem import AdaptProblem
 

@@ -36,7 +36,7 @@ class InputModel(BaseModel):
 
 class Manifest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    format: Literal["mergesmith-manifest/1"] = FORMAT
+    format: Literal["mergesmith-manifest/1"] = "mergesmith-manifest/1"  # FORMAT
     mergesmith_version: str
     kind: str = "weights"  # the loader mergesmith.load_merged uses (mergesmith.loading.LOADERS)
     method: str
