@@ -5,15 +5,12 @@ from __future__ import annotations
 import os
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
-import yaml
 
-from mergesmith import __version__
 from mergesmith.architectures import check_same_architecture
 from mergesmith.config import MergeConfig, load_config, parameter_warnings, referenced_models
 from mergesmith.engine.execute import ExecutionReport, execute
@@ -22,16 +19,10 @@ from mergesmith.engine.plan import MergePlan, TensorJob, build_plan
 from mergesmith.engine.side_outputs import open_side_writer
 from mergesmith.errors import MergesmithError
 from mergesmith.io import open_checkpoint
-from mergesmith.io.atomic import StagedOutput
-from mergesmith.io.hash_cache import hash_files
-from mergesmith.io.model_files import (
-    copy_side_files,
-    dtype_name,
-    write_config,
-    write_manifest,
-    write_model_card,
-)
-from mergesmith.io.writer import ShardedWriter, parse_size
+from mergesmith.io.model_card import CardText, loading_section
+from mergesmith.io.model_dir import ModelDirectory, checkpoint_source
+from mergesmith.io.model_files import dtype_name
+from mergesmith.io.writer import parse_size
 from mergesmith.methods import METHODS, get_method
 
 
@@ -119,15 +110,11 @@ def merge(
         plan = _checked_plan(cfg, checkpoints, allow_crimes)
         if on_plan is not None:
             on_plan(plan)
-        input_files = _input_files(plan)
-        roots = [Path(c.root) for c in plan.checkpoints]
-        output = StagedOutput(out_dir, force=force, inputs=roots)
-        with output as staging, ThreadPoolExecutor(1) as hasher:
-            # Input hashes are computed beside the merge (they read the same files, mostly from the page cache).
-            input_hashes = hasher.submit(hash_files, input_files)
+        sources = {name: checkpoint_source(ckpt, name) for name, ckpt in zip(plan.model_names, plan.checkpoints)}
+        with ModelDirectory(out_dir, sources, force=force) as out:
             entries = [(job.out_name, job.out_dtype, job.shape) for job in plan.jobs]
-            writer = ShardedWriter(staging, entries, shard_bytes)
-            side = open_side_writer(plan, staging, writer.write)  # per-task parts beside the model (EMR, TALL masks)
+            writer = out.open_shards(entries, shard_bytes)
+            side = open_side_writer(plan, out.path, writer.write)  # per-task parts beside the model (EMR, TALL masks)
             report = execute(
                 plan,
                 side.write if side else writer.write,
@@ -138,58 +125,41 @@ def merge(
                 progress=progress,
                 write_rows=None if side else writer.write_rows,
             )
-            shards = writer.finish()
-            side_hashes = side.finish() if side else {}
-            _write_side_files(plan, staging, shards, input_hashes.result())
+            shards = out.finish_shards()
             if side:
-                side.annotate_manifest(staging, side_hashes)
-            output.commit()
+                out.record_hashes(side.finish())
+            _write_side_files(plan, out)
+            _commit(plan, out, side)
         return MergeResult(Path(out_dir), plan, report, time.perf_counter() - started, shards)
     finally:
         for ckpt in checkpoints.values():
             ckpt.close()
 
 
-def _input_files(plan: MergePlan) -> list[Path]:
-    files: list[Path] = []
-    for ckpt in plan.checkpoints:
-        files.extend(Path(p) for p in ckpt.weight_files)
-        if ckpt.config_path is not None:
-            files.append(Path(ckpt.config_path))
-    return sorted(set(files))
-
-
-def _write_side_files(plan: MergePlan, out: Path, shards: dict[str, str], input_hashes: dict[str, str]) -> None:
+def _write_side_files(plan: MergePlan, out: ModelDirectory) -> None:
+    """config.json from the config source (the output dtype and depth), the tokenizer files from the tokenizer source."""
     cfg = plan.config
     config_model = cfg.config_source if cfg.config_source not in (None, "base") else plan.model_names[plan.reference]
     ref = plan.checkpoints[plan.model_index(config_model)]
     out_dtypes = {dtype_name(j.out_dtype) for j in plan.jobs if j.copy_from is None}
     out_dtype = out_dtypes.pop() if len(out_dtypes) == 1 else None
-    write_config(ref.config_path and Path(ref.config_path), out, out_dtype, plan.out_layer_count)
+    out.write_config(ref.config_path and Path(ref.config_path), dtype=out_dtype, layer_count=plan.out_layer_count)
     tok_source = cfg.tokenizer_source
     tok_model = plan.model_names[plan.reference] if tok_source in (None, "base") else tok_source
     tok_root = plan.checkpoints[plan.model_index(tok_model)].root
-    copy_side_files(Path(tok_root) if tok_root else None, out)
-    config_yaml = yaml.safe_dump(cfg.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    write_model_card(out, plan.method.name, plan.method.paper, plan.model_names, cfg.base_model, config_yaml)
-    write_manifest(
-        out,
-        {
-            "mergesmith_version": __version__,
-            "method": plan.method.name,
-            "seed": cfg.seed,
-            "config": cfg.model_dump(mode="json"),
-            "inputs": {name: _model_files(plan, i, input_hashes) for i, name in enumerate(plan.model_names)},
-            "outputs": shards,
-            "tensors": len(plan.jobs),
-        },
-    )
+    out.copy_side_files(Path(tok_root) if tok_root else None)
 
 
-def _model_files(plan: MergePlan, index: int, hashes: dict[str, str]) -> dict[str, str]:
-    ckpt = plan.checkpoints[index]
-    paths = [Path(p) for p in ckpt.weight_files] + ([Path(ckpt.config_path)] if ckpt.config_path else [])
-    return {p.name: hashes[str(p)] for p in paths}
+def _commit(plan: MergePlan, out: ModelDirectory, side: Any) -> None:
+    cfg = plan.config
+    details: dict[str, Any] = {"tensors": len(plan.jobs)}
+    sections = [loading_section()]
+    if side:
+        details["tasks"] = side.tasks
+        sections = [side.card_section()]
+    out.commit(kind=side.kind if side else "weights", method=plan.method.name, paper=plan.method.paper, seed=cfg.seed,
+               base_model=cfg.base_model, config=cfg.model_dump(mode="json"), details=details,
+               card=CardText(sections=tuple(sections)))
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -346,7 +346,7 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
                           force: bool, quiet: bool) -> None:
     """Merge NEW_EXPERT into MERGED_DIR (a continual merge, or a first expert with --base) and write OUT_DIR.
 
-    Memory does not grow with the number of experts already merged: OUT_DIR holds the model and continual.json
+    Memory does not grow with the number of experts already merged: OUT_DIR holds the model and mergesmith.json
     (method, parameters, base fingerprint, the experts merged, the scalars the next step needs).
     """
     from mergesmith.adapt.runner import parse_param_args

@@ -1,8 +1,9 @@
 """What an adapt method returns and how it is written: a Hugging Face directory of the merged encoder plus
-``adapt_extras.safetensors`` (added modules, routers, coefficients), ``adapt.json`` (kind, spec, info) and a model card.
+``adapt_extras.safetensors`` (added modules, routers, coefficients), a model card and ``mergesmith.json``
+(``io.manifest``: the kind, the inputs' hashes, and in ``details`` the method's spec, info and tasks).
 
-``mergesmith.load_merged(out_dir, task=...)`` reads it back: ``adapt.json``'s ``"kind"`` picks the loader in
-``mergesmith.loading.LOADERS`` ("weights" = a plain transformers model).
+``mergesmith.load_merged(out_dir, task=...)`` reads it back: the manifest's ``kind`` picks the loader in
+``mergesmith.loading.LOADERS`` ("weights" = a plain transformers model), which gets the manifest's ``details``.
 """
 
 from __future__ import annotations
@@ -15,12 +16,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from torch import Tensor, nn
 
-from mergesmith.errors import MergesmithError
-
 if TYPE_CHECKING:
     from mergesmith.adapt.problem import AdaptProblem
 
-SPEC_FILE = "adapt.json"
 EXTRAS_FILE = "adapt_extras.safetensors"
 
 
@@ -57,49 +55,55 @@ def weights_result(problem: "AdaptProblem", floating: dict[str, Tensor], *, spec
 
 def save_result(result: AdaptResult, problem: "AdaptProblem", out_dir: str | Path, *, force: bool = False) -> Path:
     """Write ``result`` into ``out_dir`` atomically (a staging sibling renamed into place when complete)."""
+    from contextlib import ExitStack
+
     from safetensors.torch import save_file
 
-    from mergesmith import __version__
-    from mergesmith.io.atomic import StagedOutput
-    from mergesmith.io.model_files import copy_model_file, copy_side_files, write_config
-    from mergesmith.io.writer import ShardedWriter
+    from mergesmith.io import open_checkpoint
+    from mergesmith.io.model_dir import ModelDirectory, checkpoint_source
 
     base_dir = Path(problem.base_dir)
-    inputs = [base_dir, *problem.expert_dirs.values()]
-    output = StagedOutput(out_dir, force=force, inputs=inputs)
-    with output as staging:
-        write_config(base_dir / "config.json", staging, _dtype_name(result.state_dict), None)
-        copy_side_files(base_dir, staging)
-        copy_model_file(base_dir, "preprocessor_config.json", staging)  # a regular file inside base_dir, or refused
+    with ExitStack() as opened:
+        base = opened.enter_context(open_checkpoint(base_dir))
+        sources = {"base": checkpoint_source(base, str(base_dir))}
+        for task, path in problem.expert_dirs.items():
+            sources[f"expert:{task}"] = checkpoint_source(opened.enter_context(open_checkpoint(path)), str(path))
+        architectures = _saved_architectures(result.state_dict, set(base.tensors), base.config())
+    with ModelDirectory(out_dir, sources, force=force) as out:
         names = sorted(result.state_dict)
         entries = [(n, result.state_dict[n].dtype, tuple(result.state_dict[n].shape)) for n in names]
-        writer = ShardedWriter(staging, entries, "5GB", metadata={"mergesmith_adapt": str(result.spec.get("method", ""))})
-        try:
-            for name in names:
-                writer.write(name, result.state_dict[name].detach().contiguous())
-            writer.finish()
-        except BaseException:
-            writer.close()
-            raise
+        writer = out.open_shards(entries, "5GB", metadata={"mergesmith_adapt": str(result.spec.get("method", ""))})
+        for name in names:
+            writer.write(name, result.state_dict[name].detach().contiguous())
+        out.finish_shards()
+        out.write_config(base_dir / "config.json", dtype=_dtype_name(result.state_dict), architectures=architectures)
+        out.copy_side_files(base_dir)
         if result.extras:
-            save_file({k: v.detach().contiguous() for k, v in result.extras.items()}, str(staging / EXTRAS_FILE))
+            save_file({k: v.detach().contiguous() for k, v in result.extras.items()}, str(out.path / EXTRAS_FILE))
         for relative, source in result.files.items():
-            target = staging / relative
+            target = out.path / relative
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(source, target)
-        document = {
-            "kind": result.kind,
-            "mergesmith_version": __version__,
-            "base_model": str(base_dir),
-            "experts": {name: str(path) for name, path in problem.expert_dirs.items()},
-            "tasks": problem.task_names,
-            "spec": result.spec,
-            "info": _jsonable(result.info),
-        }
-        (staging / SPEC_FILE).write_text(json.dumps(document, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-        _write_card(staging, result, problem)
-        output.commit()
+        spec = _jsonable(result.spec)
+        seed = spec.get("seed")
+        out.commit(kind=result.kind, method=str(spec.get("method", "adapt")), paper=str(spec.get("paper", "")),
+                   seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                   base_model=str(base_dir), config=spec.get("params") or {},
+                   details={"spec": spec, "info": _jsonable(result.info), "tasks": list(problem.task_names)},
+                   card=_card(result, spec))
     return Path(out_dir)
+
+
+def _saved_architectures(state: dict[str, Tensor], base_names: set[str], base_config: dict) -> list[str] | None:
+    """config.json's ``architectures`` for the weights saved: the base's own when they carry the checkpoint's names;
+    the bare model class when they are an encoder's (``AutoModel``: no task head, names without the head class's
+    prefix), so that the directory loads as what it holds rather than as a head class missing its head."""
+    from mergesmith.model_class import bare_model_class_name
+
+    if set(state) & base_names:
+        return None
+    name = bare_model_class_name(base_config.get("model_type"))
+    return [name] if name else None
 
 
 def _dtype_name(state: dict[str, Tensor]) -> str | None:
@@ -126,20 +130,15 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-def _write_card(out: Path, result: AdaptResult, problem: "AdaptProblem") -> None:
-    import yaml
+def _card(result: AdaptResult, spec: dict):
+    from mergesmith.io.model_card import CardText, loading_section
 
-    method = result.spec.get("method", "adapt")
-    paper = result.spec.get("paper", "")
-    front = {"tags": ["mergesmith", "merge", "adapt"], "library_name": "transformers", "base_model": [str(problem.base_dir)]}
-    lines = ["---", yaml.safe_dump(front, sort_keys=True).rstrip(), "---", "# Merged model (data-driven)", "",
-             f"Made with [mergesmith](https://pypi.org/project/mergesmith/) `mergesmith adapt {method}`"
-             + (f" ({paper})." if paper else "."), "", "## Experts", ""]
-    lines += [f"- {name}: `{path}`" for name, path in problem.expert_dirs.items()]
-    lines += ["", f"Load it with `mergesmith.load_merged(path{', task=...' if result.kind != 'weights' else ''})`.", "",
-              "## Specification", "", "```json", json.dumps(_jsonable(result.spec), indent=2), "```", ""]
-    (out / "README.md").write_text("\n".join(lines), encoding="utf-8")
+    tasks = spec.get("tasks") if isinstance(spec.get("tasks"), list) else None
+    example = str(tasks[0]) if result.kind == "surgery" and tasks else None
+    specification = "\n".join(["## Specification", "", "```json", json.dumps(spec, indent=2), "```"])
+    return CardText(title="Merged model (data-driven)", tags=("adapt",),
+                    sections=(loading_section(example), specification))
 
 
-__all__ = ["AdaptResult", "save_result", "weights_result", "SPEC_FILE", "EXTRAS_FILE"]
+__all__ = ["AdaptResult", "save_result", "weights_result", "EXTRAS_FILE"]
 

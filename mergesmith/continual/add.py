@@ -3,8 +3,9 @@
 Streams tensor by tensor: memory is the base, previous and new tensors of one weight plus the method's work on it,
 whatever the model size and however many experts the previous merge holds. OPCM's lambda_t depends on the norm of
 the whole unscaled merge, so its step makes two passes: the unscaled tensors go to a float32 scratch file inside the
-staging directory, then are rescaled into the output. The output is staged and renamed into place only when
-complete, with ``continual.json`` (what the next step needs) and ``mergesmith.json`` (inputs and their hashes).
+staging directory, then are rescaled into the output. The output is written by ``io.model_dir.ModelDirectory``
+(staged, renamed into place only when complete); its ``mergesmith.json`` holds the inputs and their hashes and, in
+``details["state"]``, what the next step needs (``continual.state``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from torch import Tensor
 from mergesmith.architectures import checkpoint_architectures, find_conflict
 from mergesmith.continual import CONTINUAL_METHODS, opcm
 from mergesmith.continual._spec import ContinualMethod, StepContext, is_linear_weight
-from mergesmith.continual.state import BaseRef, ContinualState, MergedExpert, read_state, write_state
+from mergesmith.continual.state import KIND, BaseRef, ContinualState, MergedExpert, read_state, state_record
 from mergesmith.errors import ConfigError, MergesmithError
 
 # A fine-tune keeps its base's direction: over the linear weights, cos(theta, theta_0) is near 1 (0.999 for real
@@ -314,11 +315,8 @@ def continual_add(
     progress: Callable[[int, int], None] | None = None,
 ) -> ContinualResult:
     """Write the merge of ``previous`` (a continual merge or a first expert) and ``new_expert`` to ``out_dir``."""
-    from mergesmith import __version__
     from mergesmith.io import open_checkpoint
-    from mergesmith.io.atomic import StagedOutput
-    from mergesmith.io.hash_cache import hash_files
-    from mergesmith.io.model_files import copy_side_files, write_config, write_manifest
+    from mergesmith.io.model_dir import ModelDirectory, checkpoint_source
 
     prev_ckpt = open_checkpoint(previous)
     state = read_state(prev_ckpt.root)
@@ -346,31 +344,23 @@ def continual_add(
         _check_not_merged_yet(state, prev_ckpt, new_ckpt)
         names = list(prev_ckpt.tensors)
         entries = [(n, prev_ckpt.tensors[n].dtype, prev_ckpt.tensors[n].shape) for n in names]
-        output = StagedOutput(out_dir, force=force, inputs=[prev_ckpt.root, new_ckpt.root, base_ckpt.root])
-        with output as staging:
-            lam, norm_sum, shards = _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, staging,
-                                            max_shard_size, progress)
-            write_config(prev_ckpt.config_path, staging, None, None)
-            copy_side_files(prev_ckpt.root, staging)
+        sources = {"base": checkpoint_source(base_ckpt, str(base_path)),
+                   "previous": checkpoint_source(prev_ckpt, str(previous)),
+                   "new": checkpoint_source(new_ckpt, str(new_expert))}
+        with ModelDirectory(out_dir, sources, force=force) as out:
+            writer = out.open_shards(entries, max_shard_size, metadata={"mergesmith": f"continual/{plan.method.name}"})
+            lam, norm_sum = _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, out.path, writer, progress)
+            shards = out.finish_shards()
+            out.write_config(prev_ckpt.config_path)
+            out.copy_side_files(prev_ckpt.root)
             previous_ref = MergedExpert(name=prev_ckpt.root.name, fingerprint=_fingerprint(prev_ckpt))
             new_ref = MergedExpert(name=name or new_ckpt.root.name, fingerprint=_fingerprint(new_ckpt))
             next_state = _next_state(plan, state, lam, norm_sum,
                                      BaseRef(path=str(base_ckpt.root), fingerprint=base_print), previous_ref, new_ref)
-            write_state(staging, next_state)
-            inputs = {"base": base_ckpt, "previous": prev_ckpt, "new": new_ckpt}
-            files = {k: [Path(p) for p in c.weight_files] for k, c in inputs.items()}
-            hashes = hash_files([p for paths in files.values() for p in paths])
-            write_manifest(staging, {
-                "mergesmith_version": __version__,
-                "method": f"continual/{plan.method.name}",
-                "paper": plan.method.paper,
-                "params": params_record(plan.params),
-                "step": next_state.count,
-                "inputs": {k: {"path": str(inputs[k].root), "files": {p.name: hashes[str(p)] for p in paths}}
-                           for k, paths in files.items()},
-                "outputs": shards,
-            })
-            output.commit()
+            out.commit(kind=KIND, method=f"continual/{plan.method.name}", paper=plan.method.paper,
+                       base_model=str(base_path), config=params_record(plan.params),
+                       details={"step": next_state.count, "state": state_record(next_state)},
+                       card=_card(next_state))
         return ContinualResult(Path(out_dir), next_state, len(names), shards, non_matrix_note(plan))
     finally:
         for ckpt in opened:
@@ -402,7 +392,8 @@ def _check_not_merged_yet(state: ContinualState | None, prev_ckpt, new_ckpt) -> 
                                   f"{expert.name!r}; add each expert once")
 
 
-def _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, staging: Path, max_shard_size, progress):
+def _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, staging: Path, writer, progress) -> tuple[float, float]:
+    """Write the step's tensors through ``writer`` (the output's shards); returns (lambda_t, sum of norms)."""
     from mergesmith.io import open_checkpoint
     from mergesmith.io.writer import ShardedWriter
 
@@ -420,7 +411,7 @@ def _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, staging: Path,
     if plan.method.rescales:
         scratch_dir = staging / ".unscaled"
         scratch_entries = [(n, compute_dtype(d), s) for n, d, s in entries if n in floating]
-        scratch = ShardedWriter(scratch_dir, scratch_entries, max_shard_size)
+        scratch = ShardedWriter(scratch_dir, scratch_entries, "5GB")
         try:
             for n in names:
                 if n in floating:
@@ -429,28 +420,34 @@ def _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, staging: Path,
             scratch.finish()
         finally:
             scratch.close()
-    writer = ShardedWriter(staging, entries, max_shard_size, metadata={"mergesmith": f"continual/{plan.method.name}"})
-    try:
-        if plan.method.rescales:
-            check_related(plan, str(new_ckpt.root), str(prev_ckpt.root), str(base_ckpt.root))
-            lam, norm_sum = finish_numbers(plan)
-            with open_checkpoint(scratch_dir) as unscaled:
-                for n, dtype, _ in entries:
-                    out = rescale_tensor(base_ckpt.read(n), unscaled.read(n), lam) if n in floating else prev_ckpt.read(n)
-                    writer.write(n, out.to(dtype))
-                    tick()
-            shutil.rmtree(scratch_dir)
-        else:
+        check_related(plan, str(new_ckpt.root), str(prev_ckpt.root), str(base_ckpt.root))
+        lam, norm_sum = finish_numbers(plan)
+        with open_checkpoint(scratch_dir) as unscaled:
             for n, dtype, _ in entries:
-                if n in floating:
-                    out = step_tensor(plan, n, base_ckpt.read(n), prev_ckpt.read(n), new_ckpt.read(n))
-                else:
-                    out = prev_ckpt.read(n)
+                out = rescale_tensor(base_ckpt.read(n), unscaled.read(n), lam) if n in floating else prev_ckpt.read(n)
                 writer.write(n, out.to(dtype))
                 tick()
-            check_related(plan, str(new_ckpt.root), str(prev_ckpt.root), str(base_ckpt.root))
-            lam, norm_sum = finish_numbers(plan)
-        shards = writer.finish()
-    finally:
-        writer.close()
-    return lam, norm_sum, shards
+        shutil.rmtree(scratch_dir)
+    else:
+        for n, dtype, _ in entries:
+            if n in floating:
+                out = step_tensor(plan, n, base_ckpt.read(n), prev_ckpt.read(n), new_ckpt.read(n))
+            else:
+                out = prev_ckpt.read(n)
+            writer.write(n, out.to(dtype))
+            tick()
+        check_related(plan, str(new_ckpt.root), str(prev_ckpt.root), str(base_ckpt.root))
+        lam, norm_sum = finish_numbers(plan)
+    return lam, norm_sum
+
+
+def _card(state: ContinualState):
+    """The model card's continual part: the sequence so far and how to continue it."""
+    from mergesmith.io.model_card import CardText, loading_section
+
+    experts = "\n".join(f"{i}. `{e.name}`" for i, e in enumerate(state.experts, start=1))
+    section = (f"## Continual sequence\n\n{state.count} experts merged over base `{state.base.path}` with "
+               f"{state.method}, in this order:\n\n{experts}\n\nAdd the next one with "
+               f"`mergesmith continual add THIS_DIRECTORY NEXT_EXPERT OUT_DIR` (method, parameters and base are read "
+               f"from this directory's mergesmith.json).")
+    return CardText(title="Continually merged model", tags=("continual",), sections=(section, loading_section()))

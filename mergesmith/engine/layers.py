@@ -83,5 +83,3 @@ def natural_key(name: str) -> tuple:
     """Sort key that orders layer 10 after layer 9."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
-
-LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")

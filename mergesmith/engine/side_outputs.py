@@ -9,7 +9,7 @@ A method with ``MethodSpec.side_outputs`` returns ``(theta_base, PerTaskParts)``
 - ``task_masks.safetensors``: one bit-packed mask per task and tensor, uint8 [ceil(numel / 8)] under
   ``<task>/<tensor name>`` (8 entries a byte, most significant bit first, row-major; numpy.packbits' layout);
 - ``tasks.json``: the kind, the task names in expert order, each task's rescaler lambda_t and model path;
-- ``mergesmith.json`` gains ``"kind"``, ``"tasks"`` and ``"side_outputs"`` (file -> sha256).
+- ``mergesmith.json`` (``io.manifest``) has the kind, ``details.tasks``, and the side files' sha256 among its outputs.
 
 Task t's model is theta_base + lambda_t * (M_t * tau) (``_per_task.task_model``), materialised on demand by
 ``mergesmith.load_merged(out, task=...)`` or ``task_tensors``. Task names are the expert directories' base names
@@ -83,9 +83,7 @@ class SideWriter:
         self.write_model(name, tensor)
 
     def finish(self) -> dict[str, str]:
-        """Close both side files, write tasks.json; returns {file name: sha256} of the side files."""
-        from mergesmith.io.model_files import sha256_file
-
+        """Close both side files, write tasks.json; returns {file name: sha256} of the two streamed files."""
         hashes = {}
         for file_name, writer in ((TASK_VECTOR_FILE, self.vectors), (TASK_MASKS_FILE, self.masks)):
             (digest,) = writer.finish().values()
@@ -102,28 +100,22 @@ class SideWriter:
             "experts": dict(zip(self.tasks, self.experts)),
         }
         (self.staging / TASKS_FILE).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        hashes[TASKS_FILE] = sha256_file(self.staging / TASKS_FILE)
         return hashes
 
     def close(self) -> None:
         self.vectors.close()
         self.masks.close()
 
-    def annotate_manifest(self, staging: Path, hashes: dict[str, str]) -> None:
-        """Add the kind, the tasks and the side files' hashes to mergesmith.json (``load_merged`` reads the kind)."""
-        path = Path(staging) / "mergesmith.json"
-        manifest = read_json(path, what="manifest")
-        manifest.update({"kind": self.kind, "tasks": self.tasks, "side_outputs": hashes})
-        path.write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        card = Path(staging) / "README.md"
-        if card.is_file() and self.tasks:  # the model card says how to get a task's model (the weights here are the base's)
-            lines = ["", "## One model per task", "",
-                     f"This directory holds the base model's weights plus per-task parts ({self.kind}): "
-                     "`task_vector.safetensors`, `task_masks.safetensors` (bit-packed) and `tasks.json` (rescalers). "
-                     "Task t's model is base + rescaler_t * (mask_t * task_vector); load it with", "",
-                     "```python", "import mergesmith", f"model = mergesmith.load_merged(path, task={self.tasks[0]!r})", "```",
-                     "", "Tasks: " + ", ".join(f"`{t}`" for t in self.tasks), ""]
-            card.write_text(card.read_text(encoding="utf-8") + "\n".join(lines), encoding="utf-8")
+    def card_section(self) -> str:
+        """The model card's word on how to get a task's model (the weights in the directory are the base's)."""
+        lines = ["## One model per task", "",
+                 f"This directory holds the base model's weights plus per-task parts ({self.kind}): "
+                 "`task_vector.safetensors`, `task_masks.safetensors` (bit-packed) and `tasks.json` (rescalers). "
+                 "Task t's model is base + rescaler_t * (mask_t * task_vector); load it with", "",
+                 "```python", "import mergesmith", "",
+                 f"model = mergesmith.load_merged(path, task={self.tasks[0] if self.tasks else 'TASK'!r})", "```",
+                 "", "Tasks: " + ", ".join(f"`{t}`" for t in self.tasks)]
+        return "\n".join(lines)
 
 
 def open_side_writer(plan: Any, staging: Path, write_model: Callable) -> SideWriter | None:
@@ -185,18 +177,14 @@ def apply_task(model: torch.nn.Module, directory: str | Path, task: str) -> torc
     return model
 
 
-def load_task_model(directory: Path, spec: dict, task: str | None) -> Any:
+def load_task_model(directory: Path, details: dict, task: str | None) -> Any:
     """``load_merged`` for kinds "emr" and "tall_masks": the transformers model of config.json's architecture with
     task ``task``'s weights."""
-    import transformers
+    from mergesmith.model_class import load_pretrained
 
     info = read_tasks(directory)
     check_task(directory, info, task)
-    config = read_json(directory / "config.json", what="config.json", root=directory, error=MergesmithError)
-    architectures = config.get("architectures") or []
-    cls = getattr(transformers, architectures[0], None) if architectures else None
-    model = (cls or transformers.AutoModel).from_pretrained(directory).eval()
-    return apply_task(model, directory, task)
+    return apply_task(load_pretrained(directory), directory, task)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,7 @@
-"""The files beside the weights: config.json, tokenizer and generation config, model card, provenance manifest."""
+"""The files beside the weights: config.json, the tokenizer, generation and preprocessor configs, file hashes.
+
+The model card and the manifest are written by ``mergesmith.io.model_dir`` (``model_card``, ``manifest``).
+"""
 
 from __future__ import annotations
 
@@ -8,9 +11,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from mergesmith.engine.layers import LAYER_COUNT_KEYS
 from mergesmith.errors import CheckpointError
 from mergesmith.io.parse import read_json
 from mergesmith.io.paths import open_regular
@@ -29,12 +29,16 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-EXTRA_FILES = ("generation_config.json",)
+EXTRA_FILES = ("generation_config.json", "preprocessor_config.json")
+# config.json keys that hold the number of transformer blocks (Llama/BERT, GPT-2, T5-style, a few others).
+LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 _DTYPE_NAMES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16", "torch.float64": "float64"}
 
 
-def write_config(source_config: Path | None, out_dir: Path, out_dtype: str | None, layer_count: int | None) -> bool:
-    """Copy config.json with the output dtype (and, after slicing, the new depth). False when there is none."""
+def write_config(source_config: Path | None, out_dir: Path, out_dtype: str | None, layer_count: int | None,
+                 *, architectures: list[str] | None = None) -> bool:
+    """Copy config.json with the output dtype (and, after slicing, the new depth; and ``architectures`` when the
+    directory holds the weights of another class than the source's). False when there is none."""
     if source_config is None or not os.path.lexists(source_config):
         return False
     source_config = Path(source_config)
@@ -57,6 +61,8 @@ def write_config(source_config: Path | None, out_dir: Path, out_dtype: str | Non
                     f"{source_config}: layer_types mixes layer kinds; slicing such a model is not supported yet"
                 )
             config["layer_types"] = [types[0]] * layer_count if types else []
+    if architectures is not None:
+        config["architectures"] = list(architectures)
     (out_dir / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return True
 
@@ -95,27 +101,3 @@ def sha256_file(path: Path, chunk: int = 8 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def write_model_card(out_dir: Path, method_name: str, paper: str, models: list[str], base: str | None, config_yaml: str) -> None:
-    front = {"tags": ["mergesmith", "merge"], "library_name": "transformers"}
-    if base:
-        front["base_model"] = [base]
-    lines = [
-        "---",
-        yaml.safe_dump(front, sort_keys=True).rstrip(),
-        "---",
-        "# Merged model",
-        "",
-        f"Made with [mergesmith](https://pypi.org/project/mergesmith/) using **{method_name}** ({paper}).",
-        "",
-        "## Models merged",
-        "",
-    ]
-    lines += [f"- `{m}`" + (" (base)" if m == base else "") for m in models]
-    lines += ["", "## Configuration", "", "```yaml", config_yaml.rstrip(), "```", ""]
-    (out_dir / "README.md").write_text("\n".join(lines), encoding="utf-8")
-
-
-def write_manifest(out_dir: Path, manifest: dict[str, Any]) -> None:
-    (out_dir / "mergesmith.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n", encoding="utf-8")

@@ -17,10 +17,8 @@ import torch
 
 from mergesmith.errors import MergesmithError
 from mergesmith.io import open_checkpoint
-from mergesmith.io.atomic import StagedOutput
-from mergesmith.io.hash_cache import hash_files
-from mergesmith.io.model_files import copy_side_files, write_config, write_manifest
-from mergesmith.io.writer import ShardedWriter
+from mergesmith.io.model_card import CardText, loading_section
+from mergesmith.io.model_dir import ModelDirectory, checkpoint_source
 from mergesmith.protect.layout import AttentionBlock, AttentionLayout, detect_layout
 from mergesmith.protect.transforms import lock_attention
 
@@ -120,40 +118,38 @@ def protect_checkpoint(
             raise MergesmithError(f"{ckpt.root}: no attention layers found")
         order = write_order(list(ckpt.tensors), layout)
         entries = [(n, ckpt.tensors[n].dtype, ckpt.tensors[n].shape) for n, _ in order]
-        output = StagedOutput(out_dir, force=force, inputs=[ckpt.root])
-        with output as staging:
-            writer = ShardedWriter(staging, entries, max_shard_size, metadata={"mergesmith": "mergelock"})
-            try:
-                done: dict[str, torch.Tensor] = {}
-                for i, (name, block) in enumerate(order):
-                    if block is None:
-                        writer.write(name, ckpt.read(name))
-                    else:
-                        if name == block.names[0]:
-                            done = protect_block(ckpt.read, block, layout, seed, strength)
-                        writer.write(name, done.pop(name))
-                    if progress is not None:
-                        progress(i + 1, len(order))
-                shards = writer.finish()
-            finally:
-                writer.close()
-            write_config(ckpt.config_path, staging, None, None)
-            copy_side_files(ckpt.root, staging)
-            inputs = [Path(p) for p in ckpt.weight_files] + ([ckpt.config_path] if ckpt.config_path else [])
-            input_hashes = hash_files(inputs)
-            write_manifest(staging, {
-                "method": "mergelock",
-                "paper": PAPER,
-                "seed": seed,
-                "strength": strength,
-                "architecture": layout.family,
-                "attention_layers": len(layout.blocks),
-                "heads": {"query": layout.num_heads, "key_value": layout.num_kv_heads, "head_dim": layout.head_dim,
-                          "rotary": layout.rotary},
-                "inputs": {p.name: input_hashes[str(p)] for p in inputs},
-                "outputs": shards,
-            })
-            output.commit()
+        with ModelDirectory(out_dir, {"model": checkpoint_source(ckpt, str(model))}, force=force) as out:
+            writer = out.open_shards(entries, max_shard_size, metadata={"mergesmith": "mergelock"})
+            done: dict[str, torch.Tensor] = {}
+            for i, (name, block) in enumerate(order):
+                if block is None:
+                    writer.write(name, ckpt.read(name))
+                else:
+                    if name == block.names[0]:
+                        done = protect_block(ckpt.read, block, layout, seed, strength)
+                    writer.write(name, done.pop(name))
+                if progress is not None:
+                    progress(i + 1, len(order))
+            shards = out.finish_shards()
+            out.write_config(ckpt.config_path)
+            out.copy_side_files(ckpt.root)
+            out.commit(kind="protected", method="mergelock", paper=PAPER, seed=seed, base_model=str(model),
+                       config={"seed": seed, "strength": strength}, details=_layout_details(layout),
+                       card=CardText(title="Protected model (MergeLock)", tags=("mergelock",),
+                                     sections=(_CARD_SECTION, loading_section())))
         return ProtectResult(Path(out_dir), layout, len(order), shards)
     finally:
         ckpt.close()
+
+
+_CARD_SECTION = """## What was done
+
+The attention weights of every layer were transformed by invertible maps that cancel inside the layer (MergeLock):
+the model computes the same outputs as the input model, while averaging its weights with another fine-tune of the
+same base no longer gives a working model. Check both with `mergesmith protect --verify`."""
+
+
+def _layout_details(layout: AttentionLayout) -> dict:
+    return {"architecture": layout.family, "attention_layers": len(layout.blocks),
+            "heads": {"query": layout.num_heads, "key_value": layout.num_kv_heads, "head_dim": layout.head_dim,
+                      "rotary": layout.rotary}}

@@ -17,7 +17,7 @@ def test_adapt_fisher_cli_then_load_merged(tiny_pool_yaml: Path, tmp_path: Path)
     result = run_cli("adapt", "fisher", "--pool", tiny_pool_yaml, out, "--param", "num_examples=2", "--seed", "1", "--quiet")
     assert result.exit_code == 0, result.output
     assert "fisher:" in result.output and "info:" in result.output
-    document = json.loads((out / "adapt.json").read_text())
+    document = json.loads((out / "mergesmith.json").read_text())["details"]
     assert document["spec"]["params"]["num_examples"] == 2 and document["spec"]["seed"] == 1
     model = load_merged(out)
     ids = torch.tensor([[2, 5, 7, 3]])

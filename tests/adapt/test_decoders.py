@@ -151,7 +151,7 @@ def test_method_runs_on_decoder_and_round_trips(decoder, name, tmp_path):
         assert _differs(features, _features(problem, base, task))  # something was merged
     _check_moved(name, arch, problem, result)
     out = save_result(result, problem, tmp_path / name)
-    assert json.loads((out / "adapt.json").read_text())["kind"] == result.kind
+    assert json.loads((out / "mergesmith.json").read_text())["kind"] == result.kind
     for task in problem.task_names:
         loaded = load_merged(out, task=task if result.kind == "surgery" else None)
         torch.testing.assert_close(_features(problem, loaded, task), _features(problem, result.encoder_for(task), task),
@@ -336,7 +336,7 @@ def test_adapt_cli_on_a_gpt2_pool(pools, tmp_path):
     outcome = run_cli("adapt", "regmean", "--pool", pool_yaml, out, "--param", "num_examples=6", "--param", "batch_size=4",
                       "--quiet")
     assert outcome.exit_code == 0, outcome.output
-    document = json.loads((out / "adapt.json").read_text())
+    document = json.loads((out / "mergesmith.json").read_text())["details"]
     assert document["info"]["conv1d_layers"] == 8 and document["spec"]["params"]["num_examples"] == 6
     model = load_merged(out)
     assert type(model).__name__ == "GPT2Model"

@@ -102,8 +102,8 @@ def test_fisher_end_to_end(tiny_problem, tmp_path: Path, monkeypatch):
     spec = get_adapt_method("fisher")
     result = spec.run(tiny_problem, parse_params(spec, {"num_examples": 3}), 0)
     out = save_result(result, tiny_problem, tmp_path / "out")
-    document = json.loads((out / "adapt.json").read_text())
-    assert document["kind"] == "weights" and document["spec"]["method"] == "fisher"
+    manifest = json.loads((out / "mergesmith.json").read_text())
+    assert manifest["kind"] == "weights" and manifest["method"] == "fisher" and manifest["details"]["spec"]["method"] == "fisher"
     stats = load_file(str(out / "statistics" / "reviews.safetensors"))
     query = "bert.encoder.layer.0.attention.self.query.weight"  # the checkpoints' names (a BertForMaskedLM save)
     assert stats[query].shape == (64, 64) and float(stats[query].sum()) > 0

@@ -88,8 +88,12 @@ def test_save_result_writes_hf_layout_and_loads_back(tiny_problem: AdaptProblem,
     result = weights_result(tiny_problem, merged, spec={"method": "unit"}, info={"note": torch.tensor(1.5)})
     assert result.encoder_for("reviews") is result.encoder_for("topics")  # one merged encoder for every task
     out = save_result(result, tiny_problem, tmp_path / "out")
-    document = json.loads((out / "adapt.json").read_text())
-    assert document["kind"] == "weights" and document["info"]["note"] == 1.5 and document["tasks"] == ["reviews", "topics"]
+    manifest = json.loads((out / "mergesmith.json").read_text())
+    document = manifest["details"]
+    assert manifest["kind"] == "weights" and document["info"]["note"] == 1.5 and document["tasks"] == ["reviews", "topics"]
+    assert set(manifest["inputs"]) == {"base", "expert:reviews", "expert:topics"}
+    assert all(model["files"] for model in manifest["inputs"].values())  # every input file read is hashed
+    assert "model.safetensors" in manifest["outputs"] and "README.md" in manifest["outputs"]
     assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()
     model = load_merged(out)
     torch.testing.assert_close(model.state_dict()["encoder.layer.0.attention.self.query.weight"],

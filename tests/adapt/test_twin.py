@@ -73,7 +73,7 @@ def test_saved_result_loads_back_with_the_same_outputs(tiny_problem, tmp_path):
 
     result = _run(tiny_problem, rank=4)
     out = save_result(result, tiny_problem, tmp_path / "twin")
-    assert json.loads((out / "adapt.json").read_text())["kind"] == "twin_merging"
+    assert json.loads((out / "mergesmith.json").read_text())["kind"] == "twin_merging"
     loaded = load_merged(out)
     assert isinstance(loaded, TwinEncoder)
     twin = result.encoder_for("reviews")

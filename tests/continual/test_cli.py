@@ -27,7 +27,7 @@ def _sequence(fam, root: Path, method: str, *params: str) -> list[Path]:
     outs = [root / f"{method}-2", root / f"{method}-3"]
     extra = [a for p in params for a in ("--param", p)]
     _add(fam.experts[0], fam.experts[1], outs[0], "--base", fam.base, "--method", method, *extra)
-    _add(outs[0], fam.experts[2], outs[1])  # the method, parameters and base come from continual.json
+    _add(outs[0], fam.experts[2], outs[1])  # the method, parameters and base come from outs[0]'s manifest
     return outs
 
 
@@ -58,12 +58,15 @@ def test_output_loads_with_transformers_and_reruns_byte_identical(llama_family, 
     model = AutoModelForCausalLM.from_pretrained(first)
     assert model(torch.tensor([[1, 2, 3]])).logits.isfinite().all()
     hashes_a, hashes_b = tree_hashes(first), tree_hashes(again)
-    for name in ("model.safetensors", "continual.json", "config.json"):
-        if name in hashes_a:
-            assert hashes_a[name] == hashes_b[name]
+    for name in ("model.safetensors", "config.json"):
+        assert hashes_a[name] == hashes_b[name]
     manifest = json.loads((first / "mergesmith.json").read_text())
-    assert manifest["method"] == "continual/opcm" and manifest["step"] == 3
+    assert manifest["method"] == "continual/opcm" and manifest["kind"] == "continual" and manifest["details"]["step"] == 3
+    assert manifest["details"]["state"] == read_state(first).model_dump(mode="json")
     assert set(manifest["inputs"]) == {"base", "previous", "new"}
+    assert manifest["outputs"] == {n: h for n, h in hashes_a.items() if n != "mergesmith.json"}
+    card = (first / "README.md").read_text()
+    assert "Continual sequence" in card and "expert_2" in card
 
 
 def test_bert_and_sharded_outputs(bert_family, tmp_path):
@@ -148,11 +151,41 @@ def test_a_changed_method_or_parameter_is_refused(llama_family, tmp_path):
              "--param", "nope=1", needles=("nope",))
 
 
-def test_a_damaged_state_file_is_refused(llama_family, tmp_path):
+def test_a_damaged_state_is_refused(llama_family, tmp_path):
     prev = tmp_path / "prev"
     _add(llama_family.experts[0], llama_family.experts[1], prev, "--base", llama_family.base)
-    (prev / "continual.json").write_text("{not json")
-    _refused(tmp_path, prev, llama_family.experts[2], needles=("continual.json", "not a valid continual-merge state"))
+    manifest = json.loads((prev / "mergesmith.json").read_text())
+    manifest["details"]["state"]["experts"] = "two"
+    (prev / "mergesmith.json").write_text(json.dumps(manifest))
+    _refused(tmp_path, prev, llama_family.experts[2], needles=("mergesmith.json", "not a valid continual-merge state"))
+    (prev / "mergesmith.json").write_text("{not json")
+    _refused(tmp_path, prev, llama_family.experts[2], needles=("mergesmith.json", "not valid JSON"))
+
+
+@pytest.mark.parametrize("field,value", [("scale", "NaN"), ("scale", "Infinity"), ("task_norm_sum", "NaN")])
+def test_a_non_finite_scalar_in_the_state_is_refused(llama_family, tmp_path, field, value):
+    prev = tmp_path / "prev"
+    _add(llama_family.experts[0], llama_family.experts[1], prev, "--base", llama_family.base)
+    text = (prev / "mergesmith.json").read_text()
+    manifest = json.loads(text)
+    manifest["details"]["state"][field] = 12345.5
+    (prev / "mergesmith.json").write_text(json.dumps(manifest).replace("12345.5", value))
+    _refused(tmp_path, prev, llama_family.experts[2], needles=("mergesmith.json", "finite"))
+
+
+def test_a_state_of_an_earlier_version_is_read(llama_family, tmp_path):
+    """Outputs written before the state moved into the manifest kept it in continual.json beside an older manifest."""
+    prev = tmp_path / "prev"
+    _add(llama_family.experts[0], llama_family.experts[1], prev, "--base", llama_family.base, "--method", "ties")
+    manifest = json.loads((prev / "mergesmith.json").read_text())
+    (prev / "continual.json").write_text(json.dumps(manifest["details"]["state"]))
+    old = {"mergesmith_version": "0.1.0", "method": manifest["method"], "paper": manifest["paper"],
+           "params": manifest["config"], "step": 2, "inputs": manifest["inputs"], "outputs": {}}
+    (prev / "mergesmith.json").write_text(json.dumps(old))
+    assert read_state(prev).method == "ties"
+    out = tmp_path / "next"
+    _add(prev, llama_family.experts[2], out)
+    assert read_state(out).count == 3 and not (out / "continual.json").exists()
 
 
 def test_a_missing_recorded_base_asks_for_base(llama_family, tmp_path):

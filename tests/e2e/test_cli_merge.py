@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from mergesmith.io.manifest import read_manifest
 from tests.helpers import load_tensors, run_cli, tree_hashes, write_yaml
 
 pytestmark = pytest.mark.e2e
@@ -61,10 +62,12 @@ def test_output_files_and_manifest(llama_family, tmp_path):
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert all(t.dtype == torch.bfloat16 for t in load_tensors(out).values())
     manifest = json.loads((out / "mergesmith.json").read_text())
-    assert manifest["outputs"] == {n: files[n] for n in shards}
-    assert manifest["seed"] == 0 and manifest["method"] == "ties"
-    base_hashes = manifest["inputs"][str(llama_family.base)]
-    assert base_hashes == {n: h for n, h in tree_hashes(llama_family.base).items() if n.endswith(".safetensors") or n == "config.json"}
+    assert manifest["outputs"] == {n: h for n, h in files.items() if n != "mergesmith.json"}  # shards and side files
+    assert manifest["seed"] == 0 and manifest["method"] == "ties" and manifest["kind"] == "weights"
+    base = manifest["inputs"][str(llama_family.base)]
+    assert base["path"] == str(llama_family.base)
+    assert base["files"] == {n: h for n, h in tree_hashes(llama_family.base).items() if n.endswith(".safetensors") or n == "config.json"}
+    assert read_manifest(out).model_dump(mode="json") == manifest
     card = (out / "README.md").read_text()
     assert "ties" in card and str(llama_family.experts[0]) in card
 

@@ -42,11 +42,11 @@ def test_per_task_models_load_and_match_memory(llama_family, tmp_path, method, p
     # manifest: kind, tasks (expert directory names) and the sha256 of every side file
     manifest = json.loads((out / "mergesmith.json").read_text())
     tasks = [p.name for p in fam.experts]
-    assert manifest["kind"] == method and manifest["tasks"] == tasks
+    assert manifest["kind"] == method and manifest["details"]["tasks"] == tasks
     files = tree_hashes(out)
-    assert set(manifest["side_outputs"]) == {"task_vector.safetensors", "task_masks.safetensors", "tasks.json"}
-    assert all(files[name] == digest for name, digest in manifest["side_outputs"].items())
-    assert manifest["outputs"] == {n: files[n] for n in manifest["outputs"]} and "model.safetensors" in manifest["outputs"]
+    assert {"task_vector.safetensors", "task_masks.safetensors", "tasks.json", "model.safetensors"} <= set(manifest["outputs"])
+    assert manifest["outputs"] == {n: h for n, h in files.items() if n != "mergesmith.json"}
+    assert "load_merged(path, task=" in (out / "README.md").read_text()
     assert not [n for n in files if n.startswith(".")], "no staging leftovers"
 
     base = _state(fam.base)

@@ -47,7 +47,7 @@ def test_byte_identical_across_runs_threads_and_shard_sizes(llama_family, tmp_pa
         assert all(tree == variants[0] for tree in variants), size
         manifest = json.loads((tmp_path / f"{size}-1-0" / "mergesmith.json").read_text())
         shards = {name: h for name, h in variants[0].items() if name.endswith(".safetensors")}
-        assert manifest["outputs"] == shards and manifest["seed"] == 7
+        assert shards.items() <= manifest["outputs"].items() and manifest["seed"] == 7
     assert len({len([n for n in trees[s, 1, 0] if n.endswith(".safetensors")]) for s in SHARD_SIZES}) == 3
     # Shard size changes how tensors are grouped into files, never a tensor's bytes or the input hashes.
     tensors = {size: _tensor_bytes(tmp_path / f"{size}-1-0") for size in SHARD_SIZES}

@@ -130,7 +130,10 @@ def test_same_seed_same_bytes_and_inputs_untouched(families, tmp_path):
     assert tree_hashes(tmp_path / "a")["model.safetensors"] != tree_hashes(tmp_path / "c")["model.safetensors"]
     assert tree_hashes(model) == before
     manifest = json.loads((tmp_path / "a" / "mergesmith.json").read_text())
-    assert manifest["method"] == "mergelock" and manifest["seed"] == 7 and manifest["architecture"] == "gpt2"
+    assert manifest["method"] == "mergelock" and manifest["seed"] == 7 and manifest["details"]["architecture"] == "gpt2"
+    assert manifest["kind"] == "protected" and manifest["inputs"]["model"]["path"] == str(model)
+    assert manifest["outputs"] == {n: h for n, h in tree_hashes(tmp_path / "a").items() if n != "mergesmith.json"}
+    assert "MergeLock" in (tmp_path / "a" / "README.md").read_text()
 
 
 def test_unknown_architecture_is_one_line_error(tmp_path):
