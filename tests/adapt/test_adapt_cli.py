@@ -19,7 +19,7 @@ def test_adapt_fisher_cli_then_load_merged(tiny_pool_yaml: Path, tmp_path: Path)
     assert "fisher:" in result.output and "info:" in result.output
     document = json.loads((out / "adapt.json").read_text())
     assert document["spec"]["params"]["num_examples"] == 2 and document["spec"]["seed"] == 1
-    model = load_merged(out)
+    model = load_merged(out).base_model  # the encoder, whether the model comes with its head or not
     ids = torch.tensor([[2, 5, 7, 3]])
     assert model(input_ids=ids).last_hidden_state.shape == (1, 4, 64)
     assert sorted(p.name for p in (out / "statistics").iterdir()) == ["reviews.safetensors", "topics.safetensors"]
@@ -53,3 +53,4 @@ def test_bench_runs_adapt_methods_beside_merges(tiny_pool_yaml: Path, tmp_path: 
         assert row["info"]["linear_layers"] == 13 if name == "regmean" else "fisher_sum" in row["info"]
     assert "regmean" in result.output and "fisher" in (run / "results.csv").read_text()
     assert "fisher" in (run / "report.html").read_text()
+
