@@ -26,10 +26,11 @@ def load_problem(
     *, pool: str | Path | None = None, profile: str | None = None, cache_dir: str | Path | None = None, seed: int = 0,
     progress: bool = True, echo: Callable[[str], None] = print,
 ) -> AdaptProblem:
-    """An AdaptProblem from a pool YAML (``mergesmith.bench.pool``) or a built-in bench profile ("default", "mini")."""
+    """An AdaptProblem from a pool YAML (``mergesmith.bench.pool``) or a built-in bench profile ("default", "mini").
+    The pretrained model's linear probes are not built: no adapt method reads them."""
     if (pool is None) == (profile is None):
         raise MergesmithError("give either a pool YAML (--pool) or a built-in profile (--profile), not both or neither")
-    return problem_from_pool(load_bench_pool(profile, pool, cache_dir, seed, progress, echo))
+    return problem_from_pool(load_bench_pool(profile, pool, cache_dir, seed, progress, echo, probes=False))
 
 
 def problem_from_pool(pool: Pool) -> AdaptProblem:

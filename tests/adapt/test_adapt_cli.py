@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from tests.adapt.pools import build_text_pool
 from tests.helpers import run_cli
 
 
@@ -54,3 +55,19 @@ def test_bench_runs_adapt_methods_beside_merges(tiny_pool_yaml: Path, tmp_path: 
     assert "regmean" in result.output and "fisher" in (run / "results.csv").read_text()
     assert "fisher" in (run / "report.html").read_text()
 
+
+def test_adapt_trains_no_linear_probe(tmp_path: Path, monkeypatch):
+    """The pretrained model's linear probes (trained on the train splits) serve only the bench's pretrained row: adapt
+    neither trains nor encodes them, while the bench still does."""
+    import mergesmith.bench.encoder as encoder
+
+    pool = build_text_pool(tmp_path / "pool", n_train=12)
+    train_probe = encoder.train_probe
+    trained = []
+    monkeypatch.setattr(encoder, "train_probe", lambda *args, **kwargs: trained.append(1) or train_probe(*args, **kwargs))
+    result = run_cli("adapt", "regmean", "--pool", pool, tmp_path / "out", "--param", "num_examples=4", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert trained == []
+    bench = run_cli("bench", "--pool", pool, "--methods", "linear", "--out", tmp_path / "run", "--quiet")
+    assert bench.exit_code == 0, bench.output
+    assert len(trained) == 2  # one probe per task for the pretrained row
