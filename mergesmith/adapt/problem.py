@@ -172,7 +172,9 @@ class AdaptProblem:
         """What a result writes: every tensor of the base checkpoint under its name, ``floating`` (the merged encoder,
         encoder names) where the encoder holds it, the base's own value elsewhere (a head, tied or not, and whatever
         else lies outside the encoder), so the output loads with the class the base's config.json names, no tensor
-        missing or unexpected. Floating tensors are fp32, as the merged ones are."""
+        missing or unexpected. Floating tensors are fp32, as the merged ones are. Encoder tensors the checkpoint does
+        not store (a pooler a masked-LM save lacks) are left out: every model, the merged one too, got them from the
+        loader's seeded initialisation, and a loader gives them again."""
         from mergesmith.io import open_checkpoint
 
         full = self.full_state(floating)
