@@ -30,14 +30,15 @@ def main() -> None:
     from transformers.utils import logging as hf_logging
 
     from mergesmith.adapt.base_merge import anchor_merge
-    from mergesmith.adapt.problem import problem_from_pool
-    from mergesmith.bench.run import Evaluator, _average, _profile_pool
+    from mergesmith.bench.adapt_problem import problem_from_pool
+    from mergesmith.bench.load import profile_pool
+    from mergesmith.bench.scoring import Evaluator, average as _average
     from mergesmith.bench.tasks import build_tasks
 
     hf_logging.set_verbosity_error()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tasks = build_tasks(args.profile, Path(args.cache_dir), seed=args.seed, progress=False)
-    pool = _profile_pool(args.profile, tasks, Path(args.cache_dir), args.seed, False, lambda _: None)
+    pool = profile_pool(args.profile, tasks, Path(args.cache_dir), args.seed, False, lambda _: None)
     problem = problem_from_pool(pool)
     params = yaml.safe_load(args.merge_params) or {}
     started = time.perf_counter()

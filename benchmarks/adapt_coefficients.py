@@ -44,7 +44,8 @@ def main() -> None:
     import torch
 
     from mergesmith.bench.adapt_rows import adapt_row
-    from mergesmith.bench.run import Evaluator, _profile_pool
+    from mergesmith.bench.load import profile_pool
+    from mergesmith.bench.scoring import Evaluator
     from mergesmith.bench.tasks import build_tasks
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -53,7 +54,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cache = Path(args.cache_dir)
     tasks = build_tasks("default", cache, seed=args.seed, progress=False)
-    pool = _profile_pool("default", tasks, cache, args.seed, False, print)
+    pool = profile_pool("default", tasks, cache, args.seed, False, print)
     names = [t.name for t in pool.tasks]
     zoo = pool.provenance.get("zoo")
 

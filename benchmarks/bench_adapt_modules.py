@@ -51,8 +51,8 @@ def _subset(task, n: int, seed: int):
 
 def _anchor_row(pool, results: dict, expert_acc: dict, score, seed: int) -> None:
     from mergesmith.adapt.base_merge import anchor_merge
-    from mergesmith.adapt.problem import problem_from_pool
-    from mergesmith.bench.run import _average, _normalized
+    from mergesmith.bench.adapt_problem import problem_from_pool
+    from mergesmith.bench.scoring import average as _average, normalized as _normalized
 
     problem = problem_from_pool(pool)
     anchor, _ = anchor_merge(problem, "task_arithmetic", {"lambda": 0.3}, seed)
@@ -82,8 +82,9 @@ def main() -> None:
 
     from mergesmith.adapt import get_adapt_method
     from mergesmith.adapt._spec import params_dict, parse_params
-    from mergesmith.adapt.problem import problem_from_pool
-    from mergesmith.bench.run import Evaluator, PeakRss, _average, _normalized, _profile_pool
+    from mergesmith.bench.adapt_problem import problem_from_pool
+    from mergesmith.bench.load import profile_pool
+    from mergesmith.bench.scoring import Evaluator, PeakRss, average as _average, normalized as _normalized
     from mergesmith.bench.tasks import build_tasks
 
     hf_logging.set_verbosity_error()
@@ -96,7 +97,7 @@ def main() -> None:
         overrides.setdefault(method, {})[name] = yaml.safe_load(raw)
     cache = Path(args.cache_dir)
     tasks = build_tasks(args.profile, cache, seed=args.seed, progress=False)
-    pool = _profile_pool(args.profile, tasks, cache, args.seed, False, lambda _: None)
+    pool = profile_pool(args.profile, tasks, cache, args.seed, False, lambda _: None)
     if args.test_limit:
         pool.tasks = [_subset(t, args.test_limit, args.seed) for t in pool.tasks]
     names = [t.name for t in pool.tasks]

@@ -117,8 +117,8 @@ def main() -> None:
     from mergesmith.adapt import get_adapt_method
     from mergesmith.adapt._spec import parse_params
     from mergesmith.adapt.base_merge import anchor_merge
-    from mergesmith.adapt.problem import problem_from_pool
-    from mergesmith.bench.run import _profile_pool
+    from mergesmith.bench.adapt_problem import problem_from_pool
+    from mergesmith.bench.load import profile_pool
     from mergesmith.bench.sources import default_cache_dir
     from mergesmith.bench.tasks import build_tasks
     from mergesmith.errors import MergesmithError
@@ -133,7 +133,7 @@ def main() -> None:
     torch.set_num_threads(1)
     cache = Path(args.cache_dir) if args.cache_dir else default_cache_dir()
     tasks = build_tasks(args.profile, cache, seed=args.seed, progress=False)
-    pool = _profile_pool(args.profile, tasks, cache, args.seed, False, lambda _: None)
+    pool = profile_pool(args.profile, tasks, cache, args.seed, False, lambda _: None)
     problem = problem_from_pool(pool)
 
     experts = {name: problem.load_encoder(problem.expert_dirs[name]) for name in problem.task_names}

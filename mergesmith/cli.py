@@ -252,22 +252,16 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
     """Data-driven merging (Fisher, RegMean, BMM, AdaMerging, ...) on a task pool; writes a loadable model to OUT_DIR."""
     import json
 
-    from mergesmith.adapt import ADAPT_METHODS
-    from mergesmith.adapt._spec import without_progress_bars
-    from mergesmith.adapt.runner import parse_param_args, run_adapt
+    from mergesmith.adapt.runner import check_adapt_args, parse_param_args, run_adapt
+    from mergesmith.bench.adapt_problem import load_problem
 
-    if method not in ADAPT_METHODS:
-        from mergesmith.errors import MergesmithError
-
-        raise MergesmithError(f"unknown adapt method {method!r}; known: {', '.join(sorted(ADAPT_METHODS))}")
-    check_output_early(out_dir, force, pool_models(pool))
-    given = parse_param_args(params)
-    if quiet:
-        given = without_progress_bars(ADAPT_METHODS[method], given)
+    spec, parsed = check_adapt_args(method, out_dir, parse_param_args(params), force=force, inputs=pool_models(pool),
+                                    quiet=quiet)
+    echo = (lambda _: None) if quiet else click.echo
     with _library_output():
-        result, seconds = run_adapt(method, out_dir, pool=pool, profile=profile, cache_dir=cache_dir, params=given,
-                                    seed=seed, force=force, progress=not quiet,
-                                    echo=(lambda _: None) if quiet else click.echo)
+        problem = load_problem(pool=pool, profile=profile, cache_dir=cache_dir, seed=seed, progress=not quiet,
+                               echo=echo)
+        result, seconds = run_adapt(spec, parsed, problem, out_dir, seed=seed, force=force, echo=echo)
     click.echo(f"{method}: {seconds:.1f} s; wrote {out_dir} (kind {result.kind}; load with mergesmith.load_merged)")
     shown = {k: v for k, v in result.info.items() if k not in ("history",)}
     click.echo("info: " + json.dumps(shown, default=str)[:2000])

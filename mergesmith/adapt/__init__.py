@@ -1,35 +1,23 @@
-"""Data-driven merging (issue 4): methods that read task data (unlabeled test inputs or a small labeled validation
-split) besides the weights: Fisher, RegMean/RegMean++, BMM, AdaMerging, aTLAS, Surgery, WEMoE, Twin-Merging.
+"""Data-driven merging: methods that read task data (unlabeled test inputs or a small labeled validation split)
+besides the weights: Fisher, RegMean/RegMean++, BMM, AdaMerging, aTLAS, Surgery, WEMoE, Twin-Merging.
 
 Each method module exposes ``SPEC: AdaptSpec``; ``ADAPT_METHODS`` is the plain catalogue (no import-time
-registration). ``problem_from_pool`` turns a bench ``Pool`` into an ``AdaptProblem``; ``save_result`` writes a result.
+registration): the methods whose result is one set of weights (``base_merge.WEIGHTS_METHODS``, which Surgery can sit
+on), then those that add modules or routers. A method reads the task data through an ``AdaptProblem``
+(``mergesmith.adapt.problem``; the bench builds one from a pool: ``mergesmith.bench.adapt_problem``);
+``save_result`` writes a result.
 """
 
 from __future__ import annotations
 
-from mergesmith.adapt import bmm, fisher, regmean
+from mergesmith.adapt import surgery, twin, wemoe
 from mergesmith.adapt._spec import AdaptSpec
-from mergesmith.adapt import surgery, wemoe
-from mergesmith.adapt import adamerging, atlas, twin
+from mergesmith.adapt.base_merge import WEIGHTS_METHODS
 from mergesmith.errors import MergesmithError
 
 ADAPT_METHODS: dict[str, AdaptSpec] = {
-    spec.name: spec
-    for spec in (
-        # one line per method (each helper adds its modules' specs and imports them above)
-        fisher.SPEC,
-        regmean.SPEC,
-        regmean.SPEC_PLUSPLUS,
-        bmm.SPEC,
-        bmm.SPEC_DATAFREE,
-        *adamerging.SPECS,
-        atlas.SPEC,
-        twin.SPEC,
-        surgery.SPEC,
-        surgery.SPEC_V2,
-        wemoe.SPEC,
-        wemoe.SPEC_E,
-    )
+    **WEIGHTS_METHODS,
+    **{spec.name: spec for spec in (twin.SPEC, surgery.SPEC, surgery.SPEC_V2, wemoe.SPEC, wemoe.SPEC_E)},
 }
 
 

@@ -41,7 +41,6 @@ from mergesmith.adapt.coefficients import learn_coefficients, loss_summary
 from mergesmith.adapt.functional import coefficient_groups, combine, learnable_names
 from mergesmith.adapt.problem import check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
-from mergesmith.errors import MergesmithError
 
 PAPER = ("Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task Learning, ICLR 2024, arXiv:2310.02575")
 CONFIG_FILE = "adamerging.yaml"
@@ -106,7 +105,7 @@ def engine_config(problem: Any, coefficients: Tensor, groups: dict[str, int | No
     # ``bert.encoder...``). Longest names first: a filter matches any tensor whose name CONTAINS it, and a longer name
     # can never be contained in a shorter one, so each tensor resolves to its own entry; frozen tensors fall to the
     # catch-all 0 (their task vectors are zero, so any weight gives the base).
-    on_disk = checkpoint_names(problem.base_dir, [n for n, g in groups.items() if g is not None])
+    on_disk = problem.checkpoint_names([n for n, g in groups.items() if g is not None])
     names = sorted(on_disk, key=lambda n: (-len(on_disk[n]), on_disk[n]))
     for k, path in enumerate(problem.expert_dirs.values()):
         if scheme == "task":
@@ -116,32 +115,6 @@ def engine_config(problem: Any, coefficients: Tensor, groups: dict[str, int | No
         models.append({"model": str(path), "parameters": {"weight": weight}})
     return {"merge_method": "task_arithmetic", "base_model": str(problem.base_dir), "models": models,
             "parameters": {"normalize": False, "lambda": 1.0}, "dtype": "float32"}
-
-
-def checkpoint_names(directory: Any, names: list[str]) -> dict[str, str]:
-    """Each module tensor name -> the base checkpoint file's name for it: the same name, or the one name ending in
-    ``.name`` (a task model's prefix such as ``bert.``). Tensors the files lack (initialised by the loader) are left out:
-    the engine never sees them."""
-    from mergesmith.io import open_checkpoint
-
-    checkpoint = open_checkpoint(str(directory))
-    try:
-        stored = list(checkpoint.tensors)
-    finally:
-        checkpoint.close()
-    exact = set(stored)
-    out = {}
-    for name in names:
-        if name in exact:
-            out[name] = name
-            continue
-        matches = [s for s in stored if s.endswith("." + name)]
-        if len(matches) == 1:
-            out[name] = matches[0]
-        elif len(matches) > 1:
-            raise MergesmithError(f"{directory}: tensor {name!r} matches {len(matches)} checkpoint tensors ({matches[0]!r}, "
-                                  f"{matches[1]!r}); save the base model with its encoder's own tensor names")
-    return out
 
 
 def coefficient_table(problem: Any, coefficients: Tensor, labels: list[str], scheme: str) -> dict:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import yaml
@@ -35,7 +35,6 @@ from mergesmith.adapt.coefficients import learn_coefficients, loss_summary
 from mergesmith.adapt.functional import coefficient_groups, combine, learnable_names
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
-from mergesmith.errors import MergesmithError
 
 NAME = "atlas"
 PAPER = ("Zhang et al. 2024, Knowledge Composition using Task Vectors with Learned Anisotropic Scaling, NeurIPS 2024, "
@@ -58,19 +57,6 @@ class Params(BaseModel):
     progress: bool = Field(True, description="show a progress bar")
 
 
-def subset(split: Any, rows: torch.Tensor) -> Any:
-    """The rows ``rows`` of a labeled split (text ids or image paths, with their labels)."""
-    from mergesmith.bench.encoder import EncodedSplit
-    from mergesmith.bench.features import ImageSplit
-
-    labels = split.labels[rows]
-    if isinstance(split, EncodedSplit):
-        return EncodedSplit(tuple(split.ids[int(i)] for i in rows), labels)
-    if isinstance(split, ImageSplit):
-        return ImageSplit([split.paths[int(i)] for i in rows], labels.tolist())
-    raise MergesmithError(f"cannot take {len(rows)} examples of a {type(split).__name__} split; use shots: 0")
-
-
 def few_shot(problem: AdaptProblem, shots: int, seed: int) -> AdaptProblem:
     """The problem with each task's validation split cut to ``shots`` seeded examples (the same base and vectors)."""
     from dataclasses import replace
@@ -82,7 +68,7 @@ def few_shot(problem: AdaptProblem, shots: int, seed: int) -> AdaptProblem:
             tasks.append(task)
             continue
         rows = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + 31 * i))[:shots].sort().values
-        tasks.append(replace(task, validation=subset(task.validation, rows)))
+        tasks.append(replace(task, validation=problem.featurizer.select(task.validation, rows)))
     return replace(problem, tasks=tasks)
 
 

@@ -1,7 +1,7 @@
 """The merged model a data-driven add-on (Surgery, SurgeryV2) sits on: any tensor-wise mergesmith method, or any adapt
-method whose result is one set of weights (e.g. AdaMerging).
+method whose result is one set of weights (``WEIGHTS_METHODS``, e.g. AdaMerging).
 
-Memory (issue 4): experts are never all materialised. A tensor-wise method sees each expert as a lazy view
+Memory: experts are never all materialised. A tensor-wise method sees each expert as a lazy view
 ``theta_t[name] = theta_0[name] + tau_t[name]`` built one tensor at a time from the problem's base and its one copy
 of the task vectors.
 """
@@ -12,7 +12,24 @@ from typing import Any, Iterator, Mapping
 
 from torch import Tensor
 
+from mergesmith.adapt import adamerging, atlas, bmm, fisher, regmean
+from mergesmith.adapt._spec import AdaptSpec
 from mergesmith.errors import MergesmithError
+
+# The adapt methods whose result is one set of merged weights (kind "weights"), in catalogue order; the rest of the
+# catalogue (``mergesmith.adapt.ADAPT_METHODS``) adds modules or routers of its own.
+WEIGHTS_METHODS: dict[str, AdaptSpec] = {
+    spec.name: spec
+    for spec in (
+        fisher.SPEC,
+        regmean.SPEC,
+        regmean.SPEC_PLUSPLUS,
+        bmm.SPEC,
+        bmm.SPEC_DATAFREE,
+        *adamerging.SPECS,
+        atlas.SPEC,
+    )
+}
 
 
 class _ExpertView(Mapping):
@@ -34,15 +51,12 @@ class _ExpertView(Mapping):
 
 def anchor_merge(problem: Any, method: str, params: Mapping[str, Any], seed: int) -> tuple[dict[str, Tensor], dict]:
     """``(merged floating tensors, info)`` for ``method`` with ``params`` on the problem's base and experts."""
-    from mergesmith.adapt import ADAPT_METHODS
     from mergesmith.methods import METHODS
 
-    if method in ADAPT_METHODS:
+    if method in WEIGHTS_METHODS:
         from mergesmith.adapt._spec import params_dict, parse_params
 
-        spec = ADAPT_METHODS[method]
-        if spec.name in ("surgery", "surgery_v2", "wemoe", "e_wemoe"):
-            raise MergesmithError(f"merge_method {method!r} adds modules of its own; give a method that outputs one set of weights")
+        spec = WEIGHTS_METHODS[method]
         chosen = parse_params(spec, dict(params))
         result = spec.run(problem, chosen, seed)
         if result.kind != "weights":
@@ -51,11 +65,12 @@ def anchor_merge(problem: Any, method: str, params: Mapping[str, Any], seed: int
                 "outputs plain merged weights (task_arithmetic, ties, adamerging_layerwise, ...)"
             )
         base = problem.base_state()
-        return {k: result.state_dict[k].float() for k in base}, {"method": method, "params": params_dict(chosen),
+        return {k: result.merged[k].float() for k in base}, {"method": method, "params": params_dict(chosen),
                                                                   "info": result.info}
     if method not in METHODS:
-        known = sorted(set(METHODS) | set(ADAPT_METHODS))
-        raise MergesmithError(f"unknown merge_method {method!r}; known: {', '.join(known)}")
+        known = sorted(set(METHODS) | set(WEIGHTS_METHODS))
+        raise MergesmithError(f"unknown merge_method {method!r} (the merge under the modules gives one set of weights); "
+                              f"known: {', '.join(known)}")
     from mergesmith.api import merge_state_dicts
     from mergesmith.methods._spec import param_infos
 
@@ -72,4 +87,4 @@ def anchor_merge(problem: Any, method: str, params: Mapping[str, Any], seed: int
     return {k: v.float() for k, v in merged.items()}, {"method": method, "params": values}
 
 
-__all__ = ["anchor_merge"]
+__all__ = ["WEIGHTS_METHODS", "anchor_merge"]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mergesmith.adapt._spec import AdaptSpec, params_dict
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
-from mergesmith.adapt.statistics import checkpoint_names, data_split, engine_merge, example_batches, portable_config, save_statistics
+from mergesmith.adapt.statistics import data_split, engine_merge, example_batches, portable_config, save_statistics
 
 PAPER = "Matena & Raffel 2022, Merging Models with Fisher-Weighted Averaging, arXiv:2111.09832"
 
@@ -91,7 +91,7 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
         encoder = problem.load_encoder(problem.expert_dirs[task.name])
         fisher = diagonal_fisher(problem, task, encoder, params, seed + i, skip)
         if names is None:
-            names = checkpoint_names(problem, fisher)
+            names = problem.checkpoint_names(fisher)
         statistics[task.name] = save_statistics(root / "statistics" / f"{task.name}.safetensors", fisher, names)
         info["fisher_sum"][task.name] = float(sum(float(f.sum()) for f in fisher.values()))
         del encoder, fisher

@@ -1,4 +1,5 @@
-"""An adapt problem: the base encoder, one expert and head per task, and each task's data, from a bench ``Pool``.
+"""An adapt problem: the base encoder, one expert and head per task, and each task's data, read through a
+``Featurizer`` (``mergesmith.adapt.featurizer``). The bench builds one from a pool (``mergesmith.bench.adapt_problem``).
 
 Methods see data only through this object:
 
@@ -6,30 +7,32 @@ Methods see data only through this object:
   object has no ``.labels``, so no method can peek at the test labels);
 - ``task.validation``: the small labeled split (has ``.labels``);
 - ``problem.batches(split, batch_size, shuffle=..., seed=...)``: deterministic model-input batches of either;
-- ``problem.pooled(encoder, batch)``: the pooled features the bench scores with, with autograd.
+- ``problem.pooled(encoder, batch)``: the pooled features the task heads read, with autograd.
 
-Memory (issue 4): the base state and the task vectors are held once each (``base_state()``, ``task_vectors()``);
-experts are loaded one at a time by the methods that need their modules (``load_encoder``).
+Memory: the base state and the task vectors are held once each (``base_state()``, ``task_vectors()``); experts are
+loaded one at a time by the methods that need their modules (``load_encoder``).
+
+What a result writes (``checkpoint_state``): the base checkpoint's tensors under the checkpoint's own names, the merged
+values where the encoder holds them, so a checkpoint saved with a head (a causal LM's ``lm_head``, a masked LM's
+``cls.*``) still loads with the class its config names.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator
 
 import torch
 from torch import Tensor, nn
 
+from mergesmith.adapt.featurizer import Featurizer
 from mergesmith.errors import MergesmithError
-
-if TYPE_CHECKING:
-    from mergesmith.bench.pool import Pool
 
 
 @dataclass(frozen=True)
 class Unlabeled:
-    """A split's inputs with the labels removed: ``ids`` (text, token ids) or ``paths`` (image files)."""
+    """A split's inputs with the labels removed (a split of the featurizer's kind with an empty label tensor)."""
 
     inputs: Any  # the labeled split the inputs come from is NOT kept, only its inputs
     kind: str  # "text" | "image"
@@ -68,10 +71,11 @@ class AdaptProblem:
     base_dir: Path
     expert_dirs: dict[str, Path]  # task name -> expert checkpoint (HF dir), same order as tasks
     tasks: list[AdaptTask]
-    featurizer: Any  # the bench featurizer (TextFeaturizer / ImageFeaturizer)
+    featurizer: Featurizer  # e.g. the bench's TextFeaturizer / ImageFeaturizer
     _base: dict[str, Tensor] | None = field(default=None, repr=False)
     _buffers: dict[str, Tensor] | None = field(default=None, repr=False)
     _vectors: dict[str, dict[str, Tensor]] | None = field(default=None, repr=False)
+    _stored: tuple[str, ...] | None = field(default=None, repr=False)  # the base checkpoint's tensor names
 
     # --- models ------------------------------------------------------------------------------------------------
 
@@ -90,7 +94,7 @@ class AdaptProblem:
         raise MergesmithError(f"no task {name!r} in this problem; tasks: {', '.join(self.task_names)}")
 
     def load_encoder(self, path: str | Path) -> nn.Module:
-        """The encoder saved at ``path`` (the base, an expert, a merged model), in eval mode, as the bench loads it."""
+        """The encoder saved at ``path`` (the base, an expert, a merged model), in eval mode, as the featurizer loads it."""
         return self.featurizer.load(Path(path)).eval()
 
     def base_state(self) -> dict[str, Tensor]:
@@ -142,6 +146,55 @@ class AdaptProblem:
             raise MergesmithError(f"the merged state lacks {len(missing)} tensor(s) of the base, e.g. {missing[0]!r}")
         return {**self._buffers, **{k: floating[k] for k in self._base}}
 
+    def checkpoint_names(self, names: Iterable[str]) -> dict[str, str]:
+        """Encoder tensor name -> its name in the base checkpoint: the same name, or the one stored name ending in
+        ``.name`` (a checkpoint saved from a model with a head prefixes the encoder's names: ``bert.``, ``model.``,
+        ``transformer.``). Tensors the checkpoint does not store are left out: the loader initialises them alike in
+        every model. The experts share the base's tensor names (the pool checks it)."""
+        stored = self._stored_names()
+        exact = set(stored)
+        mapping = {}
+        for name in names:
+            if name in exact:
+                mapping[name] = name
+                continue
+            matches = [s for s in stored if s.endswith("." + name)]
+            if len(matches) > 1:
+                raise MergesmithError(
+                    f"{self.base_dir}: the encoder's tensor {name!r} matches {len(matches)} checkpoint tensors "
+                    f"({matches[0]!r}, {matches[1]!r}); save the models with their encoder's own tensor names"
+                )
+            if matches:
+                mapping[name] = matches[0]
+        return mapping
+
+    def checkpoint_state(self, floating: dict[str, Tensor]) -> dict[str, Tensor]:
+        """What a result writes: every tensor of the base checkpoint under its name, ``floating`` (the merged encoder,
+        encoder names) where the encoder holds it, the base's own value elsewhere (a head, tied or not, and whatever
+        else lies outside the encoder), so the output loads with the class the base's config.json names, no tensor
+        missing or unexpected. Floating tensors are fp32, as the merged ones are. Encoder tensors the checkpoint does
+        not store (a pooler a masked-LM save lacks) are left out: every model, the merged one too, got them from the
+        loader's seeded initialisation, and a loader gives them again."""
+        from mergesmith.io import open_checkpoint
+
+        full = self.full_state(floating)
+        names = self.checkpoint_names(full)
+        state = {names[k]: v for k, v in full.items() if k in names}
+        with open_checkpoint(self.base_dir) as checkpoint:
+            for name in checkpoint.tensors:
+                if name not in state:
+                    tensor = checkpoint.read(name)
+                    state[name] = tensor.float() if tensor.is_floating_point() else tensor
+        return state
+
+    def _stored_names(self) -> tuple[str, ...]:
+        if self._stored is None:
+            from mergesmith.io import open_checkpoint
+
+            with open_checkpoint(self.base_dir) as checkpoint:
+                self._stored = tuple(checkpoint.tensors)
+        return self._stored
+
     def encoder_with(self, floating: dict[str, Tensor]) -> nn.Module:
         """A fresh encoder of the base's architecture holding ``floating`` (merged weights), eval mode."""
         encoder = self.load_encoder(self.base_dir)
@@ -167,53 +220,22 @@ class AdaptProblem:
             yield Batch(inputs, None if labels is None else labels[rows], rows)
 
     def _inputs(self, split: Any, rows: Tensor) -> dict[str, Tensor]:
-        if self.modality == "text":
-            from mergesmith.bench.encoder import pad_batch
-
-            ids = split.inputs if isinstance(split, Unlabeled) else split.ids
-            input_ids, mask = pad_batch([ids[int(i)] for i in rows], self.featurizer.pad_id)
-            return {"input_ids": input_ids, "attention_mask": mask}
-        return {"pixel_values": self._pixels(split, rows)}
-
-    def _pixels(self, split: Any, rows: Tensor) -> Tensor:
-        image_split = split.inputs if isinstance(split, Unlabeled) else split
-        if image_split._cached is None:
-            for _ in self.featurizer.batches(image_split):  # caches the split's pixels when they are small enough
-                pass
-        if image_split._cached is not None:
-            return image_split._cached[rows]
-        return self.featurizer._pixels([image_split.paths[int(i)] for i in rows])
+        return self.featurizer.inputs(split.inputs if isinstance(split, Unlabeled) else split, rows)
 
     def forward_kwargs(self, batch: Batch) -> dict[str, Tensor]:
         """The encoder's call kwargs for ``batch`` (for ``torch.func.functional_call`` and hooks)."""
         return dict(batch.inputs)
 
     def pooled(self, encoder: nn.Module, batch: Batch) -> Tensor:
-        """[B, width] pooled features with autograd: exactly the bench's features (mean-pooled tokens for text; the
-        image featurizer's projected / pooled output for images). The encoder's train/eval mode is left as is."""
+        """[B, width] pooled features with autograd: exactly the featurizer's features (mean-pooled tokens for text;
+        the projected / pooled output for images). The encoder's train/eval mode is left as is."""
         out = encoder(**self.forward_kwargs(batch))
-        if self.modality == "text":
-            return self.pool_hidden(out.last_hidden_state, batch).float()
-        if self.featurizer.kind == "clip_projection" and getattr(out, "image_embeds", None) is not None:
-            return out.image_embeds.float()
-        if getattr(out, "pooler_output", None) is not None:
-            return out.pooler_output.float()
-        return self.pool_hidden(out.last_hidden_state, batch, encoder).float()
+        return self.featurizer.pool(out, batch.inputs, encoder).float()
 
     def pool_hidden(self, last_hidden_state: Tensor, batch: Batch, encoder: nn.Module | None = None) -> Tensor:
         """The pooling step alone. Text: mean over the attention mask. Images: the first token's state, passed through
         the encoder's own pooling head (CLIP: post-layernorm, then the visual projection) when ``encoder`` is given."""
-        if self.modality == "text":
-            from mergesmith.bench.encoder import mean_pool
-
-            return mean_pool(last_hidden_state, batch.inputs["attention_mask"])
-        first = last_hidden_state[:, 0]
-        vision = getattr(encoder, "vision_model", None) if encoder is not None else None
-        if vision is not None and hasattr(vision, "post_layernorm"):
-            first = vision.post_layernorm(first)
-            if self.featurizer.kind == "clip_projection" and hasattr(encoder, "visual_projection"):
-                first = encoder.visual_projection(first)
-        return first
+        return self.featurizer.pool_hidden(last_hidden_state, batch.inputs, encoder)
 
     def logits(self, encoder: nn.Module, task: str | AdaptTask, batch: Batch) -> Tensor:
         """The task head's logits on the encoder's pooled features (with autograd through the encoder)."""
@@ -231,95 +253,3 @@ def check_needs(problem: AdaptProblem, method: str, needs: frozenset[str]) -> No
             )
         if "validation" in needs and (task.validation is None or len(task.validation) == 0):
             raise MergesmithError(f"{method} reads a labeled validation split but task {task.name!r} has none; give it one")
-
-
-def problem_from_pool(pool: "Pool") -> AdaptProblem:
-    """The adapt view of a bench pool. Checks that every head and every expert's own head fit the task's labels."""
-    from mergesmith.bench.features import read_model_config
-
-    config = read_model_config(pool.base_dir)
-    width = _feature_width(pool.featurizer, config)
-    tasks = []
-    for t in pool.tasks:
-        head = t.head
-        if head.in_features != width:
-            raise MergesmithError(
-                f"task {t.name!r}: its head takes {head.in_features} features but the encoder gives {width}; give a head "
-                "for this encoder"
-            )
-        if head.out_features != t.num_labels:
-            raise MergesmithError(
-                f"task {t.name!r}: its head has {head.out_features} outputs but the task has {t.num_labels} labels; the "
-                "head and the label space must match"
-            )
-        _check_expert_head(t.name, Path(t.expert), head)
-        for split_name in ("validation", "test"):
-            split = getattr(t, split_name)
-            if split is not None and len(split) and int(split.labels.max()) >= head.out_features:
-                raise MergesmithError(
-                    f"task {t.name!r}: its {split_name} split has label {int(split.labels.max())} but the head has only "
-                    f"{head.out_features} outputs; the data's label space differs from the head's"
-                )
-        unlabeled = None
-        if t.test is not None and len(t.test):
-            unlabeled = Unlabeled(_without_labels(t.test, pool.featurizer.modality), pool.featurizer.modality)
-        tasks.append(AdaptTask(t.name, head, unlabeled, t.validation, tuple(t.label_names)))
-    return AdaptProblem(Path(pool.base_dir), {t.name: Path(t.expert) for t in pool.tasks}, tasks, pool.featurizer)
-
-
-def _without_labels(split: Any, modality: str) -> Any:
-    if modality == "text":
-        return split.ids
-    from mergesmith.bench.features import ImageSplit
-
-    return ImageSplit(split.paths, [])  # its own pixel cache, an empty label tensor
-
-
-def _feature_width(featurizer: Any, config: dict) -> int:
-    if featurizer.modality == "text":
-        return featurizer.feature_width(config)
-    return featurizer.feature_width(config, featurizer.kind)
-
-
-def _check_expert_head(task: str, expert: Path, head: nn.Linear) -> None:
-    """An expert saved with its own head (``task_head.safetensors``) must have been trained on the task's labels."""
-    from safetensors import safe_open
-
-    from mergesmith.bench.zoo import HEAD_FILE
-
-    path = expert / HEAD_FILE
-    if not path.is_file():
-        return
-    try:
-        with safe_open(str(path), "pt") as f:
-            shape = tuple(f.get_slice("weight").get_shape()) if "weight" in f.keys() else None
-    except Exception:  # unreadable heads are reported by the pool checker when they are used
-        return
-    if shape is not None and shape != tuple(head.weight.shape):
-        raise MergesmithError(
-            f"task {task!r}: expert {expert} was trained with a head of shape {list(shape)} but the pool's head for the "
-            f"task is {list(head.weight.shape)}; the expert's label space differs from the task's: pair each task with "
-            "its own expert"
-        )
-
-
-def load_problem(
-    *, pool: str | Path | None = None, profile: str | None = None, cache_dir: str | Path | None = None, seed: int = 0,
-    progress: bool = True, echo=print,
-) -> AdaptProblem:
-    """An AdaptProblem from a pool YAML (``mergesmith.bench.pool``) or a built-in bench profile ("default", "mini")."""
-    if (pool is None) == (profile is None):
-        raise MergesmithError("give either a pool YAML (--pool) or a built-in profile (--profile), not both or neither")
-    if pool is not None:
-        from mergesmith.bench.pool import load_pool
-
-        return problem_from_pool(load_pool(pool, seed=seed, progress=progress, echo=echo))
-    from mergesmith.bench.run import _profile_pool
-    from mergesmith.bench.sources import default_cache_dir, ensure_writable
-    from mergesmith.bench.tasks import PROFILES, build_tasks
-
-    if profile not in PROFILES:
-        raise MergesmithError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-    cache = ensure_writable(Path(cache_dir) if cache_dir else default_cache_dir())
-    tasks = build_tasks(profile, cache, seed=seed, progress=progress)
-    return problem_from_pool(_profile_pool(profile, tasks, cache, seed, progress, echo))

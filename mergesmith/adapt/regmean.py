@@ -33,7 +33,6 @@ from mergesmith.adapt.modules import is_conv1d
 from mergesmith.adapt.statistics import (
     AllCollected,
     GramCollector,
-    checkpoint_names,
     data_split,
     engine_merge,
     example_batches,
@@ -116,7 +115,7 @@ def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: b
     weight_of = {m: f"{m}.weight" for m in modules}
     linear_weights = set(weight_of.values())
     conv1d = {weight_of[m] for m, module in modules.items() if is_conv1d(module)}
-    names = checkpoint_names(problem, linear_weights)
+    names = problem.checkpoint_names(linear_weights)
     info: dict = {"linear_layers": len(modules)}
     if conv1d:
         info["conv1d_layers"] = len(conv1d)

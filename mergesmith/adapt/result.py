@@ -25,7 +25,9 @@ EXTRAS_FILE = "adapt_extras.safetensors"
 @dataclass
 class AdaptResult:
     kind: str  # "weights" | a loader kind registered in mergesmith/loading.py
-    state_dict: dict[str, Tensor]  # the merged encoder's weights (full, HF names)
+    # What is written: every tensor of the base checkpoint under its own name, the merged encoder's values where the
+    # encoder holds it (AdaptProblem.checkpoint_state), so the output loads like the base (its head included).
+    state_dict: dict[str, Tensor]
     encoder_for: Callable[[str], nn.Module]  # task name -> the encoder that task is scored with
     extras: dict[str, Tensor] = field(default_factory=dict)  # added modules / routers / coefficients
     spec: dict = field(default_factory=dict)  # JSON-able description needed to rebuild (method, params, ...)
@@ -34,12 +36,13 @@ class AdaptResult:
     # collected and the merge config the engine ran); copied into the output directory by save_result.
     files: dict[str, Path] = field(default_factory=dict)
     workdir: Any = None  # keeps a TemporaryDirectory holding ``files`` alive as long as the result
+    merged: dict[str, Tensor] = field(default_factory=dict)  # the merged encoder's floating tensors (encoder names)
 
 
 def weights_result(problem: "AdaptProblem", floating: dict[str, Tensor], *, spec: dict, info: dict | None = None,
                    files: dict[str, Path] | None = None, workdir: Any = None) -> AdaptResult:
     """The result of a method that produces one merged encoder for every task (kind "weights")."""
-    state = problem.full_state(floating)
+    state = problem.checkpoint_state(floating)
     cache: dict[str, nn.Module] = {}
 
     def encoder_for(task: str) -> nn.Module:
@@ -50,7 +53,7 @@ def weights_result(problem: "AdaptProblem", floating: dict[str, Tensor], *, spec
 
     info = dict(info or {})
     info.setdefault("added_parameters", 0)
-    return AdaptResult("weights", state, encoder_for, {}, spec, info, dict(files or {}), workdir)
+    return AdaptResult("weights", state, encoder_for, {}, spec, info, dict(files or {}), workdir, floating)
 
 
 def save_result(result: AdaptResult, problem: "AdaptProblem", out_dir: str | Path, *, force: bool = False) -> Path:
@@ -106,6 +109,20 @@ def _saved_architectures(state: dict[str, Tensor], base_names: set[str], base_co
     return [name] if name else None
 
 
+def load_saved_encoder(directory: Path, spec: dict) -> nn.Module:
+    """The merged encoder of a saved result, of the class the result names (``spec["model_class"]``, one of
+    transformers' own classes; ``AutoModel`` otherwise), eval mode. Weights the checkpoint does not store (a pooler a
+    masked-LM checkpoint lacks) initialise from seed 0, as the featurizer that scored the result loads them."""
+    import torch
+    import transformers
+
+    from mergesmith.model_class import architecture_class
+
+    cls = architecture_class([str(spec.get("model_class", ""))]) or transformers.AutoModel
+    torch.manual_seed(0)
+    return cls.from_pretrained(directory).eval()
+
+
 def _dtype_name(state: dict[str, Tensor]) -> str | None:
     from mergesmith.io.model_files import dtype_name
 
@@ -140,5 +157,5 @@ def _card(result: AdaptResult, spec: dict):
                     sections=(loading_section(example), specification))
 
 
-__all__ = ["AdaptResult", "save_result", "weights_result", "EXTRAS_FILE"]
+__all__ = ["AdaptResult", "load_saved_encoder", "save_result", "weights_result", "EXTRAS_FILE"]
 

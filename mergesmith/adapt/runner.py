@@ -1,12 +1,18 @@
-"""``mergesmith adapt METHOD``: build the problem from a pool or profile, run the method, save the result."""
+"""``mergesmith adapt METHOD``: check the arguments, run the method on a ready ``AdaptProblem``, save the result.
+(The CLI builds the problem from a pool or a profile with ``mergesmith.bench.adapt_problem.load_problem``.)"""
 
 from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
-from mergesmith.errors import ConfigError, MergesmithError
+from mergesmith.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mergesmith.adapt._spec import AdaptSpec
+    from mergesmith.adapt.problem import AdaptProblem
+    from mergesmith.adapt.result import AdaptResult
 
 
 def parse_param_args(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
@@ -26,26 +32,33 @@ def parse_param_args(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
     return params
 
 
-def run_adapt(method: str, out_dir: str | Path, *, pool: str | Path | None = None, profile: str | None = None,
-              cache_dir: str | Path | None = None, params: dict | None = None, seed: int = 0, force: bool = False,
-              progress: bool = True, echo: Callable[[str], None] = print):
-    """Run adapt ``method`` on a pool YAML or built-in profile and write the result to ``out_dir``.
-    Returns ``(result, seconds)``. Every argument is checked before any model is loaded."""
+def check_adapt_args(method: str, out_dir: str | Path, params: dict | None = None, *, force: bool = False,
+                     inputs: Sequence[Path] = (), quiet: bool = False):
+    """``(spec, parsed params)`` of adapt ``method``, with the output directory checked (``io.atomic.check_output``,
+    against the ``inputs`` known before the pool is loaded): every argument is checked before any model is loaded.
+    ``quiet`` turns the method's own progress bars off unless ``params`` sets them."""
     from mergesmith.adapt import get_adapt_method
-    from mergesmith.adapt._spec import parse_params
-    from mergesmith.adapt.problem import check_needs, load_problem
-    from mergesmith.adapt.result import save_result
+    from mergesmith.adapt._spec import parse_params, without_progress_bars
+    from mergesmith.io.atomic import check_output
 
     spec = get_adapt_method(method)
-    parsed = parse_params(spec, params or {})
-    out = Path(out_dir)
-    if out.is_dir() and any(out.iterdir()) and not force:
-        raise MergesmithError(f"output directory {out} exists and is not empty; choose another or pass --force to replace it")
-    problem = load_problem(pool=pool, profile=profile, cache_dir=cache_dir, seed=seed, progress=progress, echo=echo)
-    check_needs(problem, method, spec.needs)
-    echo(f"{method}: {len(problem.tasks)} tasks ({', '.join(problem.task_names)}), base {problem.base_dir}")
+    given = dict(params or {})
+    parsed = parse_params(spec, without_progress_bars(spec, given) if quiet else given)
+    check_output(out_dir, force=force, inputs=[Path(p) for p in inputs if Path(p).exists()])
+    return spec, parsed
+
+
+def run_adapt(spec: AdaptSpec, params: Any, problem: AdaptProblem, out_dir: str | Path, *, seed: int = 0,
+              force: bool = False, echo: Callable[[str], None] = print) -> tuple[AdaptResult, float]:
+    """Run the adapt method ``spec`` with ``params`` (from ``check_adapt_args``) on ``problem`` and write the result
+    to ``out_dir``. Returns ``(result, seconds the method ran)``."""
+    from mergesmith.adapt.problem import check_needs
+    from mergesmith.adapt.result import save_result
+
+    check_needs(problem, spec.name, spec.needs)
+    echo(f"{spec.name}: {len(problem.tasks)} tasks ({', '.join(problem.task_names)}), base {problem.base_dir}")
     started = time.perf_counter()
-    result = spec.run(problem, parsed, seed)
+    result = spec.run(problem, params, seed)
     seconds = time.perf_counter() - started
-    save_result(result, problem, out, force=force)
+    save_result(result, problem, Path(out_dir), force=force)
     return result, seconds

@@ -9,9 +9,8 @@ through the tensor-wise combiner (``fisher_combine`` / ``regmean_combine``) -> t
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable
 
-import torch
 from torch import Tensor, nn
 
 from mergesmith.errors import MergesmithError
@@ -37,32 +36,6 @@ def linear_layout(weight: Tensor, conv1d: bool) -> Tensor:
     """A linear layer's weight as ``nn.Linear`` stores it, [out, in], from its stored layout: GPT-2's Conv1D stores
     the transpose [in, out]. The transpose is its own inverse, so the same call turns a solution back."""
     return weight.T if conv1d else weight
-
-
-def checkpoint_names(problem, names: Iterable[str]) -> dict[str, str]:
-    """Encoder tensor name -> the tensor's name in the expert checkpoints (a checkpoint saved from a model with a head,
-    e.g. ``BertForMaskedLM``, prefixes the encoder's names with ``bert.``). Tensors the checkpoints do not store are
-    left out: the loader initialises them identically in every model, so they carry no statistics."""
-    from mergesmith.io import open_checkpoint
-
-    with open_checkpoint(next(iter(problem.expert_dirs.values()))) as ckpt:
-        stored = list(ckpt.tensors)
-    exact = set(stored)
-    mapping = {}
-    for name in names:
-        if name in exact:
-            mapping[name] = name
-            continue
-        matches = [s for s in stored if s.endswith("." + name)]
-        if not matches:
-            continue  # not stored (e.g. a pooler a masked-LM checkpoint lacks): initialised alike in every model
-        if len(matches) > 1:
-            raise MergesmithError(
-                f"cannot tell which checkpoint tensor holds the encoder's {name!r} ({len(matches)} candidates); save the "
-                "experts with save_pretrained of the encoder model"
-            )
-        mapping[name] = matches[0]
-    return mapping
 
 
 class AllCollected(Exception):

@@ -43,14 +43,16 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from mergesmith.adapt._spec import AdaptSpec, params_dict
+from mergesmith.adapt.featurizer import REPRESENTATIONS as HEAD_REPRESENTATIONS
 from mergesmith.adapt.modules import transformer_blocks
 from mergesmith.errors import MergesmithError
+from mergesmith.pooling import mean_pool
 
 SURGERY_PAPER = ("Yang, Shen, Wang, Guo, Chen, Wang, Tao 2024, Representation Surgery for Multi-Task Model Merging, "
                  "ICML 2024, arXiv 2402.02705")
 SURGERY_V2_PAPER = ("Yang, Shen, Wang, Guo, Wang, Cao, Zhang, Tao 2024, SurgeryV2: Bridging the Gap Between Model Merging "
                     "and Multi-Task Learning with Deep Representation Surgery, arXiv 2410.14389")
-REPRESENTATIONS = ("mean_tokens", "image_embeds", "pooler_output", "first_token")
+REPRESENTATIONS = (*HEAD_REPRESENTATIONS, "first_token")  # the featurizer's, and one older outputs may name
 DIAGNOSTIC_INPUTS = 64  # SurgeryV2's before/after representation bias is measured on this many inputs per task
 
 
@@ -108,11 +110,8 @@ def module_parameters(module: SurgeryModule) -> int:
 
 
 def representation_kind(problem: Any) -> str:
-    if problem.modality == "text":
-        return "mean_tokens"
-    if getattr(problem.featurizer, "kind", "") == "clip_projection":
-        return "image_embeds"
-    return "pooler_output"  # CLIP without projection, ViT-like: the pooled output (the first token's state without one)
+    """What the task heads read; "pooler_output" falls back to the first token's state for a model without a pooler."""
+    return problem.featurizer.representation
 
 
 def _mask(out: Any, mask: Tensor | None) -> Tensor:
@@ -123,15 +122,14 @@ def _mask(out: Any, mask: Tensor | None) -> Tensor:
 
 
 def features_of(out: Any, kind: str, mask: Tensor | None) -> Tensor:
-    """The representation the head reads (as the bench featurizer computes it) from a model output."""
+    """The representation the head reads (as the featurizer computes it) from a model output."""
     if kind == "mean_tokens":
-        m = _mask(out, mask).unsqueeze(-1)
-        return (out.last_hidden_state * m).sum(1) / m.sum(1).clamp_min(1.0)
+        return mean_pool(out.last_hidden_state, _mask(out, mask))
     if kind == "image_embeds":
         return out.image_embeds
     if kind == "pooler_output" and getattr(out, "pooler_output", None) is not None:
         return out.pooler_output
-    return out.last_hidden_state[:, 0]  # as the bench featurizer does for a model without a pooled output
+    return out.last_hidden_state[:, 0]  # as the featurizer does for a model without a pooled output
 
 
 def corrected(out: Any, kind: str, bias: Tensor) -> Any:
@@ -383,7 +381,7 @@ def _run(problem: Any, params: SurgeryParams, seed: int, deep: bool) -> Any:
         "note": ("modules after every transformer block (token-wise)" if deep else
                  f"module on the head's representation ({kind})"),
     }
-    return AdaptResult("surgery", problem.full_state(floating), encoder_for, extras, spec, info)
+    return AdaptResult("surgery", problem.checkpoint_state(floating), encoder_for, extras, spec, info, merged=floating)
 
 
 def run_surgery(problem: Any, params: SurgeryParams, seed: int) -> Any:
@@ -398,19 +396,11 @@ def run_surgery_v2(problem: Any, params: SurgeryV2Params, seed: int) -> Any:
 # Loading a saved result: mergesmith.load_merged(path, task=...)
 
 
-def _load_encoder_class(directory: Path, spec: dict) -> nn.Module:
-    import transformers
-
-    cls = getattr(transformers, str(spec.get("model_class", "")), None) or transformers.AutoModel
-    torch.manual_seed(0)  # weights a checkpoint lacks initialise as the bench's loader does
-    return cls.from_pretrained(directory).eval()
-
-
 def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
     """Task ``task``'s model from a directory ``save_result`` wrote for Surgery / SurgeryV2."""
     from safetensors.torch import load_file
 
-    from mergesmith.adapt.result import EXTRAS_FILE
+    from mergesmith.adapt.result import EXTRAS_FILE, load_saved_encoder
 
     spec = document.get("spec", {})
     tasks = list(spec.get("tasks", []))
@@ -423,7 +413,7 @@ def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
     if not path.is_file():
         raise MergesmithError(f"{path} is missing; the Surgery modules are stored there: copy the whole directory")
     extras = load_file(str(path))
-    model = _load_encoder_class(Path(directory), spec)
+    model = load_saved_encoder(Path(directory), spec)
 
     def module_from(site: str) -> SurgeryModule:
         down, up = extras[f"{index}.{site}.down.weight"], extras[f"{index}.{site}.up.weight"]

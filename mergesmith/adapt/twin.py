@@ -30,7 +30,7 @@ router (``router.*``), ``adapt.json`` kind "twin_merging"; ``mergesmith.load_mer
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -41,6 +41,7 @@ from mergesmith.adapt.modules import is_conv1d
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult
 from mergesmith.errors import MergesmithError
+from mergesmith.pooling import mean_pool
 
 NAME = "twin_merging"
 KIND = "twin_merging"
@@ -169,8 +170,6 @@ def train_router(features: Tensor, task_ids: Tensor, tasks: int, params: Params,
 def router_features(output: Any, kwargs: Mapping[str, Tensor], pooling: str) -> Tensor:
     """The shared model's pooled features of an input, the router's input (the same function trains and routes)."""
     if pooling == "mean":
-        from mergesmith.bench.encoder import mean_pool
-
         return mean_pool(output.last_hidden_state, kwargs["attention_mask"]).float()
     if pooling in ("image_embeds", "pooler_output"):
         return getattr(output, pooling).float()
@@ -178,9 +177,12 @@ def router_features(output: Any, kwargs: Mapping[str, Tensor], pooling: str) -> 
 
 
 def pooling_for(problem: AdaptProblem, output: Any) -> str:
-    if problem.modality == "text":
+    """The router's pooling, named for the saved model: the features the task heads read (``REPRESENTATIONS`` of
+    ``mergesmith.adapt.featurizer``) as found in this model's output."""
+    representation = problem.featurizer.representation
+    if representation == "mean_tokens":
         return "mean"
-    if getattr(problem.featurizer, "kind", "") == "clip_projection" and getattr(output, "image_embeds", None) is not None:
+    if representation == "image_embeds" and getattr(output, "image_embeds", None) is not None:
         return "image_embeds"
     return "pooler_output" if getattr(output, "pooler_output", None) is not None else "first_token"
 
@@ -418,7 +420,7 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
             "max_rank": max(ranks.values(), default=0), "router_train_accuracy": train_accuracy,
             "router_loss_first": losses[0], "router_loss_last": losses[-1], "inference": "hooks" if twin.fast else "per-input",
             "forward_passes_per_batch": 2}
-    return AdaptResult(KIND, problem.full_state(shared), encoder_for, extras_of(twin), spec, info)
+    return AdaptResult(KIND, problem.checkpoint_state(shared), encoder_for, extras_of(twin), spec, info, merged=shared)
 
 
 SPEC = AdaptSpec(
@@ -431,10 +433,9 @@ def load_twin(directory, document: Mapping[str, Any], task: str | None) -> TwinE
     """``mergesmith.load_merged`` for kind "twin_merging": the shared weights, the factors and the router."""
     from pathlib import Path
 
-    import transformers
     from safetensors.torch import load_file
 
-    from mergesmith.adapt.result import EXTRAS_FILE
+    from mergesmith.adapt.result import EXTRAS_FILE, load_saved_encoder
 
     directory = Path(directory)
     spec = document.get("spec", {})
@@ -445,6 +446,5 @@ def load_twin(directory, document: Mapping[str, Any], task: str | None) -> TwinE
     extras_path = directory / EXTRAS_FILE
     if not extras_path.is_file():
         raise MergesmithError(f"{directory}: {EXTRAS_FILE} is missing; a Twin-Merging directory needs its factors and router")
-    cls = getattr(transformers, str(spec.get("model_class", "AutoModel")), transformers.AutoModel)
-    encoder = cls.from_pretrained(directory).eval()
+    encoder = load_saved_encoder(directory, spec)
     return build_twin(encoder, load_file(str(extras_path)), {**spec, "tasks": tasks})

@@ -377,7 +377,7 @@ def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
         problem.task(task)  # unknown names fail with the task list; routing is per input, one model for all tasks
         return moe
 
-    return AdaptResult("wemoe", problem.full_state(floating), encoder_for, extras, spec, info)
+    return AdaptResult("wemoe", problem.checkpoint_state(floating), encoder_for, extras, spec, info, merged=floating)
 
 
 def run_wemoe(problem: Any, params: WemoeParams, seed: int) -> Any:
@@ -394,10 +394,9 @@ def run_e_wemoe(problem: Any, params: EWemoeParams, seed: int) -> Any:
 
 def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
     """The routed model from a directory ``save_result`` wrote for WEMoE / E-WEMoE (one model for every task)."""
-    import transformers
     from safetensors.torch import load_file
 
-    from mergesmith.adapt.result import EXTRAS_FILE
+    from mergesmith.adapt.result import EXTRAS_FILE, load_saved_encoder
 
     spec = document.get("spec", {})
     tasks = list(spec.get("tasks", []))
@@ -407,9 +406,7 @@ def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
     if not path.is_file():
         raise MergesmithError(f"{path} is missing; the task vectors and routers are stored there: copy the whole directory")
     extras = load_file(str(path))
-    cls = getattr(transformers, str(spec.get("model_class", "")), None) or transformers.AutoModel
-    torch.manual_seed(0)
-    model = cls.from_pretrained(directory).eval()
+    model = load_saved_encoder(directory, spec)
     model.requires_grad_(False)
     state = model.state_dict()
     names = list(spec["mlp_tensors"])

@@ -38,9 +38,10 @@ def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, fea
 
     from mergesmith.adapt import get_adapt_method
     from mergesmith.adapt._spec import params_dict
-    from mergesmith.adapt.problem import check_needs, problem_from_pool
+    from mergesmith.adapt.problem import check_needs
     from mergesmith.adapt.result import save_result
-    from mergesmith.bench.run import Evaluator, PeakRss, _average, _normalized
+    from mergesmith.bench.adapt_problem import problem_from_pool
+    from mergesmith.bench.scoring import Evaluator, PeakRss, average, normalized
 
     spec = get_adapt_method(method)
     params = params if params is not None else spec.params()
@@ -73,8 +74,8 @@ def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, fea
     used = params_dict(params)
     shown = {k: v for k, v in used.items() if v != defaults.get(k)}
     shown["added_parameters"] = int(result.info.get("added_parameters", 0))
-    row = {"name": method, "kind": "adapt", "method": method, "accuracy": scores, "average": _average(scores),
-           "normalized": _normalized(scores, expert_acc), "params": shown, "grid": [], "merge_seconds": seconds,
+    row = {"name": method, "kind": "adapt", "method": method, "accuracy": scores, "average": average(scores),
+           "normalized": normalized(scores, expert_acc), "params": shown, "grid": [], "merge_seconds": seconds,
            "peak_memory_mb": rss.peak_mb, "eval_seconds": eval_seconds, "paper": spec.paper,
            "info": _summary(result.info), "adapt_params": used, "threads": 1}
     normalized = "-" if row["normalized"] is None else f"{row['normalized']:.3f}"

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from mergesmith.pooling import mean_pool
+
 MAX_LENGTH = 64
 
 
@@ -39,12 +41,6 @@ def pad_batch(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[Tensor, Te
         ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
         mask[row, : len(seq)] = 1
     return ids, mask
-
-
-def mean_pool(hidden: Tensor, mask: Tensor) -> Tensor:
-    """Average of the token states over real tokens (how all-MiniLM-L6-v2 makes sentence embeddings)."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
 
 
 def embed(encoder: nn.Module, ids: Tensor, mask: Tensor) -> Tensor:

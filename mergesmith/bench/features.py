@@ -2,7 +2,8 @@
 
 The runner only ever calls ``featurizer.load(path)`` (one encoder: the base, an expert or a merged model) and
 ``featurizer(encoder, split) -> [N, width]``; everything that differs between a sentence encoder and a vision encoder
-stays in this module.
+stays in this module. Both featurizers also implement ``mergesmith.adapt.featurizer.Featurizer`` (model inputs of
+some rows of a split, pooling with autograd), what the data-driven merges read the pool through.
 
 - text: token ids truncated to ``MAX_LENGTH``, mean-pooled last hidden states (the built-in zoo's pooling);
 - image: CLIP vision models give their pooled output passed through the visual projection when the checkpoint has
@@ -14,14 +15,15 @@ stays in this module.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from mergesmith.bench.encoder import EncodedSplit, encode_split, split_features
+from mergesmith.bench.encoder import EncodedSplit, encode_split, pad_batch, split_features
 from mergesmith.errors import MergesmithError
 from mergesmith.io.parse import read_json
+from mergesmith.pooling import mean_pool
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
@@ -116,6 +118,23 @@ class TextFeaturizer:
     def __call__(self, encoder: nn.Module, split: EncodedSplit) -> Tensor:
         return split_features(encoder, split, self.pad_id)
 
+    # --- mergesmith.adapt.featurizer.Featurizer ---
+
+    representation = "mean_tokens"
+
+    def inputs(self, split: EncodedSplit, rows: Tensor) -> dict[str, Tensor]:
+        input_ids, mask = pad_batch([split.ids[int(i)] for i in rows], self.pad_id)
+        return {"input_ids": input_ids, "attention_mask": mask}
+
+    def select(self, split: EncodedSplit, rows: Tensor) -> EncodedSplit:
+        return EncodedSplit(tuple(split.ids[int(i)] for i in rows), split.labels[rows])
+
+    def pool(self, output, inputs: Mapping[str, Tensor], encoder: nn.Module | None = None) -> Tensor:
+        return self.pool_hidden(output.last_hidden_state, inputs, encoder)
+
+    def pool_hidden(self, hidden: Tensor, inputs: Mapping[str, Tensor], encoder: nn.Module | None = None) -> Tensor:
+        return mean_pool(hidden, inputs["attention_mask"])
+
 
 class ImageSplit:
     """Image files and their labels; pixels are computed with the featurizer's processor when a pass needs them."""
@@ -123,7 +142,8 @@ class ImageSplit:
     def __init__(self, paths: Sequence[Path], labels: Sequence[int]):
         self.paths = tuple(Path(p) for p in paths)
         self.labels = torch.tensor(list(labels), dtype=torch.long)
-        self._cached: Tensor | None = None
+        self._cached: Tensor | None = None  # the preprocessed pixels, once a pass found them small enough to keep
+        self._too_big = False  # a pass found them too big to keep: decode batch by batch
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -183,6 +203,10 @@ class ImageFeaturizer:
         }[self.kind]
         return _seeded_from_pretrained(cls, path)
 
+    @property
+    def representation(self) -> str:
+        return "image_embeds" if self.kind == "clip_projection" else "pooler_output"
+
     def encode(self, paths: Sequence[Path], labels: Sequence[int]) -> ImageSplit:
         return ImageSplit(paths, labels)
 
@@ -209,6 +233,7 @@ class ImageFeaturizer:
             pixels = self._pixels(split.paths[start : start + IMAGE_BATCH])
             if keep is None:
                 keep = len(split) * pixels[0].numel() * pixels.element_size() <= PIXEL_CACHE_BYTES
+                split._too_big = not keep
             if keep:
                 kept.append(pixels)
             yield pixels
@@ -220,14 +245,43 @@ class ImageFeaturizer:
         encoder.eval()
         parts = []
         for pixels in self.batches(split):
-            out = encoder(pixel_values=pixels)
-            if self.kind == "clip_projection":
-                parts.append(out.image_embeds)
-            elif getattr(out, "pooler_output", None) is not None:
-                parts.append(out.pooler_output)
-            else:
-                parts.append(out.last_hidden_state[:, 0])
+            inputs = {"pixel_values": pixels}
+            parts.append(self.pool(encoder(**inputs), inputs, encoder))
         return torch.cat(parts).float()
+
+    # --- mergesmith.adapt.featurizer.Featurizer ---
+
+    def inputs(self, split: ImageSplit, rows: Tensor) -> dict[str, Tensor]:
+        """Pixels of the rows: from the split's cache (filled by one pass over the split when it is small enough),
+        else decoded for these rows alone."""
+        if split._cached is None and not split._too_big:
+            for _ in self.batches(split):
+                pass
+        if split._cached is not None:
+            return {"pixel_values": split._cached[rows]}
+        return {"pixel_values": self._pixels([split.paths[int(i)] for i in rows])}
+
+    def select(self, split: ImageSplit, rows: Tensor) -> ImageSplit:
+        return ImageSplit([split.paths[int(i)] for i in rows], split.labels[rows].tolist())
+
+    def pool(self, output, inputs: Mapping[str, Tensor], encoder: nn.Module | None = None) -> Tensor:
+        """CLIP with a projection: ``image_embeds``; else the pooled output; else the first token's state."""
+        if self.kind == "clip_projection" and getattr(output, "image_embeds", None) is not None:
+            return output.image_embeds
+        if getattr(output, "pooler_output", None) is not None:
+            return output.pooler_output
+        return self.pool_hidden(output.last_hidden_state, inputs, encoder)
+
+    def pool_hidden(self, hidden: Tensor, inputs: Mapping[str, Tensor], encoder: nn.Module | None = None) -> Tensor:
+        """The first token's state, through the encoder's own pooling head when ``encoder`` is given (CLIP: the
+        post-layernorm, then the visual projection)."""
+        first = hidden[:, 0]
+        vision = getattr(encoder, "vision_model", None) if encoder is not None else None
+        if vision is not None and hasattr(vision, "post_layernorm"):
+            first = vision.post_layernorm(first)
+            if self.kind == "clip_projection" and hasattr(encoder, "visual_projection"):
+                first = encoder.visual_projection(first)
+        return first
 
 
 def make_featurizer(modality: str, base_dir: Path, config: dict, tensor_names) -> TextFeaturizer | ImageFeaturizer:

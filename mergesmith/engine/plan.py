@@ -15,7 +15,6 @@ from mergesmith.config import (
     MergeConfig,
     OutputSlice,
     Parameters,
-    SliceSource,
     referenced_models,
     resolve_setting,
 )

@@ -13,6 +13,6 @@ def tiny_pool_yaml(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_problem(tiny_pool_yaml):
-    from mergesmith.adapt.problem import load_problem
+    from mergesmith.bench.adapt_problem import load_problem
 
     return load_problem(pool=tiny_pool_yaml, progress=False, echo=lambda _: None)

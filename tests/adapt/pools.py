@@ -36,18 +36,21 @@ def save_head(path: Path, rows: int, width: int, seed: int) -> Path:
     return path
 
 
-def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, noise: float = 0.02, arch: str = "bert") -> Path:
-    """Write the pool under ``root`` and return the pool YAML's path; ``arch`` is a ``mergesmith.tiny_models`` architecture."""
+def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, noise: float = 0.02, arch: str = "bert",
+                    n_train: int = 0) -> Path:
+    """Write the pool under ``root`` and return the pool YAML's path; ``arch`` is a ``mergesmith.tiny_models`` architecture.
+    ``n_train`` > 0 gives every task a train split too (only the bench's pretrained row reads it)."""
     from mergesmith.tiny_models import build_tiny_family, tiny_config
 
     family = build_tiny_family(root / "models", arch, len(TASKS), noise=noise)
     width = int(tiny_config(arch).hidden_size)  # the heads read the pooled features: the model's hidden size
     tasks = []
     for i, (name, labels) in enumerate(TASKS):
-        for split, n, seed in (("validation", n_validation, 10 * i + 1), ("test", n_test, 10 * i + 2)):
-            write_csv(root / "data" / f"{name}_{split}.csv", [(t, labels[k % len(labels)]) for k, t in enumerate(sentences(n, seed))])
+        splits = (("train", n_train, 10 * i + 3), ("validation", n_validation, 10 * i + 1), ("test", n_test, 10 * i + 2))
+        for split, n, seed in splits:
+            if n:
+                write_csv(root / "data" / f"{name}_{split}.csv", [(t, labels[k % len(labels)]) for k, t in enumerate(sentences(n, seed))])
         save_head(root / "heads" / f"{name}.safetensors", len(labels), width, seed=i)
-        tasks.append({"name": name, "expert": f"models/expert_{i}", "head": f"heads/{name}.safetensors",
-                      "data": {"format": "csv", "validation": f"data/{name}_validation.csv", "test": f"data/{name}_test.csv",
-                               "labels": list(labels)}})
+        data = {"format": "csv", **{split: f"data/{name}_{split}.csv" for split, n, _ in splits if n}, "labels": list(labels)}
+        tasks.append({"name": name, "expert": f"models/expert_{i}", "head": f"heads/{name}.safetensors", "data": data})
     return write_yaml(root / "pool.yaml", {"base_model": "models/base", "tasks": tasks})

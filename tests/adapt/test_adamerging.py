@@ -67,7 +67,7 @@ def test_layerwise_entropy_falls_and_weights_are_theta_of_lambda(tiny_problem):
     name = "encoder.layer.1.attention.self.query.weight"
     g = json.loads(json.dumps(result.spec["groups"])).index(name)
     expected = tiny_problem.base_state()[name] + lam[0, g] * vectors[0][name] + lam[1, g] * vectors[1][name]
-    torch.testing.assert_close(result.state_dict[name], expected)
+    torch.testing.assert_close(result.merged[name], expected)
 
 
 def test_taskwise_with_fixed_lambda_is_task_arithmetic(tiny_problem):
@@ -85,7 +85,7 @@ def test_taskwise_with_fixed_lambda_is_task_arithmetic(tiny_problem):
     assert set(learned) == set(tiny_problem.task_names)
     reference = merge_state_dicts(base, experts, "task_arithmetic", weight=[learned[t] for t in tiny_problem.task_names])
     for k in base:
-        torch.testing.assert_close(result.state_dict[k], reference[k], atol=1e-6, rtol=0)
+        torch.testing.assert_close(result.merged[k], reference[k], atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("name", ["adamerging_layerwise", "adamerging_taskwise"])
@@ -100,14 +100,18 @@ def test_written_config_reproduces_the_weights_through_mergesmith_merge(tiny_pro
     assert outcome.exit_code == 0, outcome.output
     engine = load_tensors(tmp_path / "engine")
     saved = load_tensors(out)
+    base = load_tensors(tiny_problem.base_dir)
     compared = 0
     for k, v in engine.items():
         name = k.removeprefix("bert.")  # the tiny checkpoints are saved from a masked-LM model
-        if name in result.state_dict:
-            assert torch.equal(v, result.state_dict[name]), k  # same operations in the same order: same bits
-            assert torch.equal(saved[name], v)
+        if name in result.merged:
+            assert torch.equal(v, result.merged[name]), k  # same operations in the same order: same bits
+            assert torch.equal(saved[k], v), k  # written under the checkpoint's own name
             compared += 1
+        else:  # the masked-LM head: not merged, the base's own
+            assert torch.equal(saved[k], base[k]), k
     assert compared >= 30
+    assert set(saved) - set(engine) == {"adamerging.coefficients"}  # the extras file's coefficients
 
 
 def test_plusplus_uses_ties_trimmed_sign_elected_vectors(tiny_problem):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from tests.adapt.pools import build_text_pool
 from tests.helpers import run_cli
 
 
@@ -19,7 +20,7 @@ def test_adapt_fisher_cli_then_load_merged(tiny_pool_yaml: Path, tmp_path: Path)
     assert "fisher:" in result.output and "info:" in result.output
     document = json.loads((out / "mergesmith.json").read_text())["details"]
     assert document["spec"]["params"]["num_examples"] == 2 and document["spec"]["seed"] == 1
-    model = load_merged(out)
+    model = load_merged(out).base_model  # the encoder, whether the model comes with its head or not
     ids = torch.tensor([[2, 5, 7, 3]])
     assert model(input_ids=ids).last_hidden_state.shape == (1, 4, 64)
     assert sorted(p.name for p in (out / "statistics").iterdir()) == ["reviews.safetensors", "topics.safetensors"]
@@ -53,3 +54,20 @@ def test_bench_runs_adapt_methods_beside_merges(tiny_pool_yaml: Path, tmp_path: 
         assert row["info"]["linear_layers"] == 13 if name == "regmean" else "fisher_sum" in row["info"]
     assert "regmean" in result.output and "fisher" in (run / "results.csv").read_text()
     assert "fisher" in (run / "report.html").read_text()
+
+
+def test_adapt_trains_no_linear_probe(tmp_path: Path, monkeypatch):
+    """The pretrained model's linear probes (trained on the train splits) serve only the bench's pretrained row: adapt
+    neither trains nor encodes them, while the bench still does."""
+    import mergesmith.bench.encoder as encoder
+
+    pool = build_text_pool(tmp_path / "pool", n_train=12)
+    train_probe = encoder.train_probe
+    trained = []
+    monkeypatch.setattr(encoder, "train_probe", lambda *args, **kwargs: trained.append(1) or train_probe(*args, **kwargs))
+    result = run_cli("adapt", "regmean", "--pool", pool, tmp_path / "out", "--param", "num_examples=4", "--quiet")
+    assert result.exit_code == 0, result.output
+    assert trained == []
+    bench = run_cli("bench", "--pool", pool, "--methods", "linear", "--out", tmp_path / "run", "--quiet")
+    assert bench.exit_code == 0, bench.output
+    assert len(trained) == 2  # one probe per task for the pretrained row

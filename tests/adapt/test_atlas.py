@@ -30,7 +30,7 @@ def test_supervised_loss_falls_with_one_coefficient_per_tensor(tiny_problem):
     name = "encoder.layer.0.intermediate.dense.bias"
     g = result.spec["groups"].index(name)
     expected = tiny_problem.base_state()[name] + lam[0, g] * vectors[0][name] + lam[1, g] * vectors[1][name]
-    torch.testing.assert_close(result.state_dict[name], expected)
+    torch.testing.assert_close(result.merged[name], expected)
 
 
 def test_starts_at_the_pretrained_model_and_is_deterministic(tiny_problem):
@@ -39,7 +39,7 @@ def test_starts_at_the_pretrained_model_and_is_deterministic(tiny_problem):
     assert torch.equal(first.extras["atlas.coefficients"], again.extras["atlas.coefficients"])
     zero = _run(tiny_problem, steps=1, lr=1e-12)
     base = tiny_problem.base_state()
-    torch.testing.assert_close(zero.state_dict["encoder.layer.1.output.dense.weight"], base["encoder.layer.1.output.dense.weight"])
+    torch.testing.assert_close(zero.merged["encoder.layer.1.output.dense.weight"], base["encoder.layer.1.output.dense.weight"])
 
 
 def test_entropy_objective_and_few_shot(tiny_problem):
@@ -60,7 +60,7 @@ def test_config_reproduces_the_weights(tiny_problem, tmp_path):
     compared = 0
     for k, v in load_tensors(tmp_path / "engine").items():
         name = k.removeprefix("bert.")
-        if name in result.state_dict:
-            assert torch.equal(v, result.state_dict[name]), k
+        if name in result.merged:
+            assert torch.equal(v, result.merged[name]), k
             compared += 1
     assert compared >= 30

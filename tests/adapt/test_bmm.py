@@ -50,7 +50,7 @@ def test_bmm_search_end_to_end_is_reproducible(tiny_problem):
     assert first.info["bo"]["trials"] == 3 and set(first.info["rho"]) == {"encoder.layer.0", "encoder.layer.1", "pooler.dense"}
     again = spec.run(tiny_problem, params, 0)
     assert first.info["rho"] == again.info["rho"]
-    assert all(torch.equal(again.state_dict[k], v) for k, v in first.state_dict.items())
+    assert all(torch.equal(again.merged[k], v) for k, v in first.merged.items())
     free = get_adapt_method("bmm_datafree")
     result = free.run(tiny_problem, parse_params(free, {"trials": 0}), 0)
     assert result.info["gram_source"].startswith("task vectors") and "bo" not in result.info

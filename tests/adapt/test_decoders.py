@@ -1,4 +1,4 @@
-"""Every adapt method on decoders (issue 4: "any transformers encoder or decoder whose experts share a base"): tiny
+"""Every adapt method on decoders ("any transformers encoder or decoder whose experts share a base"): tiny
 GPT-2 (Conv1D weights stored [in, out], fused q|k|v, LayerNorm with bias) and tiny LLaMA (gate/up/down MLP, RMSNorm,
 rotary positions, no biases, an untied LM head in the checkpoints). Each method runs with tiny budgets and is checked
 for finite outputs, for having moved away from where it started, and for a save -> load_merged round trip; then the
@@ -8,7 +8,6 @@ Twin-Merging's hook path covers Conv1D and RMSNorm, and `mergesmith adapt` runs 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -16,8 +15,9 @@ import torch
 
 from mergesmith.adapt import ADAPT_METHODS
 from mergesmith.adapt._spec import parse_params
-from mergesmith.adapt.problem import AdaptProblem, load_problem
+from mergesmith.adapt.problem import AdaptProblem
 from mergesmith.adapt.result import save_result
+from mergesmith.bench.adapt_problem import load_problem
 from mergesmith.errors import MergesmithError
 from tests.adapt.pools import build_text_pool
 from tests.helpers import load_tensors, run_cli
@@ -101,7 +101,7 @@ def _differs(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _check_moved(name: str, arch: str, problem: AdaptProblem, result) -> None:
     """The method did something beyond its starting point (the cheapest meaningful check per method)."""
-    state = result.state_dict
+    state = result.merged
     if name in ("fisher", "regmean", "regmean_plusplus", "bmm", "bmm_datafree"):
         start = _combined(problem, 0.3 if name.startswith("bmm") else None)  # averaging / BMM's anchor
         assert _differs(state[LINEAR[arch]], start[LINEAR[arch]]), "the linear layers were not solved"
@@ -154,8 +154,54 @@ def test_method_runs_on_decoder_and_round_trips(decoder, name, tmp_path):
     assert json.loads((out / "mergesmith.json").read_text())["kind"] == result.kind
     for task in problem.task_names:
         loaded = load_merged(out, task=task if result.kind == "surgery" else None)
+        if result.kind == "weights":
+            loaded = loaded.base_model  # the decoder, whether the model comes with its LM head or not
         torch.testing.assert_close(_features(problem, loaded, task), _features(problem, result.encoder_for(task), task),
                                    atol=1e-5, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# The output holds every tensor of the base checkpoint: it loads with the class config.json names, head included
+
+
+def _load_causal_lm(directory: Path):
+    from transformers import AutoModelForCausalLM
+
+    model, info = AutoModelForCausalLM.from_pretrained(directory, output_loading_info=True)
+    return model.eval(), info
+
+
+@pytest.mark.parametrize("name", ["fisher", "adamerging_taskwise"])
+def test_output_loads_as_the_base_architecture_with_its_lm_head(decoder, name, tmp_path):
+    arch, problem = decoder
+    result = _run(problem, name)
+    out = save_result(result, problem, tmp_path / name)
+    model, info = _load_causal_lm(out)
+    assert type(model).__name__ == json.loads((out / "config.json").read_text())["architectures"][0]
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    decoder_state = model.base_model.state_dict()
+    for key, merged in result.merged.items():
+        assert torch.equal(decoder_state[key], merged), key
+    base, _ = _load_causal_lm(problem.base_dir)
+    if arch == "llama":  # an untied LM head: the base's own, never merged
+        assert not torch.equal(model.lm_head.weight, model.model.embed_tokens.weight)
+        assert torch.equal(model.lm_head.weight, base.lm_head.weight)
+    else:  # GPT-2 ties its LM head to the (merged) token embeddings
+        assert torch.equal(model.lm_head.weight, result.merged["wte.weight"])
+
+
+def test_adapt_cli_on_a_llama_pool_keeps_the_lm_head(pools, tmp_path):
+    pool_yaml, problem = pools.get("llama")
+    out = tmp_path / "fisher"
+    outcome = run_cli("adapt", "fisher", "--pool", pool_yaml, out, "--param", "num_examples=2", "--quiet")
+    assert outcome.exit_code == 0, outcome.output
+    model, info = _load_causal_lm(out)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    base, _ = _load_causal_lm(problem.base_dir)
+    assert torch.equal(model.lm_head.weight, base.lm_head.weight)
+    ids = torch.tensor([[2, 5, 7, 3]])
+    with torch.no_grad():
+        assert torch.isfinite(model(input_ids=ids).logits).all()
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -223,7 +269,7 @@ def test_regmean_on_gpt2_solves_every_conv1d_layer(pools, tmp_path):
         assert grams[0].shape == shape and torch.allclose(grams[0], grams[0].T)  # [in, in]: in = the stored rows
         # the same regression solved independently on the nn.Linear view of the stored [in, out] weights
         expected, _ = regmean_weight([(base[w] + vectors[t][w]).T for t in problem.task_names], grams, 0.95, 1e-4)
-        torch.testing.assert_close(result.state_dict[w], expected.T, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(result.merged[w], expected.T, atol=1e-5, rtol=1e-5)
     # the saved merge.yaml rebuilds the model with the engine, Conv1D layers solved (not averaged)
     cwd = os.getcwd()
     try:
@@ -233,10 +279,10 @@ def test_regmean_on_gpt2_solves_every_conv1d_layer(pools, tmp_path):
         os.chdir(cwd)
     rebuilt = load_file(str(next((tmp_path / "rebuilt").glob("*.safetensors"))))
     for w in CONV1D_WEIGHTS:
-        torch.testing.assert_close(rebuilt[f"transformer.{w}"].float(), result.state_dict[w].float(), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(rebuilt[f"transformer.{w}"].float(), result.merged[w].float(), atol=1e-6, rtol=1e-6)
     plusplus = _run(problem, "regmean_plusplus")
     assert plusplus.info["engine_max_abs_difference"] < 1e-5  # the engine's solve from the saved Grams = the sweep's
-    assert _differs(plusplus.state_dict[LINEAR["gpt2"]], result.state_dict[LINEAR["gpt2"]])
+    assert _differs(plusplus.merged[LINEAR["gpt2"]], result.merged[LINEAR["gpt2"]])
 
 
 CONV1D_WEIGHTS = tuple(f"h.{layer}.{name}.weight" for layer in range(2)
@@ -258,7 +304,7 @@ def test_bmm_on_gpt2_regresses_conv1d_in_linear_layout(pools):
     grams = [datafree_gram(vectors[t][w].T) for t in problem.task_names]
     assert grams[0].shape == (64, 64)  # tau^T tau over the layer's inputs (c_fc: 64 in, 256 out)
     expected, _ = regmean_weight(experts, grams, 1.0, 1e-6)
-    torch.testing.assert_close(result.state_dict[w].T, expected, atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(result.merged[w].T, expected, atol=1e-4, rtol=1e-3)
 
 
 def test_regression_methods_need_a_linear_layer():
@@ -318,8 +364,8 @@ def test_fisher_and_atlas_configs_rebuild_the_weights(decoder, tmp_path, monkeyp
         merge(config, tmp_path / f"{name}_rebuilt")
         compared = 0
         for key, tensor in load_tensors(tmp_path / f"{name}_rebuilt").items():
-            if key.removeprefix(prefix) in result.state_dict:
-                torch.testing.assert_close(tensor, result.state_dict[key.removeprefix(prefix)], atol=1e-6, rtol=0)
+            if key.removeprefix(prefix) in result.merged:
+                torch.testing.assert_close(tensor, result.merged[key.removeprefix(prefix)], atol=1e-6, rtol=0)
                 compared += 1
         assert compared == len(problem.base_state()), name
 
@@ -338,7 +384,7 @@ def test_adapt_cli_on_a_gpt2_pool(pools, tmp_path):
     assert outcome.exit_code == 0, outcome.output
     document = json.loads((out / "mergesmith.json").read_text())["details"]
     assert document["info"]["conv1d_layers"] == 8 and document["spec"]["params"]["num_examples"] == 6
-    model = load_merged(out)
+    model = load_merged(out).base_model  # the decoder, whether the model comes with its LM head or not
     assert type(model).__name__ == "GPT2Model"
     average = _combined(problem, None)
     assert _differs(model.state_dict()[LINEAR["gpt2"]], average[LINEAR["gpt2"]])  # regression-solved, not averaged

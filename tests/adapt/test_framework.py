@@ -11,8 +11,9 @@ import torch
 from pydantic import BaseModel, ConfigDict
 
 from mergesmith.adapt._spec import AdaptSpec, parse_params
-from mergesmith.adapt.problem import AdaptProblem, Unlabeled, check_needs, load_problem
+from mergesmith.adapt.problem import AdaptProblem, Unlabeled, check_needs
 from mergesmith.adapt.result import save_result, weights_result
+from mergesmith.bench.adapt_problem import load_problem
 from mergesmith.errors import ConfigError, MergesmithError
 from tests.adapt.pools import TASKS, build_text_pool, save_head
 
@@ -95,9 +96,21 @@ def test_save_result_writes_hf_layout_and_loads_back(tiny_problem: AdaptProblem,
     assert all(model["files"] for model in manifest["inputs"].values())  # every input file read is hashed
     assert "model.safetensors" in manifest["outputs"] and "README.md" in manifest["outputs"]
     assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()
-    model = load_merged(out)
+    model = load_merged(out).base_model  # the encoder, whether the model comes with its head or not
     torch.testing.assert_close(model.state_dict()["encoder.layer.0.attention.self.query.weight"],
                                merged["encoder.layer.0.attention.self.query.weight"])
+    # the checkpoints are a masked-LM save: the output loads as one, its head (not merged) the base's
+    from transformers import AutoModelForMaskedLM
+
+    from tests.helpers import load_tensors
+
+    masked_lm, info = AutoModelForMaskedLM.from_pretrained(out, output_loading_info=True)
+    assert type(masked_lm).__name__ == "BertForMaskedLM"
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    base = load_tensors(tiny_problem.base_dir)
+    written = load_tensors(out)
+    assert set(written) == set(base)
+    assert all(torch.equal(written[k], base[k]) for k in base if k.startswith("cls."))
     with pytest.raises(MergesmithError, match="not empty"):
         save_result(result, tiny_problem, out)
     save_result(result, tiny_problem, out, force=True)

@@ -74,9 +74,9 @@ def test_regmean_and_plusplus_end_to_end(tiny_problem, tmp_path: Path):
             base, vectors = tiny_problem.base_state(), tiny_problem.task_vectors()
             saved = [load_file(str(out / "statistics" / f"{t}.safetensors"))[f"bert.{w}"] for t in ("reviews", "topics")]
             expected, _ = regmean_weight([base[w] + vectors[t][w] for t in ("reviews", "topics")], saved, 0.95, 1e-4)
-            torch.testing.assert_close(result.state_dict[w], expected, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(result.merged[w], expected, atol=1e-5, rtol=1e-5)
         assert "regmean_combine" in (out / "merge.yaml").read_text()
-        states[name] = result.state_dict
+        states[name] = result.merged
     # RegMean++ feeds every layer (layer 0 included: its input is the averaged embeddings) from the merged model
     for name in ("encoder.layer.0.attention.self.query.weight", "encoder.layer.1.output.dense.weight"):
         assert not torch.allclose(states["regmean"][name], states["regmean_plusplus"][name], atol=1e-6)
@@ -104,7 +104,7 @@ def test_plusplus_grams_come_from_merged_earlier_layers_and_the_experts_own_laye
     out = save_result(result, tiny_problem, tmp_path / "pp")
     i, task = 1, tiny_problem.tasks[1]
     expert = tiny_problem.load_encoder(tiny_problem.expert_dirs[task.name]).state_dict()
-    state = {k: (expert[k] if k.startswith("encoder.layer.1.") else result.state_dict[k]) for k in result.state_dict}
+    state = {k: (expert[k] if k.startswith("encoder.layer.1.") else result.merged[k]) for k in result.merged}
     encoder = tiny_problem.load_encoder(tiny_problem.base_dir)
     module = "encoder.layer.1.intermediate.dense"
     found = task_grams(tiny_problem, task, encoder, {module: linear_modules(encoder, "test")[module]}, params, 0 + i,

@@ -96,7 +96,7 @@ def test_sits_on_the_merge_it_is_given(tiny_problem: AdaptProblem):
     experts = [{k: base[k] + v[k] for k in base} for v in tiny_problem.task_vectors().values()]
     expected = merge_state_dicts(base, experts, "ties", density=0.5, weight=1.0, **{"lambda": 1.0})
     for name, tensor in expected.items():
-        torch.testing.assert_close(result.state_dict[name], tensor)
+        torch.testing.assert_close(result.merged[name], tensor)
     with pytest.raises(MergesmithError, match="unknown merge_method"):
         run_surgery(tiny_problem, SurgeryParams(merge_method="nope", steps=0), seed=0)
 

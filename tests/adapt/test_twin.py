@@ -42,7 +42,7 @@ def test_full_rank_one_hot_routing_reproduces_each_expert(tiny_problem, full_ran
             torch.testing.assert_close(_hidden(twin, tiny_problem, data_task), _hidden(expert, tiny_problem, data_task),
                                        atol=2e-5, rtol=1e-4)
     twin.force_routing = None
-    shared = tiny_problem.encoder_with({k: v for k, v in full_rank.state_dict.items() if v.is_floating_point()})
+    shared = tiny_problem.encoder_with({k: v for k, v in full_rank.merged.items() if v.is_floating_point()})
     # the shared part alone is not an expert: the exclusive parts carry real information
     assert not torch.allclose(_hidden(shared, tiny_problem, "topics"), _hidden(twin, tiny_problem, "topics"), atol=1e-4)
 

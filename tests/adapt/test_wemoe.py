@@ -128,9 +128,9 @@ def test_static_part_is_task_arithmetic_and_the_moe_holds_the_mlp_vectors(tiny_p
     base, vectors = tiny_problem.base_state(), tiny_problem.task_vectors()
     names = tiny_problem.task_names
     attention = "encoder.layer.0.attention.self.query.weight"
-    torch.testing.assert_close(wemoe.state_dict[attention], base[attention] + 0.3 * sum(vectors[t][attention] for t in names))
+    torch.testing.assert_close(wemoe.merged[attention], base[attention] + 0.3 * sum(vectors[t][attention] for t in names))
     mlp = "encoder.layer.1.intermediate.dense.weight"
-    assert torch.equal(wemoe.state_dict[mlp], base[mlp])
+    assert torch.equal(wemoe.merged[mlp], base[mlp])
     for i, t in enumerate(names):
         assert torch.equal(wemoe.extras[f"tau.{i}.{mlp}"], vectors[t][mlp])
 

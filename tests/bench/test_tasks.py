@@ -7,7 +7,6 @@ set, so CI can keep it between runs; a session temp dir otherwise).
 from __future__ import annotations
 
 import json
-import os
 import random
 import stat
 from pathlib import Path

@@ -9,9 +9,7 @@ import struct
 import tempfile
 from pathlib import Path
 
-import pytest
 import torch
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from safetensors import safe_open

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from tests.faults._faults import expect_refusal, ties_config, with_first_expert
+from tests.faults._faults import expect_refusal, with_first_expert
 from tests.helpers import load_tensors, run_cli, tree_hashes, write_yaml
 
 pytestmark = pytest.mark.e2e
