@@ -22,7 +22,8 @@ from pydantic import BaseModel, ValidationError
 from torch import Tensor
 
 from mergesmith.architectures import checkpoint_architectures, find_conflict
-from mergesmith.continual import CONTINUAL_METHODS, opcm
+from mergesmith.continual import opcm
+from mergesmith.continual.catalogue import CONTINUAL_METHODS
 from mergesmith.continual._spec import ContinualMethod, StepContext, is_linear_weight
 from mergesmith.continual.state import KIND, BaseRef, ContinualState, MergedExpert, read_state, state_record
 from mergesmith.errors import ConfigError, MergesmithError
