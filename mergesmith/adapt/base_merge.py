@@ -72,14 +72,10 @@ def anchor_merge(problem: Any, method: str, params: Mapping[str, Any], seed: int
         raise MergesmithError(f"unknown merge_method {method!r} (the merge under the modules gives one set of weights); "
                               f"known: {', '.join(known)}")
     from mergesmith.api import merge_state_dicts
-    from mergesmith.methods._spec import param_infos
+    from mergesmith.methods._spec import with_equal_weights
 
     spec = METHODS[method]
-    values = dict(params)
-    infos = param_infos(spec.params)
-    # The bench's convention: a required per-model weight defaults to 1.0 (every expert counts the same).
-    if "weight" in infos and infos["weight"].required and "weight" not in values:
-        values["weight"] = 1.0
+    values = with_equal_weights(spec.params, params)
     base = problem.base_state()
     vectors = problem.task_vectors()
     experts = [_ExpertView(base, vectors[name]) for name in problem.expert_dirs]

@@ -63,14 +63,14 @@ def _split_top_level(text: str) -> list[str]:
 
 
 def tensor_method_values(method: str, given: Mapping[str, Any], n_experts: int) -> dict[str, Any]:
-    """A tensor-wise method's given parameters, checked and converted (unknown key, wrong type, out of range or a
-    per-model list of the wrong length: a one-line ConfigError). Swap for the method spec's own parameter builder when
-    there is one: nothing else in the bench checks tensor-wise parameters."""
-    from mergesmith.config import coerce_value
+    """A tensor-wise method's given parameters, checked and converted (unknown key, wrong type, out of range, a
+    per-model list of the wrong length, or a grid point they make invalid: a one-line ConfigError)."""
+    from mergesmith.bench.grids import grid_points
     from mergesmith.methods import METHODS
-    from mergesmith.methods._spec import param_infos
+    from mergesmith.methods._spec import param_infos, with_equal_weights
 
-    infos = param_infos(METHODS[method].params)
+    spec = METHODS[method]
+    infos = param_infos(spec.params)
     values: dict[str, Any] = {}
     for key, value in given.items():
         if key not in infos:
@@ -83,9 +83,11 @@ def tensor_method_values(method: str, given: Mapping[str, Any], n_experts: int) 
             if len(value) != n_experts:
                 raise ConfigError(f"{where}: {len(value)} values for {n_experts} experts; give one per expert or one "
                                   f"for all")
-            values[key] = [coerce_value(infos[key], v, where) for v in value]
+            values[key] = [infos[key].coerce(v, where) for v in value]
         else:
-            values[key] = coerce_value(infos[key], value, where)
+            values[key] = infos[key].coerce(value, where)
+    for point in grid_with(grid_points(method), values):  # rules across parameters (della's density +/- epsilon)
+        spec.make_params(n_experts, with_equal_weights(spec.params, point), where=f"--methods {method}")
     return values
 
 

@@ -54,17 +54,15 @@ def resolve_methods(requested: list[str] | None, profile: str, n_experts: int) -
 
 
 def _params_with_defaults(method: str, point: dict) -> dict:
-    """Fill a required per-model ``weight`` with 1.0 so any method can run without a grid entry."""
+    """A grid point with a required per-model ``weight`` of 1.0 (``with_equal_weights``), so any method can run
+    without a grid entry; another required parameter must come from the grid."""
     from mergesmith.methods import METHODS
-    from mergesmith.methods._spec import param_infos
+    from mergesmith.methods._spec import param_infos, with_equal_weights
 
-    infos = param_infos(METHODS[method].params)
-    filled = dict(point)
-    for name, info in infos.items():
-        if info.required and name not in filled:
-            if name != "weight":
-                raise MergesmithError(f"the bench has no grid for {method}'s required parameter {name!r}")
-            filled[name] = 1.0
+    filled = with_equal_weights(METHODS[method].params, point)
+    missing = [name for name, info in param_infos(METHODS[method].params).items() if info.required and name not in filled]
+    if missing:
+        raise MergesmithError(f"the bench has no grid for {method}'s required parameter {missing[0]!r}")
     return filled
 
 

@@ -303,6 +303,16 @@ def _per_model_values(info: ParamInfo, given: Any, n_models: int, where: str,
     return tuple(_value(info, value, f"{where}: {label}") for value, label in zip(given, labels))
 
 
+def with_equal_weights(params_cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` with a required per-model ``weight`` set to 1.0 when it is not given: every expert counts the same
+    (what the bench and the adapt anchors merge with when the user names only the method)."""
+    info = param_infos(params_cls).get("weight")
+    filled = dict(values)
+    if info is not None and info.per_model and info.required and "weight" not in filled:
+        filled["weight"] = 1.0
+    return filled
+
+
 def check_model_count(method: str, params: Any, n_experts: int) -> None:
     """Every per-model parameter holds one value per expert (``make_params`` builds them so)."""
     for info in _declared(type(params)):

@@ -35,11 +35,12 @@ def test_parse_errors(text, needle):
 @pytest.mark.parametrize("method,params,needle", [
     ("ties", {"densty": 0.3}, "unknown parameter 'densty'; allowed: density"),
     ("ties", {"density": 1.5}, "density must be in (0, 1], got 1.5"),
-    ("ties", {"density": "abc"}, "expected a number"),
+    ("ties", {"density": "abc"}, "density must be a number"),
     ("ties", {"density": [0.2]}, "1 values for 2 experts"),
     ("ties", {"lambda": [1, 2]}, "one value for all experts"),
     ("regmean", {"alpha": 2}, "'alpha'"),
     ("fisher", {"nope": 1}, "unknown parameter 'nope' for fisher"),
+    ("della", {"density": 0.5, "epsilon": 0.6}, "density +/- epsilon"),
 ])
 def test_parameter_errors(method, params, needle):
     with pytest.raises(ConfigError) as err:
