@@ -30,7 +30,7 @@ GRIDS: dict[str, dict[str, list]] = {
     "model_stock": {},
     "karcher": {},
     "multislerp": {"weight": [1.0]},
-    # spectral data-free methods (issue 5): two points each around the papers' defaults (the papers tune alpha /
+    # spectral data-free methods: two points each around the papers' defaults (the papers tune alpha /
     # lambda / beta over 0.1-2; six summed experts want the low end, as task arithmetic's lambda 0.2 shows)
     "pcb": {"density": [0.1, 0.2], "lambda": [1.0]},
     "tsv_m": {"alpha": [0.3, 0.5]},
@@ -38,7 +38,7 @@ GRIDS: dict[str, dict[str, list]] = {
     "iso_cts": {"alpha": [0.3, 0.5], "common_space_fraction": [0.8]},
     "cart": {"rank_ratio": [0.08, 0.16], "lambda": [1.0]},
     "lines": {"beta": [0.2, 0.5]},
-    # data-free optimisation and mask methods (issue 5): WUDI and EMR have no coefficient to tune (the papers'
+    # data-free optimisation and mask methods: WUDI and EMR have no coefficient to tune (the papers'
     # defaults); DOGE-TA at the paper's eta; consensus over alpha as task arithmetic; TALL masks over lambda_t
     # (one value for every task here; the paper picks one per task) and the scale of tau_MTL
     "wudi": {},

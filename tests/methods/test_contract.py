@@ -55,7 +55,7 @@ IDENTITY_PARAMS: dict[str, dict] = {
     "lines": {"beta": 0.0},  # alpha defaults to 1/N
     "fisher_combine": {},  # without statistics: the average
     "regmean_combine": {},  # without statistics: the average
-    # issue 5, data-free optimisation and mask methods (EMR and TALL masks: checked on task 0's model)
+    # data-free optimisation and mask methods (EMR and TALL masks: checked on task 0's model)
     "wudi": {},
     "doge_ta": {},
     "consensus": {"weight": 1.0 / N},  # tau_MTL = tau: every TALL mask is all on, k=2 <= N keeps everything
@@ -178,7 +178,7 @@ def test_the_catalogue_scan_refuses_a_module_without_a_spec_and_duplicate_names(
         catalogue("fake_methods", [str(good)])
 
 
-def test_catalogue_has_the_issue_methods():
+def test_catalogue_has_every_documented_method():
     wanted = {
         "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties", "dare_linear", "dare_ties",
         "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "magmax", "model_stock", "nearswap",

@@ -1,4 +1,4 @@
-"""Known answers for the data-free optimisation and mask methods of issue 5: WUDI-Merging, DOGE-TA, Consensus / TALL
+"""Known answers for the data-free optimisation and mask methods: WUDI-Merging, DOGE-TA, Consensus / TALL
 masks and EMR-Merging (the shared contract is in test_contract.py; fusion-bench parity in
 test_fusionbench_parity_dataless.py)."""
 
