@@ -43,21 +43,13 @@ def echo_line(text: str) -> None:
     click.echo(escape_unprintable(text), err=True)
 
 
-def _out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, MemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
-                                              or "Cannot allocate memory" in text)
-
-
 def user_errors(func):
     """Turn MergesmithError (and bad-input errors from pydantic/torch layers) into one line and exit code 2; stop
     signals (SIGINT, SIGTERM, SIGHUP) into one line and exit code 128 + the signal number, after the clean-up."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
-        from mergesmith.errors import MergesmithError
+        from mergesmith.errors import MergesmithError, is_out_of_memory
 
         previous = {}
         if threading.current_thread() is threading.main_thread():
@@ -75,7 +67,7 @@ def user_errors(func):
             echo_line(f"error: stopped by {signal.Signals(exc.signum).name}; no output was written")
             sys.exit(128 + exc.signum)
         except (MemoryError, RuntimeError) as exc:
-            if not _out_of_memory(exc):
+            if not is_out_of_memory(exc):
                 raise
             hint = _MEMORY_HINTS.get(func.__name__, "free memory or use a machine with more")
             echo_line(f"error: out of memory ({type(exc).__name__}); {hint}; no output was written")

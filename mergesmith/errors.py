@@ -23,3 +23,14 @@ def escape_unprintable(text: str) -> str:
     import unicodedata
 
     return "".join(ascii(ch)[1:-1] if unicodedata.category(ch) in UNPRINTABLE_CATEGORIES else ch for ch in text)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` is the allocator running out of memory (Python's MemoryError, torch's CPU allocator), which
+    is said as such rather than as a failure of the step that happened to allocate."""
+    if isinstance(exc, MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and ("can't allocate memory" in text or "not enough memory" in text
+                                              or "Cannot allocate memory" in text)
+

@@ -25,7 +25,7 @@ import torch
 
 from mergesmith.engine.plan import MergePlan, TensorJob, TensorRef
 from mergesmith.engine.rng import TensorRng
-from mergesmith.errors import MergesmithError
+from mergesmith.errors import MergesmithError, is_out_of_memory
 from mergesmith.methods._blocks import row_blocks
 from mergesmith.methods._per_task import PerTaskParts
 from mergesmith.methods._spec import MethodSpec
@@ -63,6 +63,8 @@ def failures_named(method: str, tensor: str) -> Iterator[None]:
     except MergesmithError:
         raise
     except METHOD_FAILURES as exc:
+        if is_out_of_memory(exc):
+            raise  # said as out of memory (with how to lower it), not as this tensor's failure
         detail = " ".join(str(exc).split()) or "no message"
         detail = detail.removeprefix(f"{method}: ")  # the message names the method once
         kind = type(exc).__name__.lstrip("_")  # torch.linalg.LinAlgError is torch._C._LinAlgError

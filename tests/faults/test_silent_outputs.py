@@ -31,7 +31,7 @@ def continual_merge(llama_family, tmp_path_factory):
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [
-        (lambda s: s.update(scale=float("nan")), "NaN"),
+        (lambda s: s.update(scale=float("nan")), "scale: Input should be a finite number"),
         (lambda s: s.update(scale=0.0), "scale"),
         (lambda s: s.update(scale=-1.0), "scale"),
         (lambda s: s.update(task_norm_sum=-3.0), "task_norm_sum"),
@@ -42,23 +42,23 @@ def continual_merge(llama_family, tmp_path_factory):
 )
 def test_a_continual_state_with_bad_numbers_is_refused(llama_family, tmp_path, continual_merge, edit, needle):
     previous = copy_model(continual_merge, tmp_path / "prev")
-    state = json.loads((previous / "continual.json").read_text())
-    edit(state)
-    (previous / "continual.json").write_text(json.dumps(state))  # json writes NaN as NaN, as Python would
+    manifest = json.loads((previous / "mergesmith.json").read_text())
+    edit(manifest["details"]["state"])
+    (previous / "mergesmith.json").write_text(json.dumps(manifest))  # json writes NaN as NaN, as Python would
     out = tmp_path / "out"
     expect_cli_refusal(("continual", "add", previous, llama_family.experts[2], out, "--quiet"),
-                       "continual.json", needle, out=out, inputs=[previous])
+                       "mergesmith.json", needle, out=out, inputs=[previous])
 
 
 def test_a_continual_scale_overflowing_to_infinity_is_refused(llama_family, tmp_path, continual_merge):
     previous = copy_model(continual_merge, tmp_path / "prev")
-    text = (previous / "continual.json").read_text()
-    state = json.loads(text)
+    text = (previous / "mergesmith.json").read_text()
+    state = json.loads(text)["details"]["state"]
     text = text.replace(f'"scale": {json.dumps(state["scale"])}', '"scale": 1e999')
-    (previous / "continual.json").write_text(text)
+    (previous / "mergesmith.json").write_text(text)
     out = tmp_path / "out"
     expect_cli_refusal(("continual", "add", previous, llama_family.experts[2], out, "--quiet"),
-                       "continual.json", "float64 range", out=out)
+                       "mergesmith.json", "float64 range", out=out)
 
 
 def test_nan_in_a_continual_expert_is_refused_not_recorded_as_scale_one(llama_family, tmp_path):
