@@ -49,6 +49,7 @@ class Params(BaseModel):
     val_examples: int = Field(64, ge=1, description="labeled validation examples per task scored by each BO trial")
     ridge: float = Field(1e-6, gt=0, description="ridge for a singular system, relative to its mean diagonal")
     batch_size: int = Field(32, ge=1)
+    progress: bool = Field(True, description="show a progress bar")
 
 
 # --- the inner level: pure math ---------------------------------------------------------------------------------------
@@ -152,7 +153,7 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
     anchor = {k: b.clone() for k, b in base.items()}
     stats = {weight_of[m]: Sufficient() for m in modules}
     gram_params = RegMeanParams(num_examples=params.num_examples, data="validation", batch_size=params.batch_size)
-    for i, task in enumerate(tqdm(tasks, desc=f"{method} statistics", unit="task", leave=False, disable=None)):
+    for i, task in enumerate(tqdm(tasks, desc=f"{method} statistics", unit="task", leave=False, disable=None if params.progress else True)):
         expert = problem.expert_state(task.name)
         for k, b in base.items():
             anchor[k].add_(expert[k] - b, alpha=params.anchor_scale)

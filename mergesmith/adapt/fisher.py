@@ -32,6 +32,7 @@ class Params(BaseModel):
     data: Literal["validation", "unlabeled"] = Field("validation", description="which inputs (labels are never read)")
     fisher_floor: float = Field(1e-6, ge=0, description="lower bound on Fisher values in the merge")
     weights: list[float] | None = Field(None, description="per-task weights lambda_i (default: all 1)")
+    progress: bool = Field(True, description="show a progress bar")
 
 
 def diagonal_fisher(problem: AdaptProblem, task, encoder, params: Params, seed: int,
@@ -87,7 +88,7 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
     # value whatever the Fishers (eq. 3 of equal thetas), so its Fisher is not computed; the engine averages it.
     skip = problem.unchanged_tensors()  # streamed: Fisher itself never needs the task vectors in memory
     info["unchanged_tensors"] = len(skip)
-    for i, task in enumerate(tqdm(problem.tasks, desc="fisher", unit="task", leave=False, disable=None)):
+    for i, task in enumerate(tqdm(problem.tasks, desc="fisher", unit="task", leave=False, disable=None if params.progress else True)):
         encoder = problem.load_encoder(problem.expert_dirs[task.name])
         fisher = diagonal_fisher(problem, task, encoder, params, seed + i, skip)
         if names is None:

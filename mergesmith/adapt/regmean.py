@@ -54,6 +54,7 @@ class Params(BaseModel):
     ridge: float = Field(1e-4, gt=0, description="ridge for a singular Gram sum, relative to its mean diagonal")
     data: Literal["validation", "unlabeled"] = Field("validation", description="which inputs (labels are never read)")
     batch_size: int = Field(32, ge=1)
+    progress: bool = Field(True, description="show a progress bar")
 
 
 def _forward(problem: AdaptProblem, encoder, state: dict[str, Tensor] | None, batch) -> None:
@@ -148,7 +149,7 @@ def _regmean_statistics(problem: AdaptProblem, params: Params, seed: int, encode
     from tqdm import tqdm
 
     statistics: dict[str, Path] = {}
-    for i, task in enumerate(tqdm(problem.tasks, desc="regmean", unit="task", leave=False, disable=None)):
+    for i, task in enumerate(tqdm(problem.tasks, desc="regmean", unit="task", leave=False, disable=None if params.progress else True)):
         expert = {k: v for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()}
         found = task_grams(problem, task, encoder, modules, params, seed + i, state=expert)
         del expert
@@ -209,7 +210,7 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
     stage_index = {k: stage_of(k, stack, depth) for k in base}
     stages = sorted({stage_index[weight_of[m]] for m in modules})
     stage_files: dict[str, list[Path]] = {t.name: [] for t in tasks}
-    for stage in tqdm(stages, desc="regmean_plusplus", unit="stage", leave=False, disable=None):
+    for stage in tqdm(stages, desc="regmean_plusplus", unit="stage", leave=False, disable=None if params.progress else True):
         stage_modules = {m: mod for m, mod in modules.items() if stage_index[weight_of[m]] == stage}
         grams: dict[str, dict[str, Tensor]] = {}
         stage_weights: dict[str, dict[str, Tensor]] = {}

@@ -65,6 +65,7 @@ class SurgeryParams(BaseModel):
     steps: int = Field(1000, ge=0, description="Adam steps per task")
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
+    progress: bool = Field(True, description="show a progress bar")
 
 
 class SurgeryV2Params(SurgeryParams):
@@ -318,7 +319,7 @@ def _run(problem: Any, params: SurgeryParams, seed: int, deep: bool) -> Any:
     trained: dict[str, nn.Module] = {}
     per_task: dict[str, dict] = {}
     total = len(problem.tasks) * params.steps
-    with tqdm(total=total, desc=name, unit="step", leave=False, disable=None) as bar:
+    with tqdm(total=total, desc=name, unit="step", leave=False, disable=None if params.progress else True) as bar:
         for index, task in enumerate(problem.tasks):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
             expert = problem.load_encoder(problem.expert_dirs[task.name])

@@ -60,6 +60,7 @@ class WemoeParams(BaseModel):
     steps: int = Field(40, ge=0, description="Adam steps; each step takes one batch of every task")
     lr: float = Field(1e-4, gt=0)
     batch_size: int = Field(16, ge=1)
+    progress: bool = Field(True, description="show a progress bar")
 
 
 class EWemoeParams(WemoeParams):
@@ -311,7 +312,7 @@ def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
     optimizer = torch.optim.Adam(routers.parameters(), lr=params.lr)
     streams = [_endless(problem, task, params.batch_size, seed * 31 + i) for i, task in enumerate(problem.tasks)]
     losses: list[float] = []
-    for _ in tqdm(range(params.steps), desc=name, unit="step", leave=False, disable=None):
+    for _ in tqdm(range(params.steps), desc=name, unit="step", leave=False, disable=None if params.progress else True):
         optimizer.zero_grad()
         total = 0.0
         for task, stream in zip(problem.tasks, streams):

@@ -188,3 +188,14 @@ def test_image_pool_pooled_matches_bench_features(tmp_path: Path):
         hidden = encoder(**problem.forward_kwargs(batch)).last_hidden_state
         torch.testing.assert_close(problem.pool_hidden(hidden, batch, encoder).detach(), bench[batch.rows], atol=1e-5, rtol=1e-5)
     assert len(task.unlabeled) == 6 and all(b.labels is None for b in problem.batches(task.unlabeled, 4))
+
+
+def test_every_adapt_method_can_turn_its_progress_bar_off():
+    """``-q`` reaches a method's bars through its ``progress`` parameter (``without_progress_bars``)."""
+    from mergesmith.adapt import ADAPT_METHODS
+    from mergesmith.adapt._spec import parse_params, without_progress_bars
+
+    for name, spec in ADAPT_METHODS.items():
+        assert "progress" in spec.params.model_fields, name
+        assert parse_params(spec, without_progress_bars(spec, {})).progress is False, name
+        assert parse_params(spec, without_progress_bars(spec, {"progress": True})).progress is True, name
