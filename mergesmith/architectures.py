@@ -12,8 +12,9 @@ A model without config.json, or whose config.json names neither field, declares 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
 from mergesmith.errors import ConfigError
 

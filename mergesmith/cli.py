@@ -14,6 +14,7 @@ import click
 
 from mergesmith.cli_errors import check_output_early, echo_line, pool_models, size_option, user_errors
 
+
 @contextlib.contextmanager
 def _library_output():
     """What the libraries print while adapt and bench run. transformers' load reports and weight-loading bars are

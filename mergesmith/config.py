@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -25,7 +25,7 @@ from mergesmith.io.parse import read_yaml
 from mergesmith.methods import METHODS, MethodSpec
 from mergesmith.methods._spec import MISSING, ParamInfo, param_infos
 
-Scalar = Union[bool, int, float, str]
+Scalar = bool | int | float | str
 
 
 class _Strict(BaseModel):
@@ -33,11 +33,11 @@ class _Strict(BaseModel):
 
 
 class ConditionalParameter(_Strict):
-    value: Union[Scalar, list[Scalar]]
+    value: Scalar | list[Scalar]
     filter: str | None = None
 
 
-ParameterSetting = Union[Scalar, list[ConditionalParameter], list[Scalar], ConditionalParameter]
+ParameterSetting = Scalar | list[ConditionalParameter] | list[Scalar] | ConditionalParameter
 Parameters = dict[str, ParameterSetting]
 
 

@@ -8,8 +8,9 @@ entry here.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mergesmith.errors import MergesmithError
 from mergesmith.io.manifest import read_manifest

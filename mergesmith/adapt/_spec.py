@@ -3,8 +3,9 @@ its paper and the data it reads. The catalogue is the plain dict ``mergesmith.ad
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from mergesmith.errors import ConfigError
 
@@ -20,7 +21,7 @@ DATA_KINDS = frozenset({"unlabeled", "validation"})
 @dataclass(frozen=True)
 class AdaptSpec:
     name: str  # CLI/bench name, e.g. "adamerging_layerwise"
-    run: Callable[["AdaptProblem", Any, int], "AdaptResult"]  # run(problem, params, seed) -> result
+    run: Callable[[AdaptProblem, Any, int], AdaptResult]  # run(problem, params, seed) -> result
     params: type  # pydantic BaseModel, extra="forbid", every field with a default
     paper: str  # citation: authors, year, title, arXiv id
     needs: frozenset[str]  # subset of DATA_KINDS: which data the method reads

@@ -159,8 +159,8 @@ def run_adamerging(problem: Any, params: Any, seed: int, *, name: str, scheme: s
             "frozen_tensors": len(base) - len(learnable), "steps": params.steps, **loss_summary(learned.losses),
             "losses": [round(x, 6) for x in learned.losses], "added_parameters": 0}
     if plusplus:
-        info["note"] = ("TIES-processed task vectors (density %g) are held beside the problem's task vectors; the engine "
-                        "has no exact equivalent of AdaMerging++, so the saved weights are the product" % params.density)
+        info["note"] = (f"TIES-processed task vectors (density {params.density:g}) are held beside the problem's task vectors; "
+                        "the engine has no exact equivalent of AdaMerging++, so the saved weights are the product")
     result = weights_result(problem, merged, spec=spec, info=info, files=files, workdir=workdir)
     result.extras = {"adamerging.coefficients": lam.clone()}
     return result

@@ -8,7 +8,8 @@ of the task vectors.
 
 from __future__ import annotations
 
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 from torch import Tensor
 

@@ -8,8 +8,9 @@ for the model inputs of some of its rows or for a smaller split of the same kind
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Protocol
+from typing import Any, Protocol
 
 from torch import Tensor, nn
 

@@ -19,9 +19,10 @@ values where the encoder holds them, so a checkpoint saved with a head (a causal
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 import torch
 from torch import Tensor, nn

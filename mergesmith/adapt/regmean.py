@@ -27,9 +27,9 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor
 
 from mergesmith.adapt._spec import AdaptSpec, params_dict
+from mergesmith.adapt.modules import is_conv1d
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
-from mergesmith.adapt.modules import is_conv1d
 from mergesmith.adapt.statistics import (
     AllCollected,
     GramCollector,

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
@@ -39,7 +40,7 @@ class AdaptResult:
     merged: dict[str, Tensor] = field(default_factory=dict)  # the merged encoder's floating tensors (encoder names)
 
 
-def weights_result(problem: "AdaptProblem", floating: dict[str, Tensor], *, spec: dict, info: dict | None = None,
+def weights_result(problem: AdaptProblem, floating: dict[str, Tensor], *, spec: dict, info: dict | None = None,
                    files: dict[str, Path] | None = None, workdir: Any = None) -> AdaptResult:
     """The result of a method that produces one merged encoder for every task (kind "weights")."""
     state = problem.checkpoint_state(floating)
@@ -56,7 +57,7 @@ def weights_result(problem: "AdaptProblem", floating: dict[str, Tensor], *, spec
     return AdaptResult("weights", state, encoder_for, {}, spec, info, dict(files or {}), workdir, floating)
 
 
-def save_result(result: AdaptResult, problem: "AdaptProblem", out_dir: str | Path, *, force: bool = False) -> Path:
+def save_result(result: AdaptResult, problem: AdaptProblem, out_dir: str | Path, *, force: bool = False) -> Path:
     """Write ``result`` into ``out_dir`` atomically (a staging sibling renamed into place when complete)."""
     from contextlib import ExitStack
 

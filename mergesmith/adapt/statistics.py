@@ -8,8 +8,8 @@ through the tensor-wise combiner (``fisher_combine`` / ``regmean_combine``) -> t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import Tensor, nn
 
@@ -101,7 +101,7 @@ class GramCollector:
             handle.remove()
         self._handles = []
 
-    def __enter__(self) -> "GramCollector":
+    def __enter__(self) -> GramCollector:
         return self
 
     def __exit__(self, *exc) -> None:

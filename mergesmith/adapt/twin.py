@@ -30,7 +30,8 @@ router (``router.*``), ``adapt.json`` kind "twin_merging"; ``mergesmith.load_mer
 from __future__ import annotations
 
 import math
-from typing import Any, Iterator, Mapping
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field

@@ -10,9 +10,9 @@ and stop the SVD) and listed in ``Diagnostics.nonfinite``; with ``strict`` it is
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -25,7 +25,6 @@ from mergesmith.analysis.stats import (
 from mergesmith.engine.layers import main_stack, parse_layer
 from mergesmith.errors import MergesmithError
 from mergesmith.io import open_checkpoint
-
 
 _CHUNK = 1 << 20  # columns of the task-vector matrix converted to float64 at once
 

@@ -8,8 +8,8 @@ against each other here, once, before any method runs.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from torch import nn
 

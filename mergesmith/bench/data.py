@@ -11,9 +11,9 @@ import json
 import os
 import random
 import tempfile
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from mergesmith.errors import MergesmithError
 from mergesmith.io.parse import read_json
@@ -85,7 +85,7 @@ class TaskData:
         }
 
     @classmethod
-    def from_json(cls, payload: dict) -> "TaskData":
+    def from_json(cls, payload: dict) -> TaskData:
         return cls(
             name=payload["name"],
             label_names=tuple(payload["label_names"]),

@@ -14,8 +14,8 @@ some rows of a split, pooling with autograd), what the data-driven merges read t
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -88,7 +88,7 @@ class TextFeaturizer:
         self.pad_id = tokenizer.pad_token_id
 
     @classmethod
-    def from_base(cls, base_dir: Path) -> "TextFeaturizer":
+    def from_base(cls, base_dir: Path) -> TextFeaturizer:
         from transformers import AutoTokenizer
 
         try:
@@ -167,7 +167,7 @@ class ImageFeaturizer:
             )
 
     @classmethod
-    def from_base(cls, base_dir: Path, config: dict, tensor_names) -> "ImageFeaturizer":
+    def from_base(cls, base_dir: Path, config: dict, tensor_names) -> ImageFeaturizer:
         cls.require_processor(base_dir)
         try:
             import PIL  # noqa: F401  (image processors and our decoding need it)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 # Validation averages closer than this are a tie. An average of accuracies is a multiple of 1 / (examples x tasks) up
 # to float rounding: 0.77500001 and 0.77499998 are the same count of correct answers summed in another order, and a

@@ -3,8 +3,8 @@ a user pool YAML (``mergesmith.bench.pool``). The one place a built-in pool is a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from mergesmith.bench.data import TaskData
 from mergesmith.bench.pool import Pool, PoolTask

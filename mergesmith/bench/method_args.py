@@ -10,8 +10,9 @@ method's keys are its parameters (the method's defaults otherwise).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from mergesmith.errors import ConfigError
 

@@ -5,8 +5,8 @@ build it). Everything else about the protocol is ``bench/run.py``'s.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 

@@ -37,19 +37,28 @@ without a bias, with ``data.labels`` in the head's class order and each split sa
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from mergesmith.bench.data import Example
-from mergesmith.bench.features import ImageFeaturizer, TextFeaturizer, infer_modality, make_featurizer, read_model_config
+from mergesmith.bench.features import (
+    ImageFeaturizer,
+    TextFeaturizer,
+    infer_modality,
+    make_featurizer,
+    read_model_config,
+)
 from mergesmith.bench.pool_data import Record, read_split, resolve_labels
 from mergesmith.bench.pool_schema import MAX_LABELS, PoolSpec, TaskSpec, read_pool_spec, resolve_pool_path
 from mergesmith.bench.zoo import HEAD_FILE
 from mergesmith.errors import MergesmithError
+
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -166,9 +175,9 @@ def check_pool(path: str | Path) -> CheckedPool:
             value = getattr(data, split)
             if value is None:
                 continue
-            splits[split] = _wrap(label, None, lambda: read_split(
-                data.format, resolve_pool_path(root, value), data.text_column or "text", data.label_column or "label", f"{where}.data.{split}"))
-        names, indices = _wrap(label, None, lambda: resolve_labels(splits, data.labels, where, head.weight.shape[0]))
+            splits[split] = _wrap(label, None, read_split, data.format, resolve_pool_path(root, value),
+                                  data.text_column or "text", data.label_column or "label", f"{where}.data.{split}")
+        names, indices = _wrap(label, None, resolve_labels, splits, data.labels, where, head.weight.shape[0])
 
         if head.weight.shape[1] != width:
             raise MergesmithError(
@@ -236,10 +245,10 @@ def load_pool(path: str | Path, *, seed: int = 0, progress: bool = True, echo: C
 # --- helpers -----------------------------------------------------------------------------------------------------------
 
 
-def _wrap(label: str, where: str | None, action):
-    """Run ``action``; prefix any MergesmithError with the pool file (and the YAML key when given)."""
+def _wrap(label: str, where: str | None, action: Callable[..., _T], *args: Any) -> _T:
+    """Run ``action(*args)``; prefix any MergesmithError with the pool file (and the YAML key when given)."""
     try:
-        return action()
+        return action(*args)
     except MergesmithError as exc:
         raise MergesmithError(f"{label}: {where + ': ' if where else ''}{exc}") from None
 

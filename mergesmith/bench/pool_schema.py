@@ -7,7 +7,7 @@ in ``mergesmith.bench.pool``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr, ValidationError, field_validator
 
@@ -31,7 +31,7 @@ class DataSpec(_Strict):
     test: StrictStr
     text_column: StrictStr | None = None
     label_column: StrictStr | None = None
-    labels: list[Union[StrictStr, StrictInt]] | None = Field(default=None, min_length=2, max_length=MAX_LABELS)
+    labels: list[StrictStr | StrictInt] | None = Field(default=None, min_length=2, max_length=MAX_LABELS)
 
     @field_validator("labels", mode="before")
     @classmethod

@@ -15,8 +15,9 @@ import json
 import math
 import os
 import secrets
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 from mergesmith.errors import MergesmithError
 from mergesmith.figures import img_tag

@@ -18,14 +18,14 @@ import os
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 import yaml
 
-from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
 from mergesmith.bench import per_task
+from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
 from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, choose_point, grid_points
 from mergesmith.bench.load import profile_pool
 from mergesmith.bench.method_args import grid_with, method_parameters
@@ -34,9 +34,8 @@ from mergesmith.errors import MergesmithError
 
 
 def resolve_methods(requested: list[str] | None, profile: str, n_experts: int) -> list[str]:
-    from mergesmith.methods import METHODS
-
     from mergesmith.adapt import ADAPT_METHODS
+    from mergesmith.methods import METHODS
 
     methods = list(requested) if requested else list(MINI_METHODS if profile == "mini" else DEFAULT_METHODS)
     for name in methods:

@@ -4,8 +4,8 @@ head (``Evaluator``), the average and normalized accuracy of a row, and the peak
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -67,7 +67,7 @@ class PeakRss:
         self.start_rss = self.peak = 0
         self._stop = threading.Event()
 
-    def __enter__(self) -> "PeakRss":
+    def __enter__(self) -> PeakRss:
         self.start_rss = self.peak = self.process.memory_info().rss
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()

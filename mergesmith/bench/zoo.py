@@ -14,9 +14,9 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -119,7 +119,7 @@ def build_zoo(
         encoder = AutoModel.from_pretrained(base_dir)
         head = load_head(probe_path)  # linear probe, then fine-tune (LP-FT): a better start for the head
         bar = tqdm(total=len(train) * recipe.epochs, desc=f"expert {index + 1}/{len(tasks)} {task.name}", unit="ex", disable=not progress)
-        fine_tune(encoder, head, train, pad_id, recipe, seed + index, progress=lambda n, loss: (bar.update(n), bar.set_postfix(loss=f"{loss:.3f}")))
+        fine_tune(encoder, head, train, pad_id, recipe, seed + index, progress=lambda n, loss: (bar.update(n), bar.set_postfix(loss=f"{loss:.3f}")))  # noqa: B023 (used within this iteration)
         bar.close()
         elapsed = time.perf_counter() - started
         _publish_expert(encoder, head, tokenizer, target, {"task": task.name, "train_seconds": elapsed, "examples": len(train)})

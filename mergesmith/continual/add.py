@@ -13,9 +13,10 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 from pydantic import BaseModel, ValidationError
@@ -23,8 +24,8 @@ from torch import Tensor
 
 from mergesmith.architectures import checkpoint_architectures, find_conflict
 from mergesmith.continual import opcm
-from mergesmith.continual.catalogue import CONTINUAL_METHODS
 from mergesmith.continual._spec import ContinualMethod, StepContext, is_linear_weight
+from mergesmith.continual.catalogue import CONTINUAL_METHODS
 from mergesmith.continual.state import KIND, BaseRef, ContinualState, MergedExpert, read_state, state_record
 from mergesmith.errors import ConfigError, MergesmithError
 

@@ -16,10 +16,9 @@ import math
 import queue
 import threading
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Union
 
 import torch
 
@@ -202,7 +201,7 @@ def streams_rows(plan: MergePlan, job: TensorJob) -> bool:
     return job.copy_from is None and blockwise(plan.method, job)
 
 
-JobResult = Union[torch.Tensor, tuple[torch.Tensor, PerTaskParts], None]
+JobResult = torch.Tensor | tuple[torch.Tensor, PerTaskParts] | None
 
 
 def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock,

@@ -8,8 +8,8 @@ block; the part before it is the stack's prefix. Models with two stacks (encoder
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 _LAYER = re.compile(r"^(?P<prefix>(?:[^.]+\.)+?)(?P<index>\d+)\.(?P<rest>.+)$")
 

@@ -18,7 +18,8 @@ from mergesmith.methods._spec import MethodSpec
 
 def module_specs(module: object) -> tuple[MethodSpec, ...]:
     """The specs a public method module exposes: its SPEC, or its SPECS (two variants of one method)."""
-    specs = tuple(getattr(module, "SPECS", ())) + ((getattr(module, "SPEC"),) if hasattr(module, "SPEC") else ())
+    spec = getattr(module, "SPEC", None)
+    specs = tuple(getattr(module, "SPECS", ())) + ((spec,) if spec is not None else ())
     if not specs or not all(isinstance(spec, MethodSpec) for spec in specs):
         raise TypeError(f"{getattr(module, '__name__', module)} is a public method module but exposes no SPEC or SPECS "
                         "of MethodSpec; give it one, or name it with a leading underscore")

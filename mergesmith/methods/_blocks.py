@@ -7,7 +7,7 @@ block (DARE, DELLA) are the same whether a tensor is merged whole or streamed.
 from __future__ import annotations
 
 import math
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 BLOCK_ELEMENTS = 1 << 20  # 1 Mi elements: 4 MiB in fp32 (small blocks keep peak memory and heap churn low)
 

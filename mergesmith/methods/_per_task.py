@@ -18,8 +18,8 @@ Pure functions only; the file format lives in ``engine/side_outputs.py``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

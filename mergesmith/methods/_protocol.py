@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, Union
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor
@@ -27,7 +27,7 @@ from torch import Tensor
 from mergesmith.methods import _blocks
 from mergesmith.methods._per_task import PerTaskParts
 
-MergeOutput = Union[Tensor, tuple[Tensor, PerTaskParts]]
+MergeOutput = Tensor | tuple[Tensor, PerTaskParts]
 Blocks = Callable[[], Iterator[tuple[Any, Sequence[Tensor]]]]  # yields (base rows or None, expert rows)
 
 
@@ -61,7 +61,7 @@ class MergeBlockWithStatistics(Protocol):
                  block: int, /, *, statistics: Sequence[Tensor]) -> Tensor: ...
 
 
-StatisticsShape = Callable[[tuple[int, ...], Any], Union[tuple[int, ...], None]]
+StatisticsShape = Callable[[tuple[int, ...], Any], tuple[int, ...] | None]
 
 
 def no_context(blocks: Blocks, params: Any, rng: Rng | None) -> None:
@@ -109,7 +109,7 @@ def check_shapes(method: str, reference: Tensor, tensors: Sequence[Tensor], what
             raise ValueError(f"{method}: {what} {i} has shape {tuple(tensor.shape)}, expected {tuple(reference.shape)}")
 
 
-BlockMerger = Callable[[Union[Tensor, None], list[Tensor], list[Tensor], Any, int], Tensor]
+BlockMerger = Callable[[Tensor | None, list[Tensor], list[Tensor], Any, int], Tensor]
 
 
 def merge_in_blocks(

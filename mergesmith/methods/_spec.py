@@ -214,7 +214,7 @@ def _value_type(hint: Any) -> tuple[type, bool]:
     return kinds[0], len(kinds) != len(members)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _declared(params_cls: type) -> tuple[ParamInfo, ...]:
     hints = typing.get_type_hints(params_cls)
     infos = []

@@ -17,7 +17,7 @@ still bends the other tasks' directions in TSV-M's orthogonalisation).
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 from torch import Tensor

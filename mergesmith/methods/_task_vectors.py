@@ -20,9 +20,10 @@ magnitude thresholds come from a ``context`` computed in passes over the blocks 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Callable, Iterable, Iterator, Literal, Sequence
+from typing import Any, Literal
 
 import torch
 from torch import Tensor

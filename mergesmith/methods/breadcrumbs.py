@@ -30,8 +30,8 @@ tensor is a single block), plus one pass for ``rescale``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import Tensor
 

@@ -23,14 +23,13 @@ Whole-tensor (each SVD needs the whole matrix); deterministic.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from mergesmith.methods import _spectral as sp
-from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods import _spectral as sp, _task_vectors as tv
 from mergesmith.methods._protocol import Rng, check_shapes
 from mergesmith.methods._spec import MethodSpec, between, param
 

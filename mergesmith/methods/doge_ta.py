@@ -27,15 +27,14 @@ thread (``_adam.one_thread``): same inputs, same bytes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor
 
-from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods import _spectral as sp, _task_vectors as tv
 from mergesmith.methods._adam import Adam, one_thread
-from mergesmith.methods import _spectral as sp
 from mergesmith.methods._protocol import Rng, check_shapes
 from mergesmith.methods._spec import MethodSpec, at_least, between, param
 
@@ -76,15 +75,15 @@ def shared_basis(taus: Sequence[Tensor], subspace: int) -> Tensor:
 
 def doge_loss(delta: Tensor, taus: Sequence[Tensor], lambdas: Sequence[Tensor]) -> float:
     """L(delta) of step 2, in fp64 (for reports and tests)."""
-    tau_ta = sum(float(l) * t.double() for t, l in zip(taus, lambdas))
-    big_lambda = sum(float(l) for l in lambdas)
+    tau_ta = sum(float(lam) * t.double() for t, lam in zip(taus, lambdas))
+    big_lambda = sum(float(lam) for lam in lambdas)
     merged = tau_ta + big_lambda * delta.double()
     return float(sum(((t.double() * (t.double() - merged)).sum(dim=1)).square().sum() for t in taus))
 
 
 def optimise_delta(taus: Sequence[Tensor], lambdas: Sequence[Tensor], basis: Tensor, steps: int, lr: float) -> Tensor:
     """delta by projective gradient descent with Adam (steps 2 and 3), from delta = 0."""
-    tau_ta = tv.sum_in_order(l * t for t, l in zip(taus, lambdas))
+    tau_ta = tv.sum_in_order(lam * t for t, lam in zip(taus, lambdas))
     big_lambda = tv.sum_in_order(list(lambdas))
     stacked = torch.stack(list(taus))  # [T, out, in]
     own = (stacked * stacked).sum(dim=2)  # <tau_j[r], tau_j[r]>, [T, out]
@@ -131,7 +130,7 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: R
         delta = optimise_delta(taus, lambdas, basis, params.steps, params.lr)
     # step 4: theta_0 + sum_i lambda_i * mask_i * (tau_i + delta)
     merged = tv.sum_in_order(
-        l * ((t + delta) * top_magnitude_mask(t, params.density).to(t.dtype)) for t, l in zip(taus, lambdas)
+        lam * ((t + delta) * top_magnitude_mask(t, params.density).to(t.dtype)) for t, lam in zip(taus, lambdas)
     )
     return (base + merged.to(base.dtype)).to(base.dtype)
 

@@ -23,8 +23,8 @@ cancel exactly). Every floating tensor is merged this way, 1-D ones included (th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

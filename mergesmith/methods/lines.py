@@ -29,8 +29,8 @@ Elementwise: streams in row blocks with no per-tensor context.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import Tensor
 

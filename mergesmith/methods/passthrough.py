@@ -11,8 +11,8 @@ Parameters:
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Optional, Sequence
 
 from torch import Tensor
 
@@ -22,7 +22,7 @@ from mergesmith.methods._spec import MethodSpec, per_model
 
 @dataclass(frozen=True)
 class Params:
-    scale: tuple[Optional[float], ...] = per_model(
+    scale: tuple[float | None, ...] = per_model(
         None, doc="multiply the tensor by this; None = unchanged (default None)"
     )
 

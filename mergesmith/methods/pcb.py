@@ -33,8 +33,8 @@ Whole-tensor (the normalisations and the threshold are per tensor); deterministi
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

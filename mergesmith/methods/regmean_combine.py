@@ -15,8 +15,8 @@ Tensors without Gram statistics (biases, norms, embeddings) are averaged, as in 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -17,8 +17,8 @@ Elementwise: streams in row blocks with no per-tensor context, one expert at a t
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import Tensor
 

@@ -24,8 +24,8 @@ Streaming: ``context`` finds each expert's exact magnitude threshold in two pass
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import Tensor
 

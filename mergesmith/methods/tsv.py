@@ -28,8 +28,8 @@ Whole-tensor (each SVD needs the whole matrix). Deterministic: no random step.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import Tensor
 

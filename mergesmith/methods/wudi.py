@@ -25,8 +25,8 @@ the same bytes whoever calls (engine, ``merge_state_dicts``, bench). A task whos
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from torch import Tensor
 

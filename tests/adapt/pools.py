@@ -42,7 +42,7 @@ def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, nois
     ``n_train`` > 0 gives every task a train split too (only the bench's pretrained row reads it)."""
     from mergesmith.tiny_models import build_tiny_family, tiny_config
 
-    family = build_tiny_family(root / "models", arch, len(TASKS), noise=noise)
+    build_tiny_family(root / "models", arch, len(TASKS), noise=noise)
     width = int(tiny_config(arch).hidden_size)  # the heads read the pooled features: the model's hidden size
     tasks = []
     for i, (name, labels) in enumerate(TASKS):

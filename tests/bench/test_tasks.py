@@ -15,8 +15,7 @@ import pytest
 
 from mergesmith.bench import data, sources
 from mergesmith.bench.data import Example, SplitSizes, TaskData, split, unique_examples
-from mergesmith.bench.tasks import PROFILES, TASKS, build_task, build_tasks
-from mergesmith.bench.tasks import _wordnet, austen, food_reviews, fortunes
+from mergesmith.bench.tasks import PROFILES, TASKS, _wordnet, austen, build_task, build_tasks, food_reviews, fortunes
 from mergesmith.bench.tasks._rlazyload import read_lazyload_object
 from mergesmith.errors import MergesmithError
 

@@ -13,10 +13,10 @@ from safetensors.torch import save_file
 
 from tests.faults._faults import (
     copy_model,
-    ties_config,
     expect_refusal,
     first_shard,
     read_raw_header,
+    ties_config,
     with_first_expert,
     write_raw,
 )

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import socket
-import multiprocessing
 import time
 from pathlib import Path
 

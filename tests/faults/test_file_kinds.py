@@ -13,7 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from tests.faults._faults import copy_model, expect_cli_refusal, expect_refusal, first_shard, ties_config, with_first_expert
+from tests.faults._faults import (
+    copy_model,
+    expect_cli_refusal,
+    expect_refusal,
+    first_shard,
+    ties_config,
+    with_first_expert,
+)
 from tests.helpers import run_cli, tree_hashes, write_yaml
 
 pytestmark = pytest.mark.e2e

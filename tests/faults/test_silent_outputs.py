@@ -97,8 +97,8 @@ def test_the_same_model_under_two_spellings_is_listed_twice(llama_family, tmp_pa
 
 
 def test_hub_ids_differing_in_case_or_default_revision_are_one_model(tmp_path):
-    from mergesmith.errors import ConfigError
     from mergesmith.config import load_config
+    from mergesmith.errors import ConfigError
 
     cfg = {"merge_method": "ties", "base_model": "org/base", "parameters": {"weight": 1.0, "density": 0.5},
            "models": [{"model": "Org/Expert"}, {"model": "org/expert@main"}]}

@@ -20,8 +20,7 @@ import torch
 
 import mergesmith.methods as methods_pkg
 from mergesmith.engine.rng import TensorRng
-from mergesmith.methods import METHODS
-from mergesmith.methods import _blocks
+from mergesmith.methods import METHODS, _blocks
 from mergesmith.methods._per_task import single_tensor_task_model
 from mergesmith.methods._spec import tensor_facts
 

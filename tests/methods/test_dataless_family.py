@@ -12,7 +12,6 @@ from mergesmith.errors import ConfigError
 from mergesmith.methods import METHODS, consensus, doge_ta, emr, wudi
 from mergesmith.methods._per_task import pack_mask, rescalers, single_tensor_task_model, task_model, unpack_mask
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
@@ -98,12 +97,12 @@ def test_doge_loss_falls_and_steps_zero_is_trimmed_adaptive_task_arithmetic():
     delta = doge_ta.optimise_delta(taus, lambdas, basis, 200, 1e-3)
     assert doge_ta.doge_loss(delta, taus, lambdas) < 0.9 * start
     out = doge_ta.merge(base, experts, doge_ta.Params(steps=0, density=1.0))
-    torch.testing.assert_close(out, base + sum(l * t for l, t in zip(lambdas, taus)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out, base + sum(lam * t for lam, t in zip(lambdas, taus)), rtol=1e-5, atol=1e-6)
     trimmed = doge_ta.merge(base, experts, doge_ta.Params(steps=0, density=0.3))
     kept = [doge_ta.top_magnitude_mask(t, 0.3) for t in taus]
     # as fusion-bench's topk_values_mask: entries >= the (numel - keep)-th smallest, i.e. keep + 1 of them
     assert all(int(k.sum()) == int(0.3 * t.numel()) + 1 for k, t in zip(kept, taus))
-    torch.testing.assert_close(trimmed, base + sum(l * t * k for l, t, k in zip(lambdas, taus, kept)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(trimmed, base + sum(lam * t * k for lam, t, k in zip(lambdas, taus, kept)), rtol=1e-5, atol=1e-6)
 
 
 def test_doge_bad_parameters():

@@ -17,8 +17,7 @@ import torch
 from mergesmith.api import merge_state_dicts, plan_merge
 from mergesmith.engine.layers import layer_counts, relative_depth
 from mergesmith.errors import ConfigError
-from mergesmith.methods import METHODS, cart, iso, lines, pcb, tsv
-from mergesmith.methods import _spectral as sp
+from mergesmith.methods import METHODS, _spectral as sp, cart, iso, lines, pcb, tsv
 from mergesmith.methods._spec import param_infos
 from tests.helpers import load_tensors, run_cli, write_yaml
 

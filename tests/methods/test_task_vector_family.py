@@ -18,8 +18,19 @@ import torch
 
 from mergesmith.engine.rng import TensorRng
 from mergesmith.errors import ConfigError
-from mergesmith.methods import METHODS, _blocks, _kth, breadcrumbs, dare, della, magmax, sce, task_arithmetic, ties
-from mergesmith.methods import _task_vectors as tv
+from mergesmith.methods import (
+    METHODS,
+    _blocks,
+    _kth,
+    _task_vectors as tv,
+    breadcrumbs,
+    dare,
+    della,
+    magmax,
+    sce,
+    task_arithmetic,
+    ties,
+)
 from mergesmith.methods._spec import param_infos
 
 SPECS = {

@@ -12,8 +12,8 @@ from safetensors.torch import save_file
 from mergesmith.errors import MergesmithError
 from mergesmith.protect import VerifyReport, detect_layout, protect_checkpoint, verify_protection
 from mergesmith.protect.report import format_verify
-from mergesmith.protect.verify import MAX_COLLAPSED_AGREEMENT
 from mergesmith.protect.transforms import dense_invertible, rotary_invertible
+from mergesmith.protect.verify import MAX_COLLAPSED_AGREEMENT
 from tests.helpers import load_tensors, run_cli, tree_hashes
 
 

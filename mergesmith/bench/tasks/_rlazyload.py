@@ -15,8 +15,9 @@ import lzma
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mergesmith.errors import MergesmithError
 
