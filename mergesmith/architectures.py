@@ -45,7 +45,7 @@ def declared_architecture(config: Mapping[str, Any]) -> Declared | None:
     """The architecture a parsed config.json declares, or None when it declares none."""
     archs = config.get("architectures")
     named = isinstance(archs, list) and archs and all(isinstance(a, str) for a in archs)
-    architectures = tuple(archs) if named else None
+    architectures = tuple(archs) if isinstance(archs, list) and named else None
     model_type = config.get("model_type")
     model_type = model_type if isinstance(model_type, str) and model_type else None
     if architectures is None and model_type is None:

@@ -306,12 +306,14 @@ def evaluate_setting(setting: ParameterSetting, tensor_name: str, t: float) -> S
     if isinstance(setting, list):
         if not setting:
             return None
-        if all(isinstance(item, ConditionalParameter) for item in setting):
-            for cond in setting:
+        conditions = [item for item in setting if isinstance(item, ConditionalParameter)]
+        if len(conditions) == len(setting):
+            for cond in conditions:
                 if cond.filter is None or cond.filter == "*" or cond.filter in tensor_name:
                     return evaluate_setting(cond.value, tensor_name, t)
             return None
-        return _gradient(setting, t)
+        # the schema admits no list mixing the two kinds: this one holds only scalars
+        return _gradient([item for item in setting if not isinstance(item, ConditionalParameter)], t)
     return setting
 
 

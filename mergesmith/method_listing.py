@@ -4,7 +4,10 @@ the data it reads and its parameters (pydantic fields: name, type, range or choi
 from __future__ import annotations
 
 import typing
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 DATA_READ = {
     "validation": "a small labeled validation split",
@@ -38,7 +41,7 @@ def format_continual_methods() -> str:
     return "\n".join(lines)
 
 
-def field_lines(params_cls: type) -> list[str]:
+def field_lines(params_cls: type[BaseModel]) -> list[str]:
     """One line per field of a pydantic params model: ``name (type, default X) - description``."""
     lines = []
     for field_name, info in params_cls.model_fields.items():

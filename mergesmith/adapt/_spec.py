@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from mergesmith.errors import ConfigError
 
 if TYPE_CHECKING:
+    from pydantic import BaseModel
+
     from mergesmith.adapt.problem import AdaptProblem
     from mergesmith.adapt.result import AdaptResult
 
@@ -22,7 +24,7 @@ DATA_KINDS = frozenset({"unlabeled", "validation"})
 class AdaptSpec:
     name: str  # CLI/bench name, e.g. "adamerging_layerwise"
     run: Callable[[AdaptProblem, Any, int], AdaptResult]  # run(problem, params, seed) -> result
-    params: type  # pydantic BaseModel, extra="forbid", every field with a default
+    params: type[BaseModel]  # extra="forbid", every field with a default
     paper: str  # citation: authors, year, title, arXiv id
     needs: frozenset[str]  # subset of DATA_KINDS: which data the method reads
     description: str = ""

@@ -39,7 +39,7 @@ from torch import Tensor
 from mergesmith.adapt._spec import AdaptSpec, params_dict
 from mergesmith.adapt.coefficients import learn_coefficients, loss_summary
 from mergesmith.adapt.functional import coefficient_groups, combine, learnable_names
-from mergesmith.adapt.problem import check_needs
+from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
 
 PAPER = ("Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task Learning, ICLR 2024, arXiv:2310.02575")
@@ -97,7 +97,7 @@ def ties_processed(base: dict[str, Tensor], vectors: list[dict[str, Tensor]], de
     return out
 
 
-def engine_config(problem: Any, coefficients: Tensor, groups: dict[str, int | None], scheme: str) -> dict:
+def engine_config(problem: AdaptProblem, coefficients: Tensor, groups: dict[str, int | None], scheme: str) -> dict:
     """A ``task_arithmetic`` config (normalize false, lambda 1) whose per-model weights are the learned lambdas, so the
     engine computes theta_0 + sum_k lambda_k[g(name)] tau_k exactly as ``combine`` does."""
     models = []
@@ -117,13 +117,13 @@ def engine_config(problem: Any, coefficients: Tensor, groups: dict[str, int | No
             "parameters": {"normalize": False, "lambda": 1.0}, "dtype": "float32"}
 
 
-def coefficient_table(problem: Any, coefficients: Tensor, labels: list[str], scheme: str) -> dict:
+def coefficient_table(problem: AdaptProblem, coefficients: Tensor, labels: list[str], scheme: str) -> dict:
     if scheme == "task":
         return {t: float(coefficients[k, 0]) for k, t in enumerate(problem.task_names)}
     return {t: {label: float(coefficients[k, g]) for g, label in enumerate(labels)} for k, t in enumerate(problem.task_names)}
 
 
-def run_adamerging(problem: Any, params: Any, seed: int, *, name: str, scheme: str, plusplus: bool) -> AdaptResult:
+def run_adamerging(problem: AdaptProblem, params: Any, seed: int, *, name: str, scheme: str, plusplus: bool) -> AdaptResult:
     check_needs(problem, name, frozenset({"unlabeled"}))
     base = problem.base_state()
     vectors_by_task = problem.task_vectors()
@@ -166,15 +166,15 @@ def run_adamerging(problem: Any, params: Any, seed: int, *, name: str, scheme: s
     return result
 
 
-def _run_taskwise(problem, params, seed):
+def _run_taskwise(problem: AdaptProblem, params: Any, seed: int) -> AdaptResult:
     return run_adamerging(problem, params, seed, name="adamerging_taskwise", scheme="task", plusplus=False)
 
 
-def _run_layerwise(problem, params, seed):
+def _run_layerwise(problem: AdaptProblem, params: Any, seed: int) -> AdaptResult:
     return run_adamerging(problem, params, seed, name="adamerging_layerwise", scheme=params.grouping, plusplus=False)
 
 
-def _run_plusplus(problem, params, seed):
+def _run_plusplus(problem: AdaptProblem, params: Any, seed: int) -> AdaptResult:
     return run_adamerging(problem, params, seed, name="adamerging_plusplus", scheme=params.grouping, plusplus=True)
 
 

@@ -9,13 +9,16 @@ of the task vectors.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor
 
 from mergesmith.adapt import adamerging, atlas, bmm, fisher, regmean
 from mergesmith.adapt._spec import AdaptSpec
 from mergesmith.errors import MergesmithError
+
+if TYPE_CHECKING:
+    from mergesmith.adapt.problem import AdaptProblem
 
 # The adapt methods whose result is one set of merged weights (kind "weights"), in catalogue order; the rest of the
 # catalogue (``mergesmith.adapt.ADAPT_METHODS``) adds modules or routers of its own.
@@ -50,7 +53,7 @@ class _ExpertView(Mapping):
         return len(self._base)
 
 
-def anchor_merge(problem: Any, method: str, params: Mapping[str, Any], seed: int) -> tuple[dict[str, Tensor], dict]:
+def anchor_merge(problem: AdaptProblem, method: str, params: Mapping[str, Any], seed: int) -> tuple[dict[str, Tensor], dict]:
     """``(merged floating tensors, info)`` for ``method`` with ``params`` on the problem's base and experts."""
     from mergesmith.methods import METHODS
 
@@ -75,12 +78,12 @@ def anchor_merge(problem: Any, method: str, params: Mapping[str, Any], seed: int
     from mergesmith.api import merge_state_dicts
     from mergesmith.methods._spec import with_equal_weights
 
-    spec = METHODS[method]
-    values = with_equal_weights(spec.params, params)
+    method_spec = METHODS[method]
+    values = with_equal_weights(method_spec.params, params)
     base = problem.base_state()
     vectors = problem.task_vectors()
     experts = [_ExpertView(base, vectors[name]) for name in problem.expert_dirs]
-    merged = merge_state_dicts(base if spec.base != "unused" else None, experts, method, seed=seed, **values)
+    merged = merge_state_dicts(base if method_spec.base != "unused" else None, experts, method, seed=seed, **values)
     return {k: v.float() for k, v in merged.items()}, {"method": method, "params": values}
 
 

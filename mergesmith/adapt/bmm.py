@@ -67,7 +67,7 @@ class Sufficient:
     def add(self, gram: Tensor, weight: Tensor) -> None:
         g = gram.double()
         cross = g @ weight.double().T
-        if self.gram_sum is None:
+        if self.gram_sum is None or self.cross_sum is None:
             self.gram_sum, self.cross_sum = g.clone(), cross
         else:
             self.gram_sum += g
@@ -78,11 +78,12 @@ def bmm_solve(stats: Sufficient, anchor: Tensor, rho: float, ridge: float = 1e-6
     """The posterior mean for one linear module (module docstring's equation); ``rho`` = inf returns the anchor."""
     if rho == float("inf"):
         return anchor.clone(), False
-    total = stats.gram_sum
+    total, cross = stats.gram_sum, stats.cross_sum
+    assert total is not None and cross is not None, "bmm_solve needs the statistics of at least one expert"
     scale = float(torch.diagonal(total).mean())
     lam = rho * (scale if scale > 0 else 1.0)
     lhs = total + lam * torch.eye(total.shape[0], dtype=total.dtype)
-    rhs = stats.cross_sum + lam * anchor.double().T
+    rhs = cross + lam * anchor.double().T
     solution, regularised = solve_regression(lhs, rhs, ridge)
     return solution.T.to(anchor.dtype), regularised
 

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from mergesmith.adapt.functional import combine, entropy, functional_pooler, pooled_with
 from mergesmith.errors import MergesmithError
+
+if TYPE_CHECKING:
+    from mergesmith.adapt.problem import AdaptProblem
 
 OBJECTIVES = ("entropy", "supervised")
 
@@ -33,7 +36,7 @@ class Learned:
     losses: list[float] = field(default_factory=list)  # the objective at each step (before that step's update)
 
 
-def _cycle(problem: Any, split: Any, batch_size: int, seed: int) -> Iterator[Any]:
+def _cycle(problem: AdaptProblem, split: Any, batch_size: int, seed: int) -> Iterator[Any]:
     """Endless deterministic batches of ``split``: a fresh seeded shuffle per pass."""
     epoch = 0
     while True:
@@ -55,7 +58,7 @@ def task_loss(objective: str, head: nn.Linear, features: Tensor, batch: Any) -> 
 
 
 def learn_coefficients(
-    problem: Any,
+    problem: AdaptProblem,
     vectors: Sequence[dict[str, Tensor]],
     groups: dict[str, int | None],
     n_groups: int,

@@ -20,12 +20,15 @@ Grouping schemes (``coefficient_groups``):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from mergesmith.errors import MergesmithError
+
+if TYPE_CHECKING:
+    from mergesmith.adapt.problem import AdaptProblem
 
 SCHEMES = ("task", "tensor", "layer")
 
@@ -74,11 +77,11 @@ def combine(
         if g is None:
             out[name] = b
             continue
-        mixed = None
+        mixed: Tensor | None = None
         for k, tau in enumerate(vectors):
             term = coefficients[k, g] * tau[name]
             mixed = term if mixed is None else mixed + term
-        out[name] = b + mixed
+        out[name] = b if mixed is None else b + mixed
     return out
 
 
@@ -86,7 +89,7 @@ class _Pooler(nn.Module):
     """Holds the encoder as a submodule so ``functional_call`` swaps EVERY parameter the pooling step touches
     (including an image encoder's post-layernorm / projection), then returns the bench's pooled features."""
 
-    def __init__(self, problem: Any, encoder: nn.Module):
+    def __init__(self, problem: AdaptProblem, encoder: nn.Module):
         super().__init__()
         self.encoder = encoder
         self._problem = problem
@@ -95,7 +98,7 @@ class _Pooler(nn.Module):
         return self._problem.pooled(self.encoder, batch)
 
 
-def functional_pooler(problem: Any, encoder: nn.Module) -> nn.Module:
+def functional_pooler(problem: AdaptProblem, encoder: nn.Module) -> nn.Module:
     """A module whose ``functional_call`` with ``{"encoder." + name: tensor}`` gives the pooled features."""
     return _Pooler(problem, encoder)
 

@@ -62,11 +62,12 @@ class MlpBlock:
 
 
 def _get(module: nn.Module, dotted: str) -> nn.Module | None:
+    found: nn.Module | None = module
     for part in dotted.split("."):
-        module = getattr(module, part, None)
-        if module is None:
+        found = getattr(found, part, None)
+        if found is None:
             return None
-    return module
+    return found
 
 
 def is_conv1d(module: nn.Module | None) -> bool:

@@ -74,7 +74,7 @@ class AdaptProblem:
     tasks: list[AdaptTask]
     featurizer: Featurizer  # e.g. the bench's TextFeaturizer / ImageFeaturizer
     _base: dict[str, Tensor] | None = field(default=None, repr=False)
-    _buffers: dict[str, Tensor] | None = field(default=None, repr=False)
+    _buffers: dict[str, Tensor] = field(default_factory=dict, repr=False)  # filled with _base by base_state
     _vectors: dict[str, dict[str, Tensor]] | None = field(default=None, repr=False)
     _stored: tuple[str, ...] | None = field(default=None, repr=False)  # the base checkpoint's tensor names
 
@@ -141,11 +141,11 @@ class AdaptProblem:
 
     def full_state(self, floating: dict[str, Tensor]) -> dict[str, Tensor]:
         """A loadable state dict: ``floating`` (merged floating tensors, HF names) plus the base's integer buffers."""
-        self.base_state()
-        missing = sorted(set(self._base) - set(floating))
+        base = self.base_state()
+        missing = sorted(set(base) - set(floating))
         if missing:
             raise MergesmithError(f"the merged state lacks {len(missing)} tensor(s) of the base, e.g. {missing[0]!r}")
-        return {**self._buffers, **{k: floating[k] for k in self._base}}
+        return {**self._buffers, **{k: floating[k] for k in base}}
 
     def checkpoint_names(self, names: Iterable[str]) -> dict[str, str]:
         """Encoder tensor name -> its name in the base checkpoint: the same name, or the one stored name ending in

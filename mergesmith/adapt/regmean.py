@@ -164,6 +164,7 @@ def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: P
     weight at a time from the statistics files."""
     from safetensors import safe_open
 
+    from mergesmith.methods import _task_vectors as tv
     from mergesmith.methods.regmean_combine import is_singular, reduce_off_diagonal
 
     handles = [safe_open(str(p), framework="pt") for p in statistics.values()]
@@ -171,7 +172,7 @@ def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: P
     for weight, stored in sorted(names.items()):
         if stored not in handles[0].keys():
             continue
-        total = sum(reduce_off_diagonal(h.get_tensor(stored).double(), params.alpha) for h in handles)
+        total = tv.sum_in_order(reduce_off_diagonal(h.get_tensor(stored).double(), params.alpha) for h in handles)
         if is_singular(total):  # the test regmean_weight applies before its ridge
             singular.append(weight)
     return singular

@@ -10,10 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from torch import Tensor, nn
 
 from mergesmith.errors import MergesmithError
+
+if TYPE_CHECKING:
+    from mergesmith.adapt.problem import AdaptProblem, AdaptTask
 
 
 def linear_modules(encoder: nn.Module, method: str = "this method") -> dict[str, nn.Module]:
@@ -80,7 +84,7 @@ class GramCollector:
 
         return hook
 
-    def set_batch(self, problem, batch) -> None:
+    def set_batch(self, problem: AdaptProblem, batch) -> None:
         mask = batch.inputs.get("attention_mask") if problem.modality == "text" else None
         self.mask = mask.bool() if mask is not None else None
         self._seen = set()
@@ -108,7 +112,7 @@ class GramCollector:
         self.close()
 
 
-def example_batches(problem, split, num_examples: int, batch_size: int, seed: int):
+def example_batches(problem: AdaptProblem, split, num_examples: int, batch_size: int, seed: int):
     """The first ``num_examples`` of a seeded shuffle of ``split``, in batches (every task gets the same count)."""
     taken = 0
     for batch in problem.batches(split, batch_size, shuffle=True, seed=seed):
@@ -122,7 +126,7 @@ def example_batches(problem, split, num_examples: int, batch_size: int, seed: in
         yield batch
 
 
-def data_split(problem, task, which: str):
+def data_split(problem: AdaptProblem, task: AdaptTask, which: str) -> Any:
     split = task.unlabeled if which == "unlabeled" else task.validation
     if split is None or len(split) == 0:
         raise MergesmithError(f"task {task.name!r} has no {which} inputs to collect statistics from; give the task that split")
@@ -139,7 +143,7 @@ def save_statistics(path: Path, tensors: dict[str, Tensor], names: dict[str, str
     return path
 
 
-def engine_merge(problem, method: str, statistics: dict[str, Path], parameters: dict, workdir: Path,
+def engine_merge(problem: AdaptProblem, method: str, statistics: dict[str, Path], parameters: dict, workdir: Path,
                  per_model: dict[str, dict] | None = None) -> tuple[dict[str, Tensor], Path]:
     """Write the merge YAML for ``method`` (experts + their statistics files), run the streaming engine into
     ``workdir/merged`` and return the merged encoder's floating tensors and the YAML's path."""
@@ -149,11 +153,11 @@ def engine_merge(problem, method: str, statistics: dict[str, Path], parameters: 
 
     models = []
     for task in problem.task_names:
-        entry = {"model": str(problem.expert_dirs[task]), "statistics": str(statistics[task])}
+        entry: dict[str, Any] = {"model": str(problem.expert_dirs[task]), "statistics": str(statistics[task])}
         if per_model and task in per_model:
             entry["parameters"] = per_model[task]
         models.append(entry)
-    config = {"merge_method": method, "dtype": "float32", "models": models}
+    config: dict[str, Any] = {"merge_method": method, "dtype": "float32", "models": models}
     if parameters:
         config["parameters"] = parameters
     config_path = workdir / "merge.yaml"

@@ -33,11 +33,13 @@ Surgery's merged model is frozen, so its representations are computed once per i
 
 from __future__ import annotations
 
+import functools
 import math
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +50,10 @@ from mergesmith.adapt.featurizer import REPRESENTATIONS as HEAD_REPRESENTATIONS
 from mergesmith.adapt.modules import transformer_blocks
 from mergesmith.errors import MergesmithError
 from mergesmith.pooling import mean_pool
+
+if TYPE_CHECKING:
+    from mergesmith.adapt.problem import AdaptProblem
+    from mergesmith.adapt.result import AdaptResult
 
 SURGERY_PAPER = ("Yang, Shen, Wang, Guo, Chen, Wang, Tao 2024, Representation Surgery for Multi-Task Model Merging, "
                  "ICML 2024, arXiv 2402.02705")
@@ -103,7 +109,7 @@ class SurgeryModule(nn.Module):
         return z - self.bias(z)  # Z_hat = Z - Phi(Z)
 
 
-def module_parameters(module: SurgeryModule) -> int:
+def module_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
@@ -111,7 +117,7 @@ def module_parameters(module: SurgeryModule) -> int:
 # The representation a task head reads, and a model output with it corrected
 
 
-def representation_kind(problem: Any) -> str:
+def representation_kind(problem: AdaptProblem) -> str:
     """What the task heads read; "pooler_output" falls back to the first token's state for a model without a pooler."""
     return problem.featurizer.representation
 
@@ -230,7 +236,7 @@ def _l1(pred: Tensor, target: Tensor, mask: Tensor | None = None) -> Tensor:
     return diff.mean()
 
 
-def _endless_batches(problem: Any, split: Any, batch_size: int, seed: int) -> Iterator[Any]:
+def _endless_batches(problem: AdaptProblem, split: Any, batch_size: int, seed: int) -> Iterator[Any]:
     epoch = 0
     while True:
         yield from problem.batches(split, batch_size, shuffle=True, seed=seed * 7919 + epoch)
@@ -238,7 +244,7 @@ def _endless_batches(problem: Any, split: Any, batch_size: int, seed: int) -> It
 
 
 @torch.no_grad()
-def _all_features(problem: Any, encoder: nn.Module, split: Any, batch_size: int = 64, limit: int | None = None) -> Tensor:
+def _all_features(problem: AdaptProblem, encoder: nn.Module, split: Any, batch_size: int = 64, limit: int | None = None) -> Tensor:
     """Pooled features of the split's first ``limit`` inputs (all by default), in order."""
     parts, seen = [], 0
     for batch in problem.batches(split, batch_size):
@@ -268,11 +274,12 @@ def train_last_layer(z_merged: Tensor, z_expert: Tensor, params: SurgeryParams, 
     return module.eval(), losses
 
 
-def train_deep(problem: Any, merged: nn.Module, expert: nn.Module, split: Any, params: SurgeryParams, seed: int,
+def train_deep(problem: AdaptProblem, merged: nn.Module, expert: nn.Module, split: Any, params: SurgeryParams, seed: int,
                generator: torch.Generator, progress: Any = None) -> tuple[nn.ModuleList, list[float]]:
     """SurgeryV2 Sec. 4: modules after every block, trained jointly on sum_l mean |Z_hat^l - Z_ind^l| (real tokens)."""
     _, expert_blocks = transformer_blocks(expert)
-    width = int(merged.config.hidden_size)
+    config: Any = merged.config  # a transformers config (nn.Module types its attributes as Tensor | Module)
+    width = int(config.hidden_size)
     modules = nn.ModuleList(
         SurgeryModule(width, params.rank, params.activation, generator) for _ in range(len(expert_blocks))
     )
@@ -293,7 +300,7 @@ def train_deep(problem: Any, merged: nn.Module, expert: nn.Module, split: Any, p
             outputs = deep.record
         finally:
             deep.record = None
-        loss = sum(_l1(o, t, mask) for o, t in zip(outputs, targets))
+        loss = functools.reduce(operator.add, (_l1(o, t, mask) for o, t in zip(outputs, targets)))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -303,7 +310,7 @@ def train_deep(problem: Any, merged: nn.Module, expert: nn.Module, split: Any, p
     return modules.eval(), losses
 
 
-def _run(problem: Any, params: SurgeryParams, seed: int, deep: bool) -> Any:
+def _run(problem: AdaptProblem, params: SurgeryParams, seed: int, deep: bool) -> AdaptResult:
     from tqdm.auto import tqdm
 
     from mergesmith.adapt.base_merge import anchor_merge
@@ -386,11 +393,11 @@ def _run(problem: Any, params: SurgeryParams, seed: int, deep: bool) -> Any:
     return AdaptResult("surgery", problem.checkpoint_state(floating), encoder_for, extras, spec, info, merged=floating)
 
 
-def run_surgery(problem: Any, params: SurgeryParams, seed: int) -> Any:
+def run_surgery(problem: AdaptProblem, params: SurgeryParams, seed: int) -> AdaptResult:
     return _run(problem, params, seed, deep=False)
 
 
-def run_surgery_v2(problem: Any, params: SurgeryV2Params, seed: int) -> Any:
+def run_surgery_v2(problem: AdaptProblem, params: SurgeryV2Params, seed: int) -> AdaptResult:
     return _run(problem, params, seed, deep=True)
 
 

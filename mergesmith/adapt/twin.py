@@ -30,7 +30,7 @@ router (``router.*``), ``adapt.json`` kind "twin_merging"; ``mergesmith.load_mer
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -87,7 +87,7 @@ class _LazyExpert(Mapping):
         return len(self._base)
 
 
-def shared_weights(base: Mapping[str, Tensor], vectors: list[Mapping[str, Tensor]], method: str, params: dict,
+def shared_weights(base: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tensor]], method: str, params: dict,
                    seed: int) -> dict[str, Tensor]:
     """theta* = Merge(theta_1..theta_T) (step 1) with any mergesmith tensor-wise method."""
     from mergesmith.api import merge_state_dicts
@@ -102,7 +102,7 @@ def truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     return (u[:, :r] * s[:r]).to(matrix.dtype), vh[:r].T.contiguous().to(matrix.dtype)
 
 
-def exclusive_parts(base: Mapping[str, Tensor], vectors: list[Mapping[str, Tensor]], shared: Mapping[str, Tensor],
+def exclusive_parts(base: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tensor]], shared: Mapping[str, Tensor],
                     rank: int, rank_fraction: float | None) -> dict[str, dict[str, Tensor]]:
     """Per tensor that some expert differs from theta* on: {"US": [T, m, r], "V": [T, n, r]} for matrices, or
     {"delta": [T, ...]} for other tensors; tau_t = theta_t - theta* (step 2)."""
@@ -126,6 +126,9 @@ def exclusive_parts(base: Mapping[str, Tensor], vectors: list[Mapping[str, Tenso
 
 class Router(nn.Module):
     """R(x) = W2 relu(W1 (x - mean) / std + b1) + b2: task logits from the shared model's pooled features."""
+
+    mean: Tensor  # buffers, registered in __init__
+    std: Tensor
 
     def __init__(self, width: int, hidden: int, tasks: int):
         super().__init__()
@@ -207,8 +210,9 @@ def rms_normalized(module: nn.Module, x: Tensor) -> Tensor:
     if isinstance(module, nn.RMSNorm):
         eps = module.eps if module.eps is not None else torch.finfo(x.dtype).eps
         return nn.functional.rms_norm(x, module.normalized_shape, None, eps)
+    epsilon: Any = module.variance_epsilon  # a float attribute of transformers' RMSNorm modules
     hidden = x.float()
-    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + module.variance_epsilon)
+    hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + epsilon)
     return hidden.to(x.dtype)
 
 
@@ -233,7 +237,7 @@ class TwinEncoder(nn.Module):
         self.fast = all(self._hookable(name) for name in self.parts)
         self._hooks = []
         if self.fast:
-            modules = {}
+            modules: dict[str, nn.Module] = {}
             for name in self.parts:
                 path, _ = name.rsplit(".", 1)
                 modules.setdefault(path, self.encoder.get_submodule(path))
@@ -323,7 +327,7 @@ class TwinEncoder(nn.Module):
             if w is None:
                 return None
             x = inputs[0]
-            extra = 0
+            extra: Tensor | int = 0
             if isinstance(mod, nn.Linear) or conv1d:
                 if weight is not None:
                     # nn.Linear: tau [out, in] = US V^T, x tau^T = (x V) US^T; Conv1D: tau [in, out] = US V^T, x tau = (x US) V^T
@@ -334,10 +338,12 @@ class TwinEncoder(nn.Module):
                 if bias is not None:
                     extra = extra + per_sample(w, bias["delta"], output)
             elif isinstance(mod, nn.Embedding):
+                assert weight is not None  # an embedding's part is its weight's
                 ids = x if x.shape[0] == w.shape[0] else x.expand(w.shape[0], *x.shape[1:])
                 rows = weight["US"][:, ids]  # [T, B, ..., r]
                 extra = torch.einsum("tb...r,tdr,bt->b...d", rows, weight["V"], w)
             elif rms:  # RMSNorm: y = xhat * gamma
+                assert weight is not None  # an RMSNorm has only a gain
                 xhat = rms_normalized(mod, x)
                 extra = xhat * per_sample(w, weight["delta"], xhat)
             else:  # LayerNorm: y = xhat * gamma + beta
@@ -391,6 +397,7 @@ def _validation_features(problem: AdaptProblem, encoder: nn.Module) -> tuple[Ten
             pooling = pooling or pooling_for(problem, out)
             feats.append(router_features(out, kwargs, pooling))
             ids.append(torch.full((len(batch),), t, dtype=torch.long))
+    assert pooling is not None, "check_needs gave every task a validation split"
     return torch.cat(feats), torch.cat(ids), pooling
 
 

@@ -31,7 +31,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field
@@ -40,6 +40,10 @@ from torch import Tensor, nn
 from mergesmith.adapt._spec import AdaptSpec, params_dict
 from mergesmith.adapt.modules import MlpBlock, mlp_blocks
 from mergesmith.errors import MergesmithError
+
+if TYPE_CHECKING:
+    from mergesmith.adapt.problem import AdaptProblem, AdaptTask
+    from mergesmith.adapt.result import AdaptResult
 
 WEMOE_PAPER = ("Tang, Shen, Luo, Yin, Zhang, Tao 2024, Merging Multi-Task Models via Weight-Ensembling Mixture of Experts, "
                "ICML 2024, arXiv 2402.00433")
@@ -99,7 +103,7 @@ class Router(nn.Module):
 class _Routing:
     """Shared by the linears of one MLP block: the coefficients of the input now running through the block."""
 
-    def __init__(self, router: Router, context: dict):
+    def __init__(self, router: nn.Module, context: dict):
         self.router = router
         self.context = context  # {"mask": attention mask of the current call}
         self.input: Tensor | None = None
@@ -119,6 +123,11 @@ class RoutedLinear(nn.Module):
 
     Weights are held once, as [in, out] matrices (``weight_io``, and the task vectors stacked ``tau_io`` [T, in, out]),
     the layout both evaluation paths multiply with directly."""
+
+    weight_io: Tensor  # buffers, registered in __init__
+    tau_io: Tensor
+    bias: Tensor | None
+    tau_bias: Tensor | None
 
     def __init__(self, weight: Tensor, bias: Tensor | None, tau_weight: Tensor, tau_bias: Tensor | None, routing: _Routing,
                  *, entry: bool, conv1d: bool):
@@ -260,14 +269,14 @@ def build_wemoe(model: nn.Module, base: Mapping[str, Tensor], vectors: Sequence[
 # Run
 
 
-def _endless(problem: Any, task: Any, batch_size: int, seed: int):
+def _endless(problem: AdaptProblem, task: AdaptTask, batch_size: int, seed: int):
     epoch = 0
     while True:
         yield from problem.batches(task.unlabeled, batch_size, shuffle=True, seed=seed * 7919 + epoch)
         epoch += 1
 
 
-def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
+def _run(problem: AdaptProblem, params: WemoeParams, seed: int, efficient: bool) -> AdaptResult:
     from tqdm.auto import tqdm
 
     from mergesmith.adapt.functional import entropy
@@ -283,14 +292,14 @@ def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
     mlp_names = mlp_tensor_names(probe, blocks)
     del probe
     mlp_set = set(mlp_names)
-    density = params.density if efficient else 1.0
+    density = params.density if efficient and isinstance(params, EWemoeParams) else 1.0
 
     # One expert at a time: only the MLP task vectors (the MoE's experts) are kept, never every full task vector.
     # Step 2: task arithmetic outside the MLP blocks; the MLP tensors keep the base (their MoE adds the vectors).
     floating = {key: (b if key in mlp_set else b.clone()) for key, b in base.items()}
     vectors = []
-    for t in task_names:
-        expert = problem.expert_state(t)
+    for task_name in task_names:
+        expert = problem.expert_state(task_name)
         for key, b in base.items():
             if key not in mlp_set:
                 floating[key].add_(expert[key] - b, alpha=params.init_lambda)
@@ -300,7 +309,8 @@ def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
 
     model = problem.encoder_with(floating)
     model.requires_grad_(False)
-    width = int(model.config.hidden_size)
+    config: Any = model.config  # a transformers config (nn.Module types its attributes as Tensor | Module)
+    width = int(config.hidden_size)
     hidden = params.router_hidden or width
     shared = bool(getattr(params, "shared_router", False)) if efficient else False
     generator = torch.Generator().manual_seed(seed)
@@ -382,11 +392,11 @@ def _run(problem: Any, params: WemoeParams, seed: int, efficient: bool) -> Any:
     return AdaptResult("wemoe", problem.checkpoint_state(floating), encoder_for, extras, spec, info, merged=floating)
 
 
-def run_wemoe(problem: Any, params: WemoeParams, seed: int) -> Any:
+def run_wemoe(problem: AdaptProblem, params: WemoeParams, seed: int) -> AdaptResult:
     return _run(problem, params, seed, efficient=False)
 
 
-def run_e_wemoe(problem: Any, params: EWemoeParams, seed: int) -> Any:
+def run_e_wemoe(problem: AdaptProblem, params: EWemoeParams, seed: int) -> AdaptResult:
     return _run(problem, params, seed, efficient=True)
 
 
@@ -424,7 +434,8 @@ def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
             else:
                 vector[key] = extras[f"tau.{t}.{key}"]
         vectors.append(vector)
-    width = int(model.config.hidden_size)
+    config: Any = model.config  # a transformers config (nn.Module types its attributes as Tensor | Module)
+    width = int(config.hidden_size)
     routers = nn.ModuleList(
         Router(width, len(tasks), int(spec["router_hidden"]), float(spec["init_lambda"])) for _ in range(int(spec["routers"]))
     )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import html
 import io
 import json
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 
@@ -36,7 +37,7 @@ def format_tables(s: Summary, width: int | None = 120) -> str:
     experts = Table(title="Task vectors (expert - base)")
     for col in ("#", "expert", "L2 norm", "mean eff. rank", *[f"cos #{i}" for i in range(len(s.experts))]):
         experts.add_column(col, justify="left" if col in ("#", "expert") else "right")
-    ranks = [[layer.effective_rank[i] for layer in s.layers if layer.effective_rank[i] is not None] for i in range(len(s.experts))]
+    ranks = [[r for r in (layer.effective_rank[i] for layer in s.layers) if r is not None] for i in range(len(s.experts))]
     for i, name in enumerate(s.experts):
         mean_rank = sum(ranks[i]) / len(ranks[i]) if ranks[i] else None
         experts.add_row(str(i), name, _fmt(s.norms[i], ".4g"), _fmt(mean_rank, ".1f"), *[_fmt(c) for c in s.cosine[i]])
@@ -130,7 +131,7 @@ def render_html(s: Summary, plots: dict[str, bytes], table_text: str) -> str:
     return "\n".join(parts)
 
 
-def write_report(s: Summary, out_dir: Path, *, force: bool = False, inputs: list[Path] = ()) -> list[Path]:
+def write_report(s: Summary, out_dir: Path, *, force: bool = False, inputs: Sequence[Path] = ()) -> list[Path]:
     """report.html (plots embedded), one PNG per plot, diagnostics.json and table.txt, written atomically."""
     from mergesmith.io.atomic import StagedOutput
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import torch
@@ -30,7 +30,7 @@ def _trim_heap() -> None:
         pass
 
 
-def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, features, out_dir: Path | None,
+def adapt_row(method: str, pool, expert_acc: Mapping[str, float | None], *, seed: int, features, out_dir: Path | None,
               echo: Callable[[str], None] = print, params=None) -> dict:
     """One results row of kind "adapt". ``features`` is the pool's featurizer; ``out_dir`` saves the result there;
     ``params`` the method's parameters object (default: its defaults)."""
@@ -78,8 +78,8 @@ def adapt_row(method: str, pool, expert_acc: dict[str, float], *, seed: int, fea
            "normalized": normalized(scores, expert_acc), "params": shown, "grid": [], "merge_seconds": seconds,
            "peak_memory_mb": rss.peak_mb, "eval_seconds": eval_seconds, "paper": spec.paper,
            "info": _summary(result.info), "adapt_params": used, "threads": 1}
-    normalized = "-" if row["normalized"] is None else f"{row['normalized']:.3f}"
-    echo(f"{method:18s} test average {row['average']:.3f}  normalized {normalized}  ({seconds:.0f} s, peak +{rss.peak_mb:.0f} MB)")
+    shown_normalized = "-" if row["normalized"] is None else f"{row['normalized']:.3f}"
+    echo(f"{method:18s} test average {row['average']:.3f}  normalized {shown_normalized}  ({seconds:.0f} s, peak +{rss.peak_mb:.0f} MB)")
     del result, problem
     gc.collect()
     return row

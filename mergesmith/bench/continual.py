@@ -16,6 +16,7 @@ import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -88,7 +89,7 @@ def run_continual_bench(
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     experts = {n: featurizer.load(tasks[n].expert).state_dict() for n in names}
     sequences = task_orders(names, orders, seed)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for method in methods:
         for o, order in enumerate(sequences):
             echo(f"{method}: order {o + 1}/{len(sequences)}: {' -> '.join(order)}")

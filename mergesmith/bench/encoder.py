@@ -7,11 +7,15 @@ are tokenized once per split; inference batches are sorted by length so padding 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
 
 from mergesmith.pooling import mean_pool
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 MAX_LENGTH = 64
 
@@ -52,7 +56,8 @@ def split_features(encoder: nn.Module, split: EncodedSplit, pad_id: int, batch_s
     """Sentence embeddings of a whole split, in the split's order."""
     encoder.eval()
     order = sorted(range(len(split)), key=lambda i: len(split.ids[i]))
-    out = torch.empty((len(split), encoder.config.hidden_size))
+    config: Any = encoder.config  # a transformers config (nn.Module types its attributes as Tensor | Module)
+    out = torch.empty((len(split), config.hidden_size))
     for start in range(0, len(order), batch_size):
         rows = order[start : start + batch_size]
         ids, mask = pad_batch([split.ids[i] for i in rows], pad_id)
@@ -112,7 +117,8 @@ class FineTuneRecipe:
 
 
 def fine_tune(
-    encoder: nn.Module, head: nn.Linear, split: EncodedSplit, pad_id: int, recipe: FineTuneRecipe, seed: int, progress=None
+    encoder: PreTrainedModel, head: nn.Linear, split: EncodedSplit, pad_id: int, recipe: FineTuneRecipe, seed: int,
+    progress=None
 ) -> None:
     """Full fine-tune of the encoder with its head (word embeddings frozen by default), AdamW, linear decay."""
     torch.manual_seed(seed)

@@ -55,7 +55,7 @@ def hidden_width(config: dict) -> int:
     model_type = config.get("model_type")
     try:
         settings = {k: v for k, v in config.items() if k != "model_type"}
-        return int(AutoConfig.for_model(model_type, **settings).hidden_size)
+        return int(AutoConfig.for_model(str(model_type), **settings).hidden_size)
     except (ValueError, KeyError, AttributeError, TypeError):
         raise MergesmithError(
             f"config.json (model_type {model_type!r}) names no hidden width that transformers knows; give a "
@@ -279,8 +279,9 @@ class ImageFeaturizer:
         vision = getattr(encoder, "vision_model", None) if encoder is not None else None
         if vision is not None and hasattr(vision, "post_layernorm"):
             first = vision.post_layernorm(first)
-            if self.kind == "clip_projection" and hasattr(encoder, "visual_projection"):
-                first = encoder.visual_projection(first)
+            projection = getattr(encoder, "visual_projection", None)
+            if self.kind == "clip_projection" and projection is not None:
+                first = projection(first)
         return first
 
 

@@ -48,7 +48,9 @@ def parse_methods(text: str) -> list[MethodChoice]:
 
 def _split_top_level(text: str) -> list[str]:
     """Split at commas outside [...] and {...}; empty items are dropped."""
-    items, depth, current = [], 0, []
+    items: list[str] = []
+    current: list[str] = []
+    depth = 0
     for char in text:
         if char in "[{":
             depth += 1

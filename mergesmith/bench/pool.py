@@ -46,8 +46,10 @@ import torch
 from torch import nn
 
 from mergesmith.bench.data import Example
+from mergesmith.bench.encoder import EncodedSplit
 from mergesmith.bench.features import (
     ImageFeaturizer,
+    ImageSplit,
     TextFeaturizer,
     infer_modality,
     make_featurizer,
@@ -68,8 +70,8 @@ class PoolTask:
     expert: Path
     head: nn.Linear
     probe: nn.Linear | None  # linear probe on the frozen base (None: the task has no train split)
-    validation: object  # encoded split (text ids or image files) with ``.labels``
-    test: object
+    validation: EncodedSplit | ImageSplit  # text ids or image files, with ``.labels``
+    test: EncodedSplit | ImageSplit
     sizes: dict[str, int]
     train_seconds: float | None = None
 

@@ -77,7 +77,7 @@ class PoolSpec(_Strict):
         return tasks
 
 
-_NESTED = {"tasks": TaskSpec, "data": DataSpec}
+_NESTED: dict[str, type[BaseModel]] = {"tasks": TaskSpec, "data": DataSpec}
 
 
 def _location(loc: tuple) -> str:

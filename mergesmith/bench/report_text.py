@@ -60,9 +60,9 @@ def format_table(results: Mapping[str, Any], width: int | None = None) -> str:
 
     validate(results)
 
-    def console(width: int) -> Console:
-        return Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False, highlight=False,
-                       emoji=False, legacy_windows=False)
+    def console(width: int, file: io.StringIO | None = None) -> Console:
+        return Console(file=file if file is not None else io.StringIO(), width=width, color_system=None, force_terminal=False,
+                       highlight=False, emoji=False, legacy_windows=False)
 
     def natural_width(table) -> int:
         return console(10_000).measure(table).maximum
@@ -73,9 +73,9 @@ def format_table(results: Mapping[str, Any], width: int | None = None) -> str:
         table = _rich_table(results, with_params=False)
     # Never narrower than the table's natural width: rich would crop columns, and a terminal that wraps long lines
     # loses nothing.
-    out = console(max(width or 0, natural_width(table)))
-    out.print(table)
-    lines = [line.rstrip() for line in out.file.getvalue().splitlines()]
+    buffer = io.StringIO()
+    console(max(width or 0, natural_width(table)), buffer).print(table)
+    lines = [line.rstrip() for line in buffer.getvalue().splitlines()]
     while lines and not lines[-1]:
         lines.pop()
     if not fits:

@@ -20,6 +20,7 @@ import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import yaml
@@ -116,19 +117,20 @@ def run_bench(
     if pool is not None and profile is not None:
         raise MergesmithError("a profile and a pool were both given; pass --profile for a built-in pool or --pool for your own, not both")
     run_dir = Path(run_dir)
+    profile_name = profile or "default"  # the built-in pool, when no pool file is given
+    cache = Path(cache_dir) if cache_dir else default_cache_dir()
     if pool is None:
-        profile = profile or "default"
-        if profile not in PROFILES:
-            raise MergesmithError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
-        cache_dir = ensure_writable(Path(cache_dir) if cache_dir else default_cache_dir())
+        if profile_name not in PROFILES:
+            raise MergesmithError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
+        cache = ensure_writable(cache)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise MergesmithError(f"run directory {run_dir} exists and is not empty; choose another with --out")
     if pool is None:
-        method_names = resolve_methods(methods, profile, len(PROFILES[profile].tasks))  # before any data is built
-        fixed = method_parameters(method_names, method_params or {}, len(PROFILES[profile].tasks), progress=progress)
-        tasks = build_tasks(profile, cache_dir, seed=seed, progress=progress)
+        method_names = resolve_methods(methods, profile_name, len(PROFILES[profile_name].tasks))  # before any data is built
+        fixed = method_parameters(method_names, method_params or {}, len(PROFILES[profile_name].tasks), progress=progress)
+        task_data = build_tasks(profile_name, cache, seed=seed, progress=progress)
         torch.set_num_threads(os.cpu_count() or 1)
-        bench_pool = profile_pool(profile, tasks, cache_dir, seed, progress, echo)
+        bench_pool = profile_pool(profile_name, task_data, cache, seed, progress, echo)
     else:
         from mergesmith.bench.pool import build_pool, check_pool
 
@@ -153,8 +155,8 @@ def run_bench(
     echo("scoring the pretrained model (linear probes) and every expert on every task")
     probes = {t.name: t.probe for t in tasks}
     pretrained = Evaluator(tasks, test.splits, probes, featurizer)(base_model) if any(p is not None for p in probes.values()) else None
-    expert_acc: dict[str, float] = {}
-    expert_rows = []
+    expert_acc: dict[str, float | None] = {}
+    expert_rows: list[dict[str, Any]] = []
     for t in tasks:
         model = load(t.expert)
         started = time.perf_counter()
@@ -183,7 +185,7 @@ def run_bench(
             rows.append(adapt_row(method, bench_pool, expert_acc, seed=seed, features=featurizer, params=fixed[method],
                                   out_dir=run_dir / "merged" / method if keep_models else None, echo=echo))
             continue
-        grid = []
+        grid: list[dict[str, Any]] = []
         points = [_params_with_defaults(method, p) for p in grid_with(grid_points(method), fixed[method])]
         for point in points:
             if per_task.has_task_models(method):  # EMR, TALL masks: task t is scored with task t's model

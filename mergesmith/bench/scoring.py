@@ -4,7 +4,7 @@ head (``Evaluator``), the average and normalized accuracy of a row, and the peak
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import torch
@@ -22,38 +22,43 @@ class Evaluator:
 
     tasks: list  # objects with a ``.name``
     splits: dict
-    heads: dict[str, torch.nn.Linear | None]
-    features: Callable | int
+    heads: Mapping[str, torch.nn.Linear | None]
+    features: Callable[..., torch.Tensor] | int
 
-    def __post_init__(self) -> None:
+    def _features(self, encoder, split) -> torch.Tensor:
         if isinstance(self.features, int):
-            pad_id = self.features
-            self.features = lambda encoder, split: split_features(encoder, split, pad_id)
+            return split_features(encoder, split, self.features)
+        return self.features(encoder, split)
 
     def __call__(self, encoder) -> dict[str, float | None]:
-        scores = {}
+        scores: dict[str, float | None] = {}
         for task in self.tasks:
             head = self.heads[task.name]
             if head is None:  # no head for this task (a user pool's task without a train split for the probe)
                 scores[task.name] = None
                 continue
             split = self.splits[task.name]
-            feats = self.features(encoder, split)
+            feats = self._features(encoder, split)
             with torch.no_grad():
                 scores[task.name] = float((head(feats).argmax(-1) == split.labels).float().mean())
         return scores
 
 
-def average(scores: dict[str, float | None]) -> float:
+def average(scores: Mapping[str, float | None]) -> float:
     values = [v for v in scores.values() if v is not None]
     return sum(values) / len(values)
 
 
-def normalized(scores: dict[str, float], expert: dict[str, float]) -> float | None:
+def normalized(scores: Mapping[str, float | None], expert: Mapping[str, float | None]) -> float | None:
     # A user's expert may get nothing right on its own task; the ratio is then undefined, not a division error.
-    if any(expert[t] == 0 for t in expert):
-        return None
-    return sum(scores[t] / expert[t] for t in expert) / len(expert)
+    # So is it when a task has no score (a task without a head).
+    ratios = []
+    for task, own in expert.items():
+        score = scores[task]
+        if own is None or own == 0 or score is None:
+            return None
+        ratios.append(score / own)
+    return sum(ratios) / len(ratios)
 
 
 class PeakRss:

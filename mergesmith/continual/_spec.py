@@ -5,12 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 from pydantic import BaseModel
 from torch import Tensor
 
 # Embedding tables are 2-D but not linear maps: the papers project / optimise nn.Linear weights only.
 _EMBEDDING = re.compile(r"(embed|(^|\.)(wte|wpe|shared)\.weight$)")
+
+P = TypeVar("P", bound=BaseModel)
 
 
 def is_linear_weight(name: str, tensor: Tensor) -> bool:
@@ -29,16 +32,16 @@ class StepContext:
 
 
 @dataclass(frozen=True)
-class ContinualMethod:
+class ContinualMethod(Generic[P]):
     name: str
     paper: str
     summary: str
-    params: type[BaseModel]
+    params: type[P]
     # step(base, previous merge, new expert, params, ctx) -> next merge of this tensor (for OPCM: before the
     # global rescale by 1 / lambda_t, see ``rescales``)
-    step: Callable[[Tensor, Tensor, Tensor, BaseModel, StepContext], Tensor]
+    step: Callable[[Tensor, Tensor, Tensor, P, StepContext], Tensor]
     # start(base, first expert, params) -> the "merge" of one expert that a sequence starts from
-    start: Callable[[Tensor, Tensor, BaseModel], Tensor]
+    start: Callable[[Tensor, Tensor, P], Tensor]
     rescales: bool = False  # OPCM: the task vector is rescaled by a whole-model norm after the step
     # what happens to tensors that are not linear weights, for the one note per step (empty: nothing special)
     non_matrix: str = ""

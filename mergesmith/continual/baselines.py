@@ -61,4 +61,6 @@ def ties_step(base: Tensor, previous: Tensor, new: Tensor, params: TiesParams, c
     previous_tv = (previous - base) / params.lambda_
     tie_params = ties.Params(weight=(float(ctx.count), 1.0), density=(params.density, params.density),
                              lambda_=params.lambda_)
-    return ties.SPEC.merge(base, [base + previous_tv, new], tie_params)
+    merged = ties.SPEC.merge(base, [base + previous_tv, new], tie_params)
+    assert isinstance(merged, Tensor)  # only methods with per-task parts (EMR, TALL masks) return a pair
+    return merged

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from mergesmith.continual import baselines, dop, opcm
 from mergesmith.continual._spec import ContinualMethod
 
-CONTINUAL_METHODS: dict[str, ContinualMethod] = {
+CONTINUAL_METHODS: dict[str, ContinualMethod[Any]] = {
     "opcm": ContinualMethod(
         name="opcm", paper=opcm.PAPER, params=opcm.OpcmParams, step=opcm.step, start=opcm.start, rescales=True,
         non_matrix="added without projection, as the paper does (no singular subspace)",

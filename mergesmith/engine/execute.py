@@ -186,7 +186,7 @@ class _ReadOnDemand(Sequence):
     def __len__(self) -> int:
         return len(self.refs)
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):  # a slice stays on demand
             return _ReadOnDemand(self.inputs, self.refs[index], self.rows)
         return self.inputs.read(self.refs[index], self.rows)
@@ -262,10 +262,11 @@ def _run_whole(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionRepo
 _JOB_DONE = object()
 
 
-def _run_into(sink: queue.SimpleQueue | None, *args) -> JobResult:
+def _run_into(sink: queue.SimpleQueue | None, plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport,
+              strict: bool, lock: threading.Lock) -> JobResult:
     """run_job in a worker; a streaming job always ends its sink with _JOB_DONE, also when it fails."""
     try:
-        return run_job(*args, sink=sink)
+        return run_job(plan, job, seed, report, strict, lock, sink=sink)
     finally:
         if sink is not None:
             sink.put(_JOB_DONE)
@@ -315,7 +316,9 @@ def execute(
                 cost = min(job_cost(job, plan.method), limit)
                 if not budget.acquire(cost):
                     return
-                sink = queue.SimpleQueue() if write_rows is not None and streams_rows(plan, job) else None
+                sink: queue.SimpleQueue | None = (
+                    queue.SimpleQueue() if write_rows is not None and streams_rows(plan, job) else None
+                )
                 future = pool.submit(_run_into, sink, plan, job, seed, report, strict, lock)
                 admitted.append((job, cost, future, sink))
                 ready.release()
@@ -336,6 +339,7 @@ def execute(
                 write(job.out_name, tensor)
                 del tensor
             else:
+                assert write_rows is not None  # a job streams its rows only to a writer that takes them
                 while (block := sink.get()) is not _JOB_DONE:
                     write_rows(job.out_name, block)
                     del block

@@ -208,10 +208,9 @@ def _plan_slices(plan: MergePlan) -> None:
                 )
 
     # Tensors outside the stack: embeddings from the first slice's models, the rest from the last slice's.
-    outside = [n for n in ref_names if (parse_layer(n) is None or parse_layer(n).prefix != prefix)]
-    layer_template = sorted(
-        {parse_layer(n).rest for n in ref_names if parse_layer(n) and parse_layer(n).prefix == prefix}, key=natural_key
-    )
+    parsed = [(n, parse_layer(n)) for n in ref_names]
+    outside = [n for n, layer in parsed if layer is None or layer.prefix != prefix]
+    layer_template = sorted({layer.rest for _, layer in parsed if layer and layer.prefix == prefix}, key=natural_key)
     spans = [s.sources[0].layer_range[1] - s.sources[0].layer_range[0] for s in slices]
     plan.layer_counts = {prefix: sum(spans)}
     for name in sorted((n for n in outside if is_pre_stack(n)), key=natural_key):
@@ -392,7 +391,8 @@ def _add_statistics(plan: MergePlan, statistics: Statistics) -> None:
     A tensor some statistics files have and others lack is an error; one that none has is merged without."""
     import dataclasses
 
-    entries = {e.model: e.statistics for e in plan.config.models or []}
+    # the config check gave every model entry its statistics file
+    entries = {e.model: e.statistics for e in plan.config.models or [] if e.statistics is not None}
     for index, job in enumerate(plan.jobs):
         if job.params is None:
             continue

@@ -184,8 +184,8 @@ def load_task_model(directory: Path, details: dict, task: str | None) -> Any:
     from mergesmith.model_class import load_pretrained
 
     info = read_tasks(directory)
-    check_task(directory, info, task)
-    return apply_task(load_pretrained(directory), directory, task)
+    checked = check_task(directory, info, task)
+    return apply_task(load_pretrained(directory), directory, checked)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -19,7 +19,6 @@ import json
 import math
 import os
 import re
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -94,7 +93,7 @@ def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _type_name(kind: type | tuple[type, ...]) -> str:
     kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {dict: "an object (mapping)", list: "a list"}
+    names: dict[type, str] = {dict: "an object (mapping)", list: "a list"}
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
@@ -113,13 +112,10 @@ def parse_json(raw: bytes | str, where: str, *, what: str = "JSON", error: type[
         text = data.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as e:
         raise error(f"{where}: {what} is not valid UTF-8 (byte {e.start}); {fix}") from None
-    hooks: dict[str, Callable[..., Any]] = {"parse_int": _parse_int, "parse_float": _parse_float}
-    if not constants:
-        hooks["parse_constant"] = _no_constant
-    if unique_keys:
-        hooks["object_pairs_hook"] = _unique_pairs
-    try:
-        value = json.loads(text, **hooks)
+    try:  # json.loads treats a hook of None as not given
+        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
+                           parse_constant=None if constants else _no_constant,
+                           object_pairs_hook=_unique_pairs if unique_keys else None)
     except _Refused as e:
         raise error(f"{where}: {what} {e}; {fix}") from None
     except json.JSONDecodeError as e:

@@ -61,7 +61,7 @@ class SafetensorsFile:
             raise ValueError(f"{self.path} is closed")
         # torch.empty, not bytearray: the buffer is filled by the read, zeroing it first would touch it twice.
         buf = torch.empty(nbytes, dtype=torch.uint8)
-        view = memoryview(buf.numpy()).cast("B")
+        view = buf.numpy().data.cast("B")
         done = 0
         while done < nbytes:  # the kernel may return short reads (e.g. > 2 GiB on Linux)
             if hasattr(os, "preadv"):

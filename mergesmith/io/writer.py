@@ -108,7 +108,7 @@ def _tensor_bytes(tensor: torch.Tensor) -> memoryview:
         t = t.cpu()
     t = t.contiguous()
     # safetensors is little-endian; so is every platform torch ships CPU wheels for.
-    return memoryview(t.reshape(-1).view(torch.uint8).numpy())
+    return t.reshape(-1).view(torch.uint8).numpy().data
 
 
 class ShardedWriter:

@@ -22,7 +22,7 @@ class RowBlocks(Sequence[slice]):
     def __len__(self) -> int:
         return max(1, -(-self.rows // self.per_block))
 
-    def __getitem__(self, index):  # type: ignore[override]
+    def __getitem__(self, index):
         if isinstance(index, slice):
             return [self[i] for i in range(*index.indices(len(self)))]
         if index < 0:

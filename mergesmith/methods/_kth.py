@@ -125,9 +125,11 @@ def kth_largest(chunks: Chunks, ranks: Ranks) -> tuple[int, list[list[float]]]:
 
     it = iter(queries)
     for row in results:
-        for j, v in enumerate(row):
-            if math.isnan(v):
-                row[j] = next(it).value  # type: ignore[assignment]
+        for j, placeholder in enumerate(row):
+            if math.isnan(placeholder):
+                answer = next(it).value
+                assert answer is not None  # the loop above ran until every query had its value
+                row[j] = answer
     return numel, results
 
 

@@ -313,9 +313,10 @@ def with_equal_weights(params_cls: type, values: Mapping[str, Any]) -> dict[str,
     return filled
 
 
-def check_model_count(method: str, params: Any, n_experts: int) -> None:
+def check_model_count(method: str, params: object, n_experts: int) -> None:
     """Every per-model parameter holds one value per expert (``make_params`` builds them so)."""
-    for info in _declared(type(params)):
+    params_cls: type = type(params)
+    for info in _declared(params_cls):
         if info.per_model and len(getattr(params, info.field_name)) != n_experts:
             count = len(getattr(params, info.field_name))
             raise ValueError(f"{method}: parameter {info.name!r} has {count} values for {n_experts} experts; build "

@@ -117,8 +117,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: R
     if not experts:
         return base.clone()
     if base.dim() != 2:
-        taus = tv.stacked_task_vectors(base, experts)
-        return (base + tv.sum_in_order(taus) / len(experts)).to(base.dtype)
+        stacked = tv.stacked_task_vectors(base, experts)
+        return (base + tv.sum_in_order(stacked) / len(experts)).to(base.dtype)
     taus = [e.float() - base.float() for e in experts]
     if not sp.all_finite(taus):
         return sp.undefined_like(base)  # the shared subspace is an SVD of the task vectors

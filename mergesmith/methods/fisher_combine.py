@@ -32,16 +32,17 @@ class Params:
 def fisher_average(thetas: Sequence[Tensor], fishers: Sequence[Tensor] | None, weights: Sequence[float], floor: float) -> Tensor:
     """Eq. (3): sum_i w_i F_i theta_i / sum_i w_i F_i with F_i >= floor; the weighted average without Fishers.
     Model i's tensors are indexed when the sum reaches them (the engine may read each only then)."""
-    num = den = None
+    num: Tensor | None = None
+    den: Tensor | None = None
     for i in range(len(thetas)):
         theta = thetas[i]
-        if num is None:
+        if num is None or den is None:
             num, den = torch.zeros_like(theta), torch.zeros_like(theta)
         f = fishers[i].to(theta.dtype).clamp_min(floor) if fishers is not None else torch.ones_like(theta)
         num.addcmul_(f, theta, value=float(weights[i]))
         den.add_(f, alpha=float(weights[i]))
         del theta, f
-    assert num is not None, "fisher_combine needs at least one model"
+    assert num is not None and den is not None, "fisher_combine needs at least one model"
     return num / den
 
 

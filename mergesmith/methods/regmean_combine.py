@@ -66,11 +66,12 @@ def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: fl
     """Eq. (3) for one linear layer: ``weights`` in nn.Linear layout [out, in], ``grams`` [in, in]."""
     # Accumulated one model at a time: the float64 working set is two [in, in] and one [in, out] matrices, not
     # every model's reduced Gram (6 x 19 MB for a 1536-wide input) plus their stack.
-    lhs = rhs = None
+    lhs: Tensor | None = None
+    rhs: Tensor | None = None
     for g, w in zip(grams, weights):
         reduced = reduce_off_diagonal(g.double(), alpha)
         term = reduced @ w.double().T  # G~_i W_i^T : [in, out]
-        if lhs is None:
+        if lhs is None or rhs is None:
             lhs, rhs = reduced.clone(), term
         else:
             lhs += reduced

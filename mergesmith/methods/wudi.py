@@ -104,8 +104,8 @@ def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: R
         return base.clone()
     if base.dim() != 2:
         # not a matrix: the average of the task vectors, as the authors' code (task arithmetic, lambda = 1/T)
-        taus = tv.stacked_task_vectors(base, experts)
-        return (base + tv.sum_in_order(taus) / len(experts)).to(base.dtype)
+        stacked = tv.stacked_task_vectors(base, experts)
+        return (base + tv.sum_in_order(stacked) / len(experts)).to(base.dtype)
     taus = [(e.float() - base.float()) for e in experts]
     with one_thread():
         tau_m = optimise(taus, params.steps, params.lr)

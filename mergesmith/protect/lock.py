@@ -51,6 +51,7 @@ def attention_views(x: dict[str, torch.Tensor], block: AttentionBlock, layout: A
         qb, kb, vb = x[block.q_bias].split(h * d) if block.q_bias else (None, None, None)
         o = x[block.o].T  # c_proj Conv1D [H*d, hidden] -> Linear [hidden, H*d]
     else:
+        assert block.k is not None and block.v is not None  # an unfused layout names all four projections
         q, k, v, o = x[block.q], x[block.k], x[block.v], x[block.o]
         qb, kb, vb = (x[n] if n else None for n in (block.q_bias, block.k_bias, block.v_bias))
     expected = {"q": (h * d, q), "k": (kv * d, k), "v": (kv * d, v)}
@@ -75,10 +76,12 @@ def protect_block(read: Callable[[str], torch.Tensor], block: AttentionBlock, la
     if layout.fused:
         new = {block.q: torch.cat([q, k, v]).T, block.o: o.T}
         if block.q_bias:
+            assert qb is not None and kb is not None and vb is not None  # attention_views split the fused bias
             new[block.q_bias] = torch.cat([qb, kb, vb])
     else:
+        assert block.k is not None and block.v is not None  # an unfused layout names all four projections
         new = {block.q: q, block.k: k, block.v: v, block.o: o}
-        new.update({n: t for n, t in ((block.q_bias, qb), (block.k_bias, kb), (block.v_bias, vb)) if n})
+        new.update({n: t for n, t in ((block.q_bias, qb), (block.k_bias, kb), (block.v_bias, vb)) if n and t is not None})
     return {name: new[name].to(stored[name].dtype).contiguous() for name in block.names}
 
 

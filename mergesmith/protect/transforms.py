@@ -87,7 +87,8 @@ def lock_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
     q_bias: torch.Tensor | None, k_bias: torch.Tensor | None, v_bias: torch.Tensor | None,
     *, num_heads: int, num_kv_heads: int, head_dim: int, rotary: bool, strength: float, gen: torch.Generator,
-) -> tuple[torch.Tensor, ...]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
+           torch.Tensor | None]:
     """MergeLock on one attention block (nn.Linear layout, float64). Returns (q, k, v, o, q_bias, k_bias, v_bias).
 
     Grouped-query attention: query heads g*r .. (g+1)*r - 1 (r = num_heads / num_kv_heads, the order of
@@ -100,7 +101,10 @@ def lock_attention(
     for _ in range(num_kv_heads):
         a, a_inv = make(head_dim, strength, gen)
         b, b_inv = dense_invertible(head_dim, strength, gen)  # V/O carry no position rotation: any invertible B
-        a_mats.append(a), a_invs.append(a_inv), b_mats.append(b), b_invs.append(b_inv)
+        a_mats.append(a)
+        a_invs.append(a_inv)
+        b_mats.append(b)
+        b_invs.append(b_inv)
     q_mats = [a_mats[h // group] for h in range(num_heads)]
     # W_Q <- W_Q A: rows transform by A^T
     new_q = transform_rows(q, head_dim, q_mats)

@@ -54,7 +54,8 @@ def category_files(package_root: Path) -> list[Path]:
 
 def read_entries(path: Path) -> list[str]:
     # The files are UTF-8; "replace" keeps one stray byte from failing the whole bench.
-    entries, current = [], []
+    entries: list[str] = []
+    current: list[str] = []
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         if line.strip() == "%":
             entries.append("\n".join(current).strip())
