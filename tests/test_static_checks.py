@@ -1,0 +1,25 @@
+"""The static checks, run with the suite so CI runs them: ruff's lint rules and mypy, both configured in
+pyproject.toml, with the interpreter's own installations (the ``test`` extra pins their versions)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", *args], cwd=REPO, capture_output=True, text=True)
+
+
+def test_ruff_finds_nothing():
+    done = _run("ruff", "check", "--no-cache", "mergesmith", "tests", "benchmarks")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_mypy_finds_nothing():
+    # the files, the rules and the plugins come from [tool.mypy]; the cache (.mypy_cache) keeps reruns fast
+    done = _run("mypy")
+    assert done.returncode == 0, done.stdout + done.stderr
