@@ -202,6 +202,9 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
     """
     import time as _time
 
+    from mergesmith.extras import require
+
+    require("bench")  # before the zoo is built and the merges run: the report at the end needs every module
     from mergesmith.bench.method_args import parse_methods
     from mergesmith.bench.run import run_bench
     from mergesmith.errors import MergesmithError
@@ -253,6 +256,9 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
     """Data-driven merging (Fisher, RegMean, BMM, AdaMerging, ...) on a task pool; writes a loadable model to OUT_DIR."""
     import json
 
+    from mergesmith.extras import require
+
+    require("adapt")
     from mergesmith.adapt.runner import check_adapt_args, parse_param_args, run_adapt
     from mergesmith.bench.adapt_problem import load_problem
 
@@ -276,6 +282,9 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
 @user_errors
 def demo(out_dir: Path, force: bool) -> None:
     """Build tiny local LLaMA checkpoints (a base and three fine-tunes) and merge them with several methods."""
+    from mergesmith.extras import require
+
+    require("demo")
     from mergesmith.demo import run_demo
 
     run_demo(out_dir, force=force, echo=click.echo)
@@ -294,6 +303,10 @@ def demo(out_dir: Path, force: bool) -> None:
 @user_errors
 def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool, merge_with, max_shard_size: str, force: bool, quiet: bool) -> None:
     """MergeLock: write a copy of MODEL with the same outputs but weights that do not merge with other fine-tunes."""
+    from mergesmith.extras import require
+
+    if verify:
+        require("protect")  # before the copy is written: --verify loads both models with transformers
     from mergesmith.protect import protect_checkpoint, verify_protection
     from mergesmith.protect.report import format_verify
 
@@ -389,6 +402,9 @@ def continual_methods() -> None:
 @user_errors
 def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, strict: bool, force: bool, quiet: bool) -> None:
     """Task-vector diagnostics of EXPERTS against BASE: cosine, sign conflicts, norms, spectra, mergeability."""
+    from mergesmith.extras import require
+
+    require("inspect", ["rich", "matplotlib"] if out_dir is not None else ["rich"])  # matplotlib: the --out plots
     from mergesmith.analysis import inspect_task_vectors, summarize
     from mergesmith.analysis.report import format_tables, write_report
 

@@ -1,5 +1,5 @@
 """The CLI's error contract, shared by every command: one ``error:`` line (control characters escaped) and exit code
-2 for bad input and out of memory; stop signals (SIGINT, SIGTERM, SIGHUP) unwind like Ctrl-C, so staging directories
+2 for bad input, a missing optional dependency (naming the extra that installs it) and out of memory; stop signals (SIGINT, SIGTERM, SIGHUP) unwind like Ctrl-C, so staging directories
 and locks are removed, and exit with 128 + the signal number; options and output paths checked before any work."""
 
 from __future__ import annotations
@@ -43,9 +43,20 @@ def echo_line(text: str) -> None:
     click.echo(escape_unprintable(text), err=True)
 
 
+def _command_path() -> str:
+    """The running subcommand as typed after ``mergesmith`` (e.g. "bench", "continual add")."""
+    ctx = click.get_current_context(silent=True)
+    names = []
+    while ctx is not None and ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
 def user_errors(func):
-    """Turn MergesmithError (and bad-input errors from pydantic/torch layers) into one line and exit code 2; stop
-    signals (SIGINT, SIGTERM, SIGHUP) into one line and exit code 128 + the signal number, after the clean-up."""
+    """Turn MergesmithError (and bad-input errors from pydantic/torch layers) into one line and exit code 2; an
+    optional dependency that is not installed into one line naming its extra (``mergesmith.extras``) and exit code 2;
+    stop signals (SIGINT, SIGTERM, SIGHUP) into one line and exit code 128 + the signal number, after the clean-up."""
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -59,6 +70,14 @@ def user_errors(func):
             return func(*args, **kwargs)
         except MergesmithError as exc:
             echo_line(f"error: {exc}")
+            sys.exit(2)
+        except ModuleNotFoundError as exc:
+            from mergesmith.extras import missing_module_message
+
+            message = missing_module_message(exc.name, _command_path() or func.__name__)
+            if message is None:  # not an optional dependency: a broken installation, shown as it is
+                raise
+            echo_line(f"error: {message}")
             sys.exit(2)
         except KeyboardInterrupt:
             echo_line("error: interrupted; no output was written")
