@@ -1,6 +1,7 @@
 """The CLI's error contract, shared by every command: one ``error:`` line (control characters escaped) and exit code
-2 for bad input, a missing optional dependency (naming the extra that installs it) and out of memory; stop signals (SIGINT, SIGTERM, SIGHUP) unwind like Ctrl-C, so staging directories
-and locks are removed, and exit with 128 + the signal number; options and output paths checked before any work."""
+2 for bad input, a missing optional dependency (naming the extra that installs it) and out of memory; stop signals
+(SIGINT, SIGTERM, SIGHUP) unwind like Ctrl-C, so staging directories and locks are removed, and exit with 128 + the
+signal number; options and output paths checked before any work."""
 
 from __future__ import annotations
 
