@@ -45,9 +45,21 @@ def main() -> None:
     floating, _ = anchor_merge(problem, args.merge_method, params, args.seed)
     encoder = problem.encoder_with(floating)
     merge_seconds = time.perf_counter() - started
-    scores = Evaluator(pool.tasks, {t.name: t.test for t in pool.tasks}, {t.name: t.head for t in pool.tasks}, pool.featurizer)(encoder)
-    print(json.dumps({"merge_method": args.merge_method, "merge_params": params, "accuracy": scores,
-                      "average": _average(scores), "merge_seconds": round(merge_seconds, 1)}, indent=2))
+    scores = Evaluator(
+        pool.tasks, {t.name: t.test for t in pool.tasks}, {t.name: t.head for t in pool.tasks}, pool.featurizer
+    )(encoder)
+    print(
+        json.dumps(
+            {
+                "merge_method": args.merge_method,
+                "merge_params": params,
+                "accuracy": scores,
+                "average": _average(scores),
+                "merge_seconds": round(merge_seconds, 1),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -28,7 +28,11 @@ def _table(rows: list[dict], tasks: list[str]) -> str:
         secs = "-" if row.get("merge_seconds") is None else f"{row['merge_seconds']:.0f}"
         peak = "-" if row.get("peak_memory_mb") is None else f"{row['peak_memory_mb']:.0f}"
         added = (row.get("info") or {}).get("added_parameters", "")
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {100 * row['average']:.1f} | {norm} | {secs} | {peak} | {added} |")
+        lines.append(
+            f"| {row['name']} | "
+            + " | ".join(cells)
+            + f" | {100 * row['average']:.1f} | {norm} | {secs} | {peak} | {added} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -63,20 +67,29 @@ def main() -> None:
     if args.reference:
         ref = json.loads(Path(args.reference).read_text())
         if ref.get("zoo") == zoo and ref.get("seed") == args.seed:
-            kept = [r for r in ref["rows"] if r["kind"] in ("baseline", "expert") or r["name"] in ("task_arithmetic", "ties")]
+            kept = [
+                r
+                for r in ref["rows"]
+                if r["kind"] in ("baseline", "expert") or r["name"] in ("task_arithmetic", "ties")
+            ]
             rows.extend({**r, "name": r["name"] + (" (reference run)" if r["kind"] == "merge" else "")} for r in kept)
             expert_acc = {r["task"]: r["accuracy"][r["task"]] for r in ref["rows"] if r["kind"] == "expert"}
             print(f"expert accuracies and the task_arithmetic / ties rows from {args.reference} (same zoo {zoo})")
         else:
             print(f"{args.reference} is from another zoo or seed; scoring the experts here")
     if expert_acc is None:
-        test = Evaluator(pool.tasks, {t.name: t.test for t in pool.tasks}, {t.name: t.head for t in pool.tasks}, pool.featurizer)
+        test = Evaluator(
+            pool.tasks, {t.name: t.test for t in pool.tasks}, {t.name: t.head for t in pool.tasks}, pool.featurizer
+        )
         expert_acc = {t.name: test(pool.featurizer.load(t.expert))[t.name] for t in pool.tasks}
 
     for method in [m for m in args.methods.split(",") if m]:
-        rows.append(adapt_row(method, pool, expert_acc, seed=args.seed, features=pool.featurizer, out_dir=None, echo=print))
-        (out / "results.json").write_text(json.dumps({"zoo": zoo, "seed": args.seed, "tasks": names, "rows": rows},
-                                                     indent=2, default=str) + "\n")
+        rows.append(
+            adapt_row(method, pool, expert_acc, seed=args.seed, features=pool.featurizer, out_dir=None, echo=print)
+        )
+        (out / "results.json").write_text(
+            json.dumps({"zoo": zoo, "seed": args.seed, "tasks": names, "rows": rows}, indent=2, default=str) + "\n"
+        )
         (out / "table.md").write_text(_table(rows, names))
         print(_table(rows[-1:], names), flush=True)
     print(_table(rows, names))

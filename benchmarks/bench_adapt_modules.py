@@ -24,15 +24,21 @@ def _write(out: Path, results: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     tasks = results["tasks"]
-    lines = ["| row | " + " | ".join(tasks) + " | avg | normalized | run s | peak MB | added params |",
-             "|---" * (len(tasks) + 6) + "|"]
+    lines = [
+        "| row | " + " | ".join(tasks) + " | avg | normalized | run s | peak MB | added params |",
+        "|---" * (len(tasks) + 6) + "|",
+    ]
     for row in results["rows"]:
         cells = [f"{100 * row['accuracy'][t]:.1f}" for t in tasks]
         norm = "-" if row.get("normalized") is None else f"{100 * row['normalized']:.1f}"
         run = "-" if row.get("seconds") is None else f"{row['seconds']:.0f}"
         peak = "-" if row.get("peak_memory_mb") is None else f"{row['peak_memory_mb']:.0f}"
         added = row.get("added_parameters", "")
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + f" | {100 * row['average']:.1f} | {norm} | {run} | {peak} | {added} |")
+        lines.append(
+            f"| {row['name']} | "
+            + " | ".join(cells)
+            + f" | {100 * row['average']:.1f} | {norm} | {run} | {peak} | {added} |"
+        )
     (out / "table.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
@@ -58,8 +64,14 @@ def _anchor_row(pool, results: dict, expert_acc: dict, score, seed: int) -> None
     anchor, _ = anchor_merge(problem, "task_arithmetic", {"lambda": 0.3}, seed)
     anchor_model = problem.encoder_with(anchor)
     acc = score(lambda _: anchor_model)
-    results["rows"].append({"name": "task_arithmetic (lambda 0.3: what Surgery and WEMoE start from)", "accuracy": acc,
-                            "average": _average(acc), "normalized": _normalized(acc, expert_acc)})
+    results["rows"].append(
+        {
+            "name": "task_arithmetic (lambda 0.3: what Surgery and WEMoE start from)",
+            "accuracy": acc,
+            "average": _average(acc),
+            "normalized": _normalized(acc, expert_acc),
+        }
+    )
     print(f"task_arithmetic 0.3: {_average(acc):.4f}", flush=True)
 
 
@@ -72,9 +84,15 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-anchor", action="store_true", help="skip the task arithmetic (lambda 0.3) row")
-    parser.add_argument("--expert-scores", help="results.json of an earlier run of this script: reuse its expert scores")
-    parser.add_argument("--test-limit", type=int, default=None,
-                        help="score (and adapt on) a seeded random subset of this many test inputs per task")
+    parser.add_argument(
+        "--expert-scores", help="results.json of an earlier run of this script: reuse its expert scores"
+    )
+    parser.add_argument(
+        "--test-limit",
+        type=int,
+        default=None,
+        help="score (and adapt on) a seeded random subset of this many test inputs per task",
+    )
     args = parser.parse_args()
 
     import torch
@@ -102,13 +120,24 @@ def main() -> None:
         pool.tasks = [_subset(t, args.test_limit, args.seed) for t in pool.tasks]
     names = [t.name for t in pool.tasks]
     out = Path(args.out)
-    results = {"profile": args.profile, "seed": args.seed, "tasks": names, "rows": [], "test_limit": args.test_limit,
-               "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "cores": os.cpu_count()}
+    results = {
+        "profile": args.profile,
+        "seed": args.seed,
+        "tasks": names,
+        "rows": [],
+        "test_limit": args.test_limit,
+        "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "cores": os.cpu_count(),
+    }
 
     def score(encoder_for) -> dict:
         acc = {}
         for task in pool.tasks:
-            acc.update(Evaluator([task], {task.name: task.test}, {task.name: task.head}, pool.featurizer)(encoder_for(task.name)))
+            acc.update(
+                Evaluator([task], {task.name: task.test}, {task.name: task.head}, pool.featurizer)(
+                    encoder_for(task.name)
+                )
+            )
         return acc
 
     expert_acc = {}
@@ -117,11 +146,17 @@ def main() -> None:
         if earlier.get("test_limit") != args.test_limit or earlier.get("tasks") != names:
             raise SystemExit(f"{args.expert_scores} scored other tasks or another test subset")
         expert_acc = dict(earlier["rows"][0]["accuracy"])
-    for task in (pool.tasks if not expert_acc else []):  # each expert on its own task (normalized accuracy's denominator)
+    for task in pool.tasks if not expert_acc else []:  # each expert on its own task (normalized accuracy's denominator)
         expert = pool.featurizer.load(task.expert)
         expert_acc.update(Evaluator([task], {task.name: task.test}, {task.name: task.head}, pool.featurizer)(expert))
-    results["rows"].append({"name": "experts (each on its own task)", "accuracy": expert_acc, "average": _average(expert_acc),
-                            "normalized": 1.0})
+    results["rows"].append(
+        {
+            "name": "experts (each on its own task)",
+            "accuracy": expert_acc,
+            "average": _average(expert_acc),
+            "normalized": 1.0,
+        }
+    )
     results["expert_average"] = _average(expert_acc)
     _write(out, results)
     print(f"experts: {_average(expert_acc):.4f}", flush=True)
@@ -142,11 +177,20 @@ def main() -> None:
         acc = score(result.encoder_for)
         eval_seconds = time.perf_counter() - started
         info = {k: v for k, v in result.info.items() if not k.endswith("every_10")}
-        results["rows"].append({"name": method, "accuracy": acc, "average": _average(acc),
-                                "normalized": _normalized(acc, expert_acc), "seconds": seconds,
-                                "eval_seconds": eval_seconds, "peak_memory_mb": rss.peak_mb,
-                                "added_parameters": int(result.info.get("added_parameters", 0)),
-                                "params": params_dict(params), "info": json.loads(json.dumps(info, default=str))})
+        results["rows"].append(
+            {
+                "name": method,
+                "accuracy": acc,
+                "average": _average(acc),
+                "normalized": _normalized(acc, expert_acc),
+                "seconds": seconds,
+                "eval_seconds": eval_seconds,
+                "peak_memory_mb": rss.peak_mb,
+                "added_parameters": int(result.info.get("added_parameters", 0)),
+                "params": params_dict(params),
+                "info": json.loads(json.dumps(info, default=str)),
+            }
+        )
         _write(out, results)
         print(f"{method}: {_average(acc):.4f} ({seconds:.0f} s + eval {eval_seconds:.0f} s)", flush=True)
         del result, problem

@@ -43,17 +43,26 @@ def _run(cmd: list[str]) -> tuple[float, float, int, str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--profile", default="default")
-    parser.add_argument("--cache-dir", default=os.environ.get("MERGESMITH_CACHE", str(Path.home() / ".cache/mergesmith")))
+    parser.add_argument(
+        "--cache-dir", default=os.environ.get("MERGESMITH_CACHE", str(Path.home() / ".cache/mergesmith"))
+    )
     parser.add_argument("--methods", default="averaging,task_arithmetic,ties,opcm")
-    parser.add_argument("--param", action="append", default=[], help="KEY=VALUE passed to every add (e.g. num_steps=20 for dop)")
+    parser.add_argument(
+        "--param", action="append", default=[], help="KEY=VALUE passed to every add (e.g. num_steps=20 for dop)"
+    )
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", default=None)
     args = parser.parse_args()
 
     bin_dir = Path(sys.executable).parent
     cli = str(bin_dir / "mergesmith")
-    paths = json.loads(subprocess.run([sys.executable, "-c", RESOLVE, args.profile, args.cache_dir], check=True,
-                                      capture_output=True, text=True).stdout.strip().splitlines()[-1])
+    paths = json.loads(
+        subprocess.run(
+            [sys.executable, "-c", RESOLVE, args.profile, args.cache_dir], check=True, capture_output=True, text=True
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
     experts = list(paths["experts"].items())
     work = Path(args.workdir or tempfile.mkdtemp(prefix="bench-continual-"))
     work.mkdir(parents=True, exist_ok=True)

@@ -58,8 +58,10 @@ FAMILY_SIZES = {"wide": max(EXPERT_COUNTS), "many": 2, "huge": 2}
 
 
 def _family_dirs(root: Path) -> dict[str, list[Path]]:
-    return {name: [root / name / "base"] + [root / name / f"expert_{i}" for i in range(1, n + 1)]
-            for name, n in FAMILY_SIZES.items()}
+    return {
+        name: [root / name / "base"] + [root / name / f"expert_{i}" for i in range(1, n + 1)]
+        for name, n in FAMILY_SIZES.items()
+    }
 
 
 def _family(root: Path, name: str, shapes: dict[str, tuple[int, ...]], experts: int) -> list[Path]:
@@ -91,7 +93,10 @@ def _family(root: Path, name: str, shapes: dict[str, tuple[int, ...]], experts: 
 def _config(path: Path, method: str, base: Path, experts: list[Path]) -> Path:
     import yaml
 
-    cfg = {"merge_method": method, "models": [{"model": str(e), "parameters": {"weight": 1.0 / len(experts)}} for e in experts]}
+    cfg = {
+        "merge_method": method,
+        "models": [{"model": str(e), "parameters": {"weight": 1.0 / len(experts)}} for e in experts],
+    }
     if method == "task_arithmetic":
         cfg["base_model"] = str(base)
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
@@ -101,8 +106,9 @@ def _config(path: Path, method: str, base: Path, experts: list[Path]) -> Path:
 def _engine_bound(config: Path) -> int:
     """The engine's in-flight byte budget for this config, computed in a helper process (see the docstring)."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, __file__, "--bound", str(config)], check=True, capture_output=True,
-                         text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, __file__, "--bound", str(config)], check=True, capture_output=True, text=True, env=env
+    )
     return int(out.stdout.strip().splitlines()[-1])
 
 
@@ -175,20 +181,31 @@ def main() -> None:
         peak, wall = _peak_rss([*exe, "merge", str(cfg), str(out), "--quiet", "--threads", str(args.threads)])
         shutil.rmtree(out, ignore_errors=True)
         model_mib = sum((e / "model.safetensors").stat().st_size for e in experts[:1]) / MIB
-        row = {"case": label, "method": method, "experts": n, "model_MiB": round(model_mib, 1),
-               "peak_MiB": round(peak / MIB, 1), "above_baseline_MiB": round((peak - baseline) / MIB, 1),
-               "engine_bound_MiB": round(bound / MIB, 1),
-               "above_baseline_vs_bound": round((peak - baseline) / bound, 2), "wall_s": round(wall, 2)}
+        row = {
+            "case": label,
+            "method": method,
+            "experts": n,
+            "model_MiB": round(model_mib, 1),
+            "peak_MiB": round(peak / MIB, 1),
+            "above_baseline_MiB": round((peak - baseline) / MIB, 1),
+            "engine_bound_MiB": round(bound / MIB, 1),
+            "above_baseline_vs_bound": round((peak - baseline) / bound, 2),
+            "wall_s": round(wall, 2),
+        }
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
 
-    print(f"\nbaseline (mergesmith plan, imports + headers): {baseline / MIB:.1f} MiB peak RSS; threads {args.threads}\n")
+    print(
+        f"\nbaseline (mergesmith plan, imports + headers): {baseline / MIB:.1f} MiB peak RSS; threads {args.threads}\n"
+    )
     header = f"{'case':<20} {'method':<16} {'experts':>7} {'peak MiB':>9} {'above base':>10} {'bound MiB':>9} {'above/bound':>11} {'wall s':>7}"
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['case']:<20} {r['method']:<16} {r['experts']:>7} {r['peak_MiB']:>9} {r['above_baseline_MiB']:>10} "
-              f"{r['engine_bound_MiB']:>9} {r['above_baseline_vs_bound']:>11} {r['wall_s']:>7}")
+        print(
+            f"{r['case']:<20} {r['method']:<16} {r['experts']:>7} {r['peak_MiB']:>9} {r['above_baseline_MiB']:>10} "
+            f"{r['engine_bound_MiB']:>9} {r['above_baseline_vs_bound']:>11} {r['wall_s']:>7}"
+        )
     ratios = {}
     for method in ("linear", "task_arithmetic"):
         by_n = {r["experts"]: r for r in rows if r["method"] == method and r["case"].startswith("wide")}
@@ -196,11 +213,17 @@ def main() -> None:
             "peak_16_over_2": round(by_n[16]["peak_MiB"] / by_n[2]["peak_MiB"], 3),
             "above_baseline_16_over_2": round(by_n[16]["above_baseline_MiB"] / by_n[2]["above_baseline_MiB"], 3),
         }
-        print(f"{method}: peak at 16 experts / peak at 2 = {ratios[method]['peak_16_over_2']}; above the baseline: "
-              f"{ratios[method]['above_baseline_16_over_2']}")
+        print(
+            f"{method}: peak at 16 experts / peak at 2 = {ratios[method]['peak_16_over_2']}; above the baseline: "
+            f"{ratios[method]['above_baseline_16_over_2']}"
+        )
     if args.json:
-        args.json.write_text(json.dumps({"baseline_MiB": round(baseline / MIB, 1), "threads": args.threads,
-                                         "rows": rows, "ratios": ratios}, indent=2))
+        args.json.write_text(
+            json.dumps(
+                {"baseline_MiB": round(baseline / MIB, 1), "threads": args.threads, "rows": rows, "ratios": ratios},
+                indent=2,
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -154,8 +154,18 @@ def build_family(root: Path, layers: int, noise_std: float) -> dict[str, Path]:
     """Base + two perturbed copies under ``root``; reuses a complete earlier build with the same spec."""
     names = ("base", "expert_a", "expert_b")
     dirs = {n: root / n for n in names}
-    spec = {"layers": layers, "hidden": HIDDEN, "intermediate": INTERMEDIATE, "heads": HEADS, "kv_heads": KV_HEADS,
-            "vocab": VOCAB, "shard_bytes": SHARD_BYTES, "init_std": INIT_STD, "noise_std": noise_std, "version": 1}
+    spec = {
+        "layers": layers,
+        "hidden": HIDDEN,
+        "intermediate": INTERMEDIATE,
+        "heads": HEADS,
+        "kv_heads": KV_HEADS,
+        "vocab": VOCAB,
+        "shard_bytes": SHARD_BYTES,
+        "init_std": INIT_STD,
+        "noise_std": noise_std,
+        "version": 1,
+    }
     if all((d / SPEC_FILE).is_file() and json.loads((d / SPEC_FILE).read_text()) == spec for d in dirs.values()):
         return dirs
     started = time.perf_counter()
@@ -189,8 +199,10 @@ def build_family(root: Path, layers: int, noise_std: float) -> dict[str, Path]:
         (d / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
         (d / SPEC_FILE).write_text(json.dumps(spec))
     params = sum(math.prod(s) for _, s in shapes)
-    print(f"  {params / 1e9:.3f}B parameters, {len(groups)} shards per model, {time.perf_counter() - started:.0f} s",
-          flush=True)
+    print(
+        f"  {params / 1e9:.3f}B parameters, {len(groups)} shards per model, {time.perf_counter() - started:.0f} s",
+        flush=True,
+    )
     return dirs
 
 
@@ -279,7 +291,9 @@ def wait_for_idle(max_wait_s: float, threshold: float = 15.0) -> float:
         busy = psutil.cpu_percent(interval=1.0)
         if busy < threshold or time.monotonic() >= deadline:
             if busy >= threshold:
-                print(f"  machine still {busy:.0f}% busy after waiting {max_wait_s:.0f} s; measuring anyway", flush=True)
+                print(
+                    f"  machine still {busy:.0f}% busy after waiting {max_wait_s:.0f} s; measuring anyway", flush=True
+                )
             return busy
 
 
@@ -395,8 +409,12 @@ def compare_outputs(ours: Path, theirs: Path) -> dict:
     """Per-tensor max |ours - theirs| in fp32, one tensor in memory at a time."""
     a_map, b_map = _open_output(ours), _open_output(theirs)
     common = [n for n in a_map if n in b_map]
-    result = {"only_mergesmith": sorted(set(a_map) - set(b_map)), "only_mergekit": sorted(set(b_map) - set(a_map)),
-              "dtype_mismatch": [], "tensors": {}}
+    result = {
+        "only_mergesmith": sorted(set(a_map) - set(b_map)),
+        "only_mergekit": sorted(set(b_map) - set(a_map)),
+        "dtype_mismatch": [],
+        "tensors": {},
+    }
     differing = beyond = total = 0
     for name in common:
         with safe_open(str(a_map[name]), framework="pt") as fa, safe_open(str(b_map[name]), framework="pt") as fb:
@@ -410,10 +428,12 @@ def compare_outputs(ours: Path, theirs: Path) -> dict:
         diff = (fa32 - fb32).abs_()
         n_diff = int(torch.count_nonzero(diff))
         n_beyond = int(torch.count_nonzero(diff > _ulp(torch.maximum(fa32.abs(), fb32.abs()), tb.dtype)))
-        result["tensors"][name] = {"max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
-                                   "frac_differing": n_diff / max(1, diff.numel()),
-                                   "frac_beyond_1ulp": n_beyond / max(1, diff.numel()),
-                                   "max_abs_ref": float(fb32.abs().max()) if tb.numel() else 0.0}
+        result["tensors"][name] = {
+            "max_abs_diff": float(diff.max()) if diff.numel() else 0.0,
+            "frac_differing": n_diff / max(1, diff.numel()),
+            "frac_beyond_1ulp": n_beyond / max(1, diff.numel()),
+            "max_abs_ref": float(fb32.abs().max()) if tb.numel() else 0.0,
+        }
         differing += n_diff
         beyond += n_beyond
         total += diff.numel()
@@ -448,13 +468,27 @@ def tool_commands(args: argparse.Namespace) -> dict[str, callable]:
     shard_bytes = _parse_bytes(shard)
     return {
         # --force replaces OUT; --quiet: no progress bar (mergekit gets its own --quiet too).
-        "mergesmith": lambda cfg, out: [args.mergesmith, "merge", str(cfg), str(out), "--quiet", "--force",
-                                        "--max-shard-size", shard],
+        "mergesmith": lambda cfg, out: [
+            args.mergesmith,
+            "merge",
+            str(cfg),
+            str(out),
+            "--quiet",
+            "--force",
+            "--max-shard-size",
+            shard,
+        ],
         # mergekit's --out-shard-size says "parameters" but its TensorWriter compares it with tensor bytes, so the
         # same number of bytes gives the same shards. CPU defaults otherwise (no --cuda, no --lazy-unpickle, which
         # only concerns .bin inputs).
-        "mergekit": lambda cfg, out: [args.mergekit, str(cfg), str(out), "--out-shard-size", str(shard_bytes),
-                                      "--quiet"],
+        "mergekit": lambda cfg, out: [
+            args.mergekit,
+            str(cfg),
+            str(out),
+            "--out-shard-size",
+            str(shard_bytes),
+            "--quiet",
+        ],
     }
 
 
@@ -489,8 +523,20 @@ def summarize(runs: list[Run]) -> dict:
     }
 
 
-def run_method(method: str, cfg: Path, tools: list[str], args, commands, time_bin, out_root: Path, trace_dir: Path,
-               env: dict[str, str], figures: Figures, suffix: str = "", compare: bool = True) -> None:
+def run_method(
+    method: str,
+    cfg: Path,
+    tools: list[str],
+    args,
+    commands,
+    time_bin,
+    out_root: Path,
+    trace_dir: Path,
+    env: dict[str, str],
+    figures: Figures,
+    suffix: str = "",
+    compare: bool = True,
+) -> None:
     runs: dict[str, list[Run]] = {t: [] for t in tools}
     outs = {t: out_root / f"{method}{suffix}-{t}" for t in tools}
     for rep in range(args.repeat):
@@ -512,12 +558,17 @@ def run_method(method: str, cfg: Path, tools: list[str], args, commands, time_bi
             run.idle_before = busy
             runs[tool].append(run)
             status = "ok" if run.returncode == 0 else f"FAILED (exit {run.returncode})"
-            print(f"  {status}: {run.wall_s:.1f} s, peak RSS {run.peak_mb:.0f} MB "
-                  f"(sampled {run.sampled_peak_mb:.0f} MB: anon {run.sampled_anon_mb:.0f}, file {run.sampled_file_mb:.0f})",
-                  flush=True)
+            print(
+                f"  {status}: {run.wall_s:.1f} s, peak RSS {run.peak_mb:.0f} MB "
+                f"(sampled {run.sampled_peak_mb:.0f} MB: anon {run.sampled_anon_mb:.0f}, file {run.sampled_file_mb:.0f})",
+                flush=True,
+            )
             if run.other_cpu_s is not None and run.other_cpu_s > 0.1 * run.wall_s:
-                print(f"  note: other processes used {run.other_cpu_s:.1f} CPU s during this run "
-                      f"({100 * run.other_cpu_s / (run.wall_s * (os.cpu_count() or 1)):.0f}% of the machine)", flush=True)
+                print(
+                    f"  note: other processes used {run.other_cpu_s:.1f} CPU s during this run "
+                    f"({100 * run.other_cpu_s / (run.wall_s * (os.cpu_count() or 1)):.0f}% of the machine)",
+                    flush=True,
+                )
             if run.returncode != 0:
                 print("  " + run.stderr_tail.strip().replace("\n", "\n  ")[-1500:], flush=True)
             # Keep only the last repetition's output, for the comparison below.
@@ -576,11 +627,15 @@ def evaluate_targets(figures: Figures, args) -> None:
 def print_report(figures: Figures, args) -> None:
     print()
     print(f"peak RSS: {figures.peak_rss_method}")
-    print(f"median of {args.repeat} run(s); output shard size {args.out_shard_size} for both tools; warm page cache; "
-          f"mergesmith input-hash cache {'warm (re-merge)' if args.warm_hash_cache else 'empty (first merge)'}")
+    print(
+        f"median of {args.repeat} run(s); output shard size {args.out_shard_size} for both tools; warm page cache; "
+        f"mergesmith input-hash cache {'warm (re-merge)' if args.warm_hash_cache else 'empty (first merge)'}"
+    )
     print()
-    header = (f"{'method':<10} {'tool':<11} {'wall s':>8} {'peak RSS MB':>12} {'CPU s':>7} {'anon/file MB':>14} "
-              f"{'others CPU s':>13}")
+    header = (
+        f"{'method':<10} {'tool':<11} {'wall s':>8} {'peak RSS MB':>12} {'CPU s':>7} {'anon/file MB':>14} "
+        f"{'others CPU s':>13}"
+    )
     print(header)
     print("-" * len(header))
     for key, m in figures.median.items():
@@ -596,18 +651,22 @@ def print_report(figures: Figures, args) -> None:
     for method in args.methods:
         a, b = figures.median.get(f"{method}/mergesmith", {}), figures.median.get(f"{method}/mergekit", {})
         if "wall_s" in a and "wall_s" in b:
-            print(f"{method}: mergesmith/mergekit wall {a['wall_s'] / b['wall_s']:.3f}, "
-                  f"peak RSS {a['peak_mb'] / b['peak_mb']:.3f}")
+            print(
+                f"{method}: mergesmith/mergekit wall {a['wall_s'] / b['wall_s']:.3f}, "
+                f"peak RSS {a['peak_mb'] / b['peak_mb']:.3f}"
+            )
     if figures.agreement:
         print()
         for method, agr in figures.agreement.items():
-            print(f"{method}: outputs agree to max |diff| {agr['max_abs_diff']:.3g} (worst {agr['worst_tensor']}), "
-                  f"{agr['frac_differing'] * 100:.3f}% of entries differ ({agr['frac_beyond_1ulp'] * 100:.3f}% by more "
-                  f"than 1 ulp of the output dtype), {agr['identical_tensors']}/"
-                  f"{agr['compared_tensors']} tensors identical"
-                  + (f"; only in mergesmith: {agr['only_mergesmith']}" if agr["only_mergesmith"] else "")
-                  + (f"; only in mergekit: {agr['only_mergekit']}" if agr["only_mergekit"] else "")
-                  + (f"; dtype mismatches: {agr['dtype_mismatch'][:3]}" if agr["dtype_mismatch"] else ""))
+            print(
+                f"{method}: outputs agree to max |diff| {agr['max_abs_diff']:.3g} (worst {agr['worst_tensor']}), "
+                f"{agr['frac_differing'] * 100:.3f}% of entries differ ({agr['frac_beyond_1ulp'] * 100:.3f}% by more "
+                f"than 1 ulp of the output dtype), {agr['identical_tensors']}/"
+                f"{agr['compared_tensors']} tensors identical"
+                + (f"; only in mergesmith: {agr['only_mergesmith']}" if agr["only_mergesmith"] else "")
+                + (f"; only in mergekit: {agr['only_mergekit']}" if agr["only_mergekit"] else "")
+                + (f"; dtype mismatches: {agr['dtype_mismatch'][:3]}" if agr["dtype_mismatch"] else "")
+            )
     if figures.help_runs_s:
         print(f"\nmergesmith --help: {', '.join(f'{t:.2f}' for t in figures.help_runs_s)} s")
     print()
@@ -619,30 +678,53 @@ def print_report(figures: Figures, args) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     bindir = Path(sys.executable).parent
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workdir", type=Path, default=Path("/tmp/mergesmith-bench"),
-                   help="checkpoints (cached), configs, outputs and RSS traces (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path("/tmp/mergesmith-bench"),
+        help="checkpoints (cached), configs, outputs and RSS traces (default: %(default)s)",
+    )
     p.add_argument("--methods", nargs="+", choices=["ties", "linear"], default=["ties", "linear"])
     p.add_argument("--tools", nargs="+", choices=["mergesmith", "mergekit"], default=["mergesmith", "mergekit"])
     p.add_argument("--repeat", type=int, default=1, help="runs per measurement; the median is reported")
-    p.add_argument("--scaling", action="store_true",
-                   help="also run mergesmith on the 24-layer family and check its peak RSS stays within 10%%")
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also run mergesmith on the 24-layer family and check its peak RSS stays within 10%%",
+    )
     p.add_argument("--doubled", action="store_true", help="build the 24-layer family (implied by --scaling)")
     p.add_argument("--build-only", action="store_true", help="build the checkpoints and configs, run nothing")
     p.add_argument("--no-compare", action="store_true", help="skip the tensor-by-tensor output comparison")
     p.add_argument("--no-help-timing", action="store_true", help="skip timing `mergesmith --help`")
-    p.add_argument("--noise-std", type=float, default=0.002,
-                   help="std of the perturbation of each expert (base weights have std 0.02; default %(default)s)")
-    p.add_argument("--out-shard-size", default="5GB",
-                   help="output shard size given to both tools (mergesmith's default; default %(default)s)")
+    p.add_argument(
+        "--noise-std",
+        type=float,
+        default=0.002,
+        help="std of the perturbation of each expert (base weights have std 0.02; default %(default)s)",
+    )
+    p.add_argument(
+        "--out-shard-size",
+        default="5GB",
+        help="output shard size given to both tools (mergesmith's default; default %(default)s)",
+    )
     p.add_argument("--mergesmith", default=str(bindir / "mergesmith"), help="mergesmith executable")
     p.add_argument("--mergekit", default=str(bindir / "mergekit-yaml"), help="mergekit-yaml executable")
-    p.add_argument("--wait-idle", type=float, default=120.0, metavar="S",
-                   help="before each run wait up to S seconds for the machine to be < 15%% busy (0: don't); "
-                        "default %(default)s")
-    p.add_argument("--warm-hash-cache", action="store_true",
-                   help="let mergesmith reuse the input hashes it remembered from earlier merges (a re-merge); by "
-                        "default each run starts with an empty hash cache (a first merge)")
+    p.add_argument(
+        "--wait-idle",
+        type=float,
+        default=120.0,
+        metavar="S",
+        help="before each run wait up to S seconds for the machine to be < 15%% busy (0: don't); default %(default)s",
+    )
+    p.add_argument(
+        "--warm-hash-cache",
+        action="store_true",
+        help="let mergesmith reuse the input hashes it remembered from earlier merges (a re-merge); by "
+        "default each run starts with an empty hash cache (a first merge)",
+    )
     p.add_argument("--json", type=Path, help="write every figure to this JSON file")
     args = p.parse_args(argv)
     _parse_bytes(args.out_shard_size)
@@ -665,8 +747,8 @@ def main(argv: list[str] | None = None) -> int:
     figures.peak_rss_method = (
         "kernel peak RSS (ru_maxrss) of the tool process from `/usr/bin/time -v`, exact; a psutil sampler (50 ms) "
         "confirms the tree is one process and splits anon/file-backed memory"
-        if time_bin else
-        "psutil: sum of RSS over the process tree sampled every 50 ms (GNU time not found; can miss short spikes)"
+        if time_bin
+        else "psutil: sum of RSS over the process tree sampled every 50 ms (GNU time not found; can miss short spikes)"
     )
     trace_dir = work / "traces"
     trace_dir.mkdir(parents=True, exist_ok=True)
@@ -686,8 +768,10 @@ def main(argv: list[str] | None = None) -> int:
     for tool in args.tools:
         subprocess.run([getattr(args, tool), "--help"], capture_output=True, env=env)
     # ... and import what each tool imports to merge, so that .pyc files exist before the first timed run.
-    warm = {"mergesmith": "import mergesmith.api, mergesmith.cli",
-            "mergekit": "import mergekit.merge, mergekit.scripts.run_yaml, mergekit.merge_methods"}
+    warm = {
+        "mergesmith": "import mergesmith.api, mergesmith.cli",
+        "mergekit": "import mergekit.merge, mergekit.scripts.run_yaml, mergekit.merge_methods",
+    }
     for tool in args.tools:
         subprocess.run([sys.executable, "-c", warm[tool]], capture_output=True, env=env)
     if "mergesmith" in args.tools and not args.no_help_timing:
@@ -696,22 +780,51 @@ def main(argv: list[str] | None = None) -> int:
         figures.help_runs_s = time_help(args, env)
 
     for method in args.methods:
-        run_method(method, configs[12][method], args.tools, args, commands, time_bin, out_root, trace_dir, env,
-                   figures, compare=not args.no_compare)
+        run_method(
+            method,
+            configs[12][method],
+            args.tools,
+            args,
+            commands,
+            time_bin,
+            out_root,
+            trace_dir,
+            env,
+            figures,
+            compare=not args.no_compare,
+        )
     if args.scaling:
         for method in args.methods:
-            run_method(method, configs[24][method], ["mergesmith"], args, commands, time_bin, out_root, trace_dir,
-                       env, figures, suffix="-24L", compare=False)
+            run_method(
+                method,
+                configs[24][method],
+                ["mergesmith"],
+                args,
+                commands,
+                time_bin,
+                out_root,
+                trace_dir,
+                env,
+                figures,
+                suffix="-24L",
+                compare=False,
+            )
 
     evaluate_targets(figures, args)
     print_report(figures, args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         payload = asdict(figures) | {
-            "setup": {"argv": sys.argv, "cpus": os.cpu_count(), "ram_gb": psutil.virtual_memory().total / 1e9,
-                      "torch": torch.__version__, "python": sys.version.split()[0],
-                      "out_shard_size": args.out_shard_size, "noise_std": args.noise_std,
-                      "families": {k: {n: str(v) for n, v in m.items()} for k, m in families.items()}},
+            "setup": {
+                "argv": sys.argv,
+                "cpus": os.cpu_count(),
+                "ram_gb": psutil.virtual_memory().total / 1e9,
+                "torch": torch.__version__,
+                "python": sys.version.split()[0],
+                "out_shard_size": args.out_shard_size,
+                "noise_std": args.noise_std,
+                "families": {k: {n: str(v) for n, v in m.items()} for k, m in families.items()},
+            },
         }
         args.json.write_text(json.dumps(payload, indent=2, default=str) + "\n")
         print(f"\nfigures written to {args.json}")

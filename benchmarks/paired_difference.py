@@ -67,16 +67,23 @@ def _verdict(low: float, high: float) -> str:
 
 def report(table: dict, samples: int, n_test: int) -> str:
     names = list(table)
-    lines = [f"\nnormalized accuracy (%); differences with their paired 95 % bootstrap intervals ({samples} resamples "
-             f"of each task's {n_test} test examples), against the first merge and the one listed before"]
+    lines = [
+        f"\nnormalized accuracy (%); differences with their paired 95 % bootstrap intervals ({samples} resamples "
+        f"of each task's {n_test} test examples), against the first merge and the one listed before"
+    ]
     for i, (name, (score, against_first, against_previous)) in enumerate(table.items()):
         line = f"  {name:42s} {100 * score:6.2f}"
-        for label, other, interval in (("first", names[0], against_first), ("previous", names[i - 1], against_previous)):
+        for label, other, interval in (
+            ("first", names[0], against_first),
+            ("previous", names[i - 1], against_previous),
+        ):
             if interval is None or (label == "previous" and i == 1):
                 continue
             low, high = interval
-            line += (f"   vs {other}: {100 * (score - table[other][0]):+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] "
-                     f"{_verdict(low, high)}")
+            line += (
+                f"   vs {other}: {100 * (score - table[other][0]):+.2f} [{100 * low:+.2f}, {100 * high:+.2f}] "
+                f"{_verdict(low, high)}"
+            )
         lines.append(line)
     return "\n".join(lines)
 
@@ -93,7 +100,9 @@ def parse_merge(item: str) -> tuple[bool, str, dict]:
     try:
         params = yaml.safe_load(raw) if raw else {}
     except yaml.YAMLError as e:
-        raise ValueError(f"{item!r}: the parameters are not YAML ({str(e).splitlines()[0]}); write e.g. '{{lambda: 0.3}}'") from None
+        raise ValueError(
+            f"{item!r}: the parameters are not YAML ({str(e).splitlines()[0]}); write e.g. '{{lambda: 0.3}}'"
+        ) from None
     if not isinstance(params, dict):
         raise ValueError(f"{item!r}: the parameters must be a YAML mapping such as '{{lambda: 0.3}}'")
     if adapt:
@@ -105,7 +114,9 @@ def parse_merge(item: str) -> tuple[bool, str, dict]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("merges", nargs="+", help="METHOD:{params} or adapt:METHOD[:{params}]; the first is the reference")
+    parser.add_argument(
+        "merges", nargs="+", help="METHOD:{params} or adapt:METHOD[:{params}]; the first is the reference"
+    )
     parser.add_argument("--cache-dir", default=os.environ.get("MERGESMITH_CACHE"))
     parser.add_argument("--profile", default="default")
     parser.add_argument("--samples", type=int, default=2000)
@@ -155,6 +166,7 @@ def main() -> None:
         print(f"scored {item}", flush=True)
 
     print(report(bootstrap(results, expert, args.samples, args.seed), args.samples, len(pool.tasks[0].test)))
+
 
 if __name__ == "__main__":
     main()

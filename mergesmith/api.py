@@ -37,8 +37,10 @@ class MergeResult:
 
     def __repr__(self) -> str:
         # the plan holds one job per tensor: a full dataclass repr runs to tens of kilobytes
-        return (f"MergeResult(out_dir={str(self.out_dir)!r}, method={self.plan.method.name!r}, "
-                f"tensors={self.report.tensors}, seconds={self.seconds:.2f}, shards={len(self.shards)})")
+        return (
+            f"MergeResult(out_dir={str(self.out_dir)!r}, method={self.plan.method.name!r}, "
+            f"tensors={self.report.tensors}, seconds={self.seconds:.2f}, shards={len(self.shards)})"
+        )
 
 
 def open_models(config: MergeConfig) -> dict[str, Any]:
@@ -158,9 +160,16 @@ def _commit(plan: MergePlan, out: ModelDirectory, side: Any) -> None:
     if side:
         details["tasks"] = side.tasks
         sections = [side.card_section()]
-    out.commit(kind=side.kind if side else "weights", method=plan.method.name, paper=plan.method.paper, seed=cfg.seed,
-               base_model=cfg.base_model, config=cfg.model_dump(mode="json"), details=details,
-               card=CardText(sections=tuple(sections)))
+    out.commit(
+        kind=side.kind if side else "weights",
+        method=plan.method.name,
+        paper=plan.method.paper,
+        seed=cfg.seed,
+        base_model=cfg.base_model,
+        config=cfg.model_dump(mode="json"),
+        details=details,
+        card=CardText(sections=tuple(sections)),
+    )
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -184,8 +193,9 @@ def merge_state_dicts(
     """
     spec = get_method(method)
     if spec.side_outputs:
-        raise MergesmithError(f"{method} gives one model per task, not one merged model; use "
-                              f"mergesmith.merge_state_dicts_per_task")
+        raise MergesmithError(
+            f"{method} gives one model per task, not one merged model; use mergesmith.merge_state_dicts_per_task"
+        )
     if not experts:
         raise MergesmithError("merge_state_dicts needs at least one expert state dict")
     if spec.base == "required" and base is None:
@@ -194,7 +204,9 @@ def merge_state_dicts(
     for i, sd in enumerate(experts[1:], start=1):
         if set(sd) != set(names):
             diff = sorted(set(sd) ^ set(names))[:3]
-            raise MergesmithError(f"expert {i} has different tensor names than expert 0 (e.g. {diff}); merge models of one architecture")
+            raise MergesmithError(
+                f"expert {i} has different tensor names than expert 0 (e.g. {diff}); merge models of one architecture"
+            )
     out: dict[str, torch.Tensor] = {}
     non_matrix = 0
     for name, first, merged in merged_tensors(spec, base, experts, params, seed, reference=experts[0]):
@@ -205,8 +217,9 @@ def merge_state_dicts(
         out[name] = merged.to(first.dtype)
         non_matrix += first.dim() != 2
     if spec.non_matrix and non_matrix:
-        warnings.warn(f"{spec.name}: {non_matrix} tensors are not 2-D matrices (biases, norms); {spec.non_matrix}",
-                      stacklevel=2)
+        warnings.warn(
+            f"{spec.name}: {non_matrix} tensors are not 2-D matrices (biases, norms); {spec.non_matrix}", stacklevel=2
+        )
     return out
 
 

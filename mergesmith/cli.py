@@ -69,16 +69,41 @@ def main() -> None:
 @click.argument("config", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
-@click.option("--seed", type=int, default=None, help="Seed for random methods (overrides the config's seed; default 0).")
-@click.option("--threads", type=click.IntRange(1, 256), default=None, help="Tensors merged at once (default: cores, at most 4).")
-@click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB, 500MiB, 1000000).")
-@click.option("--memory-budget", default=None, help="Bytes of tensors in flight (default: what the largest tensor needs).")
+@click.option(
+    "--seed", type=int, default=None, help="Seed for random methods (overrides the config's seed; default 0)."
+)
+@click.option(
+    "--threads", type=click.IntRange(1, 256), default=None, help="Tensors merged at once (default: cores, at most 4)."
+)
+@click.option(
+    "--max-shard-size",
+    default="5GB",
+    show_default=True,
+    help="Largest output shard, in bytes (e.g. 2GB, 500MiB, 1000000).",
+)
+@click.option(
+    "--memory-budget", default=None, help="Bytes of tensors in flight (default: what the largest tensor needs)."
+)
 @click.option("--strict", is_flag=True, help="Refuse inputs with NaN or Inf values instead of warning.")
-@click.option("--allow-crimes", is_flag=True, help="Merge models whose config.json declare different architectures (mergekit's flag).")
+@click.option(
+    "--allow-crimes",
+    is_flag=True,
+    help="Merge models whose config.json declare different architectures (mergekit's flag).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
-def merge(config: Path, out_dir: Path, force: bool, seed, threads, max_shard_size: str, memory_budget, strict: bool,
-          allow_crimes: bool, quiet: bool) -> None:
+def merge(
+    config: Path,
+    out_dir: Path,
+    force: bool,
+    seed,
+    threads,
+    max_shard_size: str,
+    memory_budget,
+    strict: bool,
+    allow_crimes: bool,
+    quiet: bool,
+) -> None:
     """Merge the checkpoints named in CONFIG into OUT_DIR."""
     from mergesmith.api import merge as run_merge
     from mergesmith.config import load_config, referenced_models
@@ -129,7 +154,11 @@ class _ProgressBar:
 
         self.total = len(plan.jobs)
         self.bar = tqdm(
-            total=sum(j.out_nbytes for j in plan.jobs), unit="B", unit_scale=True, desc="merging", file=sys.stderr,
+            total=sum(j.out_nbytes for j in plan.jobs),
+            unit="B",
+            unit_scale=True,
+            desc="merging",
+            file=sys.stderr,
             dynamic_ncols=True,
         )
 
@@ -148,7 +177,11 @@ class _ProgressBar:
 @main.command()
 @click.argument("config", type=click.Path(path_type=Path))
 @click.option("--limit", type=int, default=None, help="Print at most this many tensor rows.")
-@click.option("--allow-crimes", is_flag=True, help="Merge models whose config.json declare different architectures (mergekit's flag).")
+@click.option(
+    "--allow-crimes",
+    is_flag=True,
+    help="Merge models whose config.json declare different architectures (mergekit's flag).",
+)
 @user_errors
 def plan(config: Path, limit: int | None, allow_crimes: bool) -> None:
     """Validate CONFIG against the checkpoints' headers and print the per-tensor plan (no weights are read)."""
@@ -178,20 +211,71 @@ def methods() -> None:
 
 @main.command()
 @click.option("--profile", default=None, help="default (6 tasks; the default) or mini (3 small tasks, a few minutes).")
-@click.option("--pool", "pool", type=click.Path(path_type=Path), default=None, help="Your own pool YAML (base model, experts, heads, task data) instead of a built-in profile.")
-@click.option("--methods", default=None, help="Comma-separated methods, each METHOD or METHOD:KEY=VALUE (more KEY=VALUE after commas), e.g. ties:density=0.3,lambda=1.0,regmean (default: a representative set).")
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Run directory (default: runs/bench-PROFILE-TIME).")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Where data and the expert zoo are cached (default: $MERGESMITH_CACHE or ~/.cache/mergesmith).")
+@click.option(
+    "--pool",
+    "pool",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Your own pool YAML (base model, experts, heads, task data) instead of a built-in profile.",
+)
+@click.option(
+    "--methods",
+    default=None,
+    help="Comma-separated methods, each METHOD or METHOD:KEY=VALUE (more KEY=VALUE after commas), e.g. ties:density=0.3,lambda=1.0,regmean (default: a representative set).",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Run directory (default: runs/bench-PROFILE-TIME).",
+)
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where data and the expert zoo are cached (default: $MERGESMITH_CACHE or ~/.cache/mergesmith).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep-models", is_flag=True, help="Keep the merged models in the run directory.")
-@click.option("--protect", "protect_mode", is_flag=True, help="MergeLock mode: merge with and without one protected expert (methods default: task_arithmetic,linear).")
-@click.option("--protect-task", default=None, help="With --protect: the task whose expert is protected (default: the first task).")
-@click.option("--continual", "continual_mode", is_flag=True, help="Continual mode: add the experts one at a time in several orders and score the tasks seen after each step (methods default: averaging,task_arithmetic,ties,opcm; dop on request).")
-@click.option("--orders", type=int, default=3, show_default=True, help="With --continual: task orders (the pool's, then seeded permutations).")
+@click.option(
+    "--protect",
+    "protect_mode",
+    is_flag=True,
+    help="MergeLock mode: merge with and without one protected expert (methods default: task_arithmetic,linear).",
+)
+@click.option(
+    "--protect-task", default=None, help="With --protect: the task whose expert is protected (default: the first task)."
+)
+@click.option(
+    "--continual",
+    "continual_mode",
+    is_flag=True,
+    help="Continual mode: add the experts one at a time in several orders and score the tasks seen after each step (methods default: averaging,task_arithmetic,ties,opcm; dop on request).",
+)
+@click.option(
+    "--orders",
+    type=int,
+    default=3,
+    show_default=True,
+    help="With --continual: task orders (the pool's, then seeded permutations).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @user_errors
-def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bool, protect_mode: bool, protect_task,
-          continual_mode: bool, orders: int, quiet: bool) -> None:
+def bench(
+    profile,
+    pool,
+    methods,
+    out_dir,
+    cache_dir,
+    seed: int,
+    keep_models: bool,
+    protect_mode: bool,
+    protect_task,
+    continual_mode: bool,
+    orders: int,
+    quiet: bool,
+) -> None:
     """Offline benchmark: experts vs merges on real tasks, with a table, results.json/csv and report.html.
 
     \b
@@ -210,7 +294,9 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
     from mergesmith.errors import MergesmithError
 
     if pool is not None and profile is not None:
-        raise MergesmithError("--pool and --profile are mutually exclusive; pass --pool for your own pool or --profile for a built-in one")
+        raise MergesmithError(
+            "--pool and --profile are mutually exclusive; pass --pool for your own pool or --profile for a built-in one"
+        )
     if out_dir is None:
         label = "custom" if pool is not None else profile or "default"
         out_dir = Path("runs") / f"bench-{label}-{_time.strftime('%Y%m%d-%H%M%S')}"
@@ -220,34 +306,80 @@ def bench(profile, pool, methods, out_dir, cache_dir, seed: int, keep_models: bo
     names = [c.name for c in choices] or None
     if (protect_mode or continual_mode) and any(c.params for c in choices):
         mode = "--protect" if protect_mode else "--continual"
-        raise MergesmithError(f"{mode} takes method names only (their parameters are tuned or fixed by the mode); "
-                              f"drop the :KEY=VALUE parts of --methods")
+        raise MergesmithError(
+            f"{mode} takes method names only (their parameters are tuned or fixed by the mode); "
+            f"drop the :KEY=VALUE parts of --methods"
+        )
     check_output_early(out_dir, False, pool_models(pool), force_option=None, what="run directory")
     with _library_output():
         if continual_mode:
             from mergesmith.bench.continual import run_continual_bench
 
-            run_continual_bench(profile=profile, pool=pool, methods=names, orders=orders, run_dir=out_dir,
-                                cache_dir=cache_dir, seed=seed, progress=not quiet, echo=click.echo)
+            run_continual_bench(
+                profile=profile,
+                pool=pool,
+                methods=names,
+                orders=orders,
+                run_dir=out_dir,
+                cache_dir=cache_dir,
+                seed=seed,
+                progress=not quiet,
+                echo=click.echo,
+            )
             return
         if protect_mode:
             from mergesmith.bench.protected import run_protect_bench
 
-            run_protect_bench(profile=profile, pool=pool, methods=names, protect_task=protect_task, run_dir=out_dir,
-                              cache_dir=cache_dir, seed=seed, progress=not quiet, echo=click.echo)
+            run_protect_bench(
+                profile=profile,
+                pool=pool,
+                methods=names,
+                protect_task=protect_task,
+                run_dir=out_dir,
+                cache_dir=cache_dir,
+                seed=seed,
+                progress=not quiet,
+                echo=click.echo,
+            )
             return
-        run_bench(profile=profile, pool=pool, methods=names, method_params={c.name: c.params for c in choices},
-                  run_dir=out_dir, cache_dir=cache_dir, seed=seed, keep_models=keep_models, progress=not quiet,
-                  echo=click.echo)
+        run_bench(
+            profile=profile,
+            pool=pool,
+            methods=names,
+            method_params={c.name: c.params for c in choices},
+            run_dir=out_dir,
+            cache_dir=cache_dir,
+            seed=seed,
+            keep_models=keep_models,
+            progress=not quiet,
+            echo=click.echo,
+        )
 
 
 @main.command()
 @click.argument("method")
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--pool", "pool", type=click.Path(path_type=Path), default=None, help="Pool YAML (the bench pool format: base, experts, heads, data).")
+@click.option(
+    "--pool",
+    "pool",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Pool YAML (the bench pool format: base, experts, heads, data).",
+)
 @click.option("--profile", default=None, help="A built-in bench pool instead: default or mini.")
-@click.option("--cache-dir", type=click.Path(path_type=Path), default=None, help="Cache of the built-in profiles' data and experts.")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A method parameter (repeatable); the keys of the method's parameters (an unknown key lists them).")
+@click.option(
+    "--cache-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Cache of the built-in profiles' data and experts.",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A method parameter (repeatable); the keys of the method's parameters (an unknown key lists them).",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
@@ -262,12 +394,14 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
     from mergesmith.adapt.runner import check_adapt_args, parse_param_args, run_adapt
     from mergesmith.bench.adapt_problem import load_problem
 
-    spec, parsed = check_adapt_args(method, out_dir, parse_param_args(params), force=force, inputs=pool_models(pool),
-                                    quiet=quiet)
+    spec, parsed = check_adapt_args(
+        method, out_dir, parse_param_args(params), force=force, inputs=pool_models(pool), quiet=quiet
+    )
     echo = (lambda _: None) if quiet else click.echo
     with _library_output():
-        problem = load_problem(pool=pool, profile=profile, cache_dir=cache_dir, seed=seed, progress=not quiet,
-                               echo=echo)
+        problem = load_problem(
+            pool=pool, profile=profile, cache_dir=cache_dir, seed=seed, progress=not quiet, echo=echo
+        )
         result, seconds = run_adapt(spec, parsed, problem, out_dir, seed=seed, force=force, echo=echo)
     click.echo(f"{method}: {seconds:.1f} s; wrote {out_dir} (kind {result.kind}; load with mergesmith.load_merged)")
     shown = {k: v for k, v in result.info.items() if k not in ("history",)}
@@ -294,14 +428,39 @@ def demo(out_dir: Path, force: bool) -> None:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the random per-layer transforms.")
-@click.option("--strength", type=float, default=2.0, show_default=True, help="Scale bound s >= 1: each transform scales directions by 1/s .. s (1 = orthogonal only).")
-@click.option("--verify", is_flag=True, help="Check with transformers: same outputs as MODEL, and a linear merge with --merge-with collapses.")
-@click.option("--merge-with", type=click.Path(path_type=Path), default=None, help="Another fine-tune of the same base for --verify's merge test (default: MODEL itself).")
+@click.option(
+    "--strength",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Scale bound s >= 1: each transform scales directions by 1/s .. s (1 = orthogonal only).",
+)
+@click.option(
+    "--verify",
+    is_flag=True,
+    help="Check with transformers: same outputs as MODEL, and a linear merge with --merge-with collapses.",
+)
+@click.option(
+    "--merge-with",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Another fine-tune of the same base for --verify's merge test (default: MODEL itself).",
+)
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
-def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool, merge_with, max_shard_size: str, force: bool, quiet: bool) -> None:
+def protect(
+    model: Path,
+    out_dir: Path,
+    seed: int,
+    strength: float,
+    verify: bool,
+    merge_with,
+    max_shard_size: str,
+    force: bool,
+    quiet: bool,
+) -> None:
     """MergeLock: write a copy of MODEL with the same outputs but weights that do not merge with other fine-tunes."""
     from mergesmith.extras import require
 
@@ -321,13 +480,22 @@ def protect(model: Path, out_dir: Path, seed: int, strength: float, verify: bool
             bars.append(tqdm(total=total, desc="protecting", unit="tensor", file=sys.stderr, dynamic_ncols=True))
         bars[0].update(done - bars[0].n)
 
-    result = protect_checkpoint(model, out_dir, seed=seed, strength=strength, force=force,
-                                max_shard_size=shard_bytes, progress=None if quiet else progress)
+    result = protect_checkpoint(
+        model,
+        out_dir,
+        seed=seed,
+        strength=strength,
+        force=force,
+        max_shard_size=shard_bytes,
+        progress=None if quiet else progress,
+    )
     for bar in bars:
         bar.close()
     layout = result.layout
-    click.echo(f"protected {len(layout.blocks)} attention layers ({layout.family}, {layout.num_heads} heads, "
-               f"{layout.num_kv_heads} key/value heads{', rotary' if layout.rotary else ''}) into {out_dir}")
+    click.echo(
+        f"protected {len(layout.blocks)} attention layers ({layout.family}, {layout.num_heads} heads, "
+        f"{layout.num_kv_heads} key/value heads{', rotary' if layout.rotary else ''}) into {out_dir}"
+    )
     if verify:
         report = verify_protection(model, out_dir, merge_with=merge_with)
         click.echo(format_verify(report))
@@ -342,16 +510,39 @@ def continual() -> None:
 @click.argument("merged_dir", type=click.Path(path_type=Path))
 @click.argument("new_expert", type=click.Path(path_type=Path))
 @click.argument("out_dir", type=click.Path(path_type=Path))
-@click.option("--method", default=None, help="opcm (default), dop, averaging, task_arithmetic or ties; a merge keeps its method.")
-@click.option("--base", type=click.Path(path_type=Path), default=None, help="The base model; needed when MERGED_DIR is a first expert (a continual merge records its base).")
-@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A method parameter (repeatable), e.g. alpha=0.5; see `mergesmith continual methods`.")
+@click.option(
+    "--method", default=None, help="opcm (default), dop, averaging, task_arithmetic or ties; a merge keeps its method."
+)
+@click.option(
+    "--base",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="The base model; needed when MERGED_DIR is a first expert (a continual merge records its base).",
+)
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="A method parameter (repeatable), e.g. alpha=0.5; see `mergesmith continual methods`.",
+)
 @click.option("--name", default=None, help="Name recorded for NEW_EXPERT (default: its directory name).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard, in bytes (e.g. 2GB).")
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
-def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, method, base, params, name, max_shard_size: str,
-                          force: bool, quiet: bool) -> None:
+def continual_add_command(
+    merged_dir: Path,
+    new_expert: Path,
+    out_dir: Path,
+    method,
+    base,
+    params,
+    name,
+    max_shard_size: str,
+    force: bool,
+    quiet: bool,
+) -> None:
     """Merge NEW_EXPERT into MERGED_DIR (a continual merge, or a first expert with --base) and write OUT_DIR.
 
     Memory does not grow with the number of experts already merged: OUT_DIR holds the model and mergesmith.json
@@ -371,8 +562,18 @@ def continual_add_command(merged_dir: Path, new_expert: Path, out_dir: Path, met
             bars.append(tqdm(total=total, desc="continual add", unit="tensor", file=sys.stderr, dynamic_ncols=True))
         bars[0].update(done - bars[0].n)
 
-    result = continual_add(merged_dir, new_expert, out_dir, method=method, base=base, params=parse_param_args(params),
-                           name=name, force=force, max_shard_size=shard_bytes, progress=None if quiet else progress)
+    result = continual_add(
+        merged_dir,
+        new_expert,
+        out_dir,
+        method=method,
+        base=base,
+        params=parse_param_args(params),
+        name=name,
+        force=force,
+        max_shard_size=shard_bytes,
+        progress=None if quiet else progress,
+    )
     for bar in bars:
         bar.close()
     for note in result.notes:
@@ -393,14 +594,24 @@ def continual_methods() -> None:
 @main.command()
 @click.argument("base", type=click.Path(path_type=Path))
 @click.argument("experts", nargs=-1, required=True, type=click.Path(path_type=Path))
-@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=None, help="Write report.html, PNG plots and diagnostics.json here.")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Write report.html, PNG plots and diagnostics.json here.",
+)
 @click.option("--top-k", type=int, default=8, show_default=True, help="Singular values kept per 2-D tensor.")
 @click.option("--no-spectrum", is_flag=True, help="Skip the SVDs (top singular values, effective rank).")
-@click.option("--strict", is_flag=True, help="Refuse tensors with NaN or Inf values instead of warning and leaving them out.")
+@click.option(
+    "--strict", is_flag=True, help="Refuse tensors with NaN or Inf values instead of warning and leaving them out."
+)
 @click.option("--force", is_flag=True, help="Replace --out if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 @user_errors
-def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, strict: bool, force: bool, quiet: bool) -> None:
+def inspect(
+    base: Path, experts, out_dir, top_k: int, no_spectrum: bool, strict: bool, force: bool, quiet: bool
+) -> None:
     """Task-vector diagnostics of EXPERTS against BASE: cosine, sign conflicts, norms, spectra, mergeability."""
     from mergesmith.extras import require
 
@@ -419,8 +630,9 @@ def inspect(base: Path, experts, out_dir, top_k: int, no_spectrum: bool, strict:
             bars.append(tqdm(total=total, desc="inspecting", unit="tensor", file=sys.stderr, dynamic_ncols=True))
         bars[0].update(done - bars[0].n)
 
-    diag = inspect_task_vectors(base, list(experts), top_k=top_k, spectrum=not no_spectrum, strict=strict,
-                                progress=None if quiet else progress)
+    diag = inspect_task_vectors(
+        base, list(experts), top_k=top_k, spectrum=not no_spectrum, strict=strict, progress=None if quiet else progress
+    )
     for bar in bars:
         bar.close()
     for line in diag.nonfinite:

@@ -69,10 +69,17 @@ class OutputSlice(_Strict):
 
 
 DTYPES = {
-    "float32": "float32", "fp32": "float32", "float": "float32",
-    "float16": "float16", "fp16": "float16", "half": "float16",
-    "bfloat16": "bfloat16", "bf16": "bfloat16",
-    "float64": "float64", "fp64": "float64", "double": "float64",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+    "float64": "float64",
+    "fp64": "float64",
+    "double": "float64",
 }
 
 
@@ -150,14 +157,22 @@ def load_config(source: str | Path | dict | MergeConfig) -> MergeConfig:
             if not path.exists():
                 raise ConfigError(f"{path}: config file not found; pass the path of a merge YAML file")
             # Bounded: size, nesting, aliases and number lengths are checked before anything is built.
-            data = read_yaml(path, loader=_NoPythonTagsLoader, what="merge config", error=ConfigError, top=None,
-                             fix="only plain YAML is accepted (no tags); pass a merge YAML file")
+            data = read_yaml(
+                path,
+                loader=_NoPythonTagsLoader,
+                what="merge config",
+                error=ConfigError,
+                top=None,
+                fix="only plain YAML is accepted (no tags); pass a merge YAML file",
+            )
         if not isinstance(data, dict):
             raise ConfigError(f"{label}: expected a mapping with merge_method and models or slices at the top level")
         unsupported = {"modules", "tokenizer", "chat_template"} & set(data)
         if unsupported:
             key = sorted(unsupported)[0]
-            raise ConfigError(f"{label}: {key!r} is not supported by mergesmith yet; remove it (use models or slices, and tokenizer_source)")
+            raise ConfigError(
+                f"{label}: {key!r} is not supported by mergesmith yet; remove it (use models or slices, and tokenizer_source)"
+            )
         try:
             config = MergeConfig.model_validate(data)
         except ValidationError as err:
@@ -192,15 +207,28 @@ def check_config(config: MergeConfig, label: str = "config") -> None:
                 same = "" if seen[key] == entry.model else f" (the same model as {seen[key]!r})"
                 raise ConfigError(f"{label}: models[{i}]: {entry.model!r} is listed twice{same}; list each model once")
             seen[key] = entry.model
-            _check_parameter_block(entry.parameters, f"models[{i}].parameters", infos, method, allow_global=False, label=label)
+            _check_parameter_block(
+                entry.parameters, f"models[{i}].parameters", infos, method, allow_global=False, label=label
+            )
     else:
         for s, out_slice in enumerate(config.slices or []):
-            _check_parameter_block(out_slice.parameters, f"slices[{s}].parameters", infos, method, allow_global=True, label=label)
+            _check_parameter_block(
+                out_slice.parameters, f"slices[{s}].parameters", infos, method, allow_global=True, label=label
+            )
             lengths = {src.layer_range[1] - src.layer_range[0] for src in out_slice.sources}
             if len(lengths) > 1:
-                raise ConfigError(f"{label}: slices[{s}]: every source of a slice must span the same number of layers, got {sorted(lengths)}")
+                raise ConfigError(
+                    f"{label}: slices[{s}]: every source of a slice must span the same number of layers, got {sorted(lengths)}"
+                )
             for j, src in enumerate(out_slice.sources):
-                _check_parameter_block(src.parameters, f"slices[{s}].sources[{j}].parameters", infos, method, allow_global=False, label=label)
+                _check_parameter_block(
+                    src.parameters,
+                    f"slices[{s}].sources[{j}].parameters",
+                    infos,
+                    method,
+                    allow_global=False,
+                    label=label,
+                )
     _check_statistics(config, method, label)
     if config.config_source not in (None, "base") and config.config_source not in referenced_models(config):
         raise ConfigError(
@@ -233,26 +261,38 @@ def _check_statistics(config: MergeConfig, method: MethodSpec, label: str) -> No
     if method.statistics is None:
         for i, entry in enumerate(config.models or []):
             if entry.statistics is not None:
-                raise ConfigError(f"{label}: models[{i}].statistics: {method.name} reads no statistics; remove it (fisher_combine and regmean_combine read them)")
+                raise ConfigError(
+                    f"{label}: models[{i}].statistics: {method.name} reads no statistics; remove it (fisher_combine and regmean_combine read them)"
+                )
         return
     if config.models is None:
-        raise ConfigError(f"{label}: {method.name} merges whole models with their statistics; use 'models', not 'slices'")
+        raise ConfigError(
+            f"{label}: {method.name} merges whole models with their statistics; use 'models', not 'slices'"
+        )
     if config.base_model is not None:
-        raise ConfigError(f"{label}: {method.name} does not use base_model; remove it and list the experts with their statistics")
+        raise ConfigError(
+            f"{label}: {method.name} does not use base_model; remove it and list the experts with their statistics"
+        )
     for i, entry in enumerate(config.models):
         if entry.statistics is None:
-            raise ConfigError(f"{label}: models[{i}]: {method.name} needs the model's statistics file (statistics: PATH.safetensors)")
+            raise ConfigError(
+                f"{label}: models[{i}]: {method.name} needs the model's statistics file (statistics: PATH.safetensors)"
+            )
 
 
 def _check_parameter_block(
-    block: Parameters | None, where: str, infos: dict[str, ParamInfo], method: MethodSpec, *, allow_global: bool, label: str
+    block: Parameters | None,
+    where: str,
+    infos: dict[str, ParamInfo],
+    method: MethodSpec,
+    *,
+    allow_global: bool,
+    label: str,
 ) -> None:
     for key, setting in (block or {}).items():
         if key not in infos:
             allowed = ", ".join(sorted(infos)) or "none"
-            raise ConfigError(
-                f"{label}: {where}.{key}: unknown parameter for {method.name}; allowed: {allowed}"
-            )
+            raise ConfigError(f"{label}: {where}.{key}: unknown parameter for {method.name}; allowed: {allowed}")
         if not allowed_here(infos[key], allow_global):
             raise ConfigError(
                 f"{label}: {where}.{key}: {key!r} is a global parameter of {method.name}; "
@@ -280,9 +320,11 @@ def _leaf_values(setting: ParameterSetting) -> list[Scalar]:
 def referenced_models(config: MergeConfig) -> list[str]:
     """Every model the config names, in first-mention order (base first when given)."""
     names: list[str] = []
+
     def add(name: str | None) -> None:
         if name and name not in names:
             names.append(name)
+
     add(config.base_model)
     for entry in config.models or []:
         add(entry.model)

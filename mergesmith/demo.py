@@ -103,5 +103,7 @@ def _quality(family, merged_dir: Path) -> dict:
             tau_e = torch.cat([(expert[k] - base[k]).flatten() for k in base if base[k].is_floating_point()])
             cosines.append(torch.nn.functional.cosine_similarity(tau_m, tau_e, dim=0).item())
             expert_logp = expert_model(tokens).logits.log_softmax(-1)
-            kls.append(torch.nn.functional.kl_div(merged_logp, expert_logp, log_target=True, reduction="batchmean").item())
+            kls.append(
+                torch.nn.functional.kl_div(merged_logp, expert_logp, log_target=True, reduction="batchmean").item()
+            )
     return {"cosine": sum(cosines) / len(cosines), "kl": sum(kls) / len(kls)}

@@ -21,8 +21,13 @@ EXTRAS: dict[str, tuple[str, ...]] = {
 }
 
 # command -> the extra it needs
-COMMAND_EXTRAS: dict[str, str] = {"bench": "bench", "adapt": "adapt", "inspect": "inspect", "protect": "hf",
-                                  "demo": "hf"}
+COMMAND_EXTRAS: dict[str, str] = {
+    "bench": "bench",
+    "adapt": "adapt",
+    "inspect": "inspect",
+    "protect": "hf",
+    "demo": "hf",
+}
 
 
 def extra_for(module: str, command: str | None = None) -> str | None:

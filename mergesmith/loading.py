@@ -78,5 +78,7 @@ def load_merged(path: str | Path, task: str | None = None) -> Any:
     kind, details = read_kind(directory)
     loader = LOADERS.get(kind)
     if loader is None:
-        raise MergesmithError(f"{directory}: unknown kind {kind!r}; known: {', '.join(sorted(LOADERS))} (a newer mergesmith wrote it?)")
+        raise MergesmithError(
+            f"{directory}: unknown kind {kind!r}; known: {', '.join(sorted(LOADERS))} (a newer mergesmith wrote it?)"
+        )
     return loader(directory, details, task)

@@ -19,8 +19,10 @@ def format_adapt_methods() -> str:
     """The adapt methods (``mergesmith adapt METHOD --pool POOL.yaml OUT``), as text."""
     from mergesmith.adapt import ADAPT_METHODS
 
-    lines = ["Data-driven methods (mergesmith adapt METHOD --pool POOL.yaml OUT; --param KEY=VALUE; "
-             "bench --methods METHOD:KEY=VALUE):"]
+    lines = [
+        "Data-driven methods (mergesmith adapt METHOD --pool POOL.yaml OUT; --param KEY=VALUE; "
+        "bench --methods METHOD:KEY=VALUE):"
+    ]
     for name in sorted(ADAPT_METHODS):
         spec = ADAPT_METHODS[name]
         lines.append(f"{name}: {spec.description} [{spec.paper}]")

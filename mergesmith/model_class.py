@@ -41,8 +41,9 @@ def architecture_class(architectures: Any) -> Any:
 
 
 def read_architectures(directory: Path) -> Any:
-    config = read_json(Path(directory) / "config.json", what="config.json", root=directory,
-                       fix="restore the config.json of the model")
+    config = read_json(
+        Path(directory) / "config.json", what="config.json", root=directory, fix="restore the config.json of the model"
+    )
     return config.get("architectures")
 
 

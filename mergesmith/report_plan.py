@@ -22,7 +22,9 @@ def _fmt_value(value) -> str:
 def _fmt_params(job: TensorJob) -> str:
     if job.params is None:
         return "copied (not a float tensor)"
-    return " ".join(f"{f.name.rstrip('_')}={_fmt_value(getattr(job.params, f.name))}" for f in dataclasses.fields(job.params))
+    return " ".join(
+        f"{f.name.rstrip('_')}={_fmt_value(getattr(job.params, f.name))}" for f in dataclasses.fields(job.params)
+    )
 
 
 def format_plan(plan: MergePlan, limit: int | None = None) -> str:
@@ -46,8 +48,13 @@ def format_plan(plan: MergePlan, limit: int | None = None) -> str:
     rows = plan.jobs if limit is None else plan.jobs[:limit]
     for job in rows:
         shape = "x".join(map(str, job.shape)) or "scalar"
-        sources = ", ".join(f"{plan.model_names[r.model]}:{r.name}" if r.name != job.out_name else plan.model_names[r.model] for r in job.inputs)
-        lines.append(f"{job.out_name}  [{shape}] -> {dtype_name(job.out_dtype)}  t={job.t:.3g}  {_fmt_params(job)}  <- {sources}")
+        sources = ", ".join(
+            f"{plan.model_names[r.model]}:{r.name}" if r.name != job.out_name else plan.model_names[r.model]
+            for r in job.inputs
+        )
+        lines.append(
+            f"{job.out_name}  [{shape}] -> {dtype_name(job.out_dtype)}  t={job.t:.3g}  {_fmt_params(job)}  <- {sources}"
+        )
     if limit is not None and len(plan.jobs) > limit:
         lines.append(f"... {len(plan.jobs) - limit} more tensors")
     return "\n".join(lines)

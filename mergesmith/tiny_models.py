@@ -20,14 +20,24 @@ def tiny_config(arch: str, layers: int = 2):
 
     if arch == "llama":
         return transformers.LlamaConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4,
-            num_key_value_heads=2, vocab_size=256, max_position_embeddings=128, tie_word_embeddings=False,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            vocab_size=256,
+            max_position_embeddings=128,
+            tie_word_embeddings=False,
         )
     if arch == "gpt2":
         return transformers.GPT2Config(n_embd=64, n_layer=layers, n_head=4, vocab_size=256, n_positions=128)
     if arch == "bert":
         return transformers.BertConfig(
-            hidden_size=64, intermediate_size=128, num_hidden_layers=layers, num_attention_heads=4, vocab_size=256,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=layers,
+            num_attention_heads=4,
+            vocab_size=256,
             max_position_embeddings=128,
         )
     raise ValueError(f"unknown tiny architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
@@ -80,7 +90,12 @@ def build_tiny_family(
             for name, param in base.named_parameters():
                 original = base_state[name].float()
                 dense = torch.randn(original.shape, generator=gen) * noise
-                sparse = (torch.rand(original.shape, generator=gen) < 0.05) * torch.randn(original.shape, generator=gen) * noise * 10
+                sparse = (
+                    (torch.rand(original.shape, generator=gen) < 0.05)
+                    * torch.randn(original.shape, generator=gen)
+                    * noise
+                    * 10
+                )
                 param.copy_((original + dense + sparse).to(dtype))
         out = root / f"expert_{i}"
         base.save_pretrained(out, max_shard_size=max_shard_size)

@@ -30,32 +30,36 @@ def _one_error_line(result) -> str:
 def test_bench_without_matplotlib_names_the_bench_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = run_cli("bench", "--profile", "mini", "--out", tmp_path / "run")
-    assert _one_error_line(result) == ("error: mergesmith bench needs matplotlib; "
-                                       "install it with pip install 'mergesmith[bench]'")
+    assert _one_error_line(result) == (
+        "error: mergesmith bench needs matplotlib; install it with pip install 'mergesmith[bench]'"
+    )
     assert not (tmp_path / "run").exists()
 
 
 def test_adapt_without_optuna_names_the_adapt_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "optuna", None)
     result = run_cli("adapt", "bmm", tmp_path / "out", "--pool", tmp_path / "pool.yaml")
-    assert _one_error_line(result) == ("error: mergesmith adapt needs optuna; "
-                                       "install it with pip install 'mergesmith[adapt]'")
+    assert _one_error_line(result) == (
+        "error: mergesmith adapt needs optuna; install it with pip install 'mergesmith[adapt]'"
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_protect_verify_without_transformers_refuses_before_writing(monkeypatch, tmp_path, llama_family):
     monkeypatch.setitem(sys.modules, "transformers", None)
     result = run_cli("protect", llama_family.base, tmp_path / "out", "--verify", "-q")
-    assert _one_error_line(result) == ("error: mergesmith protect needs transformers; "
-                                       "install it with pip install 'mergesmith[hf]'")
+    assert _one_error_line(result) == (
+        "error: mergesmith protect needs transformers; install it with pip install 'mergesmith[hf]'"
+    )
     assert not (tmp_path / "out").exists()
 
 
 def test_inspect_needs_matplotlib_only_for_its_plots(monkeypatch, tmp_path, llama_family):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     result = run_cli("inspect", llama_family.base, *llama_family.experts, "--out", tmp_path / "report", "-q")
-    assert _one_error_line(result) == ("error: mergesmith inspect needs matplotlib; "
-                                       "install it with pip install 'mergesmith[inspect]'")
+    assert _one_error_line(result) == (
+        "error: mergesmith inspect needs matplotlib; install it with pip install 'mergesmith[inspect]'"
+    )
     assert run_cli("inspect", llama_family.base, *llama_family.experts, "-q", "--no-spectrum").exit_code == 0
 
 
@@ -80,7 +84,10 @@ def test_a_module_missing_mid_command_gets_the_same_line(monkeypatch):
         import rdata  # noqa: F401
 
     result = CliRunner().invoke(_command("bench", body), ["bench"])
-    assert _one_error_line(result) == "error: mergesmith bench needs rdata; install it with pip install 'mergesmith[bench]'"
+    assert (
+        _one_error_line(result)
+        == "error: mergesmith bench needs rdata; install it with pip install 'mergesmith[bench]'"
+    )
 
 
 def test_a_missing_module_no_extra_installs_is_not_reported_as_an_extra(monkeypatch):
@@ -129,11 +136,15 @@ def test_every_command_with_an_extra_is_a_command():
 
 def test_merge_plan_and_methods_run_without_any_extra(tmp_path, llama_family):
     """In a fresh interpreter where importing any optional module fails, as in an install without extras."""
-    config = write_yaml(tmp_path / "ties.yaml", {
-        "merge_method": "ties", "base_model": str(llama_family.base),
-        "models": [{"model": str(e)} for e in llama_family.experts],
-        "parameters": {"density": 0.5, "weight": 1.0},
-    })
+    config = write_yaml(
+        tmp_path / "ties.yaml",
+        {
+            "merge_method": "ties",
+            "base_model": str(llama_family.base),
+            "models": [{"model": str(e)} for e in llama_family.experts],
+            "parameters": {"density": 0.5, "weight": 1.0},
+        },
+    )
     script = textwrap.dedent(f"""
         import sys
         for name in {EVERY_OPTIONAL!r}:

@@ -1,4 +1,4 @@
-"""The static checks, run with the suite so CI runs them: ruff's lint rules and mypy, both configured in
+"""The static checks, run with the suite so CI runs them: ruff's lint rules, its formatter and mypy, both configured in
 pyproject.toml, with the interpreter's own installations (the ``test`` extra pins their versions)."""
 
 from __future__ import annotations
@@ -16,6 +16,11 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 def test_ruff_finds_nothing():
     done = _run("ruff", "check", "--no-cache", "mergesmith", "tests", "benchmarks")
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_the_code_is_formatted():
+    done = _run("ruff", "format", "--check", "--no-cache", "mergesmith", "tests", "benchmarks")
     assert done.returncode == 0, done.stdout + done.stderr
 
 

@@ -43,13 +43,17 @@ def parse_params(spec: AdaptSpec, given: dict[str, Any] | None = None) -> Any:
     allowed = list(spec.params.model_fields)
     unknown = sorted(set(given) - set(allowed))
     if unknown:
-        raise ConfigError(f"unknown parameter {unknown[0]!r} for {spec.name}; allowed: {', '.join(allowed) or '(none)'}")
+        raise ConfigError(
+            f"unknown parameter {unknown[0]!r} for {spec.name}; allowed: {', '.join(allowed) or '(none)'}"
+        )
     try:
         return spec.params(**given)
     except ValidationError as exc:
         first = exc.errors()[0]
         key = ".".join(str(p) for p in first.get("loc", ())) or "?"
-        raise ConfigError(f"{spec.name}: parameter {key!r}: {first.get('msg', 'invalid value')} (got {first.get('input')!r})") from None
+        raise ConfigError(
+            f"{spec.name}: parameter {key!r}: {first.get('msg', 'invalid value')} (got {first.get('input')!r})"
+        ) from None
 
 
 def params_dict(params: Any) -> dict:

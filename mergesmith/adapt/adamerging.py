@@ -42,7 +42,7 @@ from mergesmith.adapt.functional import coefficient_groups, combine, learnable_n
 from mergesmith.adapt.problem import AdaptProblem, check_needs
 from mergesmith.adapt.result import AdaptResult, weights_result
 
-PAPER = ("Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task Learning, ICLR 2024, arXiv:2310.02575")
+PAPER = "Yang et al. 2024, AdaMerging: Adaptive Model Merging for Multi-Task Learning, ICLR 2024, arXiv:2310.02575"
 CONFIG_FILE = "adamerging.yaml"
 COEFFICIENTS_FILE = "adamerging_coefficients.json"
 
@@ -68,7 +68,8 @@ class TaskwiseParams(_Common):
 
 class LayerwiseParams(_Common):
     grouping: Literal["tensor", "layer"] = Field(
-        "tensor", description="one lambda per parameter tensor (the authors' release) or per transformer block")
+        "tensor", description="one lambda per parameter tensor (the authors' release) or per transformer block"
+    )
 
 
 class PlusPlusParams(_Common):
@@ -76,7 +77,9 @@ class PlusPlusParams(_Common):
     density: float = Field(0.2, gt=0, le=1, description="TIES trim: fraction of each task vector kept (the paper: 0.2)")
 
 
-def ties_processed(base: dict[str, Tensor], vectors: list[dict[str, Tensor]], density: float) -> list[dict[str, Tensor]]:
+def ties_processed(
+    base: dict[str, Tensor], vectors: list[dict[str, Tensor]], density: float
+) -> list[dict[str, Tensor]]:
     """Phi(tau_k): each task vector trimmed to its top-``density`` magnitudes and restricted to the entries that agree
     with the elected sign (TIES steps 1-3 without the final mean), per tensor, with mergesmith's TIES functions."""
     from mergesmith.methods import _task_vectors as tv
@@ -111,19 +114,31 @@ def engine_config(problem: AdaptProblem, coefficients: Tensor, groups: dict[str,
         if scheme == "task":
             weight: Any = float(coefficients[k, 0])
         else:
-            weight = [{"filter": on_disk[n], "value": float(coefficients[k, groups[n]])} for n in names] + [{"value": 0.0}]
+            weight = [{"filter": on_disk[n], "value": float(coefficients[k, groups[n]])} for n in names] + [
+                {"value": 0.0}
+            ]
         models.append({"model": str(path), "parameters": {"weight": weight}})
-    return {"merge_method": "task_arithmetic", "base_model": str(problem.base_dir), "models": models,
-            "parameters": {"normalize": False, "lambda": 1.0}, "dtype": "float32"}
+    return {
+        "merge_method": "task_arithmetic",
+        "base_model": str(problem.base_dir),
+        "models": models,
+        "parameters": {"normalize": False, "lambda": 1.0},
+        "dtype": "float32",
+    }
 
 
 def coefficient_table(problem: AdaptProblem, coefficients: Tensor, labels: list[str], scheme: str) -> dict:
     if scheme == "task":
         return {t: float(coefficients[k, 0]) for k, t in enumerate(problem.task_names)}
-    return {t: {label: float(coefficients[k, g]) for g, label in enumerate(labels)} for k, t in enumerate(problem.task_names)}
+    return {
+        t: {label: float(coefficients[k, g]) for g, label in enumerate(labels)}
+        for k, t in enumerate(problem.task_names)
+    }
 
 
-def run_adamerging(problem: AdaptProblem, params: Any, seed: int, *, name: str, scheme: str, plusplus: bool) -> AdaptResult:
+def run_adamerging(
+    problem: AdaptProblem, params: Any, seed: int, *, name: str, scheme: str, plusplus: bool
+) -> AdaptResult:
     check_needs(problem, name, frozenset({"unlabeled"}))
     base = problem.base_state()
     vectors_by_task = problem.task_vectors()
@@ -135,8 +150,18 @@ def run_adamerging(problem: AdaptProblem, params: Any, seed: int, *, name: str, 
     groups: dict[str, int | None] = {n: index.get(n) for n in base}
 
     learned = learn_coefficients(
-        problem, vectors, groups, len(labels), objective="entropy", init=params.init, steps=params.steps, lr=params.lr,
-        batch_size=params.batch_size, seed=seed, clamp=(0.0, 1.0) if params.clamp else None, label=name,
+        problem,
+        vectors,
+        groups,
+        len(labels),
+        objective="entropy",
+        init=params.init,
+        steps=params.steps,
+        lr=params.lr,
+        batch_size=params.batch_size,
+        seed=seed,
+        clamp=(0.0, 1.0) if params.clamp else None,
+        label=name,
         progress=params.progress,
     )
     lam = learned.coefficients
@@ -147,20 +172,38 @@ def run_adamerging(problem: AdaptProblem, params: Any, seed: int, *, name: str, 
     table = coefficient_table(problem, lam, labels, scheme)
     workdir = tempfile.TemporaryDirectory(prefix="mergesmith-adamerging-")
     files = {COEFFICIENTS_FILE: Path(workdir.name) / COEFFICIENTS_FILE}
-    files[COEFFICIENTS_FILE].write_text(json.dumps({"method": name, "grouping": scheme, "groups": labels,
-                                                    "coefficients": table}, indent=2) + "\n", encoding="utf-8")
+    files[COEFFICIENTS_FILE].write_text(
+        json.dumps({"method": name, "grouping": scheme, "groups": labels, "coefficients": table}, indent=2) + "\n",
+        encoding="utf-8",
+    )
     if not plusplus:
         files[CONFIG_FILE] = Path(workdir.name) / CONFIG_FILE
-        files[CONFIG_FILE].write_text(yaml.safe_dump(engine_config(problem, lam, groups, scheme), sort_keys=False),
-                                      encoding="utf-8")
-    spec = {"method": name, "paper": PAPER, "params": params_dict(params), "seed": seed, "grouping": scheme,
-            "groups": labels}
-    info = {"coefficients": table, "groups": len(labels), "learnable_tensors": len(learnable),
-            "frozen_tensors": len(base) - len(learnable), "steps": params.steps, **loss_summary(learned.losses),
-            "losses": [round(x, 6) for x in learned.losses], "added_parameters": 0}
+        files[CONFIG_FILE].write_text(
+            yaml.safe_dump(engine_config(problem, lam, groups, scheme), sort_keys=False), encoding="utf-8"
+        )
+    spec = {
+        "method": name,
+        "paper": PAPER,
+        "params": params_dict(params),
+        "seed": seed,
+        "grouping": scheme,
+        "groups": labels,
+    }
+    info = {
+        "coefficients": table,
+        "groups": len(labels),
+        "learnable_tensors": len(learnable),
+        "frozen_tensors": len(base) - len(learnable),
+        "steps": params.steps,
+        **loss_summary(learned.losses),
+        "losses": [round(x, 6) for x in learned.losses],
+        "added_parameters": 0,
+    }
     if plusplus:
-        info["note"] = (f"TIES-processed task vectors (density {params.density:g}) are held beside the problem's task vectors; "
-                        "the engine has no exact equivalent of AdaMerging++, so the saved weights are the product")
+        info["note"] = (
+            f"TIES-processed task vectors (density {params.density:g}) are held beside the problem's task vectors; "
+            "the engine has no exact equivalent of AdaMerging++, so the saved weights are the product"
+        )
     result = weights_result(problem, merged, spec=spec, info=info, files=files, workdir=workdir)
     result.extras = {"adamerging.coefficients": lam.clone()}
     return result
@@ -179,15 +222,27 @@ def _run_plusplus(problem: AdaptProblem, params: Any, seed: int) -> AdaptResult:
 
 
 TASKWISE = AdaptSpec(
-    name="adamerging_taskwise", run=_run_taskwise, params=TaskwiseParams, paper=PAPER, needs=frozenset({"unlabeled"}),
+    name="adamerging_taskwise",
+    run=_run_taskwise,
+    params=TaskwiseParams,
+    paper=PAPER,
+    needs=frozenset({"unlabeled"}),
     description="one coefficient per task vector, learned by entropy minimisation on unlabeled test inputs",
 )
 LAYERWISE = AdaptSpec(
-    name="adamerging_layerwise", run=_run_layerwise, params=LayerwiseParams, paper=PAPER, needs=frozenset({"unlabeled"}),
+    name="adamerging_layerwise",
+    run=_run_layerwise,
+    params=LayerwiseParams,
+    paper=PAPER,
+    needs=frozenset({"unlabeled"}),
     description="one coefficient per task vector per parameter tensor (or block), learned by entropy minimisation",
 )
 PLUSPLUS = AdaptSpec(
-    name="adamerging_plusplus", run=_run_plusplus, params=PlusPlusParams, paper=PAPER, needs=frozenset({"unlabeled"}),
+    name="adamerging_plusplus",
+    run=_run_plusplus,
+    params=PlusPlusParams,
+    paper=PAPER,
+    needs=frozenset({"unlabeled"}),
     description="layer-wise AdaMerging over TIES-trimmed, sign-elected task vectors",
 )
 SPECS = (TASKWISE, LAYERWISE, PLUSPLUS)

@@ -53,7 +53,9 @@ class _ExpertView(Mapping):
         return len(self._base)
 
 
-def anchor_merge(problem: AdaptProblem, method: str, params: Mapping[str, Any], seed: int) -> tuple[dict[str, Tensor], dict]:
+def anchor_merge(
+    problem: AdaptProblem, method: str, params: Mapping[str, Any], seed: int
+) -> tuple[dict[str, Tensor], dict]:
     """``(merged floating tensors, info)`` for ``method`` with ``params`` on the problem's base and experts."""
     from mergesmith.methods import METHODS
 
@@ -69,12 +71,17 @@ def anchor_merge(problem: AdaptProblem, method: str, params: Mapping[str, Any], 
                 "outputs plain merged weights (task_arithmetic, ties, adamerging_layerwise, ...)"
             )
         base = problem.base_state()
-        return {k: result.merged[k].float() for k in base}, {"method": method, "params": params_dict(chosen),
-                                                                  "info": result.info}
+        return {k: result.merged[k].float() for k in base}, {
+            "method": method,
+            "params": params_dict(chosen),
+            "info": result.info,
+        }
     if method not in METHODS:
         known = sorted(set(METHODS) | set(WEIGHTS_METHODS))
-        raise MergesmithError(f"unknown merge_method {method!r} (the merge under the modules gives one set of weights); "
-                              f"known: {', '.join(known)}")
+        raise MergesmithError(
+            f"unknown merge_method {method!r} (the merge under the modules gives one set of weights); "
+            f"known: {', '.join(known)}"
+        )
     from mergesmith.api import merge_state_dicts
     from mergesmith.methods._spec import with_equal_weights
 

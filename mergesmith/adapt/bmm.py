@@ -44,7 +44,9 @@ class Params(BaseModel):
     trials: int = Field(24, ge=0, description="Bayesian-optimisation trials (0: use rho everywhere)")
     rho_range: tuple[float, float] = Field((1e-3, 1e2), description="search range of rho (log-uniform)")
     groups: Literal["kind", "layer", "module", "single"] = Field(
-        "kind", description="which modules share a rho: same module kind (e.g. attention.self.query), layer, each module, or one")
+        "kind",
+        description="which modules share a rho: same module kind (e.g. attention.self.query), layer, each module, or one",
+    )
     num_examples: int = Field(256, ge=1, description="inputs per task for the Grams (data variant)")
     val_examples: int = Field(64, ge=1, description="labeled validation examples per task scored by each BO trial")
     ridge: float = Field(1e-6, gt=0, description="ridge for a singular system, relative to its mean diagonal")
@@ -88,7 +90,9 @@ def bmm_solve(stats: Sufficient, anchor: Tensor, rho: float, ridge: float = 1e-6
     return solution.T.to(anchor.dtype), regularised
 
 
-def bmm_weight(weights: list[Tensor], grams: list[Tensor], anchor: Tensor, rho: float, ridge: float = 1e-6) -> tuple[Tensor, bool]:
+def bmm_weight(
+    weights: list[Tensor], grams: list[Tensor], anchor: Tensor, rho: float, ridge: float = 1e-6
+) -> tuple[Tensor, bool]:
     """``bmm_solve`` from the experts' weights ([out, in]) and Grams of one module."""
     stats = Sufficient()
     for g, w in zip(grams, weights):
@@ -125,7 +129,9 @@ def _validation_score(problem: AdaptProblem, encoder, params: Params, seed: int)
     with torch.no_grad():
         for i, task in enumerate(problem.tasks):
             right = total = 0
-            for batch in example_batches(problem, task.validation, params.val_examples, params.batch_size, seed + 7919 * (i + 1)):
+            for batch in example_batches(
+                problem, task.validation, params.val_examples, params.batch_size, seed + 7919 * (i + 1)
+            ):
                 predicted = task.head(problem.pooled(encoder, batch)).argmax(-1)
                 right += int((predicted == batch.labels).sum())
                 total += len(batch)
@@ -154,7 +160,9 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
     anchor = {k: b.clone() for k, b in base.items()}
     stats = {weight_of[m]: Sufficient() for m in modules}
     gram_params = RegMeanParams(num_examples=params.num_examples, data="validation", batch_size=params.batch_size)
-    for i, task in enumerate(tqdm(tasks, desc=f"{method} statistics", unit="task", leave=False, disable=None if params.progress else True)):
+    for i, task in enumerate(
+        tqdm(tasks, desc=f"{method} statistics", unit="task", leave=False, disable=None if params.progress else True)
+    ):
         expert = problem.expert_state(task.name)
         for k, b in base.items():
             anchor[k].add_(expert[k] - b, alpha=params.anchor_scale)
@@ -209,13 +217,21 @@ def run_bmm(problem: AdaptProblem, params: Params, seed: int, *, datafree: bool)
         del scorer
     regularised.clear()
     final = merged_state(best_rhos)
-    info: dict = {"rho": best_rhos, "groups": {g: len(v) for g, v in groups.items()}, "linear_layers": len(modules),
-                  "gram_source": "task vectors (data-free)" if datafree else f"{params.num_examples} validation inputs per task"}
+    info: dict = {
+        "rho": best_rhos,
+        "groups": {g: len(v) for g, v in groups.items()},
+        "linear_layers": len(modules),
+        "gram_source": "task vectors (data-free)" if datafree else f"{params.num_examples} validation inputs per task",
+    }
     if conv1d:
         info["conv1d_layers"] = len(conv1d)
     if searching:
-        info["bo"] = {"sampler": "optuna TPE", "trials": len(trials_log), "best_validation": max(t["validation"] for t in trials_log),
-                      "history": [round(t["validation"], 4) for t in trials_log]}
+        info["bo"] = {
+            "sampler": "optuna TPE",
+            "trials": len(trials_log),
+            "best_validation": max(t["validation"] for t in trials_log),
+            "history": [round(t["validation"], 4) for t in trials_log],
+        }
     if regularised:
         info["regularised"] = sorted(regularised)
         info["warning"] = f"{len(regularised)} singular system(s) got a ridge of {params.ridge:g} x mean diagonal"

@@ -47,7 +47,9 @@ def _cycle(problem: AdaptProblem, split: Any, batch_size: int, seed: int) -> Ite
 def _logits(head: nn.Linear, features: Tensor) -> Tensor:
     # The head is the task's fixed classifier: detached, so no gradient is accumulated into the shared head.
     dtype = features.dtype
-    return nn.functional.linear(features, head.weight.detach().to(dtype), None if head.bias is None else head.bias.detach().to(dtype))
+    return nn.functional.linear(
+        features, head.weight.detach().to(dtype), None if head.bias is None else head.bias.detach().to(dtype)
+    )
 
 
 def task_loss(objective: str, head: nn.Linear, features: Tensor, batch: Any) -> Tensor:
@@ -118,7 +120,9 @@ def _progress(total: int, label: str, enabled: bool):
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=label, unit="step", leave=False, mininterval=2.0, disable=None)  # None: no bar off a TTY
+    return tqdm(
+        total=total, desc=label, unit="step", leave=False, mininterval=2.0, disable=None
+    )  # None: no bar off a TTY
 
 
 def loss_summary(losses: Sequence[float]) -> dict:
@@ -126,8 +130,12 @@ def loss_summary(losses: Sequence[float]) -> dict:
     if not losses:
         return {}
     n = max(1, len(losses) // 10)
-    return {"loss_first": losses[0], "loss_last": losses[-1], "loss_mean_first_tenth": sum(losses[:n]) / n,
-            "loss_mean_last_tenth": sum(losses[-n:]) / n}
+    return {
+        "loss_first": losses[0],
+        "loss_last": losses[-1],
+        "loss_mean_first_tenth": sum(losses[:n]) / n,
+        "loss_mean_last_tenth": sum(losses[-n:]) / n,
+    }
 
 
 __all__ = ["OBJECTIVES", "Learned", "learn_coefficients", "loss_summary", "task_loss"]

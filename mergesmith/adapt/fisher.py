@@ -28,15 +28,17 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
     num_examples: int = Field(256, ge=1, description="inputs per task the Fisher is estimated from")
     labels: Literal["sample", "argmax", "expected"] = Field(
-        "sample", description="y ~ the expert's prediction (paper), its argmax, or the exact expectation over labels")
+        "sample", description="y ~ the expert's prediction (paper), its argmax, or the exact expectation over labels"
+    )
     data: Literal["validation", "unlabeled"] = Field("validation", description="which inputs (labels are never read)")
     fisher_floor: float = Field(1e-6, ge=0, description="lower bound on Fisher values in the merge")
     weights: list[float] | None = Field(None, description="per-task weights lambda_i (default: all 1)")
     progress: bool = Field(True, description="show a progress bar")
 
 
-def diagonal_fisher(problem: AdaptProblem, task, encoder, params: Params, seed: int,
-                    skip: frozenset[str] = frozenset()) -> dict[str, torch.Tensor]:
+def diagonal_fisher(
+    problem: AdaptProblem, task, encoder, params: Params, seed: int, skip: frozenset[str] = frozenset()
+) -> dict[str, torch.Tensor]:
     """Eq. (5): mean over examples of the squared per-example gradient of log p(y|x), one example at a time (a
     per-example gradient needs its own backward pass; batching would square the batch's summed gradient).
     Parameters in ``skip`` get no Fisher (no gradient is computed for them)."""
@@ -55,10 +57,16 @@ def diagonal_fisher(problem: AdaptProblem, task, encoder, params: Params, seed: 
         if params.labels == "expected":
             # E_y[g_y^2] = sum_y p(y|x) g_y^2, exactly (one backward pass per label)
             for y in range(log_probs.shape[0]):
-                grads = torch.autograd.grad(log_probs[y], tensors, retain_graph=y + 1 < log_probs.shape[0], allow_unused=True)
+                grads = torch.autograd.grad(
+                    log_probs[y], tensors, retain_graph=y + 1 < log_probs.shape[0], allow_unused=True
+                )
                 _accumulate(fisher, named, grads, float(probs[y]))
         else:
-            y = int(torch.multinomial(probs, 1, generator=generator)) if params.labels == "sample" else int(probs.argmax())
+            y = (
+                int(torch.multinomial(probs, 1, generator=generator))
+                if params.labels == "sample"
+                else int(probs.argmax())
+            )
             grads = torch.autograd.grad(log_probs[y], tensors, allow_unused=True)
             _accumulate(fisher, named, grads, 1.0)
         count += 1
@@ -78,7 +86,9 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
     if params.weights is not None and len(params.weights) != len(problem.tasks):
         from mergesmith.errors import ConfigError
 
-        raise ConfigError(f"fisher: weights has {len(params.weights)} values for {len(problem.tasks)} tasks; give one per task")
+        raise ConfigError(
+            f"fisher: weights has {len(params.weights)} values for {len(problem.tasks)} tasks; give one per task"
+        )
     workdir = tempfile.TemporaryDirectory(prefix="mergesmith-fisher-")
     root = Path(workdir.name)
     statistics: dict[str, Path] = {}
@@ -88,7 +98,9 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
     # value whatever the Fishers (eq. 3 of equal thetas), so its Fisher is not computed; the engine averages it.
     skip = problem.unchanged_tensors()  # streamed: Fisher itself never needs the task vectors in memory
     info["unchanged_tensors"] = len(skip)
-    for i, task in enumerate(tqdm(problem.tasks, desc="fisher", unit="task", leave=False, disable=None if params.progress else True)):
+    for i, task in enumerate(
+        tqdm(problem.tasks, desc="fisher", unit="task", leave=False, disable=None if params.progress else True)
+    ):
         encoder = problem.load_encoder(problem.expert_dirs[task.name])
         fisher = diagonal_fisher(problem, task, encoder, params, seed + i, skip)
         if names is None:
@@ -99,8 +111,9 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
     per_model = None
     if params.weights is not None:
         per_model = {t: {"weight": float(w)} for t, w in zip(problem.task_names, params.weights)}
-    floating, config_path = engine_merge(problem, "fisher_combine", statistics, {"fisher_floor": params.fisher_floor},
-                                         root, per_model)
+    floating, config_path = engine_merge(
+        problem, "fisher_combine", statistics, {"fisher_floor": params.fisher_floor}, root, per_model
+    )
     portable = root / "merge.portable.yaml"
     portable.write_text(portable_config(config_path, statistics), encoding="utf-8")
     files = {f"statistics/{t}.safetensors": p for t, p in statistics.items()} | {"merge.yaml": portable}

@@ -209,7 +209,9 @@ class AdaptProblem:
         """Model-input batches of ``split`` (``task.unlabeled`` or ``task.validation``); the order depends only on
         ``seed`` (an explicit generator, never the global RNG)."""
         if split is None:
-            raise MergesmithError("this task has no data for that split; the pool must give it (validation and test splits)")
+            raise MergesmithError(
+                "this task has no data for that split; the pool must give it (validation and test splits)"
+            )
         n = len(split)
         if n == 0:
             raise MergesmithError("the split is empty; give the task some examples")
@@ -253,4 +255,6 @@ def check_needs(problem: AdaptProblem, method: str, needs: frozenset[str]) -> No
                 "(its inputs are read, never its labels)"
             )
         if "validation" in needs and (task.validation is None or len(task.validation) == 0):
-            raise MergesmithError(f"{method} reads a labeled validation split but task {task.name!r} has none; give it one")
+            raise MergesmithError(
+                f"{method} reads a labeled validation split but task {task.name!r} has none; give it one"
+            )

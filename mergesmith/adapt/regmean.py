@@ -43,8 +43,10 @@ from mergesmith.adapt.statistics import (
 from mergesmith.methods.regmean_combine import regmean_weight_in_layout
 
 PAPER = "Jin et al. 2023, Dataless Knowledge Fusion by Merging Weights of Language Models, arXiv:2212.09849"
-PAPER_PP = ("Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of Regression Mean for Model "
-            "Merging, arXiv:2508.03121")
+PAPER_PP = (
+    "Nguyen et al. 2025, RegMean++: Enhancing Effectiveness and Generalization of Regression Mean for Model "
+    "Merging, arXiv:2508.03121"
+)
 
 
 class Params(BaseModel):
@@ -70,8 +72,15 @@ def _forward(problem: AdaptProblem, encoder, state: dict[str, Tensor] | None, ba
             pass
 
 
-def task_grams(problem: AdaptProblem, task, encoder, modules: dict, params: Params, seed: int,
-               state: dict[str, Tensor] | None = None) -> dict[str, Tensor]:
+def task_grams(
+    problem: AdaptProblem,
+    task,
+    encoder,
+    modules: dict,
+    params: Params,
+    seed: int,
+    state: dict[str, Tensor] | None = None,
+) -> dict[str, Tensor]:
     """Module name -> mean Gram of the module's inputs on the task's data (``state`` overrides the encoder's weights)."""
     split = data_split(problem, task, params.data)
     with GramCollector(modules, stop_early=True) as collector:
@@ -81,8 +90,9 @@ def task_grams(problem: AdaptProblem, task, encoder, modules: dict, params: Para
         return collector.grams()
 
 
-def regmean_weight_stored(weights: list[Tensor], grams: list[Tensor], alpha: float, ridge: float,
-                          conv1d: bool) -> tuple[Tensor, bool]:
+def regmean_weight_stored(
+    weights: list[Tensor], grams: list[Tensor], alpha: float, ridge: float, conv1d: bool
+) -> tuple[Tensor, bool]:
     """``regmean_weight`` for weights in their stored layout (a GPT-2 Conv1D weight is [in, out])."""
     return regmean_weight_in_layout(weights, grams, alpha, ridge, 0 if conv1d else 1)
 
@@ -121,7 +131,9 @@ def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: b
     if conv1d:
         info["conv1d_layers"] = len(conv1d)
     if plusplus:
-        statistics, merged, regularised = _plusplus_statistics(problem, params, seed, encoder, modules, root, names, conv1d)
+        statistics, merged, regularised = _plusplus_statistics(
+            problem, params, seed, encoder, modules, root, names, conv1d
+        )
     else:
         statistics = _regmean_statistics(problem, params, seed, encoder, modules, root, names)
         merged, regularised = None, _singular_sums(statistics, names, params)
@@ -133,8 +145,10 @@ def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: b
     files = {f"statistics/{t}.safetensors": p for t, p in statistics.items()} | {"merge.yaml": portable}
     info["regularised"] = regularised
     if regularised:
-        info["warning"] = (f"{len(regularised)} Gram sum(s) were singular and got a ridge of {params.ridge:g} x mean "
-                           f"diagonal, e.g. {regularised[0]}")
+        info["warning"] = (
+            f"{len(regularised)} Gram sum(s) were singular and got a ridge of {params.ridge:g} x mean "
+            f"diagonal, e.g. {regularised[0]}"
+        )
     solved = sorted(w for w in linear_weights if w in names)
     if merged is not None and solved:  # RegMean++'s layer sweep solved in memory: the engine's solution must agree
         info["engine_max_abs_difference"] = max(float((floating[k] - merged[k]).abs().max()) for k in solved)
@@ -142,19 +156,23 @@ def run_regmean(problem: AdaptProblem, params: Params, seed: int, *, plusplus: b
     return weights_result(problem, floating, spec=spec, info=info, files=files, workdir=workdir)
 
 
-def _regmean_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
-                        names: dict[str, str]) -> dict[str, Path]:
+def _regmean_statistics(
+    problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path, names: dict[str, str]
+) -> dict[str, Path]:
     """Each task's Grams, recorded on its expert and written to disk before the next task: memory holds the base
     encoder, one expert's weights and one task's Grams; the engine then streams weights and Grams (section 3)."""
     from tqdm import tqdm
 
     statistics: dict[str, Path] = {}
-    for i, task in enumerate(tqdm(problem.tasks, desc="regmean", unit="task", leave=False, disable=None if params.progress else True)):
+    for i, task in enumerate(
+        tqdm(problem.tasks, desc="regmean", unit="task", leave=False, disable=None if params.progress else True)
+    ):
         expert = {k: v for k, v in problem.load_encoder(problem.expert_dirs[task.name]).state_dict().items()}
         found = task_grams(problem, task, encoder, modules, params, seed + i, state=expert)
         del expert
-        statistics[task.name] = save_statistics(root / "statistics" / f"{task.name}.safetensors",
-                                                {f"{m}.weight": g for m, g in found.items()}, names)
+        statistics[task.name] = save_statistics(
+            root / "statistics" / f"{task.name}.safetensors", {f"{m}.weight": g for m, g in found.items()}, names
+        )
         del found
     return statistics
 
@@ -178,9 +196,16 @@ def _singular_sums(statistics: dict[str, Path], names: dict[str, str], params: P
     return singular
 
 
-def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encoder, modules: dict, root: Path,
-                         names: dict[str, str], conv1d: set[str],
-                         ) -> tuple[dict[str, Path], dict[str, Tensor], list[str]]:
+def _plusplus_statistics(
+    problem: AdaptProblem,
+    params: Params,
+    seed: int,
+    encoder,
+    modules: dict,
+    root: Path,
+    names: dict[str, str],
+    conv1d: set[str],
+) -> tuple[dict[str, Path], dict[str, Tensor], list[str]]:
     """RegMean++: layers merged in order, each task's Grams taken from a model whose earlier layers are merged.
 
     Memory: the base, the merged weights so far, and one stage's Grams and expert tensors of every task; the
@@ -211,7 +236,9 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
     stage_index = {k: stage_of(k, stack, depth) for k in base}
     stages = sorted({stage_index[weight_of[m]] for m in modules})
     stage_files: dict[str, list[Path]] = {t.name: [] for t in tasks}
-    for stage in tqdm(stages, desc="regmean_plusplus", unit="stage", leave=False, disable=None if params.progress else True):
+    for stage in tqdm(
+        stages, desc="regmean_plusplus", unit="stage", leave=False, disable=None if params.progress else True
+    ):
         stage_modules = {m: mod for m, mod in modules.items() if stage_index[weight_of[m]] == stage}
         grams: dict[str, dict[str, Tensor]] = {}
         stage_weights: dict[str, dict[str, Tensor]] = {}
@@ -228,16 +255,18 @@ def _plusplus_statistics(problem: AdaptProblem, params: Params, seed: int, encod
         for m in stage_modules:
             w = weight_of[m]
             weights = [stage_weights[t.name][w] for t in tasks]
-            merged[w], singular = regmean_weight_stored(weights, [grams[t.name][w] for t in tasks], params.alpha,
-                                                        params.ridge, conv1d=w in conv1d)
+            merged[w], singular = regmean_weight_stored(
+                weights, [grams[t.name][w] for t in tasks], params.alpha, params.ridge, conv1d=w in conv1d
+            )
             if singular:
                 regularised.append(w)
         for t in tasks:
             path = root / "stages" / f"{t.name}.{len(stage_files[t.name])}.safetensors"
             stage_files[t.name].append(save_statistics(path, grams[t.name], names))
         del grams, stage_weights
-    statistics = {t.name: _join_statistics(stage_files[t.name], root / "statistics" / f"{t.name}.safetensors")
-                  for t in tasks}
+    statistics = {
+        t.name: _join_statistics(stage_files[t.name], root / "statistics" / f"{t.name}.safetensors") for t in tasks
+    }
     return statistics, merged, regularised
 
 

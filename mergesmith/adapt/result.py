@@ -40,8 +40,15 @@ class AdaptResult:
     merged: dict[str, Tensor] = field(default_factory=dict)  # the merged encoder's floating tensors (encoder names)
 
 
-def weights_result(problem: AdaptProblem, floating: dict[str, Tensor], *, spec: dict, info: dict | None = None,
-                   files: dict[str, Path] | None = None, workdir: Any = None) -> AdaptResult:
+def weights_result(
+    problem: AdaptProblem,
+    floating: dict[str, Tensor],
+    *,
+    spec: dict,
+    info: dict | None = None,
+    files: dict[str, Path] | None = None,
+    workdir: Any = None,
+) -> AdaptResult:
     """The result of a method that produces one merged encoder for every task (kind "weights")."""
     state = problem.checkpoint_state(floating)
     cache: dict[str, nn.Module] = {}
@@ -90,11 +97,16 @@ def save_result(result: AdaptResult, problem: AdaptProblem, out_dir: str | Path,
             shutil.copyfile(source, target)
         spec = _jsonable(result.spec)
         seed = spec.get("seed")
-        out.commit(kind=result.kind, method=str(spec.get("method", "adapt")), paper=str(spec.get("paper", "")),
-                   seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
-                   base_model=str(base_dir), config=spec.get("params") or {},
-                   details={"spec": spec, "info": _jsonable(result.info), "tasks": list(problem.task_names)},
-                   card=_card(result, spec))
+        out.commit(
+            kind=result.kind,
+            method=str(spec.get("method", "adapt")),
+            paper=str(spec.get("paper", "")),
+            seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+            base_model=str(base_dir),
+            config=spec.get("params") or {},
+            details={"spec": spec, "info": _jsonable(result.info), "tasks": list(problem.task_names)},
+            card=_card(result, spec),
+        )
     return Path(out_dir)
 
 
@@ -154,9 +166,9 @@ def _card(result: AdaptResult, spec: dict):
     tasks = spec.get("tasks") if isinstance(spec.get("tasks"), list) else None
     example = str(tasks[0]) if result.kind == "surgery" and tasks else None
     specification = "\n".join(["## Specification", "", "```json", json.dumps(spec, indent=2), "```"])
-    return CardText(title="Merged model (data-driven)", tags=("adapt",),
-                    sections=(loading_section(example), specification))
+    return CardText(
+        title="Merged model (data-driven)", tags=("adapt",), sections=(loading_section(example), specification)
+    )
 
 
 __all__ = ["AdaptResult", "load_saved_encoder", "save_result", "weights_result", "EXTRAS_FILE"]
-

@@ -27,14 +27,23 @@ def parse_param_args(items: tuple[str, ...] | list[str]) -> dict[str, Any]:
         if not sep or not key:
             raise ConfigError(f"--param {item!r}: expected key=value, e.g. --param num_examples=128")
         try:
-            params[key] = parse_yaml(raw, f"--param {key}", what="value", error=ConfigError, top=None) if raw.strip() else ""
+            params[key] = (
+                parse_yaml(raw, f"--param {key}", what="value", error=ConfigError, top=None) if raw.strip() else ""
+            )
         except ConfigError:
             params[key] = raw  # not YAML: the text itself, which the method's parameter check then judges
     return params
 
 
-def check_adapt_args(method: str, out_dir: str | Path, params: dict | None = None, *, force: bool = False,
-                     inputs: Sequence[Path] = (), quiet: bool = False):
+def check_adapt_args(
+    method: str,
+    out_dir: str | Path,
+    params: dict | None = None,
+    *,
+    force: bool = False,
+    inputs: Sequence[Path] = (),
+    quiet: bool = False,
+):
     """``(spec, parsed params)`` of adapt ``method``, with the output directory checked (``io.atomic.check_output``,
     against the ``inputs`` known before the pool is loaded): every argument is checked before any model is loaded.
     ``quiet`` turns the method's own progress bars off unless ``params`` sets them."""
@@ -49,8 +58,16 @@ def check_adapt_args(method: str, out_dir: str | Path, params: dict | None = Non
     return spec, parsed
 
 
-def run_adapt(spec: AdaptSpec, params: Any, problem: AdaptProblem, out_dir: str | Path, *, seed: int = 0,
-              force: bool = False, echo: Callable[[str], None] = print) -> tuple[AdaptResult, float]:
+def run_adapt(
+    spec: AdaptSpec,
+    params: Any,
+    problem: AdaptProblem,
+    out_dir: str | Path,
+    *,
+    seed: int = 0,
+    force: bool = False,
+    echo: Callable[[str], None] = print,
+) -> tuple[AdaptResult, float]:
     """Run the adapt method ``spec`` with ``params`` (from ``check_adapt_args``) on ``problem`` and write the result
     to ``out_dir``. Returns ``(result, seconds the method ran)``."""
     from mergesmith.adapt.problem import check_needs

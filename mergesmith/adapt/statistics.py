@@ -120,8 +120,11 @@ def example_batches(problem: AdaptProblem, split, num_examples: int, batch_size:
             return
         if taken + len(batch) > num_examples:
             keep = num_examples - taken
-            batch = type(batch)({k: v[:keep] for k, v in batch.inputs.items()},
-                                None if batch.labels is None else batch.labels[:keep], batch.rows[:keep])
+            batch = type(batch)(
+                {k: v[:keep] for k, v in batch.inputs.items()},
+                None if batch.labels is None else batch.labels[:keep],
+                batch.rows[:keep],
+            )
         taken += len(batch)
         yield batch
 
@@ -129,7 +132,9 @@ def example_batches(problem: AdaptProblem, split, num_examples: int, batch_size:
 def data_split(problem: AdaptProblem, task: AdaptTask, which: str) -> Any:
     split = task.unlabeled if which == "unlabeled" else task.validation
     if split is None or len(split) == 0:
-        raise MergesmithError(f"task {task.name!r} has no {which} inputs to collect statistics from; give the task that split")
+        raise MergesmithError(
+            f"task {task.name!r} has no {which} inputs to collect statistics from; give the task that split"
+        )
     return split
 
 
@@ -138,13 +143,22 @@ def save_statistics(path: Path, tensors: dict[str, Tensor], names: dict[str, str
     from safetensors.torch import save_file
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({names[k]: v.detach().float().contiguous() for k, v in tensors.items() if k in names}, str(path),
-              metadata={"format": "pt"})
+    save_file(
+        {names[k]: v.detach().float().contiguous() for k, v in tensors.items() if k in names},
+        str(path),
+        metadata={"format": "pt"},
+    )
     return path
 
 
-def engine_merge(problem: AdaptProblem, method: str, statistics: dict[str, Path], parameters: dict, workdir: Path,
-                 per_model: dict[str, dict] | None = None) -> tuple[dict[str, Tensor], Path]:
+def engine_merge(
+    problem: AdaptProblem,
+    method: str,
+    statistics: dict[str, Path],
+    parameters: dict,
+    workdir: Path,
+    per_model: dict[str, dict] | None = None,
+) -> tuple[dict[str, Tensor], Path]:
     """Write the merge YAML for ``method`` (experts + their statistics files), run the streaming engine into
     ``workdir/merged`` and return the merged encoder's floating tensors and the YAML's path."""
     import yaml
@@ -182,6 +196,8 @@ def portable_config(config_path: Path, statistics: dict[str, Path]) -> str:
     by_path = {str(p): f"statistics/{task}.safetensors" for task, p in statistics.items()}
     for entry in config["models"]:
         entry["statistics"] = by_path.get(entry["statistics"], entry["statistics"])
-    header = ("# The merge mergesmith ran for this result: `mergesmith merge merge.yaml OUT` from this directory\n"
-              "# (statistics paths are relative to it) rebuilds model.safetensors from the experts and statistics.\n")
+    header = (
+        "# The merge mergesmith ran for this result: `mergesmith merge merge.yaml OUT` from this directory\n"
+        "# (statistics paths are relative to it) rebuilds model.safetensors from the experts and statistics.\n"
+    )
     return header + yaml.safe_dump(config, sort_keys=False)

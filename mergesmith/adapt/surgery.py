@@ -55,17 +55,23 @@ if TYPE_CHECKING:
     from mergesmith.adapt.problem import AdaptProblem
     from mergesmith.adapt.result import AdaptResult
 
-SURGERY_PAPER = ("Yang, Shen, Wang, Guo, Chen, Wang, Tao 2024, Representation Surgery for Multi-Task Model Merging, "
-                 "ICML 2024, arXiv 2402.02705")
-SURGERY_V2_PAPER = ("Yang, Shen, Wang, Guo, Wang, Cao, Zhang, Tao 2024, SurgeryV2: Bridging the Gap Between Model Merging "
-                    "and Multi-Task Learning with Deep Representation Surgery, arXiv 2410.14389")
+SURGERY_PAPER = (
+    "Yang, Shen, Wang, Guo, Chen, Wang, Tao 2024, Representation Surgery for Multi-Task Model Merging, "
+    "ICML 2024, arXiv 2402.02705"
+)
+SURGERY_V2_PAPER = (
+    "Yang, Shen, Wang, Guo, Wang, Cao, Zhang, Tao 2024, SurgeryV2: Bridging the Gap Between Model Merging "
+    "and Multi-Task Learning with Deep Representation Surgery, arXiv 2410.14389"
+)
 REPRESENTATIONS = (*HEAD_REPRESENTATIONS, "first_token")  # the featurizer's, and one older outputs may name
 DIAGNOSTIC_INPUTS = 64  # SurgeryV2's before/after representation bias is measured on this many inputs per task
 
 
 class SurgeryParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    merge_method: str = Field("task_arithmetic", description="the merge the modules sit on: a tensor method or a weights adapt method")
+    merge_method: str = Field(
+        "task_arithmetic", description="the merge the modules sit on: a tensor method or a weights adapt method"
+    )
     merge_params: dict[str, Any] = Field(default_factory=lambda: {"lambda": 0.3}, description="its parameters")
     rank: int = Field(16, ge=1, description="r: the modules' rank")
     activation: Literal["relu", "none"] = "relu"
@@ -210,7 +216,9 @@ class DeepSurgeryEncoder(nn.Module):
         self.surgery = modules
         _, blocks = transformer_blocks(model)
         if len(blocks) != len(modules):
-            raise MergesmithError(f"{len(modules)} SurgeryV2 modules for a model with {len(blocks)} blocks; save and load the same architecture")
+            raise MergesmithError(
+                f"{len(modules)} SurgeryV2 modules for a model with {len(blocks)} blocks; save and load the same architecture"
+            )
         self._blocks = blocks  # a plain list: the blocks belong to ``model``
         self.record: list | None = None
 
@@ -244,7 +252,9 @@ def _endless_batches(problem: AdaptProblem, split: Any, batch_size: int, seed: i
 
 
 @torch.no_grad()
-def _all_features(problem: AdaptProblem, encoder: nn.Module, split: Any, batch_size: int = 64, limit: int | None = None) -> Tensor:
+def _all_features(
+    problem: AdaptProblem, encoder: nn.Module, split: Any, batch_size: int = 64, limit: int | None = None
+) -> Tensor:
     """Pooled features of the split's first ``limit`` inputs (all by default), in order."""
     parts, seen = [], 0
     for batch in problem.batches(split, batch_size):
@@ -255,8 +265,9 @@ def _all_features(problem: AdaptProblem, encoder: nn.Module, split: Any, batch_s
     return torch.cat(parts)[:limit]
 
 
-def train_last_layer(z_merged: Tensor, z_expert: Tensor, params: SurgeryParams, generator: torch.Generator,
-                     progress: Any = None) -> tuple[SurgeryModule, list[float]]:
+def train_last_layer(
+    z_merged: Tensor, z_expert: Tensor, params: SurgeryParams, generator: torch.Generator, progress: Any = None
+) -> tuple[SurgeryModule, list[float]]:
     """Surgery Sec. 4.2 on cached representations: min_Phi mean |(z - Phi(z)) - z_ind| over random batches."""
     module = SurgeryModule(z_merged.shape[1], params.rank, params.activation, generator)
     optimizer = torch.optim.Adam(module.parameters(), lr=params.lr)
@@ -274,8 +285,16 @@ def train_last_layer(z_merged: Tensor, z_expert: Tensor, params: SurgeryParams, 
     return module.eval(), losses
 
 
-def train_deep(problem: AdaptProblem, merged: nn.Module, expert: nn.Module, split: Any, params: SurgeryParams, seed: int,
-               generator: torch.Generator, progress: Any = None) -> tuple[nn.ModuleList, list[float]]:
+def train_deep(
+    problem: AdaptProblem,
+    merged: nn.Module,
+    expert: nn.Module,
+    split: Any,
+    params: SurgeryParams,
+    seed: int,
+    generator: torch.Generator,
+    progress: Any = None,
+) -> tuple[nn.ModuleList, list[float]]:
     """SurgeryV2 Sec. 4: modules after every block, trained jointly on sum_l mean |Z_hat^l - Z_ind^l| (real tokens)."""
     _, expert_blocks = transformer_blocks(expert)
     config: Any = merged.config  # a transformers config (nn.Module types its attributes as Tensor | Module)
@@ -338,7 +357,9 @@ def _run(problem: AdaptProblem, params: SurgeryParams, seed: int, deep: bool) ->
             z_expert = _all_features(problem, expert, task.unlabeled, limit=limit)
             z_merged = _all_features(problem, merged, task.unlabeled, limit=limit)
             if deep:
-                modules, losses = train_deep(problem, merged, expert, task.unlabeled, params, seed + index, generator, bar)
+                modules, losses = train_deep(
+                    problem, merged, expert, task.unlabeled, params, seed + index, generator, bar
+                )
                 wrapped: nn.Module = DeepSurgeryEncoder(merged, modules)
                 for layer, module in enumerate(modules):
                     for part in ("down", "up"):
@@ -387,8 +408,11 @@ def _run(problem: AdaptProblem, params: SurgeryParams, seed: int, deep: bool) ->
         "trainable_parameters": added,
         "merge": merge_info,
         "tasks": per_task,
-        "note": ("modules after every transformer block (token-wise)" if deep else
-                 f"module on the head's representation ({kind})"),
+        "note": (
+            "modules after every transformer block (token-wise)"
+            if deep
+            else f"module on the head's representation ({kind})"
+        ),
     }
     return AdaptResult("surgery", problem.checkpoint_state(floating), encoder_for, extras, spec, info, merged=floating)
 
@@ -414,7 +438,9 @@ def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
     spec = document.get("spec", {})
     tasks = list(spec.get("tasks", []))
     if task is None:
-        raise MergesmithError(f"{directory} holds task-specific Surgery modules; call load_merged(path, task=...) with one of: {', '.join(tasks)}")
+        raise MergesmithError(
+            f"{directory} holds task-specific Surgery modules; call load_merged(path, task=...) with one of: {', '.join(tasks)}"
+        )
     if task not in tasks:
         raise MergesmithError(f"{directory} has no task {task!r}; tasks: {', '.join(tasks)}")
     index = tasks.index(task)

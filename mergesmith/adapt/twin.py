@@ -46,8 +46,10 @@ from mergesmith.pooling import mean_pool
 
 NAME = "twin_merging"
 KIND = "twin_merging"
-PAPER = ("Lu et al. 2024, Twin-Merging: Dynamic Integration of Modular Expertise in Model Merging, NeurIPS 2024, "
-         "arXiv:2406.15479")
+PAPER = (
+    "Lu et al. 2024, Twin-Merging: Dynamic Integration of Modular Expertise in Model Merging, NeurIPS 2024, "
+    "arXiv:2406.15479"
+)
 POOLINGS = ("mean", "image_embeds", "pooler_output", "first_token")
 
 
@@ -55,12 +57,15 @@ class Params(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     shared_method: str = Field("task_arithmetic", description="the merge method of the shared expert")
-    shared_params: dict[str, Any] = Field(default_factory=lambda: {"weight": 0.3},
-                                          description="its parameters (merge_state_dicts keywords)")
+    shared_params: dict[str, Any] = Field(
+        default_factory=lambda: {"weight": 0.3}, description="its parameters (merge_state_dicts keywords)"
+    )
     rank: int = Field(32, ge=1, description="rank of each exclusive matrix's truncated SVD")
     rank_fraction: float | None = Field(None, gt=0, le=1, description="rank as a fraction of min(m, n); overrides rank")
     router_hidden: int = Field(64, ge=1, description="hidden width of the router MLP")
-    router_steps: int = Field(300, ge=1, description="Adam steps of router training (mini-batches of validation features)")
+    router_steps: int = Field(
+        300, ge=1, description="Adam steps of router training (mini-batches of validation features)"
+    )
     router_lr: float = Field(1e-3, gt=0)
     router_batch_size: int = Field(64, ge=1)
     router_weight_decay: float = Field(1e-4, ge=0)
@@ -87,8 +92,9 @@ class _LazyExpert(Mapping):
         return len(self._base)
 
 
-def shared_weights(base: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tensor]], method: str, params: dict,
-                   seed: int) -> dict[str, Tensor]:
+def shared_weights(
+    base: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tensor]], method: str, params: dict, seed: int
+) -> dict[str, Tensor]:
     """theta* = Merge(theta_1..theta_T) (step 1) with any mergesmith tensor-wise method."""
     from mergesmith.api import merge_state_dicts
 
@@ -102,8 +108,13 @@ def truncated_svd(matrix: Tensor, rank: int) -> tuple[Tensor, Tensor]:
     return (u[:, :r] * s[:r]).to(matrix.dtype), vh[:r].T.contiguous().to(matrix.dtype)
 
 
-def exclusive_parts(base: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tensor]], shared: Mapping[str, Tensor],
-                    rank: int, rank_fraction: float | None) -> dict[str, dict[str, Tensor]]:
+def exclusive_parts(
+    base: Mapping[str, Tensor],
+    vectors: Sequence[Mapping[str, Tensor]],
+    shared: Mapping[str, Tensor],
+    rank: int,
+    rank_fraction: float | None,
+) -> dict[str, dict[str, Tensor]]:
     """Per tensor that some expert differs from theta* on: {"US": [T, m, r], "V": [T, n, r]} for matrices, or
     {"delta": [T, ...]} for other tensors; tau_t = theta_t - theta* (step 2)."""
     parts: dict[str, dict[str, Tensor]] = {}
@@ -142,7 +153,9 @@ class Router(nn.Module):
         return self.fc2(torch.relu(self.fc1(x)))
 
 
-def train_router(features: Tensor, task_ids: Tensor, tasks: int, params: Params, seed: int) -> tuple[Router, list[float]]:
+def train_router(
+    features: Tensor, task_ids: Tensor, tasks: int, params: Params, seed: int
+) -> tuple[Router, list[float]]:
     """Cross-entropy on (validation features, task identity), Adam, seeded init and batch order."""
     g = torch.Generator().manual_seed(seed)
     router = Router(features.shape[1], params.router_hidden, tasks)
@@ -201,8 +214,12 @@ def is_rms_norm(module: nn.Module) -> bool:
     (Gemma) keep their eps in ``eps`` and are not matched: they take the exact per-input path."""
     if isinstance(module, nn.RMSNorm):
         return True
-    return (type(module).__name__.endswith("RMSNorm") and hasattr(module, "variance_epsilon")
-            and isinstance(getattr(module, "weight", None), Tensor) and getattr(module, "bias", None) is None)
+    return (
+        type(module).__name__.endswith("RMSNorm")
+        and hasattr(module, "variance_epsilon")
+        and isinstance(getattr(module, "weight", None), Tensor)
+        and getattr(module, "bias", None) is None
+    )
 
 
 def rms_normalized(module: nn.Module, x: Tensor) -> Tensor:
@@ -221,8 +238,14 @@ class TwinEncoder(nn.Module):
     (``.last_hidden_state`` etc.) for theta(x) per input. ``force_routing`` ([T] weights) replaces the router (tests,
     analysis); ``last_routing`` holds the weights of the last batch."""
 
-    def __init__(self, encoder: nn.Module, parts: Mapping[str, Mapping[str, Tensor]], router: Router, tasks: list[str],
-                 pooling: str):
+    def __init__(
+        self,
+        encoder: nn.Module,
+        parts: Mapping[str, Mapping[str, Tensor]],
+        router: Router,
+        tasks: list[str],
+        pooling: str,
+    ):
         super().__init__()
         if pooling not in POOLINGS:
             raise MergesmithError(f"unknown router pooling {pooling!r}; one of {', '.join(POOLINGS)}")
@@ -303,7 +326,10 @@ class TwinEncoder(nn.Module):
         outputs = []
         for b in range(weights.shape[0]):
             params = {name: shared[name] + self.dense_delta(name, weights[b]) for name in self.parts}
-            one = {k: (v[b : b + 1] if isinstance(v, Tensor) and v.shape[:1] == weights.shape[:1] else v) for k, v in kwargs.items()}
+            one = {
+                k: (v[b : b + 1] if isinstance(v, Tensor) and v.shape[:1] == weights.shape[:1] else v)
+                for k, v in kwargs.items()
+            }
             outputs.append(functional_call(self.encoder, params, (), one, strict=False))
         first = outputs[0]
         fields = {k: torch.cat([o[k] for o in outputs]) for k, v in first.items() if isinstance(v, Tensor)}
@@ -363,9 +389,9 @@ def build_twin(encoder: nn.Module, extras: Mapping[str, Tensor], spec: Mapping[s
     parts: dict[str, dict[str, Tensor]] = {}
     for key, value in extras.items():
         if key.startswith("twin."):
-            name, kind = key[len("twin."):].rsplit(".", 1)
+            name, kind = key[len("twin.") :].rsplit(".", 1)
             parts.setdefault(name, {})[kind] = value
-    router_state = {k[len("router."):]: v for k, v in extras.items() if k.startswith("router.")}
+    router_state = {k[len("router.") :]: v for k, v in extras.items() if k.startswith("router.")}
     if not router_state:
         raise MergesmithError("the Twin-Merging extras have no router (router.* tensors); save the result again")
     router = Router(router_state["fc1.weight"].shape[1], router_state["fc1.weight"].shape[0], len(tasks))
@@ -421,18 +447,37 @@ def run(problem: AdaptProblem, params: Params, seed: int) -> AdaptResult:
         return twin
 
     ranks = {name: int(p["US"].shape[-1]) for name, p in parts.items() if "US" in p}
-    spec = {"method": NAME, "paper": PAPER, "params": params_dict(params), "seed": seed, "tasks": problem.task_names,
-            "pooling": pooling, "model_class": type(encoder).__name__}
-    info = {"added_parameters": added_parameters(parts, router), "router_parameters": sum(p.numel() for p in router.parameters()),
-            "exclusive_tensors": len(parts), "low_rank_tensors": len(ranks), "dense_tensors": len(parts) - len(ranks),
-            "max_rank": max(ranks.values(), default=0), "router_train_accuracy": train_accuracy,
-            "router_loss_first": losses[0], "router_loss_last": losses[-1], "inference": "hooks" if twin.fast else "per-input",
-            "forward_passes_per_batch": 2}
+    spec = {
+        "method": NAME,
+        "paper": PAPER,
+        "params": params_dict(params),
+        "seed": seed,
+        "tasks": problem.task_names,
+        "pooling": pooling,
+        "model_class": type(encoder).__name__,
+    }
+    info = {
+        "added_parameters": added_parameters(parts, router),
+        "router_parameters": sum(p.numel() for p in router.parameters()),
+        "exclusive_tensors": len(parts),
+        "low_rank_tensors": len(ranks),
+        "dense_tensors": len(parts) - len(ranks),
+        "max_rank": max(ranks.values(), default=0),
+        "router_train_accuracy": train_accuracy,
+        "router_loss_first": losses[0],
+        "router_loss_last": losses[-1],
+        "inference": "hooks" if twin.fast else "per-input",
+        "forward_passes_per_batch": 2,
+    }
     return AdaptResult(KIND, problem.checkpoint_state(shared), encoder_for, extras_of(twin), spec, info, merged=shared)
 
 
 SPEC = AdaptSpec(
-    name=NAME, run=run, params=Params, paper=PAPER, needs=frozenset({"validation"}),
+    name=NAME,
+    run=run,
+    params=Params,
+    paper=PAPER,
+    needs=frozenset({"validation"}),
     description="shared merge + SVD-compressed exclusive parts mixed per input by a router trained on validation data",
 )
 
@@ -449,10 +494,14 @@ def load_twin(directory, document: Mapping[str, Any], task: str | None) -> TwinE
     spec = document.get("spec", {})
     tasks = list(spec.get("tasks") or document.get("tasks") or [])
     if task is not None and task not in tasks:
-        raise MergesmithError(f"{directory}: no task {task!r}; tasks: {', '.join(tasks)} (the router picks per input; "
-                              "task= may be left out)")
+        raise MergesmithError(
+            f"{directory}: no task {task!r}; tasks: {', '.join(tasks)} (the router picks per input; "
+            "task= may be left out)"
+        )
     extras_path = directory / EXTRAS_FILE
     if not extras_path.is_file():
-        raise MergesmithError(f"{directory}: {EXTRAS_FILE} is missing; a Twin-Merging directory needs its factors and router")
+        raise MergesmithError(
+            f"{directory}: {EXTRAS_FILE} is missing; a Twin-Merging directory needs its factors and router"
+        )
     encoder = load_saved_encoder(directory, spec)
     return build_twin(encoder, load_file(str(extras_path)), {**spec, "tasks": tasks})

@@ -45,10 +45,14 @@ if TYPE_CHECKING:
     from mergesmith.adapt.problem import AdaptProblem, AdaptTask
     from mergesmith.adapt.result import AdaptResult
 
-WEMOE_PAPER = ("Tang, Shen, Luo, Yin, Zhang, Tao 2024, Merging Multi-Task Models via Weight-Ensembling Mixture of Experts, "
-               "ICML 2024, arXiv 2402.00433")
-E_WEMOE_PAPER = ("Shen, Tang, Yang, Guo, Luo, Zhang, Chen, Du, Tao 2024, Efficient and Effective Weight-Ensembling Mixture of "
-                 "Experts for Multi-Task Model Merging, arXiv 2410.21804")
+WEMOE_PAPER = (
+    "Tang, Shen, Luo, Yin, Zhang, Tao 2024, Merging Multi-Task Models via Weight-Ensembling Mixture of Experts, "
+    "ICML 2024, arXiv 2402.00433"
+)
+E_WEMOE_PAPER = (
+    "Shen, Tang, Yang, Guo, Luo, Zhang, Chen, Du, Tao 2024, Efficient and Effective Weight-Ensembling Mixture of "
+    "Experts for Multi-Task Model Merging, arXiv 2410.21804"
+)
 
 # Per-example weight matrices are built this many floats at a time (the batch is split to stay under it).
 _CHUNK_FLOATS = 8 * 1024 * 1024
@@ -56,7 +60,9 @@ _CHUNK_FLOATS = 8 * 1024 * 1024
 
 class WemoeParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    init_lambda: float = Field(0.3, description="task arithmetic's lambda: the static merge and the routers' initial output")
+    init_lambda: float = Field(
+        0.3, description="task arithmetic's lambda: the static merge and the routers' initial output"
+    )
     router_hidden: int | None = Field(None, ge=1, description="the router's hidden width (default: the model's width)")
     # FusionBench runs 1000 steps (CLIP) or 200 (Flan-T5) at lr 1e-4. On 2 CPU cores each step costs a forward and
     # backward pass per task, so the default is 40 steps at the same rate. A larger rate is not a shortcut: on the
@@ -80,7 +86,9 @@ class EWemoeParams(WemoeParams):
 class Router(nn.Module):
     """r(h) = W_2 ReLU(W_1 h + b_1) + b_2, token-wise, averaged over an input's (real) tokens (WEMoE Sec. 3.2)."""
 
-    def __init__(self, width: int, n_tasks: int, hidden: int, init_lambda: float, generator: torch.Generator | None = None):
+    def __init__(
+        self, width: int, n_tasks: int, hidden: int, init_lambda: float, generator: torch.Generator | None = None
+    ):
         super().__init__()
         self.fc1 = nn.Linear(width, hidden)
         self.fc2 = nn.Linear(hidden, n_tasks)
@@ -114,7 +122,9 @@ class _Routing:
             self.input = x
             self.weights = self.router(x, self.context.get("mask"))
         if self.weights is None:
-            raise MergesmithError("a routed MLP's output layer ran before its input layer; the block's layout is not supported")
+            raise MergesmithError(
+                "a routed MLP's output layer ran before its input layer; the block's layout is not supported"
+            )
         return self.weights
 
 
@@ -129,8 +139,17 @@ class RoutedLinear(nn.Module):
     bias: Tensor | None
     tau_bias: Tensor | None
 
-    def __init__(self, weight: Tensor, bias: Tensor | None, tau_weight: Tensor, tau_bias: Tensor | None, routing: _Routing,
-                 *, entry: bool, conv1d: bool):
+    def __init__(
+        self,
+        weight: Tensor,
+        bias: Tensor | None,
+        tau_weight: Tensor,
+        tau_bias: Tensor | None,
+        routing: _Routing,
+        *,
+        entry: bool,
+        conv1d: bool,
+    ):
         super().__init__()
         # nn.Linear stores [out, in], Conv1D [in, out]
         self.register_buffer("weight_io", (weight if conv1d else weight.t()).float().contiguous())
@@ -232,8 +251,13 @@ def mlp_tensor_names(model: nn.Module, blocks: Sequence[MlpBlock]) -> list[str]:
     return names
 
 
-def install_moe(model: nn.Module, blocks: Sequence[MlpBlock], base: Mapping[str, Tensor],
-                vectors: Sequence[Mapping[str, Tensor]], routers: nn.ModuleList) -> dict:
+def install_moe(
+    model: nn.Module,
+    blocks: Sequence[MlpBlock],
+    base: Mapping[str, Tensor],
+    vectors: Sequence[Mapping[str, Tensor]],
+    routers: nn.ModuleList,
+) -> dict:
     """Replace every MLP linear of ``model`` by a RoutedLinear over ``base`` and the task vectors ``vectors`` (each
     a mapping name -> tau restricted to the MLP tensors). ``routers`` holds one router per block, or one shared.
     Returns the call context the WemoeEncoder fills (the attention mask)."""
@@ -257,8 +281,9 @@ def install_moe(model: nn.Module, blocks: Sequence[MlpBlock], base: Mapping[str,
     return context
 
 
-def build_wemoe(model: nn.Module, base: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tensor]],
-                routers: nn.ModuleList) -> WemoeEncoder:
+def build_wemoe(
+    model: nn.Module, base: Mapping[str, Tensor], vectors: Sequence[Mapping[str, Tensor]], routers: nn.ModuleList
+) -> WemoeEncoder:
     """``model`` (holding the statically merged weights outside the MLPs) with its MLP blocks turned into MoEs."""
     blocks = mlp_blocks(model)
     context = install_moe(model, blocks, base, vectors, routers)
@@ -315,7 +340,8 @@ def _run(problem: AdaptProblem, params: WemoeParams, seed: int, efficient: bool)
     shared = bool(getattr(params, "shared_router", False)) if efficient else False
     generator = torch.Generator().manual_seed(seed)
     routers = nn.ModuleList(
-        Router(width, len(task_names), hidden, params.init_lambda, generator) for _ in range(1 if shared else len(blocks))
+        Router(width, len(task_names), hidden, params.init_lambda, generator)
+        for _ in range(1 if shared else len(blocks))
     )
     moe = build_wemoe(model, base, vectors, routers).eval()
 
@@ -328,7 +354,9 @@ def _run(problem: AdaptProblem, params: WemoeParams, seed: int, efficient: bool)
         total = 0.0
         for task, stream in zip(problem.tasks, streams):
             features = problem.pooled(moe, next(stream))
-            logits = nn.functional.linear(features, task.head.weight.detach(), task.head.bias.detach() if task.head.bias is not None else None)
+            logits = nn.functional.linear(
+                features, task.head.weight.detach(), task.head.bias.detach() if task.head.bias is not None else None
+            )
             loss = entropy(logits)
             loss.backward()  # per task: activations of one batch at a time (gradient accumulation over tasks)
             total += float(loss.detach())
@@ -381,8 +409,10 @@ def _run(problem: AdaptProblem, params: WemoeParams, seed: int, efficient: bool)
         "entropy_first": losses[0] if losses else None,
         "entropy_last": losses[-1] if losses else None,
         "entropy_every_10": losses[::10],
-        "note": (f"{len(blocks)} MLP blocks routed; {'one shared router' if shared else 'one router per block'}; "
-                 f"MLP task vectors kept at density {density:g}"),
+        "note": (
+            f"{len(blocks)} MLP blocks routed; {'one shared router' if shared else 'one router per block'}; "
+            f"MLP task vectors kept at density {density:g}"
+        ),
     }
 
     def encoder_for(task: str) -> nn.Module:
@@ -413,10 +443,14 @@ def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
     spec = document.get("spec", {})
     tasks = list(spec.get("tasks", []))
     if task is not None and task not in tasks:
-        raise MergesmithError(f"{directory} has no task {task!r}; tasks: {', '.join(tasks)} (the routed model serves them all)")
+        raise MergesmithError(
+            f"{directory} has no task {task!r}; tasks: {', '.join(tasks)} (the routed model serves them all)"
+        )
     path = Path(directory) / EXTRAS_FILE
     if not path.is_file():
-        raise MergesmithError(f"{path} is missing; the task vectors and routers are stored there: copy the whole directory")
+        raise MergesmithError(
+            f"{path} is missing; the task vectors and routers are stored there: copy the whole directory"
+        )
     extras = load_file(str(path))
     model = load_saved_encoder(directory, spec)
     model.requires_grad_(False)
@@ -437,7 +471,8 @@ def load_saved(directory: Path, document: dict, task: str | None) -> nn.Module:
     config: Any = model.config  # a transformers config (nn.Module types its attributes as Tensor | Module)
     width = int(config.hidden_size)
     routers = nn.ModuleList(
-        Router(width, len(tasks), int(spec["router_hidden"]), float(spec["init_lambda"])) for _ in range(int(spec["routers"]))
+        Router(width, len(tasks), int(spec["router_hidden"]), float(spec["init_lambda"]))
+        for _ in range(int(spec["routers"]))
     )
     for r, router in enumerate(routers):
         router.load_state_dict({k: extras[f"router.{r}.{k}"] for k in router.state_dict()})
@@ -462,4 +497,14 @@ SPEC_E = AdaptSpec(
     description="E-WEMoE: WEMoE with magnitude-sparsified MLP task vectors and one router shared by all blocks",
 )
 
-__all__ = ["SPEC", "SPEC_E", "Router", "RoutedLinear", "WemoeEncoder", "build_wemoe", "install_moe", "sparsify", "load_saved"]
+__all__ = [
+    "SPEC",
+    "SPEC_E",
+    "Router",
+    "RoutedLinear",
+    "WemoeEncoder",
+    "build_wemoe",
+    "install_moe",
+    "sparsify",
+    "load_saved",
+]

@@ -97,8 +97,10 @@ def inspect_task_vectors(
             bad = _nonfinite(taus, [str(base)] if not bool(torch.isfinite(b).all()) else [], result.experts, name)
             if bad:
                 if strict:
-                    raise MergesmithError(f"{bad[0]} has NaN/Inf values; fix or drop that model, or run without "
-                                          f"--strict to inspect the other tensors")
+                    raise MergesmithError(
+                        f"{bad[0]} has NaN/Inf values; fix or drop that model, or run without "
+                        f"--strict to inspect the other tensors"
+                    )
                 result.nonfinite.extend(bad)
                 del taus, b
                 if progress is not None:
@@ -107,7 +109,7 @@ def inspect_task_vectors(
             conflicts = eligible = 0
             g = torch.zeros(n, n, dtype=torch.float64)
             for start in range(0, taus.shape[1], _CHUNK):  # float64 copies one chunk at a time: memory stays ~(n+1) x
-                chunk = taus[:, start:start + _CHUNK]
+                chunk = taus[:, start : start + _CHUNK]
                 c, e = sign_conflict_counts(chunk)
                 conflicts, eligible = conflicts + c, eligible + e
                 pc, pb = pairwise_conflict_counts(chunk)
@@ -116,8 +118,12 @@ def inspect_task_vectors(
                 g += gram(chunk)
             layer = parse_layer(name)
             record = TensorDiagnostics(
-                name=name, layer=layer.index if layer is not None and layer.prefix == stack else None,
-                shape=tuple(b.shape), gram=g.tolist(), conflicts=conflicts, eligible=eligible,
+                name=name,
+                layer=layer.index if layer is not None and layer.prefix == stack else None,
+                shape=tuple(b.shape),
+                gram=g.tolist(),
+                conflicts=conflicts,
+                eligible=eligible,
             )
             if spectrum and b.dim() == 2 and min(b.shape) >= 2:
                 tops, ranks = [], []
@@ -129,8 +135,10 @@ def inspect_task_vectors(
                     try:
                         s = torch.linalg.svdvals(taus[i].reshape(b.shape))
                     except torch.linalg.LinAlgError:
-                        raise MergesmithError(f"{result.experts[i]}: the SVD of tensor '{name}' did not converge; "
-                                              f"rerun with --no-spectrum") from None
+                        raise MergesmithError(
+                            f"{result.experts[i]}: the SVD of tensor '{name}' did not converge; "
+                            f"rerun with --no-spectrum"
+                        ) from None
                     tops.append(s[:top_k].tolist())
                     ranks.append(effective_rank(s))
                 record.top_singular, record.effective_rank = tops, ranks
@@ -162,10 +170,13 @@ def _check_matching(base, experts, names: list[str]) -> None:
         missing, extra = sorted(wanted - have), sorted(have - wanted)
         if missing or extra:
             what = f"lacks '{missing[0]}'" if missing else f"has '{extra[0]}', which the base lacks"
-            raise MergesmithError(f"{ckpt.root}: {what} ({len(missing)} missing, {len(extra)} extra tensors); "
-                                  f"inspect fine-tunes of the same base model")
+            raise MergesmithError(
+                f"{ckpt.root}: {what} ({len(missing)} missing, {len(extra)} extra tensors); "
+                f"inspect fine-tunes of the same base model"
+            )
         for name in names:
             if ckpt.tensors[name].shape != base.tensors[name].shape:
-                raise MergesmithError(f"{ckpt.root}: tensor '{name}' has shape {list(ckpt.tensors[name].shape)} but the "
-                                      f"base has {list(base.tensors[name].shape)}; inspect fine-tunes of the same base model")
-
+                raise MergesmithError(
+                    f"{ckpt.root}: tensor '{name}' has shape {list(ckpt.tensors[name].shape)} but the "
+                    f"base has {list(base.tensors[name].shape)}; inspect fine-tunes of the same base model"
+                )

@@ -37,7 +37,9 @@ def format_tables(s: Summary, width: int | None = 120) -> str:
     experts = Table(title="Task vectors (expert - base)")
     for col in ("#", "expert", "L2 norm", "mean eff. rank", *[f"cos #{i}" for i in range(len(s.experts))]):
         experts.add_column(col, justify="left" if col in ("#", "expert") else "right")
-    ranks = [[r for r in (layer.effective_rank[i] for layer in s.layers) if r is not None] for i in range(len(s.experts))]
+    ranks = [
+        [r for r in (layer.effective_rank[i] for layer in s.layers) if r is not None] for i in range(len(s.experts))
+    ]
     for i, name in enumerate(s.experts):
         mean_rank = sum(ranks[i]) / len(ranks[i]) if ranks[i] else None
         experts.add_row(str(i), name, _fmt(s.norms[i], ".4g"), _fmt(mean_rank, ".1f"), *[_fmt(c) for c in s.cosine[i]])
@@ -46,11 +48,17 @@ def format_tables(s: Summary, width: int | None = 120) -> str:
     for col in ("layer", "mean cos", "sign conflicts", *[f"|tau| #{i}" for i in range(len(s.experts))]):
         layers.add_column(col, justify="left" if col == "layer" else "right")
     for layer in s.layers:
-        layers.add_row(str(layer.layer), _fmt(_mean_offdiag(layer.cosine)), _fmt(layer.conflict_rate, ".1%"),
-                       *[_fmt(x, ".4g") for x in layer.norms])
+        layers.add_row(
+            str(layer.layer),
+            _fmt(_mean_offdiag(layer.cosine)),
+            _fmt(layer.conflict_rate, ".1%"),
+            *[_fmt(x, ".4g") for x in layer.norms],
+        )
     console.print(layers)
-    console.print(f"mergeability: {s.verdict.upper()}  (mean pairwise cosine {_fmt(s.mean_pairwise_cosine)}, sign-conflict "
-                  f"rate {_fmt(s.conflict_rate, '.1%')} vs {s.random_conflict_rate:.1%} for random signs)")
+    console.print(
+        f"mergeability: {s.verdict.upper()}  (mean pairwise cosine {_fmt(s.mean_pairwise_cosine)}, sign-conflict "
+        f"rate {_fmt(s.conflict_rate, '.1%')} vs {s.random_conflict_rate:.1%} for random signs)"
+    )
     for finding in s.findings:
         console.print(f"  - {finding}")
     return console.export_text()
@@ -105,10 +113,18 @@ def render_plots(s: Summary) -> dict[str, bytes]:
             ax.legend(fontsize=8)
         plots[key] = _png(fig)
 
-    line_plot("layer_cosine", "mean pairwise cosine", {"mean pairwise cosine": [_mean_offdiag(layer.cosine) for layer in stack]})
+    line_plot(
+        "layer_cosine",
+        "mean pairwise cosine",
+        {"mean pairwise cosine": [_mean_offdiag(layer.cosine) for layer in stack]},
+    )
     line_plot("conflicts", "sign-conflict rate", {"sign conflicts": [layer.conflict_rate for layer in stack]})
     line_plot("norms", "L2 norm", {e: [layer.norms[i] for layer in stack] for i, e in enumerate(s.experts)})
-    line_plot("effective_rank", "effective rank", {e: [layer.effective_rank[i] for layer in stack] for i, e in enumerate(s.experts)})
+    line_plot(
+        "effective_rank",
+        "effective rank",
+        {e: [layer.effective_rank[i] for layer in stack] for i, e in enumerate(s.experts)},
+    )
     return plots
 
 

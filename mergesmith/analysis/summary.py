@@ -54,7 +54,9 @@ def summarize(diag: Diagnostics) -> Summary:
         conflicts += t.conflicts
         eligible += t.eligible
         key = t.layer if t.layer is not None else OTHER
-        acc = per_layer.setdefault(key, {"gram": zeros(), "conflicts": 0, "eligible": 0, "ranks": [[] for _ in range(n)]})
+        acc = per_layer.setdefault(
+            key, {"gram": zeros(), "conflicts": 0, "eligible": 0, "ranks": [[] for _ in range(n)]}
+        )
         acc["gram"] += g
         acc["conflicts"] += t.conflicts
         acc["eligible"] += t.eligible
@@ -64,20 +66,27 @@ def summarize(diag: Diagnostics) -> Summary:
     layers = []
     for key in sorted(per_layer, key=lambda k: (isinstance(k, str), k if isinstance(k, int) else 0)):
         acc = per_layer[key]
-        layers.append(LayerSummary(
-            layer=key, cosine=cosine_from_gram(acc["gram"]).tolist(),
-            conflict_rate=acc["conflicts"] / acc["eligible"] if acc["eligible"] else None,
-            norms=torch.sqrt(torch.diagonal(acc["gram"]).clamp_min(0)).tolist(),
-            effective_rank=[_mean(r) for r in acc["ranks"]],
-        ))
+        layers.append(
+            LayerSummary(
+                layer=key,
+                cosine=cosine_from_gram(acc["gram"]).tolist(),
+                conflict_rate=acc["conflicts"] / acc["eligible"] if acc["eligible"] else None,
+                norms=torch.sqrt(torch.diagonal(acc["gram"]).clamp_min(0)).tolist(),
+                effective_rank=[_mean(r) for r in acc["ranks"]],
+            )
+        )
     cos = cosine_from_gram(total)
     pc, pb = torch.tensor(diag.pair_conflicts, dtype=torch.float64), torch.tensor(diag.pair_both, dtype=torch.float64)
     pair_rate = [[float(pc[i, j] / pb[i, j]) if pb[i, j] > 0 else None for j in range(n)] for i in range(n)]
     pairs = list(combinations(range(n), 2))
     summary = Summary(
-        experts=list(diag.experts), cosine=cos.tolist(), norms=torch.sqrt(torch.diagonal(total).clamp_min(0)).tolist(),
-        conflict_rate=conflicts / eligible if eligible else None, random_conflict_rate=random_sign_conflict_rate(n),
-        pair_conflict_rate=pair_rate, mean_pairwise_cosine=_mean([float(cos[i, j]) for i, j in pairs]),
+        experts=list(diag.experts),
+        cosine=cos.tolist(),
+        norms=torch.sqrt(torch.diagonal(total).clamp_min(0)).tolist(),
+        conflict_rate=conflicts / eligible if eligible else None,
+        random_conflict_rate=random_sign_conflict_rate(n),
+        pair_conflict_rate=pair_rate,
+        mean_pairwise_cosine=_mean([float(cos[i, j]) for i, j in pairs]),
         layers=layers,
         top_singular={t.name: t.top_singular for t in diag.tensors if t.top_singular is not None},
     )
@@ -108,25 +117,35 @@ def verdict(s: Summary) -> tuple[str, list[str]]:
     names = s.experts
     if low < -0.3:
         level = 2
-        findings.append(f"{names[worst[0]]} and {names[worst[1]]} oppose each other (cosine {low:.3f}): an average cancels "
-                        f"their updates; use TIES/sign election or leave one out")
+        findings.append(
+            f"{names[worst[0]]} and {names[worst[1]]} oppose each other (cosine {low:.3f}): an average cancels "
+            f"their updates; use TIES/sign election or leave one out"
+        )
     elif low < -0.1:
         level = max(level, 1)
         findings.append(f"{names[worst[0]]} and {names[worst[1]]} partly oppose each other (cosine {low:.3f})")
     if high > 0.9:
         level = max(level, 1)
-        findings.append(f"{names[best[0]]} and {names[best[1]]} are nearly the same update (cosine {high:.3f}): merging "
-                        f"both double-counts it; weight them down or keep one")
+        findings.append(
+            f"{names[best[0]]} and {names[best[1]]} are nearly the same update (cosine {high:.3f}): merging "
+            f"both double-counts it; weight them down or keep one"
+        )
     nonzero = [x for x in s.norms if x > 0]
     ratio = max(s.norms) / min(nonzero) if nonzero and min(s.norms) > 0 else float("inf")
     if ratio > 3:
         level = max(level, 1)
-        findings.append(f"task-vector norms differ {ratio:.1f}x (largest {names[s.norms.index(max(s.norms))]}): it will "
-                        f"dominate a sum; rescale or weight the experts")
+        findings.append(
+            f"task-vector norms differ {ratio:.1f}x (largest {names[s.norms.index(max(s.norms))]}): it will "
+            f"dominate a sum; rescale or weight the experts"
+        )
     if s.conflict_rate is not None and s.random_conflict_rate > 0 and s.conflict_rate > 0.9 * s.random_conflict_rate:
-        findings.append(f"sign-conflict rate {s.conflict_rate:.1%} is near the random-sign level "
-                        f"{s.random_conflict_rate:.1%}: per-entry interference; TIES/DARE-style trimming usually helps")
+        findings.append(
+            f"sign-conflict rate {s.conflict_rate:.1%} is near the random-sign level "
+            f"{s.random_conflict_rate:.1%}: per-entry interference; TIES/DARE-style trimming usually helps"
+        )
     if level == 0:
-        findings.append(f"mean pairwise cosine {s.mean_pairwise_cosine:.3f}, norms within {ratio:.1f}x: task arithmetic "
-                        f"and its variants should merge these experts well")
+        findings.append(
+            f"mean pairwise cosine {s.mean_pairwise_cosine:.3f}, norms within {ratio:.1f}x: task arithmetic "
+            f"and its variants should merge these experts well"
+        )
     return ("good", "caution", "poor")[level], findings

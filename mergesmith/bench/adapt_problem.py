@@ -23,8 +23,13 @@ from mergesmith.errors import MergesmithError
 
 
 def load_problem(
-    *, pool: str | Path | None = None, profile: str | None = None, cache_dir: str | Path | None = None, seed: int = 0,
-    progress: bool = True, echo: Callable[[str], None] = print,
+    *,
+    pool: str | Path | None = None,
+    profile: str | None = None,
+    cache_dir: str | Path | None = None,
+    seed: int = 0,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
 ) -> AdaptProblem:
     """An AdaptProblem from a pool YAML (``mergesmith.bench.pool``) or a built-in bench profile ("default", "mini").
     The pretrained model's linear probes are not built: no adapt method reads them."""

@@ -30,8 +30,17 @@ def _trim_heap() -> None:
         pass
 
 
-def adapt_row(method: str, pool, expert_acc: Mapping[str, float | None], *, seed: int, features, out_dir: Path | None,
-              echo: Callable[[str], None] = print, params=None) -> dict:
+def adapt_row(
+    method: str,
+    pool,
+    expert_acc: Mapping[str, float | None],
+    *,
+    seed: int,
+    features,
+    out_dir: Path | None,
+    echo: Callable[[str], None] = print,
+    params=None,
+) -> dict:
     """One results row of kind "adapt". ``features`` is the pool's featurizer; ``out_dir`` saves the result there;
     ``params`` the method's parameters object (default: its defaults)."""
     import gc
@@ -74,12 +83,27 @@ def adapt_row(method: str, pool, expert_acc: Mapping[str, float | None], *, seed
     used = params_dict(params)
     shown = {k: v for k, v in used.items() if v != defaults.get(k)}
     shown["added_parameters"] = int(result.info.get("added_parameters", 0))
-    row = {"name": method, "kind": "adapt", "method": method, "accuracy": scores, "average": average(scores),
-           "normalized": normalized(scores, expert_acc), "params": shown, "grid": [], "merge_seconds": seconds,
-           "peak_memory_mb": rss.peak_mb, "eval_seconds": eval_seconds, "paper": spec.paper,
-           "info": _summary(result.info), "adapt_params": used, "threads": 1}
+    row = {
+        "name": method,
+        "kind": "adapt",
+        "method": method,
+        "accuracy": scores,
+        "average": average(scores),
+        "normalized": normalized(scores, expert_acc),
+        "params": shown,
+        "grid": [],
+        "merge_seconds": seconds,
+        "peak_memory_mb": rss.peak_mb,
+        "eval_seconds": eval_seconds,
+        "paper": spec.paper,
+        "info": _summary(result.info),
+        "adapt_params": used,
+        "threads": 1,
+    }
     shown_normalized = "-" if row["normalized"] is None else f"{row['normalized']:.3f}"
-    echo(f"{method:18s} test average {row['average']:.3f}  normalized {shown_normalized}  ({seconds:.0f} s, peak +{rss.peak_mb:.0f} MB)")
+    echo(
+        f"{method:18s} test average {row['average']:.3f}  normalized {shown_normalized}  ({seconds:.0f} s, peak +{rss.peak_mb:.0f} MB)"
+    )
     del result, problem
     gc.collect()
     return row
@@ -98,4 +122,3 @@ def _summary(info: dict) -> dict:
 
 
 __all__ = ["adapt_row", "is_adapt_method"]
-

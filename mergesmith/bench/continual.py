@@ -68,7 +68,9 @@ def run_continual_bench(
     methods = list(methods or DEFAULT_CONTINUAL_METHODS)
     for m in methods:
         if m not in CONTINUAL_METHODS:
-            raise MergesmithError(f"unknown continual method {m!r} for --continual; known: {', '.join(CONTINUAL_METHODS)}")
+            raise MergesmithError(
+                f"unknown continual method {m!r} for --continual; known: {', '.join(CONTINUAL_METHODS)}"
+            )
     if orders < 1:
         raise MergesmithError(f"--orders {orders}: give at least 1 task order")
     torch.set_num_threads(os.cpu_count() or 1)
@@ -100,18 +102,36 @@ def run_continual_bench(
                     started = time.perf_counter()
                     # the first add starts from the raw first expert (it applies the method's start itself)
                     previous = experts[order[0]] if state is None else merged
-                    merged, state = continual_add_state_dicts(base_state, previous, experts[order[t]], method,
-                                                              state=state, new_name=order[t], previous_name=order[0])
+                    merged, state = continual_add_state_dicts(
+                        base_state,
+                        previous,
+                        experts[order[t]],
+                        method,
+                        state=state,
+                        new_name=order[t],
+                        previous_name=order[0],
+                    )
                     seconds = time.perf_counter() - started
                 seen = order[: t + 1]
                 model.load_state_dict(merged)
                 scores = test_on(seen)(model)
-                rows.append({"method": method, "order_index": o, "order": order, "step": t + 1, "seen": seen,
-                             "accuracy": scores, "average": _average(scores),
-                             "normalized": _normalized(scores, {n: expert_acc[n] for n in seen}),
-                             "add_seconds": seconds})
-                echo(f"  {t + 1} tasks: average {rows[-1]['average']:.4f}  normalized "
-                     f"{_fmt(rows[-1]['normalized'])}  ({seconds:.1f} s)")
+                rows.append(
+                    {
+                        "method": method,
+                        "order_index": o,
+                        "order": order,
+                        "step": t + 1,
+                        "seen": seen,
+                        "accuracy": scores,
+                        "average": _average(scores),
+                        "normalized": _normalized(scores, {n: expert_acc[n] for n in seen}),
+                        "add_seconds": seconds,
+                    }
+                )
+                echo(
+                    f"  {t + 1} tasks: average {rows[-1]['average']:.4f}  normalized "
+                    f"{_fmt(rows[-1]['normalized'])}  ({seconds:.1f} s)"
+                )
     results = {
         "kind": "continual",
         "profile": bench_pool.profile,
@@ -141,33 +161,43 @@ def summarize(rows: list[dict], methods: list[str], n_tasks: int) -> list[dict]:
         mine = [r for r in rows if r["method"] == method]
         final = [r for r in mine if r["step"] == n_tasks]
         final_norm = [r["normalized"] for r in final if r["normalized"] is not None]
-        along = [statistics.mean(r["normalized"] for r in mine if r["order_index"] == o and r["normalized"] is not None)
-                 for o in sorted({r["order_index"] for r in mine})]
+        along = [
+            statistics.mean(r["normalized"] for r in mine if r["order_index"] == o and r["normalized"] is not None)
+            for o in sorted({r["order_index"] for r in mine})
+        ]
         adds = [r["add_seconds"] for r in mine if r["step"] > 1]
-        out.append({
-            "method": method,
-            "final_average": statistics.mean(r["average"] for r in final),
-            "final_normalized": statistics.mean(final_norm) if final_norm else None,
-            "final_normalized_min": min(final_norm) if final_norm else None,
-            "final_normalized_max": max(final_norm) if final_norm else None,
-            "mean_normalized_along_sequence": statistics.mean(along) if along else None,
-            "seconds_per_add": statistics.mean(adds) if adds else 0.0,
-        })
+        out.append(
+            {
+                "method": method,
+                "final_average": statistics.mean(r["average"] for r in final),
+                "final_normalized": statistics.mean(final_norm) if final_norm else None,
+                "final_normalized_min": min(final_norm) if final_norm else None,
+                "final_normalized_max": max(final_norm) if final_norm else None,
+                "mean_normalized_along_sequence": statistics.mean(along) if along else None,
+                "seconds_per_add": statistics.mean(adds) if adds else 0.0,
+            }
+        )
     return out
 
 
 def format_continual_table(results: dict) -> str:
     n_orders = len(results["orders"])
-    header = (f"{'method':16s} {'final avg':>9s} {'final norm':>10s} {'min..max over ' + str(n_orders) + ' orders':>26s} "
-              f"{'norm along':>10s} {'s/add':>7s}")
+    header = (
+        f"{'method':16s} {'final avg':>9s} {'final norm':>10s} {'min..max over ' + str(n_orders) + ' orders':>26s} "
+        f"{'norm along':>10s} {'s/add':>7s}"
+    )
     lines = [header, "-" * len(header)]
     for s in results["summary"]:
         spread = f"{_fmt(s['final_normalized_min'])}..{_fmt(s['final_normalized_max'])}"
-        lines.append(f"{s['method']:16s} {s['final_average']:9.4f} {_fmt(s['final_normalized']):>10s} {spread:>26s} "
-                     f"{_fmt(s['mean_normalized_along_sequence']):>10s} {s['seconds_per_add']:7.2f}")
-    lines.append("final = all tasks merged; norm along = normalized accuracy on the tasks seen so far, averaged over "
-                 "the steps; experts on their own tasks average "
-                 f"{statistics.mean(results['expert_accuracy'].values()):.4f}")
+        lines.append(
+            f"{s['method']:16s} {s['final_average']:9.4f} {_fmt(s['final_normalized']):>10s} {spread:>26s} "
+            f"{_fmt(s['mean_normalized_along_sequence']):>10s} {s['seconds_per_add']:7.2f}"
+        )
+    lines.append(
+        "final = all tasks merged; norm along = normalized accuracy on the tasks seen so far, averaged over "
+        "the steps; experts on their own tasks average "
+        f"{statistics.mean(results['expert_accuracy'].values()):.4f}"
+    )
     return "\n".join(lines)
 
 
@@ -183,12 +213,23 @@ def _plot(results: dict) -> bytes:
     steps = list(range(1, n + 1))
     fig, ax = plt.subplots(figsize=(6.4, 3.6))
     for s in results["summary"]:
-        per_step = [[r["normalized"] for r in results["rows"]
-                     if r["method"] == s["method"] and r["step"] == t and r["normalized"] is not None] for t in steps]
+        per_step = [
+            [
+                r["normalized"]
+                for r in results["rows"]
+                if r["method"] == s["method"] and r["step"] == t and r["normalized"] is not None
+            ]
+            for t in steps
+        ]
         mean = [statistics.mean(v) if v else float("nan") for v in per_step]
-        line, = ax.plot(steps, mean, marker="o", label=s["method"])
-        ax.fill_between(steps, [min(v) if v else float("nan") for v in per_step],
-                        [max(v) if v else float("nan") for v in per_step], color=line.get_color(), alpha=0.15)
+        (line,) = ax.plot(steps, mean, marker="o", label=s["method"])
+        ax.fill_between(
+            steps,
+            [min(v) if v else float("nan") for v in per_step],
+            [max(v) if v else float("nan") for v in per_step],
+            color=line.get_color(),
+            alpha=0.15,
+        )
     ax.set_xlabel("tasks merged so far")
     ax.set_ylabel("normalized accuracy on seen tasks")
     ax.set_title(f"continual merging, {len(results['orders'])} task orders (band: min..max)")

@@ -34,7 +34,9 @@ class EncodedSplit:
 def encode_split(tokenizer, examples) -> EncodedSplit:
     texts = [e.text for e in examples]
     out = tokenizer(texts, truncation=True, max_length=MAX_LENGTH, add_special_tokens=True)
-    return EncodedSplit(tuple(tuple(ids) for ids in out["input_ids"]), torch.tensor([e.label for e in examples], dtype=torch.long))
+    return EncodedSplit(
+        tuple(tuple(ids) for ids in out["input_ids"]), torch.tensor([e.label for e in examples], dtype=torch.long)
+    )
 
 
 def pad_batch(sequences: list[tuple[int, ...]], pad_id: int) -> tuple[Tensor, Tensor]:
@@ -117,8 +119,13 @@ class FineTuneRecipe:
 
 
 def fine_tune(
-    encoder: PreTrainedModel, head: nn.Linear, split: EncodedSplit, pad_id: int, recipe: FineTuneRecipe, seed: int,
-    progress=None
+    encoder: PreTrainedModel,
+    head: nn.Linear,
+    split: EncodedSplit,
+    pad_id: int,
+    recipe: FineTuneRecipe,
+    seed: int,
+    progress=None,
 ) -> None:
     """Full fine-tune of the encoder with its head (word embeddings frozen by default), AdamW, linear decay."""
     torch.manual_seed(seed)

@@ -40,7 +40,9 @@ _IMAGE_MODEL_TYPES = {"clip", "clip_vision_model", "vit", "deit", "beit", "dinov
 def read_model_config(directory: Path) -> dict:
     path = Path(directory) / "config.json"
     if not path.exists() and not path.is_symlink():
-        raise MergesmithError(f"{directory}: no config.json; give the directory a model was saved to with save_pretrained")
+        raise MergesmithError(
+            f"{directory}: no config.json; give the directory a model was saved to with save_pretrained"
+        )
     config = read_json(path, what="config.json", root=directory, error=MergesmithError, fix="fix or re-save the model")
     return config
 
@@ -66,7 +68,11 @@ def hidden_width(config: dict) -> int:
 def infer_modality(config: dict) -> str:
     """``image`` for CLIP/ViT-like configs (by model type, or an image size and patch size), else ``text``."""
     model_type = str(config.get("model_type", ""))
-    if model_type in _IMAGE_MODEL_TYPES or ("image_size" in config and "patch_size" in config) or "vision_config" in config:
+    if (
+        model_type in _IMAGE_MODEL_TYPES
+        or ("image_size" in config and "patch_size" in config)
+        or "vision_config" in config
+    ):
         return "image"
     return "text"
 
@@ -99,7 +105,9 @@ class TextFeaturizer:
                 "save the tokenizer beside the base model (tokenizer.save_pretrained)"
             ) from None
         if tokenizer.pad_token_id is None:
-            raise MergesmithError(f"{base_dir}: the tokenizer has no padding token; set one and save the tokenizer again")
+            raise MergesmithError(
+                f"{base_dir}: the tokenizer has no padding token; set one and save the tokenizer again"
+            )
         return cls(tokenizer)
 
     @staticmethod
@@ -178,7 +186,9 @@ class ImageFeaturizer:
         try:
             processor = AutoImageProcessor.from_pretrained(base_dir)
         except (OSError, ValueError, TypeError) as exc:
-            raise MergesmithError(f"{base_dir}/preprocessor_config.json: cannot load the image processor ({exc}); fix or re-save it") from None
+            raise MergesmithError(
+                f"{base_dir}/preprocessor_config.json: cannot load the image processor ({exc}); fix or re-save it"
+            ) from None
         return cls(processor, cls.kind_of(config, tensor_names))
 
     @staticmethod

@@ -30,8 +30,16 @@ def load_bench_pool(profile, pool, cache_dir, seed, progress, echo, *, probes: b
     return profile_pool(profile, tasks, cache_dir, seed, progress, echo, probes=probes)
 
 
-def profile_pool(profile: str, tasks: list[TaskData], cache_dir: Path, seed: int, progress: bool,
-                 echo: Callable[[str], None], *, probes: bool = True) -> Pool:
+def profile_pool(
+    profile: str,
+    tasks: list[TaskData],
+    cache_dir: Path,
+    seed: int,
+    progress: bool,
+    echo: Callable[[str], None],
+    *,
+    probes: bool = True,
+) -> Pool:
     """The built-in pool: all-MiniLM-L6-v2 and the cached zoo of experts fine-tuned on the profile's tasks."""
     from mergesmith.bench.features import TextFeaturizer
     from mergesmith.bench.sources import minilm_model_dir
@@ -43,10 +51,17 @@ def profile_pool(profile: str, tasks: list[TaskData], cache_dir: Path, seed: int
     validation = encode_tasks(featurizer.tokenizer, tasks, "validation")
     test = encode_tasks(featurizer.tokenizer, tasks, "test")
     pool_tasks = [
-        PoolTask(name=t.name, label_names=t.label_names, expert=zoo.experts[t.name], head=zoo.head(t.name),
-                 probe=zoo.probe(t.name) if probes else None, validation=validation[t.name], test=test[t.name],
-                 sizes={"train": len(t.train), "validation": len(t.validation), "test": len(t.test)},
-                 train_seconds=zoo.train_seconds[t.name])
+        PoolTask(
+            name=t.name,
+            label_names=t.label_names,
+            expert=zoo.experts[t.name],
+            head=zoo.head(t.name),
+            probe=zoo.probe(t.name) if probes else None,
+            validation=validation[t.name],
+            test=test[t.name],
+            sizes={"train": len(t.train), "validation": len(t.validation), "test": len(t.test)},
+            train_seconds=zoo.train_seconds[t.name],
+        )
         for t in tasks
     ]
     return Pool(

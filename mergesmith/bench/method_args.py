@@ -32,8 +32,9 @@ def parse_methods(text: str) -> list[MethodChoice]:
         head, eq, _ = item.partition("=")
         if eq and ":" not in head:  # key=value: a parameter of the method before it
             if not choices:
-                raise ConfigError(f"--methods: {item!r} has no method before it; write METHOD:KEY=VALUE, e.g. "
-                                  f"ties:density=0.3")
+                raise ConfigError(
+                    f"--methods: {item!r} has no method before it; write METHOD:KEY=VALUE, e.g. ties:density=0.3"
+                )
             choices[-1].params.update(parse_param_args([item]))
             continue
         name, colon, first = item.partition(":")
@@ -84,8 +85,9 @@ def tensor_method_values(method: str, given: Mapping[str, Any], n_experts: int) 
             if not infos[key].per_model:
                 raise ConfigError(f"{where}: {key} is one value for all experts, not a list")
             if len(value) != n_experts:
-                raise ConfigError(f"{where}: {len(value)} values for {n_experts} experts; give one per expert or one "
-                                  f"for all")
+                raise ConfigError(
+                    f"{where}: {len(value)} values for {n_experts} experts; give one per expert or one for all"
+                )
             values[key] = [infos[key].coerce(v, where) for v in value]
         else:
             values[key] = infos[key].coerce(value, where)
@@ -114,11 +116,16 @@ def grid_with(points: list[dict], fixed: Mapping[str, Any]) -> list[dict]:
     return out
 
 
-def method_parameters(names: list[str], given: Mapping[str, Mapping[str, Any]], n_experts: int, *,
-                      progress: bool = True) -> dict[str, Any]:
+def method_parameters(
+    names: list[str], given: Mapping[str, Mapping[str, Any]], n_experts: int, *, progress: bool = True
+) -> dict[str, Any]:
     """Every method's checked parameters, before any model is loaded: an adapt method's parameters object, or a
     tensor-wise method's fixed values (empty when none were given)."""
     from mergesmith.adapt import ADAPT_METHODS
 
-    return {name: adapt_method_params(name, given.get(name, {}), progress=progress) if name in ADAPT_METHODS
-            else tensor_method_values(name, given.get(name, {}), n_experts) for name in names}
+    return {
+        name: adapt_method_params(name, given.get(name, {}), progress=progress)
+        if name in ADAPT_METHODS
+        else tensor_method_values(name, given.get(name, {}), n_experts)
+        for name in names
+    }

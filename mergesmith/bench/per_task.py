@@ -22,13 +22,16 @@ def _score_one(evaluator, task, model) -> float | None:
     return type(evaluator)([task], evaluator.splits, evaluator.heads, evaluator.features)(model)[task.name]
 
 
-def validation_average(method: str, point: dict, base_state: dict, experts: list[dict], model: torch.nn.Module,
-                       evaluator, seed: int) -> float:
+def validation_average(
+    method: str, point: dict, base_state: dict, experts: list[dict], model: torch.nn.Module, evaluator, seed: int
+) -> float:
     """The mean over tasks of task t's validation score with task t's in-memory model (``model`` is reused)."""
     from mergesmith.engine.side_outputs import merge_state_dicts_per_task
 
     tasks = evaluator.tasks
-    per_task = merge_state_dicts_per_task(base_state, experts, method, tasks=[t.name for t in tasks], seed=seed, **point)
+    per_task = merge_state_dicts_per_task(
+        base_state, experts, method, tasks=[t.name for t in tasks], seed=seed, **point
+    )
     scores = []
     for task in tasks:
         model.load_state_dict(per_task[task.name])

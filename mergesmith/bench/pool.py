@@ -137,7 +137,9 @@ def check_pool(path: str | Path) -> CheckedPool:
 
     base_dir = resolve_pool_path(root, spec.base_model)
     if not base_dir.is_dir():
-        raise MergesmithError(f"{label}: base_model: {base_dir} is not a directory; give the Hugging Face directory of the base model")
+        raise MergesmithError(
+            f"{label}: base_model: {base_dir} is not a directory; give the Hugging Face directory of the base model"
+        )
     config = _wrap(label, "base_model", lambda: read_model_config(base_dir))
     if config.get("model_type") == "clip":
         raise MergesmithError(
@@ -161,24 +163,40 @@ def check_pool(path: str | Path) -> CheckedPool:
         head_path = resolve_pool_path(root, task.head) if task.head is not None else expert / HEAD_FILE
         head_where = f"{where}.head" if task.head is not None else where
         if not head_path.exists():
-            hint = "check the path" if task.head is not None else f"give {where}.head (a safetensors file with the head's weight and bias)"
+            hint = (
+                "check the path"
+                if task.head is not None
+                else f"give {where}.head (a safetensors file with the head's weight and bias)"
+            )
             raise MergesmithError(f"{label}: {head_where}: no head file {head_path}; {hint}")
         head = _load_head(label, head_where, head_path)
 
         data = task.data
         if (modality == "image") != (data.format == "imagefolder"):
             wanted = "imagefolder" if modality == "image" else "csv or jsonl"
-            raise MergesmithError(f"{label}: {where}.data.format: {data.format} data does not fit the base's {modality} features; use {wanted}")
+            raise MergesmithError(
+                f"{label}: {where}.data.format: {data.format} data does not fit the base's {modality} features; use {wanted}"
+            )
         if data.format == "imagefolder" and (data.text_column or data.label_column):
             key = "text_column" if data.text_column else "label_column"
-            raise MergesmithError(f"{label}: {where}.data.{key}: applies to csv and jsonl data only; remove it (image folders are named by label)")
+            raise MergesmithError(
+                f"{label}: {where}.data.{key}: applies to csv and jsonl data only; remove it (image folders are named by label)"
+            )
         splits = {}
         for split in ("train", "validation", "test"):
             value = getattr(data, split)
             if value is None:
                 continue
-            splits[split] = _wrap(label, None, read_split, data.format, resolve_pool_path(root, value),
-                                  data.text_column or "text", data.label_column or "label", f"{where}.data.{split}")
+            splits[split] = _wrap(
+                label,
+                None,
+                read_split,
+                data.format,
+                resolve_pool_path(root, value),
+                data.text_column or "text",
+                data.label_column or "label",
+                f"{where}.data.{split}",
+            )
         names, indices = _wrap(label, None, resolve_labels, splits, data.labels, where, head.weight.shape[0])
 
         if head.weight.shape[1] != width:
@@ -195,16 +213,25 @@ def check_pool(path: str | Path) -> CheckedPool:
     return CheckedPool(source, base_dir, modality, config, list(base_shapes), tasks)
 
 
-def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print,
-               probes: bool = True) -> Pool:
+def build_pool(
+    checked: CheckedPool,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+    probes: bool = True,
+) -> Pool:
     """Encode each task's validation and test splits and, with ``probes``, train the pretrained model's linear probes
     on the train splits (only the bench's pretrained row reads them: ``mergesmith adapt`` builds its pool without)."""
     from tqdm import tqdm
 
     from mergesmith.bench.encoder import train_probe
 
-    featurizer = _wrap(str(checked.source), "base_model", lambda: make_featurizer(
-        checked.modality, checked.base_dir, checked.config, checked.tensor_names))
+    featurizer = _wrap(
+        str(checked.source),
+        "base_model",
+        lambda: make_featurizer(checked.modality, checked.base_dir, checked.config, checked.tensor_names),
+    )
     base = None
     tasks = []
     for task in tqdm(checked.tasks, desc="pool tasks", unit="task", disable=not progress):
@@ -216,11 +243,18 @@ def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, ec
                 base = featurizer.load(checked.base_dir)
             train = encoded["train"]
             probe = train_probe(featurizer(base, train), train.labels, len(task.label_names), seed)
-        tasks.append(PoolTask(
-            name=task.spec.name, label_names=task.label_names, expert=task.expert, head=task.head, probe=probe,
-            validation=encoded["validation"], test=encoded["test"],
-            sizes={split: len(records) for split, records in task.splits.items()},
-        ))
+        tasks.append(
+            PoolTask(
+                name=task.spec.name,
+                label_names=task.label_names,
+                expert=task.expert,
+                head=task.head,
+                probe=probe,
+                validation=encoded["validation"],
+                test=encoded["test"],
+                sizes={split: len(records) for split, records in task.splits.items()},
+            )
+        )
     missing = [t.name for t in tasks if t.probe is None]
     if missing and probes:
         echo(f"no train split for {', '.join(missing)}: the pretrained row has no score there")
@@ -239,8 +273,9 @@ def build_pool(checked: CheckedPool, *, seed: int = 0, progress: bool = True, ec
     )
 
 
-def load_pool(path: str | Path, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print,
-              probes: bool = True) -> Pool:
+def load_pool(
+    path: str | Path, *, seed: int = 0, progress: bool = True, echo: Callable[[str], None] = print, probes: bool = True
+) -> Pool:
     return build_pool(check_pool(path), seed=seed, progress=progress, echo=echo, probes=probes)
 
 
@@ -278,7 +313,9 @@ def _check_expert(label: str, where: str, expert: Path, base_shapes: dict, model
     from mergesmith.io import open_checkpoint
 
     if not expert.is_dir():
-        raise MergesmithError(f"{label}: {where}: {expert} is not a directory; give the Hugging Face directory of the fine-tuned model")
+        raise MergesmithError(
+            f"{label}: {where}: {expert} is not a directory; give the Hugging Face directory of the fine-tuned model"
+        )
     expert_type = _wrap(label, where, lambda: read_model_config(expert)).get("model_type")
     if expert_type != model_type:
         raise MergesmithError(
@@ -290,7 +327,9 @@ def _check_expert(label: str, where: str, expert: Path, base_shapes: dict, model
     for name, (shape, floating) in base_shapes.items():
         if name not in shapes:
             if floating:
-                raise MergesmithError(f"{label}: {where}: tensor {name!r} of the base is missing from {expert}; experts must share the base's architecture")
+                raise MergesmithError(
+                    f"{label}: {where}: tensor {name!r} of the base is missing from {expert}; experts must share the base's architecture"
+                )
         elif shapes[name][0] != shape:
             raise MergesmithError(
                 f"{label}: {where}: tensor {name!r} is {list(shapes[name][0])} in {expert} but {list(shape)} in the base; "
@@ -298,7 +337,9 @@ def _check_expert(label: str, where: str, expert: Path, base_shapes: dict, model
             )
     extra = next((n for n, (_, floating) in shapes.items() if floating and n not in base_shapes), None)
     if extra is not None:
-        raise MergesmithError(f"{label}: {where}: tensor {extra!r} of {expert} is not in the base; experts must share the base's architecture")
+        raise MergesmithError(
+            f"{label}: {where}: tensor {extra!r} of {expert} is not in the base; experts must share the base's architecture"
+        )
 
 
 def _load_head(label: str, where: str, path: Path) -> nn.Linear:
@@ -313,16 +354,21 @@ def _load_head(label: str, where: str, path: Path) -> nn.Linear:
         infos = head_file.tensors
         rows = infos["weight"].shape[0] if "weight" in infos and len(infos["weight"].shape) == 2 else 0
         if rows > MAX_LABELS:
-            raise MergesmithError(f"{label}: {where}: {path}: 'weight' has {rows} rows, more than the {MAX_LABELS} "
-                                  "labels a task may have")
+            raise MergesmithError(
+                f"{label}: {where}: {path}: 'weight' has {rows} rows, more than the {MAX_LABELS} labels a task may have"
+            )
         tensors = {name: head_file.read(info) for name, info in infos.items() if name in ("weight", "bias")}
     finally:
         head_file.close()
     weight, bias = tensors.get("weight"), tensors.get("bias")
     if weight is None or weight.dim() != 2 or not weight.is_floating_point():
-        raise MergesmithError(f"{label}: {where}: {path} has no 2-D float tensor 'weight' [labels, features]; save the head as {{'weight': W, 'bias': b}}")
+        raise MergesmithError(
+            f"{label}: {where}: {path} has no 2-D float tensor 'weight' [labels, features]; save the head as {{'weight': W, 'bias': b}}"
+        )
     if bias is not None and tuple(bias.shape) != (weight.shape[0],):
-        raise MergesmithError(f"{label}: {where}: {path}: 'bias' is {list(bias.shape)} but 'weight' has {weight.shape[0]} rows; they must match")
+        raise MergesmithError(
+            f"{label}: {where}: {path}: 'bias' is {list(bias.shape)} but 'weight' has {weight.shape[0]} rows; they must match"
+        )
     head = nn.Linear(weight.shape[1], weight.shape[0])
     with torch.no_grad():
         head.weight.copy_(weight.float())

@@ -42,11 +42,15 @@ def read_split(fmt: str, path: Path, text_column: str, label_column: str, where:
     """The records of one split; ``where`` is the YAML path of the split (``tasks[0].data.test``) for messages."""
     if fmt == "imagefolder":
         if not path.is_dir():
-            raise MergesmithError(f"{where}: {path} is not a directory; an imagefolder split is a directory of <label>/<image> files")
+            raise MergesmithError(
+                f"{where}: {path} is not a directory; an imagefolder split is a directory of <label>/<image> files"
+            )
         records = _read_imagefolder(path)
     else:
         if not path.exists():
-            raise MergesmithError(f"{where}: no such file {path}; check the path (relative paths start at the pool file's directory)")
+            raise MergesmithError(
+                f"{where}: no such file {path}; check the path (relative paths start at the pool file's directory)"
+            )
         reader = _read_csv if fmt == "csv" else _read_jsonl
         records = reader(path, text_column, label_column, where)
     if not records:
@@ -71,7 +75,9 @@ def _read_csv(path: Path, text_column: str, label_column: str, where: str) -> li
             for row_number, row in enumerate(reader, start=2):  # row 1 is the header
                 text, label = row.get(text_column), row.get(label_column)
                 if text is None or label is None or label.strip() == "":
-                    raise MergesmithError(f"{where}: {path.name} row {row_number} has no {text_column!r} or no {label_column!r} value; fill it or remove the row")
+                    raise MergesmithError(
+                        f"{where}: {path.name} row {row_number} has no {text_column!r} or no {label_column!r} value; fill it or remove the row"
+                    )
                 records.append(Record(text, label.strip(), f"{path.name} row {row_number}"))
     except UnicodeDecodeError:
         raise MergesmithError(f"{where}: {path} is not UTF-8 text; re-save it as UTF-8") from None
@@ -91,14 +97,23 @@ def _read_jsonl(path: Path, text_column: str, label_column: str, where: str) -> 
         if not line.strip():
             continue
         at = f"{path.name} line {line_number}"
-        item = parse_json(line, f"{where}: {at}", what="line", error=MergesmithError, top=dict,
-                          fix="one JSON object per line")
+        item = parse_json(
+            line, f"{where}: {at}", what="line", error=MergesmithError, top=dict, fix="one JSON object per line"
+        )
         text, label = item.get(text_column), item.get(label_column)
         if not isinstance(text, str):
-            raise MergesmithError(f"{where}: {at} has no text string under {text_column!r}; set data.text_column or fix the line")
+            raise MergesmithError(
+                f"{where}: {at} has no text string under {text_column!r}; set data.text_column or fix the line"
+            )
         # bool is an int subclass: a true/false label is a slip, not class 1/0.
-        if isinstance(label, bool) or not isinstance(label, (str, int)) or (isinstance(label, str) and not label.strip()):
-            raise MergesmithError(f"{where}: {at} has no label (a name or an integer) under {label_column!r}; set data.label_column or fix the line")
+        if (
+            isinstance(label, bool)
+            or not isinstance(label, (str, int))
+            or (isinstance(label, str) and not label.strip())
+        ):
+            raise MergesmithError(
+                f"{where}: {at} has no label (a name or an integer) under {label_column!r}; set data.label_column or fix the line"
+            )
         records.append(Record(text, label.strip() if isinstance(label, str) else label, at))
     return records
 
@@ -150,7 +165,14 @@ def resolve_labels(
             return names, {s: [_index(r.label) for r in records] for s, records in splits.items()}
         # Name the value that is neither a listed name nor an index into the list: the one the user must fix.
         # (A mix of names and indices has no such value: then the first value that is not a name.)
-        stray = next((r for r in values if str(r.label) not in by_name and not (_is_index(r.label) and _index(r.label) < len(names))), stray)
+        stray = next(
+            (
+                r
+                for r in values
+                if str(r.label) not in by_name and not (_is_index(r.label) and _index(r.label) < len(names))
+            ),
+            stray,
+        )
         split = next(s for s, records in splits.items() if stray in records)
         raise MergesmithError(
             f"{where}.data.{split}: label {stray.label!r} ({stray.where}) is not among data.labels {list(names)}; "
@@ -161,8 +183,11 @@ def resolve_labels(
         limit = min(MAX_LABELS, head_rows) if head_rows is not None else MAX_LABELS
         if _index(top.label) >= limit:
             split = next(s for s, records in splits.items() if top in records)
-            whose = f"the head has {head_rows} outputs" if head_rows is not None and head_rows < MAX_LABELS \
+            whose = (
+                f"the head has {head_rows} outputs"
+                if head_rows is not None and head_rows < MAX_LABELS
                 else f"a task has at most {MAX_LABELS} labels"
+            )
             raise MergesmithError(
                 f"{where}.data.{split}: label index {_short_label(top.label)} ({top.where}) is out of range: {whose}; "
                 "fix the data or list the label names under data.labels"
@@ -174,7 +199,9 @@ def resolve_labels(
         by_name = {name: i for i, name in enumerate(names)}
         indices = {s: [by_name[str(r.label)] for r in records] for s, records in splits.items()}
     if len(names) < 2:
-        raise MergesmithError(f"{where}.data: every example is labelled {names[0]!r}; a task needs at least 2 labels (list them under data.labels)")
+        raise MergesmithError(
+            f"{where}.data: every example is labelled {names[0]!r}; a task needs at least 2 labels (list them under data.labels)"
+        )
     return names, indices
 
 

@@ -40,7 +40,9 @@ class DataSpec(_Strict):
         if isinstance(value, list):
             for i, item in enumerate(value):
                 if isinstance(item, bool):
-                    raise ValueError(f"item {i} is the YAML boolean {str(item).lower()}; quote label names such as 'yes' and 'no'")
+                    raise ValueError(
+                        f"item {i} is the YAML boolean {str(item).lower()}; quote label names such as 'yes' and 'no'"
+                    )
         return value
 
     @field_validator("labels")

@@ -103,8 +103,10 @@ def run_protect_bench(
     locked_model = featurizer.load(locked_dir)
     locked_scores = own[target](locked_model)
     original_scores = {target: expert_acc[target]}
-    echo(f"protected {target} ({len(result.layout.blocks)} attention layers, {protect_seconds:.1f} s): own-task accuracy "
-         f"{original_scores[target]:.4f} -> {locked_scores[target]:.4f}")
+    echo(
+        f"protected {target} ({len(result.layout.blocks)} attention layers, {protect_seconds:.1f} s): own-task accuracy "
+        f"{original_scores[target]:.4f} -> {locked_scores[target]:.4f}"
+    )
 
     base_model = featurizer.load(bench_pool.base_dir)
     base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
@@ -123,9 +125,20 @@ def run_protect_bench(
                 val, scores = None, test(base_model)
             else:
                 point, val, scores = _choose_and_score(method, base_state, experts, base_model, validation, test, seed)
-            rows.append({"method": method, "setting": label, "params": point, "validation_average": val,
-                         "accuracy": scores, "average": _average(scores), "normalized": _normalized(scores, expert_acc)})
-            echo(f"{method:16s} {label:14s} test average {rows[-1]['average']:.4f}  normalized {rows[-1]['normalized']:.4f}  ({point})")
+            rows.append(
+                {
+                    "method": method,
+                    "setting": label,
+                    "params": point,
+                    "validation_average": val,
+                    "accuracy": scores,
+                    "average": _average(scores),
+                    "normalized": _normalized(scores, expert_acc),
+                }
+            )
+            echo(
+                f"{method:16s} {label:14s} test average {rows[-1]['average']:.4f}  normalized {rows[-1]['normalized']:.4f}  ({point})"
+            )
     shutil.rmtree(run_dir / "protected", ignore_errors=True)
     results = {
         "kind": "mergelock",
@@ -148,20 +161,37 @@ def run_protect_bench(
 
 
 def _read_reference(path, bench_pool, names, methods, seed) -> dict:
-    results = read_json(path, what="bench results.json", error=MergesmithError,
-                        fix="give the results.json of a bench run")
-    if results.get("seed") != seed or [t["name"] for t in results.get("tasks", [])] != names or (
-            "zoo" in bench_pool.provenance and results.get("zoo") != bench_pool.provenance["zoo"]):
-        raise MergesmithError(f"{path}: a bench run of another pool, zoo or seed; give results.json of the same profile and seed")
+    results = read_json(
+        path, what="bench results.json", error=MergesmithError, fix="give the results.json of a bench run"
+    )
+    if (
+        results.get("seed") != seed
+        or [t["name"] for t in results.get("tasks", [])] != names
+        or ("zoo" in bench_pool.provenance and results.get("zoo") != bench_pool.provenance["zoo"])
+    ):
+        raise MergesmithError(
+            f"{path}: a bench run of another pool, zoo or seed; give results.json of the same profile and seed"
+        )
     rows = {r["method"]: r for r in results["rows"] if r.get("kind") == "merge"}
     missing = [m for m in methods if m not in rows]
     if missing:
         raise MergesmithError(f"{path}: has no row for {', '.join(missing)}; run the bench with those methods first")
     experts = {r["task"]: r["accuracy"][r["task"]] for r in results["rows"] if r.get("kind") == "expert"}
-    return {"expert_accuracy": experts,
-            "rows": {m: {"method": m, "setting": "unprotected", "params": rows[m]["params"], "validation_average": None,
-                         "accuracy": rows[m]["accuracy"], "average": rows[m]["average"],
-                         "normalized": rows[m]["normalized"]} for m in methods}}
+    return {
+        "expert_accuracy": experts,
+        "rows": {
+            m: {
+                "method": m,
+                "setting": "unprotected",
+                "params": rows[m]["params"],
+                "validation_average": None,
+                "accuracy": rows[m]["accuracy"],
+                "average": rows[m]["average"],
+                "normalized": rows[m]["normalized"],
+            }
+            for m in methods
+        },
+    }
 
 
 def main(argv=None) -> None:
@@ -177,21 +207,32 @@ def main(argv=None) -> None:
     parser.add_argument("--cache-dir", type=Path, default=None)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    run_protect_bench(profile=args.profile, methods=args.methods.split(",") if args.methods else None,
-                      protect_task=args.protect_task, reference=args.reference, run_dir=args.out,
-                      cache_dir=args.cache_dir, seed=args.seed, progress=False)
+    run_protect_bench(
+        profile=args.profile,
+        methods=args.methods.split(",") if args.methods else None,
+        protect_task=args.protect_task,
+        reference=args.reference,
+        run_dir=args.out,
+        cache_dir=args.cache_dir,
+        seed=args.seed,
+        progress=False,
+    )
 
 
 def format_protect_table(results: dict) -> str:
     tasks = list(results["expert_accuracy"])
-    header = f"{'method':16s} {'setting':14s} " + " ".join(f"{t[:12]:>12s}" for t in tasks) + f" {'avg':>7s} {'norm':>7s}"
+    header = (
+        f"{'method':16s} {'setting':14s} " + " ".join(f"{t[:12]:>12s}" for t in tasks) + f" {'avg':>7s} {'norm':>7s}"
+    )
     lines = [header, "-" * len(header)]
     for row in results["rows"]:
         cells = " ".join(f"{row['accuracy'][t]:12.4f}" for t in tasks)
         lines.append(f"{row['method']:16s} {row['setting']:14s} {cells} {row['average']:7.4f} {row['normalized']:7.4f}")
     own = results["protected_task"]
-    lines.append(f"protected expert ({own}) alone: own-task accuracy {results['protected_expert_accuracy'][own]:.4f} "
-                 f"(original {results['original_expert_accuracy'][own]:.4f})")
+    lines.append(
+        f"protected expert ({own}) alone: own-task accuracy {results['protected_expert_accuracy'][own]:.4f} "
+        f"(original {results['original_expert_accuracy'][own]:.4f})"
+    )
     return "\n".join(lines)
 
 
@@ -207,7 +248,10 @@ def _plot(results: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(6, 3.2))
     width = 0.38
     for k, setting in enumerate(("unprotected", "one protected")):
-        values = [next(r["normalized"] for r in results["rows"] if r["method"] == m and r["setting"] == setting) for m in methods]
+        values = [
+            next(r["normalized"] for r in results["rows"] if r["method"] == m and r["setting"] == setting)
+            for m in methods
+        ]
         ax.bar([i + (k - 0.5) * width for i in range(len(methods))], values, width, label=setting)
     ax.set_xticks(range(len(methods)), methods)
     ax.set_ylabel("normalized accuracy")

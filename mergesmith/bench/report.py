@@ -46,22 +46,45 @@ OUTPUT_FILES = {"json": "results.json", "csv": "results.csv", "html": "report.ht
 def render_plots(results: Mapping[str, Any]) -> list[tuple[str, str, bytes]]:
     """[(title, caption, PNG bytes)] in page order; a plot without data (no grids, no cosine) is left out."""
     plots = [
-        ("Per-task accuracy", "Bars: the pretrained baseline and every merge on each task's test split. Black line: "
-         "the task's own expert. Dashed grey line: always predicting the majority class.", plot_task_accuracy(results)),
-        ("Normalized accuracy", "Each merge's test accuracy divided by the expert's on the same task, averaged over "
-         "tasks; 100% means the merge keeps all of what the experts learned.", plot_normalized(results)),
-        ("Quality vs. merge cost", "Normalized accuracy against the time the merge took; colour is the peak memory "
-         "of the merge. Up and to the left is better.", plot_cost_quality(results)),
+        (
+            "Per-task accuracy",
+            "Bars: the pretrained baseline and every merge on each task's test split. Black line: "
+            "the task's own expert. Dashed grey line: always predicting the majority class.",
+            plot_task_accuracy(results),
+        ),
+        (
+            "Normalized accuracy",
+            "Each merge's test accuracy divided by the expert's on the same task, averaged over "
+            "tasks; 100% means the merge keeps all of what the experts learned.",
+            plot_normalized(results),
+        ),
+        (
+            "Quality vs. merge cost",
+            "Normalized accuracy against the time the merge took; colour is the peak memory "
+            "of the merge. Up and to the left is better.",
+            plot_cost_quality(results),
+        ),
     ]
     if results["cosine"] is not None:
-        plots.append(("Task-vector similarity", "Cosine similarity between the experts' task vectors (expert minus "
-                      "base, encoder only). Near zero: the tasks pull the weights in unrelated directions. The colour "
-                      "scale covers the off-diagonal values; the diagonal (1 by definition) is grey.",
-                      plot_cosine(results)))
+        plots.append(
+            (
+                "Task-vector similarity",
+                "Cosine similarity between the experts' task vectors (expert minus "
+                "base, encoder only). Near zero: the tasks pull the weights in unrelated directions. The colour "
+                "scale covers the off-diagonal values; the diagonal (1 by definition) is grey.",
+                plot_cosine(results),
+            )
+        )
     grids = plot_grids(results)
     if grids is not None:
-        plots.append(("Validation grids", "Scales and densities are chosen on the validation split, never on test "
-                      "labels; each plot shows the grid a method was tuned on.", grids))
+        plots.append(
+            (
+                "Validation grids",
+                "Scales and densities are chosen on the validation split, never on test "
+                "labels; each plot shows the grid a method was tuned on.",
+                grids,
+            )
+        )
     return plots
 
 
@@ -115,14 +138,21 @@ def _machine_text(machine: Any) -> str:
 
 def _tasks_html(results: Mapping[str, Any]) -> str:
     own = expert_own_accuracy(results)
-    lines = ['<table><thead><tr><th class="text">task</th><th>labels</th><th>train</th><th>validation</th>'
-             "<th>test</th><th>majority class</th><th>expert (own task)</th></tr></thead><tbody>"]
+    lines = [
+        '<table><thead><tr><th class="text">task</th><th>labels</th><th>train</th><th>validation</th>'
+        "<th>test</th><th>majority class</th><th>expert (own task)</th></tr></thead><tbody>"
+    ]
     for task in results["tasks"]:
         sizes = task["sizes"] if isinstance(task["sizes"], Mapping) else {}
-        cells = [task["num_labels"], *(sizes.get(split, "-") for split in ("train", "validation", "test")),
-                 format_percent(task["majority"]), format_percent(own.get(task["name"]))]
-        lines.append(f'<tr><td class="text">{_e(task["name"])}</td>' + "".join(f"<td>{_e(c)}</td>" for c in cells)
-                     + "</tr>")
+        cells = [
+            task["num_labels"],
+            *(sizes.get(split, "-") for split in ("train", "validation", "test")),
+            format_percent(task["majority"]),
+            format_percent(own.get(task["name"])),
+        ]
+        lines.append(
+            f'<tr><td class="text">{_e(task["name"])}</td>' + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"
+        )
     lines.append("</tbody></table>")
     return "\n".join(lines)
 
@@ -131,8 +161,10 @@ def _results_html(results: Mapping[str, Any]) -> str:
     headers, rows = table_model(results)
     last = len(headers) - 1
     # <wbr> after "_": six task names wrap in their headers instead of pushing the table off the page.
-    head = "".join(f'<th class="text">{_e(h)}</th>' if i in (0, last) else f"<th>{_e(h).replace('_', '_<wbr>')}</th>"
-                   for i, h in enumerate(headers))
+    head = "".join(
+        f'<th class="text">{_e(h)}</th>' if i in (0, last) else f"<th>{_e(h).replace('_', '_<wbr>')}</th>"
+        for i, h in enumerate(headers)
+    )
     body, previous_kind = [], None
     for kind, cells in rows:
         if kind != previous_kind:  # one tbody per kind: the CSS draws a rule between groups
@@ -147,36 +179,44 @@ def _results_html(results: Mapping[str, Any]) -> str:
             tds.append(f"<td{attr}>{_e(text)}</td>")
         body.append("<tr>" + "".join(tds) + "</tr>")
     body.append("</tbody>")
-    return (f'<div class="scroll"><table><thead><tr>{head}</tr></thead>\n' + "\n".join(body)
-            + "\n</table></div>")
+    return f'<div class="scroll"><table><thead><tr>{head}</tr></thead>\n' + "\n".join(body) + "\n</table></div>"
 
 
 def render_html(results: Mapping[str, Any], plots: Sequence[tuple[str, str, bytes]]) -> str:
     """The whole page as one string: inline CSS, images as data URIs, no script and no external reference."""
-    meta = [("profile", results["profile"]), ("seed", results["seed"]), ("date", results["date"]),
-            ("machine", _machine_text(results["machine"])), ("base model", results["base_model"]),
-            ("what was trained", results["trained"]),
-            ("experts on their own tasks", f"{format_percent(results['expert_average'])} average test accuracy")]
+    meta = [
+        ("profile", results["profile"]),
+        ("seed", results["seed"]),
+        ("date", results["date"]),
+        ("machine", _machine_text(results["machine"])),
+        ("base model", results["base_model"]),
+        ("what was trained", results["trained"]),
+        ("experts on their own tasks", f"{format_percent(results['expert_average'])} average test accuracy"),
+    ]
     figures = []
     for title, caption, png in plots:
-        figures.append(f"<h2>{_e(title)}</h2>\n<figure>{img_tag(png, title)}<figcaption>{_e(caption)}</figcaption></figure>")
-    return "\n".join([
-        "<!DOCTYPE html>",
-        '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>mergesmith bench · {_e(results['profile'])} · {_e(results['date'])}</title>",
-        f"<style>{_CSS}</style></head><body>",
-        f"<h1>mergesmith bench: profile {_e(results['profile'])}</h1>",
-        '<dl class="meta">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in meta) + "</dl>",
-        "<h2>Tasks</h2>",
-        _tasks_html(results),
-        "<h2>Results</h2>",
-        '<p class="note">Test accuracy per task. Normalized = merged accuracy / the expert\'s accuracy on the same '
-        "task, averaged over tasks. Highlighted: the best merge in each column. &ldquo;-&rdquo;: not measured.</p>",
-        _results_html(results),
-        *figures,
-        "</body></html>",
-        "",
-    ])
+        figures.append(
+            f"<h2>{_e(title)}</h2>\n<figure>{img_tag(png, title)}<figcaption>{_e(caption)}</figcaption></figure>"
+        )
+    return "\n".join(
+        [
+            "<!DOCTYPE html>",
+            '<html lang="en"><head><meta charset="utf-8">',
+            f"<title>mergesmith bench · {_e(results['profile'])} · {_e(results['date'])}</title>",
+            f"<style>{_CSS}</style></head><body>",
+            f"<h1>mergesmith bench: profile {_e(results['profile'])}</h1>",
+            '<dl class="meta">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in meta) + "</dl>",
+            "<h2>Tasks</h2>",
+            _tasks_html(results),
+            "<h2>Results</h2>",
+            '<p class="note">Test accuracy per task. Normalized = merged accuracy / the expert\'s accuracy on the same '
+            "task, averaged over tasks. Highlighted: the best merge in each column. &ldquo;-&rdquo;: not measured.</p>",
+            _results_html(results),
+            *figures,
+            "</body></html>",
+            "",
+        ]
+    )
 
 
 # --------------------------------------------------------------------------------------------------------------------

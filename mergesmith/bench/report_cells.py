@@ -75,14 +75,19 @@ def table_model(results: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, 
     rows = []
     for row in results["rows"]:
         cells: list[tuple[str, bool]] = [(str(row["name"]), False)]
-        scored = [(row["accuracy"][t], t) for t in tasks] + [(row["average"], "average"),
-                                                             (row["normalized"], "normalized")]
+        scored = [(row["accuracy"][t], t) for t in tasks] + [
+            (row["average"], "average"),
+            (row["normalized"], "normalized"),
+        ]
         for value, column in scored:
             # Ties share the mark: two merges with the same accuracy are equally best.
             is_best = row["kind"] in MERGED_KINDS and value is not None and value == best.get(column)
             cells.append((format_percent(value), is_best))
-        cells += [(format_seconds(row["merge_seconds"]), False), (format_megabytes(row["peak_memory_mb"]), False),
-                  (compact_params(row["params"]), False)]
+        cells += [
+            (format_seconds(row["merge_seconds"]), False),
+            (format_megabytes(row["peak_memory_mb"]), False),
+            (compact_params(row["params"]), False),
+        ]
         rows.append((row["kind"], cells))
     return headers, rows
 

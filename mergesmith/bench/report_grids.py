@@ -49,8 +49,14 @@ def _plot_one_grid(ax, row: Mapping[str, Any], color) -> None:
         xs = list(range(len(points)))
         ys = [None if p["validation_average"] is None else 100 * p["validation_average"] for p in points]
         ax.plot(xs, [math.nan if y is None else y for y in ys], marker="o", color=color)
-        ax.set_xticks(xs, [compact_params(p["params"]) for p in points], rotation=40, ha="right",
-                      rotation_mode="anchor", fontsize=7)
+        ax.set_xticks(
+            xs,
+            [compact_params(p["params"]) for p in points],
+            rotation=40,
+            ha="right",
+            rotation_mode="anchor",
+            fontsize=7,
+        )
         ax.set_xlabel("grid point")
     else:
         series_values = sorted({p["params"][series_key] for p in points}) if series_key else [None]
@@ -58,20 +64,32 @@ def _plot_one_grid(ax, row: Mapping[str, Any], color) -> None:
         for s_i, s_value in enumerate(series_values):
             chosen_points = [p for p in points if series_key is None or p["params"][series_key] == s_value]
             chosen_points.sort(key=lambda p: p["params"][x_key])
-            ax.plot([p["params"][x_key] for p in chosen_points],
-                    [math.nan if p["validation_average"] is None else 100 * p["validation_average"]
-                     for p in chosen_points],
-                    marker="osD^v"[s_i % 5], markersize=4, color=color, linestyle=styles[s_i % len(styles)],
-                    alpha=1.0 - 0.5 * s_i / max(len(series_values), 1),
-                    label=None if series_key is None else f"{series_key}={format_scalar(s_value)}")
+            ax.plot(
+                [p["params"][x_key] for p in chosen_points],
+                [math.nan if p["validation_average"] is None else 100 * p["validation_average"] for p in chosen_points],
+                marker="osD^v"[s_i % 5],
+                markersize=4,
+                color=color,
+                linestyle=styles[s_i % len(styles)],
+                alpha=1.0 - 0.5 * s_i / max(len(series_values), 1),
+                label=None if series_key is None else f"{series_key}={format_scalar(s_value)}",
+            )
         ax.set_xlabel(x_key)
         if series_key is not None:
             ax.legend(fontsize=7, loc="best")
     for i, point in enumerate(points):
         if _is_chosen(point["params"], row["params"]) and point["validation_average"] is not None:
             x = i if x_key is None else point["params"][x_key]
-            ax.scatter([x], [100 * point["validation_average"]], marker="*", s=170, color="red", zorder=4,
-                       edgecolors="black", linewidths=0.5)
+            ax.scatter(
+                [x],
+                [100 * point["validation_average"]],
+                marker="*",
+                s=170,
+                color="red",
+                zorder=4,
+                edgecolors="black",
+                linewidths=0.5,
+            )
     ax.set_title(f"{row['name']}\nchosen: {compact_params(row['params'])}", fontsize=9)
     ax.set_ylabel("validation average (%)")
     ax.grid(alpha=0.3)

@@ -13,8 +13,12 @@ def _overlaps(a: Box, b: Box) -> bool:
     return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
 
 
-def place_labels(anchors: Sequence[tuple[float, float]], sizes: Sequence[tuple[float, float]],
-                 radius: tuple[float, float], gap: float) -> list[tuple[float, float, bool]]:
+def place_labels(
+    anchors: Sequence[tuple[float, float]],
+    sizes: Sequence[tuple[float, float]],
+    radius: tuple[float, float],
+    gap: float,
+) -> list[tuple[float, float, bool]]:
     """Lower-left corner of each point's label, and whether it needs a leader line.
 
     Each label tries above, right of, left of and below its point (a marker of half-size ``radius``) and takes the
@@ -33,8 +37,12 @@ def place_labels(anchors: Sequence[tuple[float, float]], sizes: Sequence[tuple[f
 
     for i in order:
         (x, y), (width, height) = anchors[i], sizes[i]
-        candidates = [(x - width / 2, y + ry + gap), (x + rx + gap, y - height / 2),
-                      (x - rx - gap - width, y - height / 2), (x - width / 2, y - ry - gap - height)]
+        candidates = [
+            (x - width / 2, y + ry + gap),
+            (x + rx + gap, y - height / 2),
+            (x - rx - gap - width, y - height / 2),
+            (x - width / 2, y - ry - gap - height),
+        ]
         spot = next(((x0, y0) for x0, y0 in candidates if free((x0, y0, x0 + width, y0 + height))), None)
         leader = spot is None
         if spot is None:
@@ -58,8 +66,10 @@ def label_points(fig, ax, names: Sequence[str], xs: Sequence[float], ys: Sequenc
     to_axes = ax.transData + ax.transAxes.inverted()
     axes_px = ax.get_window_extent(renderer)
     anchors = [tuple(to_axes.transform((x, y))) for x, y in zip(xs, ys)]
-    texts = [ax.text(x, y, name, transform=ax.transAxes, ha="left", va="bottom", fontsize=9)
-             for name, (x, y) in zip(names, anchors)]
+    texts = [
+        ax.text(x, y, name, transform=ax.transAxes, ha="left", va="bottom", fontsize=9)
+        for name, (x, y) in zip(names, anchors)
+    ]
     sizes = []
     for text in texts:
         extent = text.get_window_extent(renderer)

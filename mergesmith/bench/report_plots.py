@@ -43,8 +43,11 @@ def method_colors(results: Mapping[str, Any]) -> dict[str, Any]:
     merges = [row["name"] for row in results["rows"] if row["kind"] in MERGED_KINDS]
     baselines = [row["name"] for row in results["rows"] if row["kind"] == "baseline"]
     # The qualitative palettes without their greys, which belong to the baselines.
-    palette = ([colormaps["tab10"](i) for i in range(10) if i != 7] if len(merges) <= 9
-               else [colormaps["tab20"](i) for i in range(20) if i not in (14, 15)])
+    palette = (
+        [colormaps["tab10"](i) for i in range(10) if i != 7]
+        if len(merges) <= 9
+        else [colormaps["tab20"](i) for i in range(20) if i not in (14, 15)]
+    )
     colors = {name: palette[i % len(palette)] for i, name in enumerate(merges)}
     for i, name in enumerate(baselines):
         colors[name] = (0.55 - 0.12 * (i % 3),) * 3 + (1.0,)
@@ -74,11 +77,24 @@ def plot_task_accuracy(results: Mapping[str, Any]) -> bytes:
     half = group / 2 + 0.04
     for t_i, task in enumerate(tasks):
         if task in own:
-            ax.hlines(100 * own[task], t_i - half, t_i + half, colors="black", linewidth=2.2,
-                      label="expert (own task)" if t_i == min(tasks.index(t) for t in own) else None)
+            ax.hlines(
+                100 * own[task],
+                t_i - half,
+                t_i + half,
+                colors="black",
+                linewidth=2.2,
+                label="expert (own task)" if t_i == min(tasks.index(t) for t in own) else None,
+            )
         if majority[task] is not None:
-            ax.hlines(100 * majority[task], t_i - half, t_i + half, colors="0.35", linewidth=1.4, linestyles=(0, (3, 2)),
-                      label="majority class" if t_i == 0 else None)
+            ax.hlines(
+                100 * majority[task],
+                t_i - half,
+                t_i + half,
+                colors="0.35",
+                linewidth=1.4,
+                linestyles=(0, (3, 2)),
+                label="majority class" if t_i == 0 else None,
+            )
     ax.set_xticks(range(len(tasks)), tasks, rotation=20, ha="right", rotation_mode="anchor")
     ax.set_xlim(-0.6, len(tasks) - 0.4)
     ax.set_ylim(0, 100)
@@ -129,8 +145,9 @@ def plot_cost_quality(results: Mapping[str, Any]) -> bytes:
     mems = [row["peak_memory_mb"] for row in shown]
     known = [m for m in mems if m is not None]
     cmap = colormaps["viridis"]
-    norm = Normalize(vmin=min(known, default=0), vmax=max(known, default=1) if len(set(known)) > 1 else
-                     min(known, default=0) + 1)
+    norm = Normalize(
+        vmin=min(known, default=0), vmax=max(known, default=1) if len(set(known)) > 1 else min(known, default=0) + 1
+    )
     for x, y, mem in zip(xs, ys, mems):
         if mem is None:  # no memory figure: hollow grey marker, explained in the legend
             ax.scatter([x], [y], s=110, facecolors="none", edgecolors="0.4", linewidths=1.5, zorder=3)
@@ -157,8 +174,15 @@ def plot_cost_quality(results: Mapping[str, Any]) -> bytes:
         ax.set_ylim(low - pad, high + 2.5 * pad)  # head room for the labels that get pushed up
     for row in baselines:
         ax.axhline(100 * row["normalized"], color="0.5", linestyle=":", linewidth=1.2)
-        ax.annotate(row["name"], (0.005, 100 * row["normalized"]), xycoords=("axes fraction", "data"),
-                    xytext=(2, 3), textcoords="offset points", fontsize=8, color="0.35")
+        ax.annotate(
+            row["name"],
+            (0.005, 100 * row["normalized"]),
+            xycoords=("axes fraction", "data"),
+            xytext=(2, 3),
+            textcoords="offset points",
+            fontsize=8,
+            color="0.35",
+        )
     label_points(fig, ax, [row["name"] for row in shown], xs, ys, marker_area=110)
     ax.set_xlabel("merge time (s" + (", log scale)" if ax.get_xscale() == "log" else ")"))
     ax.set_ylabel("normalized accuracy (%)")

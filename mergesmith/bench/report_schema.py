@@ -10,11 +10,30 @@ from typing import Any
 from mergesmith.errors import MergesmithError
 
 # Top-level keys of a results dict; "cosine" may be null (a user pool whose task vectors were not compared).
-REQUIRED_KEYS = ("profile", "seed", "date", "machine", "base_model", "trained", "tasks", "rows", "expert_average",
-                 "cosine")
+REQUIRED_KEYS = (
+    "profile",
+    "seed",
+    "date",
+    "machine",
+    "base_model",
+    "trained",
+    "tasks",
+    "rows",
+    "expert_average",
+    "cosine",
+)
 REQUIRED_TASK_KEYS = ("name", "num_labels", "sizes", "majority")
-REQUIRED_ROW_KEYS = ("name", "kind", "accuracy", "average", "normalized", "params", "grid", "merge_seconds",
-                     "peak_memory_mb")
+REQUIRED_ROW_KEYS = (
+    "name",
+    "kind",
+    "accuracy",
+    "average",
+    "normalized",
+    "params",
+    "grid",
+    "merge_seconds",
+    "peak_memory_mb",
+)
 REQUIRED_GRID_KEYS = ("params", "validation_average")
 ROW_KINDS = ("baseline", "expert", "merge", "adapt")
 MERGED_KINDS = ("merge", "adapt")  # rows that are one merged model per method (adapt: data-driven methods)

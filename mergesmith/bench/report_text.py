@@ -30,16 +30,26 @@ def _rich_table(results: Mapping[str, Any], with_params: bool):
     if not with_params:
         headers, rows = headers[:-1], [(kind, cells[:-1]) for kind, cells in rows]
     # Every number ends in the mark or a space, so right-aligned numbers stay aligned on the decimal point.
-    texts = [[text + (BEST_MARK if best else " ") if i in numeric else text for i, (text, best) in enumerate(cells)]
-             for _, cells in rows]
+    texts = [
+        [text + (BEST_MARK if best else " ") if i in numeric else text for i, (text, best) in enumerate(cells)]
+        for _, cells in rows
+    ]
     # Right padding only: two spaces between columns, enough to read and a dozen columns narrower.
-    table = Table(box=box.SIMPLE_HEAD, padding=(0, 1, 0, 0), pad_edge=False,
-                  title=f"mergesmith bench · profile {results['profile']} · seed {results['seed']}")
+    table = Table(
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1, 0, 0),
+        pad_edge=False,
+        title=f"mergesmith bench · profile {results['profile']} · seed {results['seed']}",
+    )
     for i, header in enumerate(headers):
         # Numbers and method names (up to 32 characters) never wrap; the params column folds.
         longest = max(len(line[i]) for line in texts)
-        table.add_column(_terminal_header(header), justify="right" if i in numeric else "left", overflow="fold",
-                         min_width=None if i == len(headers) - 1 and with_params else min(longest, 32))
+        table.add_column(
+            _terminal_header(header),
+            justify="right" if i in numeric else "left",
+            overflow="fold",
+            min_width=None if i == len(headers) - 1 and with_params else min(longest, 32),
+        )
     previous_kind = None
     for (kind, _), line in zip(rows, texts):
         if previous_kind is not None and kind != previous_kind:
@@ -61,8 +71,15 @@ def format_table(results: Mapping[str, Any], width: int | None = None) -> str:
     validate(results)
 
     def console(width: int, file: io.StringIO | None = None) -> Console:
-        return Console(file=file if file is not None else io.StringIO(), width=width, color_system=None, force_terminal=False,
-                       highlight=False, emoji=False, legacy_windows=False)
+        return Console(
+            file=file if file is not None else io.StringIO(),
+            width=width,
+            color_system=None,
+            force_terminal=False,
+            highlight=False,
+            emoji=False,
+            legacy_windows=False,
+        )
 
     def natural_width(table) -> int:
         return console(10_000).measure(table).maximum
@@ -82,8 +99,10 @@ def format_table(results: Mapping[str, Any], width: int | None = None) -> str:
         lines += ["", "params:"]
         lines += [f"  {row['name']}: {compact_params(row['params'])}" for row in results["rows"] if row["params"]]
     lines.append("")
-    lines.append(f"{BEST_MARK} best merge in the column. normalized = merged / expert accuracy per task, averaged. "
-                 f"Experts on their own tasks average {format_percent(results['expert_average'])}.")
+    lines.append(
+        f"{BEST_MARK} best merge in the column. normalized = merged / expert accuracy per task, averaged. "
+        f"Experts on their own tasks average {format_percent(results['expert_average'])}."
+    )
     return "\n".join(lines).strip("\n") + "\n"
 
 
@@ -95,14 +114,33 @@ def results_csv(results: Mapping[str, Any]) -> str:
     tasks = task_names(results)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["name", "kind", *(f"accuracy_{t}" for t in tasks), "average", "normalized", "merge_seconds",
-                     "peak_memory_mb", "params"])
+    writer.writerow(
+        [
+            "name",
+            "kind",
+            *(f"accuracy_{t}" for t in tasks),
+            "average",
+            "normalized",
+            "merge_seconds",
+            "peak_memory_mb",
+            "params",
+        ]
+    )
 
     def raw(value):  # full precision, and an empty cell for null so spreadsheets read it as missing
         return "" if value is None else repr(value)
 
     for row in results["rows"]:
-        writer.writerow([row["name"], row["kind"], *(raw(row["accuracy"][t]) for t in tasks), raw(row["average"]),
-                         raw(row["normalized"]), raw(row["merge_seconds"]), raw(row["peak_memory_mb"]),
-                         json.dumps(row["params"], sort_keys=True, separators=(",", ":"))])
+        writer.writerow(
+            [
+                row["name"],
+                row["kind"],
+                *(raw(row["accuracy"][t]) for t in tasks),
+                raw(row["average"]),
+                raw(row["normalized"]),
+                raw(row["merge_seconds"]),
+                raw(row["peak_memory_mb"]),
+                json.dumps(row["params"], sort_keys=True, separators=(",", ":")),
+            ]
+        )
     return buffer.getvalue()

@@ -44,7 +44,9 @@ def resolve_methods(requested: list[str] | None, profile: str, n_experts: int) -
             continue
         if name not in METHODS:
             known = ", ".join(sorted(METHODS))
-            raise MergesmithError(f"unknown method {name!r} for --methods; known: {known}; adapt methods: {', '.join(sorted(ADAPT_METHODS))}")
+            raise MergesmithError(
+                f"unknown method {name!r} for --methods; known: {known}; adapt methods: {', '.join(sorted(ADAPT_METHODS))}"
+            )
         spec = METHODS[name]
         if spec.max_models is not None and spec.max_models < n_experts:
             raise MergesmithError(
@@ -60,7 +62,9 @@ def _params_with_defaults(method: str, point: dict) -> dict:
     from mergesmith.methods._spec import param_infos, with_equal_weights
 
     filled = with_equal_weights(METHODS[method].params, point)
-    missing = [name for name, info in param_infos(METHODS[method].params).items() if info.required and name not in filled]
+    missing = [
+        name for name, info in param_infos(METHODS[method].params).items() if info.required and name not in filled
+    ]
     if missing:
         raise MergesmithError(f"the bench has no grid for {method}'s required parameter {missing[0]!r}")
     return filled
@@ -78,11 +82,14 @@ def merge_config(method: str, params: dict, pool, tasks: list, seed: int) -> dic
     config: dict = {"merge_method": method, "dtype": "float32", "seed": seed}
     if spec.base != "unused":
         config["base_model"] = str(pool.base_dir)
+
     def own(i: int) -> dict:  # a per-model list (``--methods ties:density=[0.2,0.5]``) gives model i its value
         return {k: v[i] if isinstance(v, (list, tuple)) else v for k, v in per_model.items()}
 
-    config["models"] = [{"model": str(pool.experts[t.name]), **({"parameters": own(i)} if per_model else {})}
-                        for i, t in enumerate(tasks)]
+    config["models"] = [
+        {"model": str(pool.experts[t.name]), **({"parameters": own(i)} if per_model else {})}
+        for i, t in enumerate(tasks)
+    ]
     if global_params:
         config["parameters"] = global_params
     return config
@@ -115,7 +122,9 @@ def run_bench(
     hf_logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if pool is not None and profile is not None:
-        raise MergesmithError("a profile and a pool were both given; pass --profile for a built-in pool or --pool for your own, not both")
+        raise MergesmithError(
+            "a profile and a pool were both given; pass --profile for a built-in pool or --pool for your own, not both"
+        )
     run_dir = Path(run_dir)
     profile_name = profile or "default"  # the built-in pool, when no pool file is given
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
@@ -126,8 +135,12 @@ def run_bench(
     if run_dir.exists() and any(run_dir.iterdir()):
         raise MergesmithError(f"run directory {run_dir} exists and is not empty; choose another with --out")
     if pool is None:
-        method_names = resolve_methods(methods, profile_name, len(PROFILES[profile_name].tasks))  # before any data is built
-        fixed = method_parameters(method_names, method_params or {}, len(PROFILES[profile_name].tasks), progress=progress)
+        method_names = resolve_methods(
+            methods, profile_name, len(PROFILES[profile_name].tasks)
+        )  # before any data is built
+        fixed = method_parameters(
+            method_names, method_params or {}, len(PROFILES[profile_name].tasks), progress=progress
+        )
         task_data = build_tasks(profile_name, cache, seed=seed, progress=progress)
         torch.set_num_threads(os.cpu_count() or 1)
         bench_pool = profile_pool(profile_name, task_data, cache, seed, progress, echo)
@@ -154,7 +167,11 @@ def run_bench(
 
     echo("scoring the pretrained model (linear probes) and every expert on every task")
     probes = {t.name: t.probe for t in tasks}
-    pretrained = Evaluator(tasks, test.splits, probes, featurizer)(base_model) if any(p is not None for p in probes.values()) else None
+    pretrained = (
+        Evaluator(tasks, test.splits, probes, featurizer)(base_model)
+        if any(p is not None for p in probes.values())
+        else None
+    )
     expert_acc: dict[str, float | None] = {}
     expert_rows: list[dict[str, Any]] = []
     for t in tasks:
@@ -163,33 +180,66 @@ def run_bench(
         scores = test(model)
         eval_seconds = time.perf_counter() - started
         expert_acc[t.name] = scores[t.name]
-        expert_rows.append({"name": f"expert: {t.name}", "kind": "expert", "task": t.name, "accuracy": scores, "average": _average(scores),
-                            "params": {}, "grid": [], "merge_seconds": None, "peak_memory_mb": None,
-                            "train_seconds": t.train_seconds, "eval_seconds": eval_seconds})
+        expert_rows.append(
+            {
+                "name": f"expert: {t.name}",
+                "kind": "expert",
+                "task": t.name,
+                "accuracy": scores,
+                "average": _average(scores),
+                "params": {},
+                "grid": [],
+                "merge_seconds": None,
+                "peak_memory_mb": None,
+                "train_seconds": t.train_seconds,
+                "eval_seconds": eval_seconds,
+            }
+        )
     for row in expert_rows:
         row["normalized"] = _normalized(row["accuracy"], expert_acc)
     if pretrained is not None:
         # A user pool's task without a train split has no probe: its cell is empty, and an average over fewer
         # tasks would not compare with the other rows, so the row's average and normalized accuracy are left empty.
         complete = all(v is not None for v in pretrained.values())
-        rows.append({"name": "pretrained (linear probe)", "kind": "baseline", "accuracy": pretrained,
-                     "average": _average(pretrained) if complete else None,
-                     "normalized": _normalized(pretrained, expert_acc) if complete else None, "params": {}, "grid": [],
-                     "merge_seconds": None, "peak_memory_mb": None})
+        rows.append(
+            {
+                "name": "pretrained (linear probe)",
+                "kind": "baseline",
+                "accuracy": pretrained,
+                "average": _average(pretrained) if complete else None,
+                "normalized": _normalized(pretrained, expert_acc) if complete else None,
+                "params": {},
+                "grid": [],
+                "merge_seconds": None,
+                "peak_memory_mb": None,
+            }
+        )
     rows.extend(expert_rows)
 
     (run_dir / "configs").mkdir(parents=True, exist_ok=True)
     experts_in_order = [expert_states[t.name] for t in tasks]
     for method in method_names:
         if is_adapt_method(method):  # data-driven methods run on the pool itself (mergesmith.bench.adapt_rows)
-            rows.append(adapt_row(method, bench_pool, expert_acc, seed=seed, features=featurizer, params=fixed[method],
-                                  out_dir=run_dir / "merged" / method if keep_models else None, echo=echo))
+            rows.append(
+                adapt_row(
+                    method,
+                    bench_pool,
+                    expert_acc,
+                    seed=seed,
+                    features=featurizer,
+                    params=fixed[method],
+                    out_dir=run_dir / "merged" / method if keep_models else None,
+                    echo=echo,
+                )
+            )
             continue
         grid: list[dict[str, Any]] = []
         points = [_params_with_defaults(method, p) for p in grid_with(grid_points(method), fixed[method])]
         for point in points:
             if per_task.has_task_models(method):  # EMR, TALL masks: task t is scored with task t's model
-                score = per_task.validation_average(method, point, base_state, experts_in_order, base_model, validation, seed)
+                score = per_task.validation_average(
+                    method, point, base_state, experts_in_order, base_model, validation, seed
+                )
             else:
                 merged = merge_state_dicts(base_state, experts_in_order, method, seed=seed, **point)
                 base_model.load_state_dict(merged)
@@ -209,9 +259,21 @@ def run_bench(
         eval_seconds = time.perf_counter() - started
         if not keep_models:
             shutil.rmtree(out)
-        rows.append({"name": method, "kind": "merge", "method": method, "accuracy": scores, "average": _average(scores),
-                     "normalized": _normalized(scores, expert_acc), "params": chosen, "grid": grid,
-                     "merge_seconds": merge_seconds, "peak_memory_mb": rss.peak_mb, "eval_seconds": eval_seconds})
+        rows.append(
+            {
+                "name": method,
+                "kind": "merge",
+                "method": method,
+                "accuracy": scores,
+                "average": _average(scores),
+                "normalized": _normalized(scores, expert_acc),
+                "params": chosen,
+                "grid": grid,
+                "merge_seconds": merge_seconds,
+                "peak_memory_mb": rss.peak_mb,
+                "eval_seconds": eval_seconds,
+            }
+        )
         normalized = "-" if rows[-1]["normalized"] is None else f"{rows[-1]['normalized']:.3f}"
         echo(f"{method:18s} test average {_average(scores):.3f}  normalized {normalized}  ({_fmt(chosen)})")
     if not keep_models and (run_dir / "merged").exists():
@@ -225,8 +287,7 @@ def run_bench(
         "base_model": bench_pool.base_model,
         "trained": bench_pool.trained,
         "tasks": [
-            {"name": t.name, "num_labels": t.num_labels, "sizes": t.sizes, "majority": t.majority}
-            for t in tasks
+            {"name": t.name, "num_labels": t.num_labels, "sizes": t.sizes, "majority": t.majority} for t in tasks
         ],
         "rows": rows,
         "expert_average": _average(expert_acc),
@@ -247,7 +308,11 @@ def _fmt(params: dict) -> str:
 def _cosine(base: dict, experts: dict[str, dict], names: list[str]) -> dict:
     vectors = []
     for name in names:
-        vectors.append(torch.cat([(experts[name][k].float() - base[k].float()).flatten() for k in base if base[k].is_floating_point()]))
+        vectors.append(
+            torch.cat(
+                [(experts[name][k].float() - base[k].float()).flatten() for k in base if base[k].is_floating_point()]
+            )
+        )
     stacked = torch.nn.functional.normalize(torch.stack(vectors), dim=1)
     matrix = (stacked @ stacked.T).tolist()
     return {"tasks": names, "matrix": [[round(v, 4) for v in row] for row in matrix]}
@@ -264,5 +329,10 @@ def _machine() -> dict:
                 break
     except OSError:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
-            "torch": torch.__version__, "python": platform.python_version()}
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 1e9, 1),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+    }

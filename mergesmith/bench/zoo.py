@@ -9,6 +9,7 @@ one that did not; a half-written expert is never used.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import os
@@ -17,6 +18,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -78,6 +80,11 @@ def recipe_key(base_dir: Path, tasks: list[TaskData], recipe: FineTuneRecipe, se
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def _advance(bar: Any, examples: int, loss: float) -> None:
+    bar.update(examples)
+    bar.set_postfix(loss=f"{loss:.3f}")
+
+
 def build_zoo(
     base_dir: Path,
     tasks: list[TaskData],
@@ -112,17 +119,34 @@ def build_zoo(
         if base is None:
             base = AutoModel.from_pretrained(base_dir).eval()
         if not probe_path.is_file():
-            _atomic_save_head(train_probe(split_features(base, train, pad_id), train.labels, task.num_labels, seed), probe_path)
+            _atomic_save_head(
+                train_probe(split_features(base, train, pad_id), train.labels, task.num_labels, seed), probe_path
+            )
         echo(f"fine-tuning the {task.name} expert on {len(train)} examples (cached in {directory})")
         started = time.perf_counter()
         torch.manual_seed(seed + index)  # weights the checkpoint lacks (e.g. a pooler) initialise reproducibly
         encoder = AutoModel.from_pretrained(base_dir)
         head = load_head(probe_path)  # linear probe, then fine-tune (LP-FT): a better start for the head
-        bar = tqdm(total=len(train) * recipe.epochs, desc=f"expert {index + 1}/{len(tasks)} {task.name}", unit="ex", disable=not progress)
-        fine_tune(encoder, head, train, pad_id, recipe, seed + index, progress=lambda n, loss: (bar.update(n), bar.set_postfix(loss=f"{loss:.3f}")))  # noqa: B023 (used within this iteration)
+        bar = tqdm(
+            total=len(train) * recipe.epochs,
+            desc=f"expert {index + 1}/{len(tasks)} {task.name}",
+            unit="ex",
+            disable=not progress,
+        )
+        fine_tune(
+            encoder,
+            head,
+            train,
+            pad_id,
+            recipe,
+            seed + index,
+            progress=functools.partial(_advance, bar),
+        )
         bar.close()
         elapsed = time.perf_counter() - started
-        _publish_expert(encoder, head, tokenizer, target, {"task": task.name, "train_seconds": elapsed, "examples": len(train)})
+        _publish_expert(
+            encoder, head, tokenizer, target, {"task": task.name, "train_seconds": elapsed, "examples": len(train)}
+        )
         experts[task.name] = target
         seconds[task.name] = elapsed
     return Zoo(directory, base_dir, experts, recipe, seconds)

@@ -19,5 +19,11 @@ def __getattr__(name: str):
     raise AttributeError(name)
 
 
-__all__ = ["CONTINUAL_METHODS", "ContinualMethod", "continual_add", "continual_add_state_dicts", "start_state_dict",
-           "ContinualResult"]
+__all__ = [
+    "CONTINUAL_METHODS",
+    "ContinualMethod",
+    "continual_add",
+    "continual_add_state_dicts",
+    "start_state_dict",
+    "ContinualResult",
+]

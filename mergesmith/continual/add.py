@@ -77,8 +77,10 @@ def non_matrix_note(plan: StepPlan) -> list[str]:
     """The one note per step on tensors outside the method's matrix rule (biases, norms, embeddings)."""
     if not plan.method.non_matrix or not plan.totals.non_matrix:
         return []
-    return [f"{plan.method.name}: {plan.totals.non_matrix} tensors are not linear weights (biases, norms, "
-            f"embeddings); they are {plan.method.non_matrix}"]
+    return [
+        f"{plan.method.name}: {plan.totals.non_matrix} tensors are not linear weights (biases, norms, "
+        f"embeddings); they are {plan.method.non_matrix}"
+    ]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -124,8 +126,10 @@ def finish_numbers(plan: StepPlan) -> tuple[float, float]:
     t = plan.totals
     if not all(math.isfinite(v) for v in (t.first, t.new, t.unscaled)):
         # NaN would flow into every tensor while next_lambda reads NaN as "no norm" and records lambda 1.0.
-        raise MergesmithError("the models of this continual step hold NaN or Inf values (their task-vector norms are "
-                              "not finite); fix or drop the model that holds them")
+        raise MergesmithError(
+            "the models of this continual step hold NaN or Inf values (their task-vector norms are "
+            "not finite); fix or drop the model that holds them"
+        )
     norm_sum = (math.sqrt(t.first) if plan.first else plan.norm_sum) + math.sqrt(t.new)
     if not plan.method.rescales:
         return 1.0, norm_sum
@@ -150,19 +154,23 @@ def check_related(plan: StepPlan, new_label: str, previous_label: str, base_labe
         if cosine < MIN_COSINE_TO_BASE:
             raise MergesmithError(
                 f"{label} is not a fine-tune of base {base_label}: the cosine of their linear weights is "
-                f"{cosine:.2f}; add experts fine-tuned from the same base (or pass the right --base)")
+                f"{cosine:.2f}; add experts fine-tuned from the same base (or pass the right --base)"
+            )
 
 
-def resolve_params(method: ContinualMethod, given: Mapping[str, Any] | None, recorded: Mapping[str, Any] | None
-                   ) -> BaseModel:
+def resolve_params(
+    method: ContinualMethod, given: Mapping[str, Any] | None, recorded: Mapping[str, Any] | None
+) -> BaseModel:
     """The method's parameters: those recorded by the sequence, which given values may repeat but not change."""
     given = dict(given or {})
     if recorded is not None:
         changed = sorted(k for k, v in given.items() if k in recorded and recorded[k] != v or k not in recorded)
         if changed:
             k = changed[0]
-            raise ConfigError(f"parameter {k}={given[k]!r} differs from the {recorded.get(k)!r} this sequence was "
-                              f"started with; keep the parameters of a sequence, or start a new one from an expert")
+            raise ConfigError(
+                f"parameter {k}={given[k]!r} differs from the {recorded.get(k)!r} this sequence was "
+                f"started with; keep the parameters of a sequence, or start a new one from an expert"
+            )
         given = dict(recorded)
     try:
         return method.params.model_validate(given)
@@ -218,12 +226,20 @@ def continual_add_state_dicts(
         if prev.is_floating_point():
             merged = rescale_tensor(base[name], out[name], lam) if plan.method.rescales else out[name]
             out[name] = merged.to(prev.dtype)
-    return out, _next_state(plan, state, lam, norm_sum, BaseRef(path="<in memory>", fingerprint=""),
-                            MergedExpert(name=previous_name, fingerprint=""), MergedExpert(name=new_name, fingerprint=""))
+    return out, _next_state(
+        plan,
+        state,
+        lam,
+        norm_sum,
+        BaseRef(path="<in memory>", fingerprint=""),
+        MergedExpert(name=previous_name, fingerprint=""),
+        MergedExpert(name=new_name, fingerprint=""),
+    )
 
 
-def start_state_dict(base: Mapping[str, Tensor], expert: Mapping[str, Tensor], method: str, **params: Any
-                     ) -> dict[str, Tensor]:
+def start_state_dict(
+    base: Mapping[str, Tensor], expert: Mapping[str, Tensor], method: str, **params: Any
+) -> dict[str, Tensor]:
     """The model a sequence of ``method`` holds after its first expert (task arithmetic and TIES: theta_0 + lambda
     tau_1; the others: the expert itself)."""
     spec = get_method(method)
@@ -240,8 +256,10 @@ def start_state_dict(base: Mapping[str, Tensor], expert: Mapping[str, Tensor], m
 
 def _plan(method: str, state: ContinualState | None, params: Mapping[str, Any] | None) -> StepPlan:
     if state is not None and method != state.method:
-        raise ConfigError(f"this merge was built with {state.method!r}, not {method!r}; continue it with "
-                          f"--method {state.method}, or start a new sequence from an expert")
+        raise ConfigError(
+            f"this merge was built with {state.method!r}, not {method!r}; continue it with "
+            f"--method {state.method}, or start a new sequence from an expert"
+        )
     spec = get_method(method)
     resolved = resolve_params(spec, params, state.params if state is not None else None)
     if state is None:
@@ -253,31 +271,54 @@ def _is_float(info: Any) -> bool:
     return info.dtype.is_floating_point
 
 
-def _check_names(base: Mapping[str, Any], previous: Mapping[str, Any], new: Mapping[str, Any],
-                 labels: tuple[str, str, str] = ("base", "previous merge", "new expert")) -> None:
+def _check_names(
+    base: Mapping[str, Any],
+    previous: Mapping[str, Any],
+    new: Mapping[str, Any],
+    labels: tuple[str, str, str] = ("base", "previous merge", "new expert"),
+) -> None:
     """The floating tensors of all three must match by name and shape (integer buffers such as position ids may
     be missing from some: the previous merge's are kept)."""
     shapes = [{k: tuple(v.shape) for k, v in sd.items() if _is_float(v)} for sd in (base, previous, new)]
     for label, other in zip(labels[1:], shapes[1:]):
         missing = sorted(set(shapes[0]) - set(other))
         if missing:
-            raise MergesmithError(f"{label} lacks tensor {missing[0]!r} of the base {labels[0]}; every model of a "
-                                  f"continual merge must share the base's architecture")
+            raise MergesmithError(
+                f"{label} lacks tensor {missing[0]!r} of the base {labels[0]}; every model of a "
+                f"continual merge must share the base's architecture"
+            )
         extra = sorted(set(other) - set(shapes[0]))
         if extra:
-            raise MergesmithError(f"{label} has tensor {extra[0]!r}, which the base {labels[0]} lacks; every model "
-                                  f"of a continual merge must share the base's architecture")
+            raise MergesmithError(
+                f"{label} has tensor {extra[0]!r}, which the base {labels[0]} lacks; every model "
+                f"of a continual merge must share the base's architecture"
+            )
         for name, shape in other.items():
             if shape != shapes[0][name]:
-                raise MergesmithError(f"{label}: tensor {name!r} has shape {shape}, the base {labels[0]} has "
-                                      f"{shapes[0][name]}; add experts fine-tuned from the same base")
+                raise MergesmithError(
+                    f"{label}: tensor {name!r} has shape {shape}, the base {labels[0]} has "
+                    f"{shapes[0][name]}; add experts fine-tuned from the same base"
+                )
 
 
-def _next_state(plan: StepPlan, state: ContinualState | None, lam: float, norm_sum: float, base: BaseRef,
-                previous: MergedExpert, new: MergedExpert) -> ContinualState:
+def _next_state(
+    plan: StepPlan,
+    state: ContinualState | None,
+    lam: float,
+    norm_sum: float,
+    base: BaseRef,
+    previous: MergedExpert,
+    new: MergedExpert,
+) -> ContinualState:
     experts = list(state.experts) if state is not None else [previous]
-    return ContinualState(method=plan.method.name, params=params_record(plan.params), base=base,
-                          experts=experts + [new], scale=lam, task_norm_sum=norm_sum)
+    return ContinualState(
+        method=plan.method.name,
+        params=params_record(plan.params),
+        base=base,
+        experts=experts + [new],
+        scale=lam,
+        task_norm_sum=norm_sum,
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -299,8 +340,9 @@ def _resolve_base(state: ContinualState | None, base: str | Path | None, previou
         return str(base)
     if state is not None:
         return state.base.path
-    raise MergesmithError(f"{previous_root} is a single model, not a continual merge; pass --base BASE_MODEL to "
-                          f"start a sequence from it")
+    raise MergesmithError(
+        f"{previous_root} is a single model, not a continual merge; pass --base BASE_MODEL to start a sequence from it"
+    )
 
 
 def continual_add(
@@ -337,18 +379,22 @@ def continual_add(
         if state is not None and state.base.fingerprint != base_print:
             raise MergesmithError(
                 f"{prev_ckpt.root} was merged over a base with fingerprint {state.base.fingerprint[:12]}, but "
-                f"{base_ckpt.root} has {base_print[:12]}; pass the base the sequence started from with --base")
+                f"{base_ckpt.root} has {base_print[:12]}; pass the base the sequence started from with --base"
+            )
         new_state_file = read_state(new_ckpt.root)
         if new_state_file is not None and new_state_file.base.fingerprint != base_print:
             raise MergesmithError(
                 f"{new_ckpt.root} is a continual merge over another base ({new_state_file.base.path}); add "
-                f"experts fine-tuned from {base_ckpt.root}")
+                f"experts fine-tuned from {base_ckpt.root}"
+            )
         _check_not_merged_yet(state, prev_ckpt, new_ckpt)
         names = list(prev_ckpt.tensors)
         entries = [(n, prev_ckpt.tensors[n].dtype, prev_ckpt.tensors[n].shape) for n in names]
-        sources = {"base": checkpoint_source(base_ckpt, str(base_path)),
-                   "previous": checkpoint_source(prev_ckpt, str(previous)),
-                   "new": checkpoint_source(new_ckpt, str(new_expert))}
+        sources = {
+            "base": checkpoint_source(base_ckpt, str(base_path)),
+            "previous": checkpoint_source(prev_ckpt, str(previous)),
+            "new": checkpoint_source(new_ckpt, str(new_expert)),
+        }
         with ModelDirectory(out_dir, sources, force=force) as out:
             writer = out.open_shards(entries, max_shard_size, metadata={"mergesmith": f"continual/{plan.method.name}"})
             lam, norm_sum = _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, out.path, writer, progress)
@@ -357,12 +403,24 @@ def continual_add(
             out.copy_side_files(prev_ckpt.root)
             previous_ref = MergedExpert(name=prev_ckpt.root.name, fingerprint=_fingerprint(prev_ckpt))
             new_ref = MergedExpert(name=name or new_ckpt.root.name, fingerprint=_fingerprint(new_ckpt))
-            next_state = _next_state(plan, state, lam, norm_sum,
-                                     BaseRef(path=str(base_ckpt.root), fingerprint=base_print), previous_ref, new_ref)
-            out.commit(kind=KIND, method=f"continual/{plan.method.name}", paper=plan.method.paper,
-                       base_model=str(base_path), config=params_record(plan.params),
-                       details={"step": next_state.count, "state": state_record(next_state)},
-                       card=_card(next_state))
+            next_state = _next_state(
+                plan,
+                state,
+                lam,
+                norm_sum,
+                BaseRef(path=str(base_ckpt.root), fingerprint=base_print),
+                previous_ref,
+                new_ref,
+            )
+            out.commit(
+                kind=KIND,
+                method=f"continual/{plan.method.name}",
+                paper=plan.method.paper,
+                base_model=str(base_path),
+                config=params_record(plan.params),
+                details={"step": next_state.count, "state": state_record(next_state)},
+                card=_card(next_state),
+            )
         return ContinualResult(Path(out_dir), next_state, len(names), shards, non_matrix_note(plan))
     finally:
         for ckpt in opened:
@@ -372,9 +430,11 @@ def continual_add(
 def _check_checkpoints(base_ckpt, prev_ckpt, new_ckpt) -> None:
     conflict = find_conflict(checkpoint_architectures({str(c.root): c for c in (base_ckpt, prev_ckpt, new_ckpt)}))
     if conflict is not None:
-        raise MergesmithError(f"architectures differ: {conflict.model} is {conflict.declared.describe()}, "
-                              f"{conflict.reference} is {conflict.reference_declared.describe()}; merge experts of "
-                              f"one base")
+        raise MergesmithError(
+            f"architectures differ: {conflict.model} is {conflict.declared.describe()}, "
+            f"{conflict.reference} is {conflict.reference_declared.describe()}; merge experts of "
+            f"one base"
+        )
     labels = (str(base_ckpt.root), str(prev_ckpt.root), str(new_ckpt.root))
     _check_names(base_ckpt.tensors, prev_ckpt.tensors, new_ckpt.tensors, labels)
 
@@ -383,18 +443,26 @@ def _check_not_merged_yet(state: ContinualState | None, prev_ckpt, new_ckpt) -> 
     """Refuse an expert that is already in the merge: the previous model's own directory, or weight files with the
     same content hashes (``_fingerprint``) as an expert the sequence recorded (or as the first expert itself)."""
     if new_ckpt.root.resolve() == prev_ckpt.root.resolve():
-        raise MergesmithError(f"{new_ckpt.root} is the model it would be added to ({prev_ckpt.root}); add a different "
-                              f"expert")
-    recorded = state.experts if state is not None else [MergedExpert(name=str(prev_ckpt.root),
-                                                                     fingerprint=_fingerprint(prev_ckpt))]
+        raise MergesmithError(
+            f"{new_ckpt.root} is the model it would be added to ({prev_ckpt.root}); add a different expert"
+        )
+    recorded = (
+        state.experts
+        if state is not None
+        else [MergedExpert(name=str(prev_ckpt.root), fingerprint=_fingerprint(prev_ckpt))]
+    )
     new_print = _fingerprint(new_ckpt)
     for expert in recorded:
         if expert.fingerprint and expert.fingerprint == new_print:
-            raise MergesmithError(f"{new_ckpt.root} is already in this merge: its weights are those of expert "
-                                  f"{expert.name!r}; add each expert once")
+            raise MergesmithError(
+                f"{new_ckpt.root} is already in this merge: its weights are those of expert "
+                f"{expert.name!r}; add each expert once"
+            )
 
 
-def _stream(plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, staging: Path, writer, progress) -> tuple[float, float]:
+def _stream(
+    plan, names, entries, base_ckpt, prev_ckpt, new_ckpt, staging: Path, writer, progress
+) -> tuple[float, float]:
     """Write the step's tensors through ``writer`` (the output's shards); returns (lambda_t, sum of norms)."""
     from mergesmith.io import open_checkpoint
     from mergesmith.io.writer import ShardedWriter
@@ -448,8 +516,10 @@ def _card(state: ContinualState):
     from mergesmith.io.model_card import CardText, loading_section
 
     experts = "\n".join(f"{i}. `{e.name}`" for i, e in enumerate(state.experts, start=1))
-    section = (f"## Continual sequence\n\n{state.count} experts merged over base `{state.base.path}` with "
-               f"{state.method}, in this order:\n\n{experts}\n\nAdd the next one with "
-               f"`mergesmith continual add THIS_DIRECTORY NEXT_EXPERT OUT_DIR` (method, parameters and base are read "
-               f"from this directory's mergesmith.json).")
+    section = (
+        f"## Continual sequence\n\n{state.count} experts merged over base `{state.base.path}` with "
+        f"{state.method}, in this order:\n\n{experts}\n\nAdd the next one with "
+        f"`mergesmith continual add THIS_DIRECTORY NEXT_EXPERT OUT_DIR` (method, parameters and base are read "
+        f"from this directory's mergesmith.json)."
+    )
     return CardText(title="Continually merged model", tags=("continual",), sections=(section, loading_section()))

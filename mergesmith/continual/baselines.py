@@ -44,8 +44,9 @@ def task_arithmetic_start(base: Tensor, expert: Tensor, params: TaskArithmeticPa
     return base + params.lambda_ * (expert - base)
 
 
-def task_arithmetic_step(base: Tensor, previous: Tensor, new: Tensor, params: TaskArithmeticParams,
-                         ctx: StepContext) -> Tensor:
+def task_arithmetic_step(
+    base: Tensor, previous: Tensor, new: Tensor, params: TaskArithmeticParams, ctx: StepContext
+) -> Tensor:
     """theta_{n+1} = theta_n + lambda (theta' - theta_0)."""
     return previous + params.lambda_ * (new - base)
 
@@ -59,8 +60,9 @@ def ties_step(base: Tensor, previous: Tensor, new: Tensor, params: TiesParams, c
     from mergesmith.methods import ties
 
     previous_tv = (previous - base) / params.lambda_
-    tie_params = ties.Params(weight=(float(ctx.count), 1.0), density=(params.density, params.density),
-                             lambda_=params.lambda_)
+    tie_params = ties.Params(
+        weight=(float(ctx.count), 1.0), density=(params.density, params.density), lambda_=params.lambda_
+    )
     merged = ties.SPEC.merge(base, [base + previous_tv, new], tie_params)
     assert isinstance(merged, Tensor)  # only methods with per-task parts (EMR, TALL masks) return a pair
     return merged

@@ -28,8 +28,7 @@ from torch import Tensor
 from mergesmith.continual._spec import StepContext
 
 NAME = "dop"
-PAPER = ('"Continual Model Merging without Data: Dual Projections for Balancing Stability and Plasticity", '
-         'NeurIPS 2025')
+PAPER = '"Continual Model Merging without Data: Dual Projections for Balancing Stability and Plasticity", NeurIPS 2025'
 
 
 class DopParams(BaseModel):

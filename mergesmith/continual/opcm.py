@@ -27,8 +27,10 @@ from torch import Tensor
 from mergesmith.continual._spec import StepContext
 
 NAME = "opcm"
-PAPER = ('Tang et al. 2025, "Merging Models on the Fly Without Retraining: A Sequential Approach to Scalable '
-         'Continual Model Merging"')
+PAPER = (
+    'Tang et al. 2025, "Merging Models on the Fly Without Retraining: A Sequential Approach to Scalable '
+    'Continual Model Merging"'
+)
 
 
 class OpcmParams(BaseModel):

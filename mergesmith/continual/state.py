@@ -67,8 +67,15 @@ def read_state(model_dir: Path) -> ContinualState | None:
     if not legacy.exists() and not legacy.is_symlink():
         return None
     try:
-        data = read_json(legacy, what="the file", root=model_dir, limit=MAX_STATE_BYTES, error=MergesmithError,
-                         constants=False, fix="restore it from the run that wrote this model")
+        data = read_json(
+            legacy,
+            what="the file",
+            root=model_dir,
+            limit=MAX_STATE_BYTES,
+            error=MergesmithError,
+            constants=False,
+            fix="restore it from the run that wrote this model",
+        )
     except MergesmithError as exc:
         raise _invalid(legacy, str(exc).removeprefix(f"{legacy}: ")) from None
     return _validated(legacy, data)
@@ -87,12 +94,15 @@ def _validated(path: Path, data: Any) -> ContinualState:
         where = ".".join(str(p) for p in first["loc"]) or "top level"
         raise _invalid(path, f"{where}: {first['msg']}") from None
     if state.format != FORMAT:
-        raise MergesmithError(f"{path}: format {state.format!r} is not {FORMAT!r}; re-create the merge with this "
-                              f"version of mergesmith")
+        raise MergesmithError(
+            f"{path}: format {state.format!r} is not {FORMAT!r}; re-create the merge with this version of mergesmith"
+        )
     return state
 
 
 def _invalid(path: Path, reason: str) -> MergesmithError:
     reason = " ".join(reason.split())[:200]
-    return MergesmithError(f"{path}: not a valid continual-merge state ({reason}); restore it from the run that "
-                           f"wrote this model, or start a new sequence from an expert")
+    return MergesmithError(
+        f"{path}: not a valid continual-merge state ({reason}); restore it from the run that "
+        f"wrote this model, or start a new sequence from an expert"
+    )

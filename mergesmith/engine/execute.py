@@ -204,8 +204,15 @@ def streams_rows(plan: MergePlan, job: TensorJob) -> bool:
 JobResult = torch.Tensor | tuple[torch.Tensor, PerTaskParts] | None
 
 
-def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock,
-            sink: queue.SimpleQueue | None = None) -> JobResult:
+def run_job(
+    plan: MergePlan,
+    job: TensorJob,
+    seed: int,
+    report: ExecutionReport,
+    strict: bool,
+    lock: threading.Lock,
+    sink: queue.SimpleQueue | None = None,
+) -> JobResult:
     """Merge one output tensor; returns it in the output dtype (with its per-task parts for methods that keep them),
     or, given a ``sink``, puts its row blocks there (in order) and returns None, so the writer can write a large
     tensor without it ever existing whole. A method's failure is a MethodFailed naming the method and the tensor.
@@ -220,8 +227,15 @@ def run_job(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport,
         return _run_whole(plan, job, seed, report, strict, lock)
 
 
-def _run_blocks(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool,
-                lock: threading.Lock, sink: queue.SimpleQueue | None) -> torch.Tensor | None:
+def _run_blocks(
+    plan: MergePlan,
+    job: TensorJob,
+    seed: int,
+    report: ExecutionReport,
+    strict: bool,
+    lock: threading.Lock,
+    sink: queue.SimpleQueue | None,
+) -> torch.Tensor | None:
     method, streaming = plan.method, plan.method.streaming
     assert streaming is not None
     with_statistics = method.statistics.merge_block if method.statistics is not None and job.statistics else None
@@ -232,8 +246,9 @@ def _run_blocks(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionRep
     out = torch.empty(job.shape, dtype=job.out_dtype) if sink is None else None
     for index, (rows, (base, experts)) in enumerate(zip(row_blocks(job.shape), blocks())):
         if with_statistics is not None:
-            block = with_statistics(base, experts, job.params, ctx, rng, index,
-                                    statistics=inputs.rows(job.statistics, rows))
+            block = with_statistics(
+                base, experts, job.params, ctx, rng, index, statistics=inputs.rows(job.statistics, rows)
+            )
         else:
             block = streaming.merge_block(base, experts, job.params, ctx, rng, index)
         merged = _cast(block, job, report, lock)
@@ -246,8 +261,9 @@ def _run_blocks(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionRep
     return out
 
 
-def _run_whole(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool,
-               lock: threading.Lock) -> torch.Tensor | tuple[torch.Tensor, PerTaskParts]:
+def _run_whole(
+    plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport, strict: bool, lock: threading.Lock
+) -> torch.Tensor | tuple[torch.Tensor, PerTaskParts]:
     method = plan.method
     inputs = _Inputs(plan, job, report, strict, lock)
     base = inputs.read(job.base, None) if job.base is not None else None
@@ -262,8 +278,15 @@ def _run_whole(plan: MergePlan, job: TensorJob, seed: int, report: ExecutionRepo
 _JOB_DONE = object()
 
 
-def _run_into(sink: queue.SimpleQueue | None, plan: MergePlan, job: TensorJob, seed: int, report: ExecutionReport,
-              strict: bool, lock: threading.Lock) -> JobResult:
+def _run_into(
+    sink: queue.SimpleQueue | None,
+    plan: MergePlan,
+    job: TensorJob,
+    seed: int,
+    report: ExecutionReport,
+    strict: bool,
+    lock: threading.Lock,
+) -> JobResult:
     """run_job in a worker; a streaming job always ends its sink with _JOB_DONE, also when it fails."""
     try:
         return run_job(plan, job, seed, report, strict, lock, sink=sink)

@@ -82,4 +82,3 @@ def relative_depth(name: str, counts: dict[str, int]) -> float:
 def natural_key(name: str) -> tuple:
     """Sort key that orders layer 10 after layer 9."""
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
-

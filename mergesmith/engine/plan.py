@@ -148,10 +148,15 @@ def _tied_weight_notes(plan: MergePlan) -> list[str]:
     if config.get("tie_word_embeddings", True) is False:
         return []
     heads = [n for n in ("lm_head.weight", "cls.predictions.decoder.weight") if n not in ckpt.tensors]
-    embeddings = [n for n in ckpt.tensors if n.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))]
+    embeddings = [
+        n for n in ckpt.tensors if n.endswith(("embed_tokens.weight", "wte.weight", "word_embeddings.weight"))
+    ]
     if not embeddings or not config.get("architectures"):
         return []
-    return [f"{h} is tied to {embeddings[0]} (tie_word_embeddings); not stored, the output ties it the same way" for h in heads[:1]]
+    return [
+        f"{h} is tied to {embeddings[0]} (tie_word_embeddings); not stored, the output ties it the same way"
+        for h in heads[:1]
+    ]
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -175,7 +180,9 @@ def _plan_models(plan: MergePlan) -> None:
         if not info.dtype.is_floating_point:
             # Integer buffers (position ids) are not weights, and newer saves often omit them: carried over.
             ref = TensorRef(plan.reference, name)
-            plan.jobs.append(TensorJob(name, tuple(info.shape), info.dtype, info.dtype, None, (), None, 0.0, copy_from=ref))
+            plan.jobs.append(
+                TensorJob(name, tuple(info.shape), info.dtype, info.dtype, None, (), None, 0.0, copy_from=ref)
+            )
             continue
         layer = parse_layer(name)
         t = gradient_t(layer.index, counts[layer.prefix]) if layer else 0.0
@@ -197,7 +204,9 @@ def _plan_slices(plan: MergePlan) -> None:
     ref_names = list(plan.checkpoints[plan.reference].tensors)
     prefix = main_stack(ref_names)
     if prefix is None:
-        raise ConfigError("slices need a model with numbered layers (e.g. model.layers.N.*); none found in the tensor names")
+        raise ConfigError(
+            "slices need a model with numbered layers (e.g. model.layers.N.*); none found in the tensor names"
+        )
     for s, out_slice in enumerate(slices):
         for j, src in enumerate(out_slice.sources):
             count = layer_counts(plan.checkpoints[plan.model_index(src.model)].tensors).get(prefix, 0)
@@ -222,7 +231,9 @@ def _plan_slices(plan: MergePlan) -> None:
             t = gradient_t(offset, span)
             for rest in layer_template:
                 inputs = {
-                    src.model: LayerName(prefix, src.layer_range[0] + offset, rest).with_index(src.layer_range[0] + offset)
+                    src.model: LayerName(prefix, src.layer_range[0] + offset, rest).with_index(
+                        src.layer_range[0] + offset
+                    )
                     for src in out_slice.sources
                 }
                 _add_slice_job(plan, out_slice, LayerName(prefix, out_index, rest).with_index(out_index), inputs, t)
@@ -242,10 +253,14 @@ def _add_slice_job(plan: MergePlan, out_slice: OutputSlice, out_name: str, input
     for model, name in inputs.items():
         ckpt = plan.checkpoints[plan.model_index(model)]
         if name not in ckpt.tensors:
-            raise ConfigError(f"tensor {name!r} is missing from {model!r}; the models in a slice must share an architecture")
+            raise ConfigError(
+                f"tensor {name!r} is missing from {model!r}; the models in a slice must share an architecture"
+            )
     params_by_model = {src.model: src.parameters for src in out_slice.sources}
     plan.jobs.append(
-        _make_job(plan, out_name, base_name, experts, inputs, t, [params_by_model], [out_slice.parameters], config.parameters)
+        _make_job(
+            plan, out_name, base_name, experts, inputs, t, [params_by_model], [out_slice.parameters], config.parameters
+        )
     )
 
 
@@ -262,7 +277,9 @@ def _split_group(method: MethodSpec, group: list[str], base: str | None, where: 
         base_name = base
         experts = [m for m in group if m != base]
     if method.base == "required" and base_name is None:
-        raise ConfigError(f"merge_method {method.name} needs base_model; set it to the model the others were fine-tuned from")
+        raise ConfigError(
+            f"merge_method {method.name} needs base_model; set it to the model the others were fine-tuned from"
+        )
     if len(experts) < method.min_models:
         extra = " besides the base model" if base_name else ""
         raise ConfigError(
@@ -331,8 +348,16 @@ def _make_job(
     out_name_dtype = config.out_dtype or config.dtype
     out_dtype = DTYPE_BY_NAME[out_name_dtype] if out_name_dtype else ref_info.dtype
 
-    params = _resolve_params(plan.method, out_name, experts, t, model_scopes, slice_scopes, global_scope,
-                             tensor_fact_values(plan.method.params, out_name, plan.layer_counts))
+    params = _resolve_params(
+        plan.method,
+        out_name,
+        experts,
+        t,
+        model_scopes,
+        slice_scopes,
+        global_scope,
+        tensor_fact_values(plan.method.params, out_name, plan.layer_counts),
+    )
     return TensorJob(
         out_name=out_name,
         shape=shape,
@@ -361,14 +386,16 @@ def _resolve_params(
     for info in param_infos(method.params).values():
         if info.per_model:
             values[info.name] = [
-                resolve_setting(info.name, [s.get(model) for s in model_scopes] + slice_scopes + [global_scope],
-                                tensor_name, t)
+                resolve_setting(
+                    info.name, [s.get(model) for s in model_scopes] + slice_scopes + [global_scope], tensor_name, t
+                )
                 for model in experts
             ]
         else:
             values[info.name] = resolve_setting(info.name, slice_scopes + [global_scope], tensor_name, t)
-    return method.make_params(len(experts), values, facts=facts, where=f"{method.name} on tensor {tensor_name!r}",
-                              models=experts)
+    return method.make_params(
+        len(experts), values, facts=facts, where=f"{method.name} on tensor {tensor_name!r}", models=experts
+    )
 
 
 def tensor_fact_values(params_cls: type, name: str, counts: dict[str, int]) -> dict[str, Any]:
@@ -402,7 +429,9 @@ def _add_statistics(plan: MergePlan, statistics: Statistics) -> None:
             continue
         if any(i is None for i in infos):
             lacking = files[[i is None for i in infos].index(True)]
-            raise ConfigError(f"{lacking}: has no statistic for {job.out_name!r} but other statistics files do; collect all of them the same way")
+            raise ConfigError(
+                f"{lacking}: has no statistic for {job.out_name!r} but other statistics files do; collect all of them the same way"
+            )
         wanted = statistics.shape(job.shape, job.params)
         for f, info in zip(files, infos):
             if wanted is None or tuple(info.shape) != tuple(wanted):

@@ -61,7 +61,9 @@ class SideWriter:
         self.experts = [plan.model_names[ref.model] for ref in experts]
         self.tasks = task_names(self.experts)
         vectors = [(j.out_name, j.out_dtype, j.shape) for j in merged]
-        masks = [(f"{task}/{j.out_name}", torch.uint8, (packed_length(j.shape),)) for j in merged for task in self.tasks]
+        masks = [
+            (f"{task}/{j.out_name}", torch.uint8, (packed_length(j.shape),)) for j in merged for task in self.tasks
+        ]
         self._vector_dtypes = {j.out_name: j.out_dtype for j in merged}
         self._dirs = {TASK_VECTOR_FILE: self.staging / ".side-vector", TASK_MASKS_FILE: self.staging / ".side-masks"}
         self.vectors = ShardedWriter(self._dirs[TASK_VECTOR_FILE], vectors, _ONE_FILE)
@@ -109,13 +111,21 @@ class SideWriter:
 
     def card_section(self) -> str:
         """The model card's word on how to get a task's model (the weights in the directory are the base's)."""
-        lines = ["## One model per task", "",
-                 f"This directory holds the base model's weights plus per-task parts ({self.kind}): "
-                 "`task_vector.safetensors`, `task_masks.safetensors` (bit-packed) and `tasks.json` (rescalers). "
-                 "Task t's model is base + rescaler_t * (mask_t * task_vector); load it with", "",
-                 "```python", "import mergesmith", "",
-                 f"model = mergesmith.load_merged(path, task={self.tasks[0] if self.tasks else 'TASK'!r})", "```",
-                 "", "Tasks: " + ", ".join(f"`{t}`" for t in self.tasks)]
+        lines = [
+            "## One model per task",
+            "",
+            f"This directory holds the base model's weights plus per-task parts ({self.kind}): "
+            "`task_vector.safetensors`, `task_masks.safetensors` (bit-packed) and `tasks.json` (rescalers). "
+            "Task t's model is base + rescaler_t * (mask_t * task_vector); load it with",
+            "",
+            "```python",
+            "import mergesmith",
+            "",
+            f"model = mergesmith.load_merged(path, task={self.tasks[0] if self.tasks else 'TASK'!r})",
+            "```",
+            "",
+            "Tasks: " + ", ".join(f"`{t}`" for t in self.tasks),
+        ]
         return "\n".join(lines)
 
 
@@ -130,14 +140,21 @@ def open_side_writer(plan: Any, staging: Path, write_model: Callable) -> SideWri
 
 def read_tasks(directory: str | Path) -> dict:
     path = Path(directory) / TASKS_FILE
-    return read_json(path, what="per-task index", root=directory, error=MergesmithError,
-                     fix="merge again to rebuild the per-task parts")
+    return read_json(
+        path,
+        what="per-task index",
+        root=directory,
+        error=MergesmithError,
+        fix="merge again to rebuild the per-task parts",
+    )
 
 
 def check_task(directory: str | Path, info: dict, task: str | None) -> str:
     tasks = info["tasks"]
     if task is None:
-        raise MergesmithError(f"{directory} holds one model per task ({info['kind']}); pass task= one of: {', '.join(tasks)}")
+        raise MergesmithError(
+            f"{directory} holds one model per task ({info['kind']}); pass task= one of: {', '.join(tasks)}"
+        )
     if task not in tasks:
         raise MergesmithError(f"{directory}: no task {task!r}; its tasks are: {', '.join(tasks)}")
     return task
@@ -154,8 +171,11 @@ def task_tensors(directory: str | Path, task: str) -> dict[str, torch.Tensor]:
     check_task(directory, info, task)
     rescaler = float(info["rescalers"][task])
     out: dict[str, torch.Tensor] = {}
-    with open_checkpoint(directory) as model, safe_open(directory / TASK_VECTOR_FILE, "pt") as vectors, \
-            safe_open(directory / TASK_MASKS_FILE, "pt") as masks:
+    with (
+        open_checkpoint(directory) as model,
+        safe_open(directory / TASK_VECTOR_FILE, "pt") as vectors,
+        safe_open(directory / TASK_MASKS_FILE, "pt") as masks,
+    ):
         for name in vectors.keys():
             tau = vectors.get_tensor(name)
             mask = unpack_mask(masks.get_tensor(f"{task}/{name}"), tau.shape)

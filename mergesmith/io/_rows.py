@@ -13,7 +13,9 @@ def resolve_rows(name: str, shape: tuple[int, ...], rows: slice) -> tuple[int, i
     length = shape[0] if shape else 1
     start, stop, step = rows.indices(length)
     if step != 1:
-        raise ValueError(f"tensor '{name}': rows={rows} has step {step}; only contiguous row ranges (step 1) can be read")
+        raise ValueError(
+            f"tensor '{name}': rows={rows} has step {step}; only contiguous row ranges (step 1) can be read"
+        )
     if not shape and (start, stop) != (0, 1):
         raise ValueError(f"tensor '{name}' is 0-d (one row); rows={rows} must select it, e.g. slice(0, 1)")
     return start, max(start, stop)

@@ -24,8 +24,14 @@ from mergesmith.io.paths import check_inputs_unchanged
 _STAGING_TAG = ".mergesmith-tmp-"
 
 
-def check_output(out_dir: str | os.PathLike[str], *, force: bool = False, inputs: list = (),  # type: ignore[assignment]
-                 force_option: str | None = "--force", what: str = "output directory") -> Path:
+def check_output(
+    out_dir: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    inputs: list = (),  # type: ignore[assignment]
+    force_option: str | None = "--force",
+    what: str = "output directory",
+) -> Path:
     """Refuse (one-line MergesmithError) an output path that cannot or must not be written, before any work:
 
     a symbolic link (dangling or not: the final rename would replace the link, not write where it points), an
@@ -40,9 +46,7 @@ def check_output(out_dir: str | os.PathLike[str], *, force: bool = False, inputs
     resolved = out.resolve()
     for source in (Path(p).resolve() for p in inputs):
         if resolved == source or source in resolved.parents or resolved in source.parents:
-            raise MergesmithError(
-                f"{what} {out} overlaps input {source}; choose an output outside every input model"
-            )
+            raise MergesmithError(f"{what} {out} overlaps input {source}; choose an output outside every input model")
     if out.exists() and not out.is_dir():
         raise MergesmithError(f"output path {out} exists and is a file; choose a directory path")
     try:
@@ -56,7 +60,9 @@ def check_output(out_dir: str | os.PathLike[str], *, force: bool = False, inputs
     while not parent.exists() and not parent.is_symlink() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
-        raise MergesmithError(f"cannot create {out.parent}: {parent} is not a directory; choose a writable output location")
+        raise MergesmithError(
+            f"cannot create {out.parent}: {parent} is not a directory; choose a writable output location"
+        )
     if not os.access(parent, os.W_OK | os.X_OK):
         raise MergesmithError(f"cannot write in {parent}: permission denied; choose a writable output location")
     return out
@@ -76,7 +82,9 @@ class StagedOutput:
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise MergesmithError(f"cannot create {out.parent}: {exc.strerror}; choose a writable output location") from None
+            raise MergesmithError(
+                f"cannot create {out.parent}: {exc.strerror}; choose a writable output location"
+            ) from None
         if not os.access(out.parent, os.W_OK):
             raise MergesmithError(f"cannot write in {out.parent}: permission denied; choose a writable output location")
         self._take_lock()
@@ -91,7 +99,9 @@ class StagedOutput:
             try:
                 fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT, 0o644)
             except OSError as exc:
-                raise MergesmithError(f"cannot create lock {self._lock_path}: {exc.strerror}; choose a writable output location") from None
+                raise MergesmithError(
+                    f"cannot create lock {self._lock_path}: {exc.strerror}; choose a writable output location"
+                ) from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:

@@ -104,7 +104,8 @@ class Checkpoint:
                 self._config_cache = {}
             else:
                 config, identity = read_json_with_identity(
-                    path, what="config.json", root=self.root, fix="fix or re-download config.json")
+                    path, what="config.json", root=self.root, fix="fix or re-download config.json"
+                )
                 self._read[path] = identity
                 self._watch.append(watch_input(self.root, path, identity))
                 self._config_cache = config
@@ -183,8 +184,9 @@ def _open_directory(directory: Path) -> Checkpoint:
     )
 
 
-def _build(root: Path, paths: list[Path], opener: type, *, named: bool = False,
-           index: tuple[Path, FileIdentity] | None = None) -> Checkpoint:
+def _build(
+    root: Path, paths: list[Path], opener: type, *, named: bool = False, index: tuple[Path, FileIdentity] | None = None
+) -> Checkpoint:
     """``named``: the single path is the file the user named, trusted where it points; other files must resolve
     inside ``root``."""
     files: list[_WeightFile] = []
@@ -201,7 +203,9 @@ def _build(root: Path, paths: list[Path], opener: type, *, named: bool = False,
 def _open_indexed(directory: Path, index_name: str, opener: type, *, named: bool = False) -> Checkpoint:
     weight_map, identity = _read_weight_map(directory / index_name, named)
     shard_names = sorted(set(weight_map.values()))
-    checkpoint = _build(directory, [directory / name for name in shard_names], opener, index=(directory / index_name, identity))
+    checkpoint = _build(
+        directory, [directory / name for name in shard_names], opener, index=(directory / index_name, identity)
+    )
     for name, shard in weight_map.items():
         info = checkpoint.tensors.get(name)
         if info is None or info.path.name != shard:
@@ -221,8 +225,12 @@ MAX_INDEX_BYTES = 100_000_000
 def _read_weight_map(index_path: Path, named: bool = False) -> tuple[dict[str, str], FileIdentity]:
     """The index's weight_map, with every shard a plain, existing file name inside the index's directory."""
     index, identity = read_json_with_identity(
-        index_path, what="index", root=None if named else index_path.parent, limit=MAX_INDEX_BYTES,
-        fix="re-download or re-save the model")
+        index_path,
+        what="index",
+        root=None if named else index_path.parent,
+        limit=MAX_INDEX_BYTES,
+        fix="re-download or re-save the model",
+    )
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: has no weight_map object; re-download or re-save the model")

@@ -70,7 +70,9 @@ def _snapshot(text: str, repo_id: str, revision: str | None, patterns: list[str]
             f"'{text}': revision '{revision}' does not exist in {repo_id}; use a branch, tag or commit of that repo"
         ) from None
     except errors.HFValidationError as e:
-        raise CheckpointError(f"'{text}' is not a local path nor a valid Hugging Face repo id ({e}); fix the path") from None
+        raise CheckpointError(
+            f"'{text}' is not a local path nor a valid Hugging Face repo id ({e}); fix the path"
+        ) from None
     except (errors.HfHubHTTPError, OSError) as e:
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(

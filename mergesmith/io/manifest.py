@@ -68,8 +68,10 @@ def read_manifest(directory: str | Path) -> Manifest | None:
     if "format" not in data:
         return validate_manifest(path, upgrade_legacy(path, data))
     if data["format"] != FORMAT:
-        raise CheckpointError(f"{path}: format {data['format']!r} is not {FORMAT!r}; a newer mergesmith wrote it, "
-                              f"upgrade mergesmith to read it")
+        raise CheckpointError(
+            f"{path}: format {data['format']!r} is not {FORMAT!r}; a newer mergesmith wrote it, "
+            f"upgrade mergesmith to read it"
+        )
     return validate_manifest(path, data)
 
 
@@ -79,8 +81,9 @@ def validate_manifest(path: Path, data: dict[str, Any]) -> Manifest:
     except ValidationError as exc:
         err = exc.errors()[0]
         where = ".".join(str(p) for p in err["loc"]) or "the document"
-        raise CheckpointError(f"{path}: {where}: {_one_line(err['msg'])}; restore the file or write the output "
-                              f"again") from None
+        raise CheckpointError(
+            f"{path}: {where}: {_one_line(err['msg'])}; restore the file or write the output again"
+        ) from None
 
 
 def _exists(path: Path) -> bool:
@@ -95,8 +98,13 @@ def _exists(path: Path) -> bool:
 
 def _read_json(path: Path) -> dict[str, Any]:
     """The JSON object in ``path``: a regular file of bounded size and nesting (``io.parse``)."""
-    return read_json(path, what="manifest", root=path.parent, limit=MAX_MANIFEST_BYTES,
-                     fix="restore the file or write the output again")
+    return read_json(
+        path,
+        what="manifest",
+        root=path.parent,
+        limit=MAX_MANIFEST_BYTES,
+        fix="restore the file or write the output again",
+    )
 
 
 def _one_line(text: str) -> str:

@@ -28,8 +28,17 @@ def render_card(manifest: Manifest, text: CardText) -> str:
     if manifest.base_model:
         front["base_model"] = [manifest.base_model]
     made_with = f"Made with [mergesmith](https://pypi.org/project/mergesmith/) using **{manifest.method}**"
-    lines = ["---", yaml.safe_dump(front, sort_keys=True).rstrip(), "---", f"# {text.title}", "",
-             made_with + (f" ({manifest.paper})." if manifest.paper else "."), "", "## Input models", ""]
+    lines = [
+        "---",
+        yaml.safe_dump(front, sort_keys=True).rstrip(),
+        "---",
+        f"# {text.title}",
+        "",
+        made_with + (f" ({manifest.paper})." if manifest.paper else "."),
+        "",
+        "## Input models",
+        "",
+    ]
     for label, model in manifest.inputs.items():
         named = f"`{model.path}`" if label == model.path else f"{label}: `{model.path}`"
         base = " (base)" if manifest.base_model and model.path == manifest.base_model and label != "base" else ""

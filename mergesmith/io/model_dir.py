@@ -91,8 +91,12 @@ class ModelDirectory:
 
     # -- writing -------------------------------------------------------------------------------------------------
 
-    def open_shards(self, entries: Sequence[tuple[str, torch.dtype, Sequence[int]]], max_shard_size: int | str,
-                    metadata: dict[str, str] | None = None) -> ShardedWriter:
+    def open_shards(
+        self,
+        entries: Sequence[tuple[str, torch.dtype, Sequence[int]]],
+        max_shard_size: int | str,
+        metadata: dict[str, str] | None = None,
+    ) -> ShardedWriter:
         """The model's sharded safetensors writer (tensors in ``entries`` order; see ``ShardedWriter``)."""
         if self._shards is not None:
             raise ValueError("the model's shards are already open")
@@ -112,8 +116,14 @@ class ModelDirectory:
         """Hashes of files written beside the model while streaming (relative name -> sha256)."""
         self._known.update(hashes)
 
-    def write_config(self, source: Path | None, *, dtype: str | None = None, layer_count: int | None = None,
-                     architectures: list[str] | None = None) -> bool:
+    def write_config(
+        self,
+        source: Path | None,
+        *,
+        dtype: str | None = None,
+        layer_count: int | None = None,
+        architectures: list[str] | None = None,
+    ) -> bool:
         """config.json from ``source`` with the output dtype, depth and (when given) architectures."""
         return write_config(source, self.path, dtype, layer_count, architectures=architectures)
 
@@ -123,9 +133,18 @@ class ModelDirectory:
 
     # -- finishing -----------------------------------------------------------------------------------------------
 
-    def commit(self, *, kind: str, method: str, paper: str = "", seed: int | None = None, base_model: str | None = None,
-               config: Mapping[str, Any] | None = None, details: Mapping[str, Any] | None = None,
-               card: CardText = CardText()) -> Manifest:
+    def commit(
+        self,
+        *,
+        kind: str,
+        method: str,
+        paper: str = "",
+        seed: int | None = None,
+        base_model: str | None = None,
+        config: Mapping[str, Any] | None = None,
+        details: Mapping[str, Any] | None = None,
+        card: CardText = CardText(),
+    ) -> Manifest:
         """Write the model card and the manifest, then rename the directory into place. Returns the manifest."""
         from mergesmith import __version__
 
@@ -133,10 +152,21 @@ class ModelDirectory:
             raise ValueError("finish_shards() before commit(): the last shard is still open")
         assert self._input_hashes is not None
         hashes = self._input_hashes.result()
-        inputs = {label: InputModel(path=source.path, files={_relative(f, source.root): hashes[str(f)] for f in source.files})
-                  for label, source in self.inputs.items()}
-        manifest = Manifest(mergesmith_version=__version__, kind=kind, method=method, paper=paper, seed=seed,
-                            base_model=base_model, config=dict(config or {}), inputs=inputs, details=dict(details or {}))
+        inputs = {
+            label: InputModel(path=source.path, files={_relative(f, source.root): hashes[str(f)] for f in source.files})
+            for label, source in self.inputs.items()
+        }
+        manifest = Manifest(
+            mergesmith_version=__version__,
+            kind=kind,
+            method=method,
+            paper=paper,
+            seed=seed,
+            base_model=base_model,
+            config=dict(config or {}),
+            inputs=inputs,
+            details=dict(details or {}),
+        )
         (self.path / CARD_FILE).write_text(render_card(manifest, card), encoding="utf-8")
         manifest = manifest.model_copy(update={"outputs": self._output_hashes()})
         (self.path / MANIFEST_FILE).write_text(manifest_text(manifest), encoding="utf-8")

@@ -32,18 +32,30 @@ TOKENIZER_FILES = (
 EXTRA_FILES = ("generation_config.json", "preprocessor_config.json")
 # config.json keys that hold the number of transformer blocks (Llama/BERT, GPT-2, T5-style, a few others).
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
-_DTYPE_NAMES = {"torch.float32": "float32", "torch.float16": "float16", "torch.bfloat16": "bfloat16", "torch.float64": "float64"}
+_DTYPE_NAMES = {
+    "torch.float32": "float32",
+    "torch.float16": "float16",
+    "torch.bfloat16": "bfloat16",
+    "torch.float64": "float64",
+}
 
 
-def write_config(source_config: Path | None, out_dir: Path, out_dtype: str | None, layer_count: int | None,
-                 *, architectures: list[str] | None = None) -> bool:
+def write_config(
+    source_config: Path | None,
+    out_dir: Path,
+    out_dtype: str | None,
+    layer_count: int | None,
+    *,
+    architectures: list[str] | None = None,
+) -> bool:
     """Copy config.json with the output dtype (and, after slicing, the new depth; and ``architectures`` when the
     directory holds the weights of another class than the source's). False when there is none."""
     if source_config is None or not os.path.lexists(source_config):
         return False
     source_config = Path(source_config)
-    config: dict[str, Any] = read_json(source_config, what="config.json", root=source_config.parent,
-                                       fix="fix or remove that config.json")
+    config: dict[str, Any] = read_json(
+        source_config, what="config.json", root=source_config.parent, fix="fix or remove that config.json"
+    )
     if out_dtype is not None:
         config["torch_dtype"] = out_dtype
         if "dtype" in config:

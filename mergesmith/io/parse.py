@@ -97,29 +97,45 @@ def _type_name(kind: type | tuple[type, ...]) -> str:
     return " or ".join(names.get(k, k.__name__) for k in kinds)
 
 
-def parse_json(raw: bytes | str, where: str, *, what: str = "JSON", error: type[MergesmithError] = CheckpointError,
-               top: type | tuple[type, ...] | None = dict, constants: bool = True, unique_keys: bool = False,
-               max_containers: int | None = None, fix: str = "fix or re-create the file") -> Any:
+def parse_json(
+    raw: bytes | str,
+    where: str,
+    *,
+    what: str = "JSON",
+    error: type[MergesmithError] = CheckpointError,
+    top: type | tuple[type, ...] | None = dict,
+    constants: bool = True,
+    unique_keys: bool = False,
+    max_containers: int | None = None,
+    fix: str = "fix or re-create the file",
+) -> Any:
     """Parse JSON text with every bound checked; ``error`` with one line ``{where}: ...; {fix}`` on any problem."""
     data = raw.encode("utf-8", "surrogatepass") if isinstance(raw, str) else raw
     depth, containers = json_nesting(data)
     if depth > MAX_DEPTH:
         raise error(f"{where}: {what} nests {depth} levels deep, more than the {MAX_DEPTH} accepted; {fix}")
     if max_containers is not None and containers > max_containers:
-        raise error(f"{where}: {what} holds {containers} objects and lists, more than the {max_containers} "
-                    f"accepted; {fix}")
+        raise error(
+            f"{where}: {what} holds {containers} objects and lists, more than the {max_containers} accepted; {fix}"
+        )
     try:
         text = data.decode("utf-8") if isinstance(raw, bytes) else raw
     except UnicodeDecodeError as e:
         raise error(f"{where}: {what} is not valid UTF-8 (byte {e.start}); {fix}") from None
     try:  # json.loads treats a hook of None as not given
-        value = json.loads(text, parse_int=_parse_int, parse_float=_parse_float,
-                           parse_constant=None if constants else _no_constant,
-                           object_pairs_hook=_unique_pairs if unique_keys else None)
+        value = json.loads(
+            text,
+            parse_int=_parse_int,
+            parse_float=_parse_float,
+            parse_constant=None if constants else _no_constant,
+            object_pairs_hook=_unique_pairs if unique_keys else None,
+        )
     except _Refused as e:
         raise error(f"{where}: {what} {e}; {fix}") from None
     except json.JSONDecodeError as e:
-        raise error(f"{where}: {what} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); {fix}") from None
+        raise error(
+            f"{where}: {what} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}); {fix}"
+        ) from None
     except (ValueError, RecursionError, MemoryError) as e:  # bounded above; a last guard, never a traceback
         raise error(f"{where}: {what} cannot be read ({type(e).__name__}); {fix}") from None
     if top is not None and not isinstance(value, top):
@@ -127,24 +143,49 @@ def parse_json(raw: bytes | str, where: str, *, what: str = "JSON", error: type[
     return value
 
 
-def read_json(path: str | os.PathLike[str], *, what: str = "JSON", root: str | os.PathLike[str] | None = None,
-              limit: int = MAX_JSON_BYTES, error: type[MergesmithError] = CheckpointError,
-              top: type | tuple[type, ...] | None = dict, constants: bool = True, unique_keys: bool = False,
-              fix: str = "fix or re-create the file") -> Any:
+def read_json(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "JSON",
+    root: str | os.PathLike[str] | None = None,
+    limit: int = MAX_JSON_BYTES,
+    error: type[MergesmithError] = CheckpointError,
+    top: type | tuple[type, ...] | None = dict,
+    constants: bool = True,
+    unique_keys: bool = False,
+    fix: str = "fix or re-create the file",
+) -> Any:
     """Read and parse a JSON file (a regular file, inside ``root`` when given, at most ``limit`` bytes)."""
-    return read_json_with_identity(path, what=what, root=root, limit=limit, error=error, top=top,
-                                   constants=constants, unique_keys=unique_keys, fix=fix)[0]
+    return read_json_with_identity(
+        path,
+        what=what,
+        root=root,
+        limit=limit,
+        error=error,
+        top=top,
+        constants=constants,
+        unique_keys=unique_keys,
+        fix=fix,
+    )[0]
 
 
-def read_json_with_identity(path: str | os.PathLike[str], *, what: str = "JSON",
-                            root: str | os.PathLike[str] | None = None, limit: int = MAX_JSON_BYTES,
-                            error: type[MergesmithError] = CheckpointError, top: type | tuple[type, ...] | None = dict,
-                            constants: bool = True, unique_keys: bool = False,
-                            fix: str = "fix or re-create the file") -> tuple[Any, FileIdentity]:
+def read_json_with_identity(
+    path: str | os.PathLike[str],
+    *,
+    what: str = "JSON",
+    root: str | os.PathLike[str] | None = None,
+    limit: int = MAX_JSON_BYTES,
+    error: type[MergesmithError] = CheckpointError,
+    top: type | tuple[type, ...] | None = dict,
+    constants: bool = True,
+    unique_keys: bool = False,
+    fix: str = "fix or re-create the file",
+) -> tuple[Any, FileIdentity]:
     """``read_json`` and the identity of the file that was read (to check later that it did not change)."""
     raw, identity = read_regular(path, limit=limit, what=what, root=root, error=error)
-    value = parse_json(raw, str(path), what=what, error=error, top=top, constants=constants, unique_keys=unique_keys,
-                       fix=fix)
+    value = parse_json(
+        raw, str(path), what=what, error=error, top=top, constants=constants, unique_keys=unique_keys, fix=fix
+    )
     return value, identity
 
 
@@ -186,16 +227,19 @@ def _check_yaml_events(text: str, loader: type, where: str, what: str, error: ty
             value = event.value
             if event.implicit[0] and len(value) > MAX_NUMBER_CHARS and event.tag is None:
                 if _RESOLVER.resolve(yaml.ScalarNode, value, (True, False)) in _NUMBER_TAGS:
-                    raise error(f"{where}: {what} has a number of {len(value)} characters (at most "
-                                f"{MAX_NUMBER_CHARS} are read); {fix}")
+                    raise error(
+                        f"{where}: {what} has a number of {len(value)} characters (at most "
+                        f"{MAX_NUMBER_CHARS} are read); {fix}"
+                    )
             if not stack:
                 nodes += 1
             close(1, 0, event.anchor)
         elif isinstance(event, yaml.AliasEvent):
             size, height = anchors.get(event.anchor, (1, 0))
             if depth + height > MAX_DEPTH:
-                raise error(f"{where}: {what} nests more than {MAX_DEPTH} levels deep (through alias "
-                            f"*{event.anchor}); {fix}")
+                raise error(
+                    f"{where}: {what} nests more than {MAX_DEPTH} levels deep (through alias *{event.anchor}); {fix}"
+                )
             if not stack:
                 nodes += size
             close(size, height, None)
@@ -203,9 +247,16 @@ def _check_yaml_events(text: str, loader: type, where: str, what: str, error: ty
             raise error(f"{where}: {what} holds more than {MAX_NODES} values (aliases expanded); {fix}")
 
 
-def parse_yaml(text: str, where: str, *, loader: type = yaml.SafeLoader, what: str = "YAML",
-               error: type[MergesmithError] = CheckpointError, top: type | tuple[type, ...] | None = dict,
-               fix: str = "fix the file") -> Any:
+def parse_yaml(
+    text: str,
+    where: str,
+    *,
+    loader: type = yaml.SafeLoader,
+    what: str = "YAML",
+    error: type[MergesmithError] = CheckpointError,
+    top: type | tuple[type, ...] | None = dict,
+    fix: str = "fix the file",
+) -> Any:
     """Parse YAML text with a safe ``loader`` and every bound checked; ``error`` with one line on any problem."""
     if not issubclass(loader, yaml.SafeLoader):
         raise TypeError("only yaml.SafeLoader subclasses may parse YAML")
@@ -226,9 +277,16 @@ def parse_yaml(text: str, where: str, *, loader: type = yaml.SafeLoader, what: s
     return value
 
 
-def read_yaml(path: str | os.PathLike[str], *, loader: type = yaml.SafeLoader, what: str = "YAML",
-              limit: int = MAX_YAML_BYTES, error: type[MergesmithError] = CheckpointError,
-              top: type | tuple[type, ...] | None = dict, fix: str = "fix the file") -> Any:
+def read_yaml(
+    path: str | os.PathLike[str],
+    *,
+    loader: type = yaml.SafeLoader,
+    what: str = "YAML",
+    limit: int = MAX_YAML_BYTES,
+    error: type[MergesmithError] = CheckpointError,
+    top: type | tuple[type, ...] | None = dict,
+    fix: str = "fix the file",
+) -> Any:
     """Read and parse a YAML file (a regular UTF-8 file of at most ``limit`` bytes)."""
     raw, _ = read_regular(path, limit=limit, what=what, error=error)
     try:

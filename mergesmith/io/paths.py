@@ -54,7 +54,9 @@ def _allowed_roots(root: Path) -> list[Path]:
     return allowed
 
 
-def check_inside(root: str | os.PathLike[str], path: str | os.PathLike[str], *, error: type[MergesmithError] = CheckpointError) -> Path:
+def check_inside(
+    root: str | os.PathLike[str], path: str | os.PathLike[str], *, error: type[MergesmithError] = CheckpointError
+) -> Path:
     """``path`` resolved; it must stay inside the model directory ``root`` (symlinks included), or, when ``root`` is
     a Hugging Face cache snapshot, inside that repository's ``blobs/``."""
     path = Path(path)
@@ -68,8 +70,12 @@ def check_inside(root: str | os.PathLike[str], path: str | os.PathLike[str], *, 
     )
 
 
-def open_regular(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
-                 error: type[MergesmithError] = CheckpointError) -> tuple[int, FileIdentity]:
+def open_regular(
+    path: str | os.PathLike[str],
+    *,
+    root: str | os.PathLike[str] | None = None,
+    error: type[MergesmithError] = CheckpointError,
+) -> tuple[int, FileIdentity]:
     """A read-only descriptor of the regular file ``path`` and its identity; ``error`` (one line naming the file)
     if it is missing, unreadable, not a regular file, or (with ``root``) resolves outside the model directory."""
     path = Path(path)
@@ -95,8 +101,14 @@ def open_regular(path: str | os.PathLike[str], *, root: str | os.PathLike[str] |
         raise
 
 
-def read_regular(path: str | os.PathLike[str], *, limit: int, what: str, root: str | os.PathLike[str] | None = None,
-                 error: type[MergesmithError] = CheckpointError) -> tuple[bytes, FileIdentity]:
+def read_regular(
+    path: str | os.PathLike[str],
+    *,
+    limit: int,
+    what: str,
+    root: str | os.PathLike[str] | None = None,
+    error: type[MergesmithError] = CheckpointError,
+) -> tuple[bytes, FileIdentity]:
     """The bytes of a regular file of at most ``limit`` bytes (checked before reading), and its identity."""
     fd, identity = open_regular(path, root=root, error=error)
     try:
@@ -126,13 +138,21 @@ def identity_at(path: str | os.PathLike[str]) -> FileIdentity | None:
         return None
 
 
-def check_unchanged(path: str | os.PathLike[str], identity: FileIdentity, *, error: type[MergesmithError] = CheckpointError) -> None:
+def check_unchanged(
+    path: str | os.PathLike[str], identity: FileIdentity, *, error: type[MergesmithError] = CheckpointError
+) -> None:
     """Refuse if the file at ``path`` is no longer the one that was opened (rewritten, replaced or removed)."""
     now = identity_at(path)
     if now != identity:
-        what = "was removed" if now is None else (
-            "was replaced by another file" if (now.device, now.inode) != (identity.device, identity.inode)
-            else "was modified")
+        what = (
+            "was removed"
+            if now is None
+            else (
+                "was replaced by another file"
+                if (now.device, now.inode) != (identity.device, identity.inode)
+                else "was modified"
+            )
+        )
         raise error(
             f"{path}: {what} while mergesmith was reading it, so the output would mix two versions; nothing was "
             f"written, rerun once the file no longer changes"

@@ -80,14 +80,24 @@ def read_header_from(fd: int, file_size: int, path: Path) -> tuple[dict[str, Ten
             )
         raw = _pread_exactly(fd, header_len, 8)
     except OSError as e:
-        raise CheckpointError(f"{where}: cannot read the file ({e.strerror or e}); check the path and permissions") from e
+        raise CheckpointError(
+            f"{where}: cannot read the file ({e.strerror or e}); check the path and permissions"
+        ) from e
     if len(raw) != header_len:  # the file shrank under us
         raise CheckpointError(f"{where}: header is shorter than its length prefix; {_FIX_CORRUPT}")
 
     # Bounded parse: nesting, numbers and container count are checked before json builds anything; duplicate
     # names and NaN/Infinity (which the reference reader refuses) are refused.
-    header = parse_json(raw, where, what="header", top=dict, constants=False, unique_keys=True,
-                        max_containers=MAX_HEADER_CONTAINERS, fix=_FIX_CORRUPT)
+    header = parse_json(
+        raw,
+        where,
+        what="header",
+        top=dict,
+        constants=False,
+        unique_keys=True,
+        max_containers=MAX_HEADER_CONTAINERS,
+        fix=_FIX_CORRUPT,
+    )
 
     data_start = 8 + header_len
     data_len = file_size - data_start

@@ -66,8 +66,10 @@ def check_tensor_name(where: str, name: object) -> str:
     """``name`` if it can name a tensor, else a CheckpointError naming the file."""
     problem = name_problem(name)
     if problem is not None:
-        raise CheckpointError(f"{where}: tensor name {_shown(name)} {problem}; the file is corrupt or hostile, "
-                              f"re-save the checkpoint with plain tensor names")
+        raise CheckpointError(
+            f"{where}: tensor name {_shown(name)} {problem}; the file is corrupt or hostile, "
+            f"re-save the checkpoint with plain tensor names"
+        )
     return name  # type: ignore[return-value]
 
 
@@ -83,6 +85,8 @@ def shape_problem(shape: tuple[int, ...]) -> str | None:
 def check_shape(where: str, name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
     problem = shape_problem(shape)
     if problem is not None:
-        raise CheckpointError(f"{where}: tensor '{name}' with shape {list(shape)[:MAX_RANK + 1]} {problem}; the file is "
-                              f"corrupt or hostile, re-download or re-save it")
+        raise CheckpointError(
+            f"{where}: tensor '{name}' with shape {list(shape)[: MAX_RANK + 1]} {problem}; the file is "
+            f"corrupt or hostile, re-download or re-save it"
+        )
     return shape

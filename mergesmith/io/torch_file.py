@@ -44,7 +44,9 @@ def _load(path: Path) -> Any:
             f"{path}: refusing to load this pickle, {what}, which could run arbitrary code; {_CONVERT}"
         ) from None
     except OSError as e:
-        raise CheckpointError(f"{path}: cannot read the file ({e.strerror or e}); check the path and permissions") from e
+        raise CheckpointError(
+            f"{path}: cannot read the file ({e.strerror or e}); check the path and permissions"
+        ) from e
     except Exception as e:  # torch reports corrupt archives as RuntimeError, KeyError, EOFError, ...
         first_line = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         raise CheckpointError(

@@ -93,7 +93,11 @@ def shard_header(shard: ShardPlan, metadata: dict[str, str]) -> bytes:
     offset = 0
     for name, dtype, shape in shard.entries:
         size = math.prod(shape) * dtype.itemsize
-        header[name] = {"dtype": safetensors_dtype_name(dtype), "shape": list(shape), "data_offsets": [offset, offset + size]}
+        header[name] = {
+            "dtype": safetensors_dtype_name(dtype),
+            "shape": list(shape),
+            "data_offsets": [offset, offset + size],
+        }
         offset += size
     # ensure_ascii=False: names are written as UTF-8, as the reference serializer does.
     text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode("utf-8")

@@ -21,8 +21,10 @@ def module_specs(module: object) -> tuple[MethodSpec, ...]:
     spec = getattr(module, "SPEC", None)
     specs = tuple(getattr(module, "SPECS", ())) + ((spec,) if spec is not None else ())
     if not specs or not all(isinstance(spec, MethodSpec) for spec in specs):
-        raise TypeError(f"{getattr(module, '__name__', module)} is a public method module but exposes no SPEC or SPECS "
-                        "of MethodSpec; give it one, or name it with a leading underscore")
+        raise TypeError(
+            f"{getattr(module, '__name__', module)} is a public method module but exposes no SPEC or SPECS "
+            "of MethodSpec; give it one, or name it with a leading underscore"
+        )
     return specs
 
 

@@ -27,8 +27,8 @@ class Adam:
         self.t += 1
         self.m.lerp_(grad, 1 - self.beta1)  # m = beta1 m + (1 - beta1) g
         self.v.mul_(self.beta2).addcmul_(grad, grad, value=1 - self.beta2)  # v = beta2 v + (1 - beta2) g^2
-        step_size = self.lr / (1 - self.beta1 ** self.t)  # bias correction of m
-        denom = (self.v.sqrt() / (1 - self.beta2 ** self.t) ** 0.5).add_(self.eps)  # of v
+        step_size = self.lr / (1 - self.beta1**self.t)  # bias correction of m
+        denom = (self.v.sqrt() / (1 - self.beta2**self.t) ** 0.5).add_(self.eps)  # of v
         self.param.addcdiv_(self.m, denom, value=-step_size)
 
 

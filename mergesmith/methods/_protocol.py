@@ -38,8 +38,9 @@ class Rng(Protocol):
 
 
 class Merge(Protocol):
-    def __call__(self, base: Tensor | None, experts: Sequence[Tensor], params: Any, rng: Rng | None = None,
-                 /) -> MergeOutput: ...
+    def __call__(
+        self, base: Tensor | None, experts: Sequence[Tensor], params: Any, rng: Rng | None = None, /
+    ) -> MergeOutput: ...
 
 
 class Context(Protocol):
@@ -47,18 +48,37 @@ class Context(Protocol):
 
 
 class MergeBlock(Protocol):
-    def __call__(self, base: Tensor | None, experts: Sequence[Tensor], params: Any, ctx: Any, rng: Rng | None,
-                 block: int, /) -> Tensor: ...
+    def __call__(
+        self, base: Tensor | None, experts: Sequence[Tensor], params: Any, ctx: Any, rng: Rng | None, block: int, /
+    ) -> Tensor: ...
 
 
 class MergeWithStatistics(Protocol):
-    def __call__(self, base: Tensor | None, experts: Sequence[Tensor], params: Any, rng: Rng | None = None, /, *,
-                 statistics: Sequence[Tensor]) -> Tensor: ...
+    def __call__(
+        self,
+        base: Tensor | None,
+        experts: Sequence[Tensor],
+        params: Any,
+        rng: Rng | None = None,
+        /,
+        *,
+        statistics: Sequence[Tensor],
+    ) -> Tensor: ...
 
 
 class MergeBlockWithStatistics(Protocol):
-    def __call__(self, base: Tensor | None, experts: Sequence[Tensor], params: Any, ctx: Any, rng: Rng | None,
-                 block: int, /, *, statistics: Sequence[Tensor]) -> Tensor: ...
+    def __call__(
+        self,
+        base: Tensor | None,
+        experts: Sequence[Tensor],
+        params: Any,
+        ctx: Any,
+        rng: Rng | None,
+        block: int,
+        /,
+        *,
+        statistics: Sequence[Tensor],
+    ) -> Tensor: ...
 
 
 StatisticsShape = Callable[[tuple[int, ...], Any], tuple[int, ...] | None]

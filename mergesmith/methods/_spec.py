@@ -85,8 +85,9 @@ def above(low: float) -> Interval:
     return Interval(low, open_low=True)
 
 
-def per_model(default: Any = MISSING, *, doc: str = "", within: Interval | None = None,
-              choices: tuple[Any, ...] | None = None) -> Any:
+def per_model(
+    default: Any = MISSING, *, doc: str = "", within: Interval | None = None, choices: tuple[Any, ...] | None = None
+) -> Any:
     """A per-model parameter: the dataclass holds a tuple with one value per expert.
 
     ``default`` is the value for one model when the config gives none (MISSING makes the parameter required).
@@ -95,8 +96,14 @@ def per_model(default: Any = MISSING, *, doc: str = "", within: Interval | None 
     return field(default=(), metadata=meta)
 
 
-def param(default: Any = MISSING, *, doc: str = "", alias: str | None = None, within: Interval | None = None,
-          choices: tuple[Any, ...] | None = None) -> Any:
+def param(
+    default: Any = MISSING,
+    *,
+    doc: str = "",
+    alias: str | None = None,
+    within: Interval | None = None,
+    choices: tuple[Any, ...] | None = None,
+) -> Any:
     """A global parameter. ``alias`` is its YAML name when that is not a Python identifier (``lambda``)."""
     meta = {"per_model": False, "doc": doc, "alias": alias, "within": within, "choices": choices}
     if default is MISSING:
@@ -227,8 +234,19 @@ def _declared(params_cls: type) -> tuple[ParamInfo, ...]:
         else:
             default = f.default
         kind, optional = _value_type(hints[f.name])
-        infos.append(ParamInfo(meta.get("alias") or f.name, f.name, bool(meta.get("per_model")), default, kind,
-                               optional, meta.get("doc", ""), meta.get("within"), meta.get("choices")))
+        infos.append(
+            ParamInfo(
+                meta.get("alias") or f.name,
+                f.name,
+                bool(meta.get("per_model")),
+                default,
+                kind,
+                optional,
+                meta.get("doc", ""),
+                meta.get("within"),
+                meta.get("choices"),
+            )
+        )
     return tuple(infos)
 
 
@@ -292,13 +310,16 @@ def _value(info: ParamInfo, given: Any, where: str) -> Any:
     return info.coerce(given, where)
 
 
-def _per_model_values(info: ParamInfo, given: Any, n_models: int, where: str,
-                      models: Sequence[str] | None) -> tuple[Any, ...]:
+def _per_model_values(
+    info: ParamInfo, given: Any, n_models: int, where: str, models: Sequence[str] | None
+) -> tuple[Any, ...]:
     if not isinstance(given, (list, tuple)):
         return (_value(info, given, where),) * n_models  # one value (or the default) for every model
     if len(given) != n_models:
-        raise ConfigError(f"{where}: {info.name} has {len(given)} values for {n_models} models; give one per model, "
-                          "or one value for all")
+        raise ConfigError(
+            f"{where}: {info.name} has {len(given)} values for {n_models} models; give one per model, "
+            "or one value for all"
+        )
     labels = list(models) if models is not None else [f"model {i}" for i in range(n_models)]
     return tuple(_value(info, value, f"{where}: {label}") for value, label in zip(given, labels))
 
@@ -319,8 +340,10 @@ def check_model_count(method: str, params: object, n_experts: int) -> None:
     for info in _declared(params_cls):
         if info.per_model and len(getattr(params, info.field_name)) != n_experts:
             count = len(getattr(params, info.field_name))
-            raise ValueError(f"{method}: parameter {info.name!r} has {count} values for {n_experts} experts; build "
-                             "the parameters with SPEC.make_params")
+            raise ValueError(
+                f"{method}: parameter {info.name!r} has {count} values for {n_experts} experts; build "
+                "the parameters with SPEC.make_params"
+            )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -359,13 +382,27 @@ class MethodSpec:
         if self.statistics is not None and self.statistics.merge is None and self.streaming is None:
             raise TypeError(f"{self.name}: row-aligned statistics are streamed: give streaming too")
 
-    def make_params(self, n_models: int, values: Mapping[str, Any], *, facts: Mapping[str, Any] | None = None,
-                    where: str | None = None, models: Sequence[str] | None = None) -> Any:
+    def make_params(
+        self,
+        n_models: int,
+        values: Mapping[str, Any],
+        *,
+        facts: Mapping[str, Any] | None = None,
+        where: str | None = None,
+        models: Sequence[str] | None = None,
+    ) -> Any:
         """This method's Params from YAML-named values, every rule checked (``make_params``)."""
         return make_params(self.params, self.name, n_models, values, facts=facts, where=where, models=models)
 
-    def merge(self, base: Tensor | None, experts: Sequence[Tensor], params: Any, rng: Rng | None = None, *,
-              statistics: Sequence[Tensor] | None = None) -> MergeOutput:
+    def merge(
+        self,
+        base: Tensor | None,
+        experts: Sequence[Tensor],
+        params: Any,
+        rng: Rng | None = None,
+        *,
+        statistics: Sequence[Tensor] | None = None,
+    ) -> MergeOutput:
         """Merge one whole tensor; ``statistics`` (one per expert) for methods that read them."""
         check_model_count(self.name, params, len(experts))
         if statistics is not None:
@@ -378,11 +415,13 @@ class MethodSpec:
         def merge_one(b: Tensor | None, e: list[Tensor], s: list[Tensor], ctx: Any, block: int) -> Tensor:
             return streaming.merge_block(b, e, params, ctx, rng, block)
 
-        return merge_in_blocks(self.name, base, experts, (), lambda blocks: streaming.context(blocks, params, rng),
-                               merge_one)
+        return merge_in_blocks(
+            self.name, base, experts, (), lambda blocks: streaming.context(blocks, params, rng), merge_one
+        )
 
-    def _merge_with_statistics(self, base: Tensor | None, experts: Sequence[Tensor], params: Any, rng: Rng | None,
-                               statistics: Sequence[Tensor]) -> Tensor:
+    def _merge_with_statistics(
+        self, base: Tensor | None, experts: Sequence[Tensor], params: Any, rng: Rng | None, statistics: Sequence[Tensor]
+    ) -> Tensor:
         if self.statistics is None:
             raise ValueError(f"{self.name} reads no statistics")
         if len(statistics) != len(experts):
@@ -395,5 +434,6 @@ class MethodSpec:
         def merge_one(b: Tensor | None, e: list[Tensor], s: list[Tensor], ctx: Any, block: int) -> Tensor:
             return merge_block(b, e, params, ctx, rng, block, statistics=s)
 
-        return merge_in_blocks(self.name, base, experts, statistics,
-                               lambda blocks: streaming.context(blocks, params, rng), merge_one)
+        return merge_in_blocks(
+            self.name, base, experts, statistics, lambda blocks: streaming.context(blocks, params, rng), merge_one
+        )

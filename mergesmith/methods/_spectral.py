@@ -141,4 +141,3 @@ def low_rank(matrix: Tensor, k: int) -> Tensor:
     u, s, vh = svd(matrix)
     k = min(k, s.numel())
     return (u[:, :k] * s[:k]) @ vh[:k]
-

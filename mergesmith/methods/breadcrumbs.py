@@ -39,8 +39,9 @@ from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._protocol import Blocks, Rng
 from mergesmith.methods._spec import between, param, per_model
 
-PAPER = ("Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks, "
-         "arXiv:2312.06795")
+PAPER = (
+    "Davari & Belilovsky 2024, Model Breadcrumbs: Scaling Multi-Task Model Merging with Sparse Masks, arXiv:2312.06795"
+)
 
 
 @dataclass(frozen=True)
@@ -49,8 +50,9 @@ class LinearParams:
 
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
     density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True), doc="fraction of entries kept")
-    gamma: tuple[float, ...] = per_model(0.01, within=between(0, 1, open_high=True),
-                                         doc="fraction of largest-magnitude entries removed")
+    gamma: tuple[float, ...] = per_model(
+        0.01, within=between(0, 1, open_high=True), doc="fraction of largest-magnitude entries removed"
+    )
     normalize: bool = param(False, doc="divide the weighted sum by the sum of the weights")
     rescale: bool = param(False, doc="L1-rescale the masked task vector to the norm of the original one")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
@@ -63,8 +65,9 @@ class TiesParams:
 
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
     density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True), doc="fraction of entries kept")
-    gamma: tuple[float, ...] = per_model(0.01, within=between(0, 1, open_high=True),
-                                         doc="fraction of largest-magnitude entries removed")
+    gamma: tuple[float, ...] = per_model(
+        0.01, within=between(0, 1, open_high=True), doc="fraction of largest-magnitude entries removed"
+    )
     normalize: bool = param(False, doc="divide by the weight of the agreeing experts (disjoint mean)")
     rescale: bool = param(False, doc="L1-rescale the masked task vector to the norm of the original one")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
@@ -76,23 +79,40 @@ def _context(method: str, blocks: Blocks, params: LinearParams | TiesParams, rng
     return tv.outlier_bands(blocks, params.density, params.gamma, params.rescale)
 
 
-def _merge_block(method: str, consensus: tv.Consensus | None, base: Tensor | None, experts: Sequence[Tensor],
-                 params: LinearParams | TiesParams, ctx: list[tv.Band | None], rng: Rng | None, block: int) -> Tensor:
+def _merge_block(
+    method: str,
+    consensus: tv.Consensus | None,
+    base: Tensor | None,
+    experts: Sequence[Tensor],
+    params: LinearParams | TiesParams,
+    ctx: list[tv.Band | None],
+    rng: Rng | None,
+    block: int,
+) -> Tensor:
     base = tv.require_base(method, base)
     deltas = tv.stacked_task_vectors(base, experts)
     for t, band in enumerate(ctx):
         tv.keep_band(deltas[t], band)  # mask both tails
     # weighted sum (consensus None), or elect sign + disjoint merge (consensus "sum")
-    return tv.combine(base, deltas, params.weight, consensus=consensus, normalize=params.normalize,
-                      lam=params.lambda_)
+    return tv.combine(base, deltas, params.weight, consensus=consensus, normalize=params.normalize, lam=params.lambda_)
 
 
 LINEAR_SPEC = tv.variant_spec(
-    "breadcrumbs", None, _merge_block, context=_context, params=LinearParams, paper=PAPER,
+    "breadcrumbs",
+    None,
+    _merge_block,
+    context=_context,
+    params=LinearParams,
+    paper=PAPER,
     description="drop the largest (gamma) and smallest magnitudes, keep density, weighted sum of task vectors",
 )
 TIES_SPEC = tv.variant_spec(
-    "breadcrumbs_ties", "sum", _merge_block, context=_context, params=TiesParams, paper=PAPER,
+    "breadcrumbs_ties",
+    "sum",
+    _merge_block,
+    context=_context,
+    params=TiesParams,
+    paper=PAPER,
     description="drop the largest (gamma) and smallest magnitudes, keep density, TIES sign election and merge",
 )
 SPECS = (LINEAR_SPEC, TIES_SPEC)

@@ -39,8 +39,9 @@ NAME = "cart"
 @dataclass(frozen=True)
 class Params:
     lambda_: float = param(1.0, alias="lambda", doc="scale of the summed rank-reduced centered task vectors")
-    rank_ratio: float = param(0.08, within=between(0, 1, open_low=True),
-                              doc="fraction of each weight matrix's rank kept")
+    rank_ratio: float = param(
+        0.08, within=between(0, 1, open_low=True), doc="fraction of each weight matrix's rank kept"
+    )
 
 
 def kept_rank(shape: Sequence[int], rank_ratio: float) -> int:

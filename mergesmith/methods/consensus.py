@@ -47,8 +47,9 @@ class TallMasksParams:
     weight: tuple[float, ...] = per_model(1.0, doc="w_t, the coefficient of the task vector in tau_MTL")
     tall_mask_lambda: tuple[float, ...] = per_model(0.4, within=at_least(0), doc="lambda_t of the TALL mask")
     aggregation: str = param("task_arithmetic", choices=AGGREGATIONS, doc="how tau_MTL is built")
-    density: tuple[float, ...] = per_model(0.2, within=between(0, 1, open_low=True),
-                                           doc="TIES trim fraction (aggregation: ties)")
+    density: tuple[float, ...] = per_model(
+        0.2, within=between(0, 1, open_low=True), doc="TIES trim fraction (aggregation: ties)"
+    )
 
 
 @dataclass(frozen=True)
@@ -56,14 +57,16 @@ class ConsensusParams:
     weight: tuple[float, ...] = per_model(1.0, doc="w_t, the coefficient of the task vector in tau_MTL")
     tall_mask_lambda: tuple[float, ...] = per_model(0.4, within=at_least(0), doc="lambda_t of the TALL mask")
     aggregation: str = param("task_arithmetic", choices=AGGREGATIONS, doc="how tau_MTL is built")
-    density: tuple[float, ...] = per_model(0.2, within=between(0, 1, open_low=True),
-                                           doc="TIES trim fraction (aggregation: ties)")
+    density: tuple[float, ...] = per_model(
+        0.2, within=between(0, 1, open_low=True), doc="TIES trim fraction (aggregation: ties)"
+    )
     k: int = param(2, within=at_least(0), doc="keep entries that at least k tasks' TALL masks keep")
     lambda_: float = param(1.0, alias="lambda", doc="alpha, the scale of the masked multi-task vector")
 
 
-def multi_task_vector(base: Tensor, experts: Sequence[Tensor], taus: Tensor, params: TallMasksParams | ConsensusParams
-                      ) -> Tensor:
+def multi_task_vector(
+    base: Tensor, experts: Sequence[Tensor], taus: Tensor, params: TallMasksParams | ConsensusParams
+) -> Tensor:
     """tau_MTL (Sec. 3): task arithmetic's sum_t w_t tau_t, or TIES' trimmed, sign-elected disjoint mean."""
     weights = params.weight
     deltas = taus.clone()
@@ -91,8 +94,9 @@ def tall_masks_for(base: Tensor, experts: Sequence[Tensor], tau_mtl: Tensor, lam
     return masks
 
 
-def _prepare(method: str, base: Tensor | None, experts: Sequence[Tensor], params: TallMasksParams | ConsensusParams
-             ) -> tuple[Tensor, Tensor, list[Tensor]]:
+def _prepare(
+    method: str, base: Tensor | None, experts: Sequence[Tensor], params: TallMasksParams | ConsensusParams
+) -> tuple[Tensor, Tensor, list[Tensor]]:
     base = tv.require_base(method, base)
     check_shapes(method, base, experts)
     taus = tv.stacked_task_vectors(base, experts)
@@ -100,15 +104,17 @@ def _prepare(method: str, base: Tensor | None, experts: Sequence[Tensor], params
     return base, tau_mtl, tall_masks_for(base, experts, tau_mtl, params.tall_mask_lambda)
 
 
-def merge_tall_masks(base: Tensor | None, experts: Sequence[Tensor], params: TallMasksParams,
-                     rng: Rng | None = None) -> tuple[Tensor, PerTaskParts]:
+def merge_tall_masks(
+    base: Tensor | None, experts: Sequence[Tensor], params: TallMasksParams, rng: Rng | None = None
+) -> tuple[Tensor, PerTaskParts]:
     base, tau_mtl, masks = _prepare("tall_masks", base, experts, params)
     # theta_t = theta_0 + m_t * tau_MTL (Sec. 4): the model is theta_0, tau_MTL and the masks go beside it
     return base, PerTaskParts(task_vector=tau_mtl, masks=masks, scale_terms=None)
 
 
-def merge_consensus(base: Tensor | None, experts: Sequence[Tensor], params: ConsensusParams,
-                    rng: Rng | None = None) -> Tensor:
+def merge_consensus(
+    base: Tensor | None, experts: Sequence[Tensor], params: ConsensusParams, rng: Rng | None = None
+) -> Tensor:
     base, tau_mtl, masks = _prepare("consensus", base, experts, params)
     # m_cons = 1{sum_t m_t >= k} (Sec. 5); counts are integers, exact in any order
     votes = torch.stack(masks).sum(dim=0)

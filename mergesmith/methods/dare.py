@@ -38,8 +38,10 @@ from mergesmith.methods._protocol import Rng
 from mergesmith.methods._spec import between, param, per_model
 
 RNG_KEY = "dare"
-PAPER = ("Yu et al. 2024, Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free "
-         "Lunch, arXiv:2311.03099")
+PAPER = (
+    "Yu et al. 2024, Language Models are Super Mario: Absorbing Abilities from Homologous Models as a Free "
+    "Lunch, arXiv:2311.03099"
+)
 
 
 @dataclass(frozen=True)
@@ -47,8 +49,9 @@ class LinearParams:
     """dare_linear: ``normalize`` divides by the sum of the weights."""
 
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
-    density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True),
-                                           doc="probability of keeping each entry (1 - drop rate)")
+    density: tuple[float, ...] = per_model(
+        1.0, within=between(0, 1, open_low=True), doc="probability of keeping each entry (1 - drop rate)"
+    )
     normalize: bool = param(False, doc="divide the weighted sum by the sum of the weights")
     rescale: bool = param(True, doc="divide kept entries by density, the paper's 1/(1-p)")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
@@ -60,34 +63,52 @@ class TiesParams:
     """dare_ties: ``normalize`` divides by the weight of the agreeing experts."""
 
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
-    density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True),
-                                           doc="probability of keeping each entry (1 - drop rate)")
+    density: tuple[float, ...] = per_model(
+        1.0, within=between(0, 1, open_low=True), doc="probability of keeping each entry (1 - drop rate)"
+    )
     normalize: bool = param(False, doc="divide by the weight of the agreeing experts (disjoint mean)")
     rescale: bool = param(True, doc="divide kept entries by density, the paper's 1/(1-p)")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
 
 
-def _merge_block(method: str, consensus: tv.Consensus | None, base: Tensor | None, experts: Sequence[Tensor],
-                 params: LinearParams | TiesParams, ctx: None, rng: Rng | None, block: int) -> Tensor:
+def _merge_block(
+    method: str,
+    consensus: tv.Consensus | None,
+    base: Tensor | None,
+    experts: Sequence[Tensor],
+    params: LinearParams | TiesParams,
+    ctx: None,
+    rng: Rng | None,
+    block: int,
+) -> Tensor:
     rng = tv.require_rng(method, rng)
     base = tv.require_base(method, base)
     deltas = tv.stacked_task_vectors(base, experts)
     for t, density in enumerate(params.density):
         tv.dare_drop(deltas[t], density, rng.generator(RNG_KEY, t, block), params.rescale)  # drop and rescale
     # weighted sum (consensus None), or elect sign + disjoint merge (consensus "sum")
-    return tv.combine(base, deltas, params.weight, consensus=consensus, normalize=params.normalize,
-                      lam=params.lambda_)
+    return tv.combine(base, deltas, params.weight, consensus=consensus, normalize=params.normalize, lam=params.lambda_)
 
 
 LINEAR_SPEC = tv.variant_spec(
-    "dare_linear", None, _merge_block, params=LinearParams, paper=PAPER,
-    randomized=True, order_invariant=False,  # the random stream of an expert follows its position
+    "dare_linear",
+    None,
+    _merge_block,
+    params=LinearParams,
+    paper=PAPER,
+    randomized=True,
+    order_invariant=False,  # the random stream of an expert follows its position
     description="random drop with rescale 1/density, then weighted sum of task vectors",
 )
 TIES_SPEC = tv.variant_spec(
-    "dare_ties", "sum", _merge_block, params=TiesParams, paper=PAPER,
-    randomized=True, order_invariant=False,  # the random stream of an expert follows its position
+    "dare_ties",
+    "sum",
+    _merge_block,
+    params=TiesParams,
+    paper=PAPER,
+    randomized=True,
+    order_invariant=False,  # the random stream of an expert follows its position
     description="random drop with rescale 1/density, then TIES sign election and disjoint merge",
 )
 SPECS = (LINEAR_SPEC, TIES_SPEC)

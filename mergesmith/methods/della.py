@@ -46,16 +46,20 @@ from mergesmith.methods._protocol import Rng
 from mergesmith.methods._spec import between, param, per_model
 
 RNG_KEY = "della"
-PAPER = ("Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling, "
-         "arXiv:2406.11617")
+PAPER = (
+    "Deep et al. 2024, DELLA-Merging: Reducing Interference in Model Merging through Magnitude-Based Sampling, "
+    "arXiv:2406.11617"
+)
 
 
 def check_keep_probabilities(params: TiesParams | LinearParams) -> None:
     """density +/- epsilon inside (0, 1) for every model with density < 1 (MagPrune's keep probabilities)."""
     for density, epsilon in zip(params.density, params.epsilon):
         if density < 1.0 and not (0.0 < density - epsilon and density + epsilon < 1.0):
-            raise ConfigError(f"density +/- epsilon must lie inside (0, 1), got density={density:g}, "
-                              f"epsilon={epsilon:g}; use epsilon < min(density, 1 - density)")
+            raise ConfigError(
+                f"density +/- epsilon must lie inside (0, 1), got density={density:g}, "
+                f"epsilon={epsilon:g}; use epsilon < min(density, 1 - density)"
+            )
 
 
 @dataclass(frozen=True)
@@ -64,8 +68,9 @@ class TiesParams:
 
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
     density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True), doc="mean keep probability")
-    epsilon: tuple[float, ...] = per_model(0.15, within=between(0, 1, open_high=True),
-                                           doc="keep probabilities span density +/- epsilon by magnitude rank")
+    epsilon: tuple[float, ...] = per_model(
+        0.15, within=between(0, 1, open_high=True), doc="keep probabilities span density +/- epsilon by magnitude rank"
+    )
     normalize: bool = param(True, doc="divide by the weight of the agreeing experts (disjoint mean)")
     rescale: bool = param(True, doc="divide each kept entry by its keep probability 1 - p_i")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
@@ -80,8 +85,9 @@ class LinearParams:
 
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
     density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True), doc="mean keep probability")
-    epsilon: tuple[float, ...] = per_model(0.15, within=between(0, 1, open_high=True),
-                                           doc="keep probabilities span density +/- epsilon by magnitude rank")
+    epsilon: tuple[float, ...] = per_model(
+        0.15, within=between(0, 1, open_high=True), doc="keep probabilities span density +/- epsilon by magnitude rank"
+    )
     normalize: bool = param(False, doc="divide the weighted sum by the sum of the weights")
     rescale: bool = param(True, doc="divide each kept entry by its keep probability 1 - p_i")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
@@ -90,26 +96,43 @@ class LinearParams:
     check = check_keep_probabilities
 
 
-def _merge_block(method: str, consensus: tv.Consensus | None, base: Tensor | None, experts: Sequence[Tensor],
-                 params: TiesParams | LinearParams, ctx: None, rng: Rng | None, block: int) -> Tensor:
+def _merge_block(
+    method: str,
+    consensus: tv.Consensus | None,
+    base: Tensor | None,
+    experts: Sequence[Tensor],
+    params: TiesParams | LinearParams,
+    ctx: None,
+    rng: Rng | None,
+    block: int,
+) -> Tensor:
     rng = tv.require_rng(method, rng)
     base = tv.require_base(method, base)
     deltas = tv.stacked_task_vectors(base, experts)
     for t, (density, epsilon) in enumerate(zip(params.density, params.epsilon)):
         tv.magprune(deltas[t], density, epsilon, rng.generator(RNG_KEY, t, block), params.rescale)  # drop
     # elect + fuse (consensus "sum"), or a weighted sum (consensus None)
-    return tv.combine(base, deltas, params.weight, consensus=consensus, normalize=params.normalize,
-                      lam=params.lambda_)
+    return tv.combine(base, deltas, params.weight, consensus=consensus, normalize=params.normalize, lam=params.lambda_)
 
 
 TIES_SPEC = tv.variant_spec(
-    "della", "sum", _merge_block, params=TiesParams, paper=PAPER,
-    randomized=True, order_invariant=False,  # the random stream of an expert follows its position
+    "della",
+    "sum",
+    _merge_block,
+    params=TiesParams,
+    paper=PAPER,
+    randomized=True,
+    order_invariant=False,  # the random stream of an expert follows its position
     description="magnitude-ranked random drop with per-entry rescale, TIES sign election and disjoint merge",
 )
 LINEAR_SPEC = tv.variant_spec(
-    "della_linear", None, _merge_block, params=LinearParams, paper=PAPER,
-    randomized=True, order_invariant=False,  # the random stream of an expert follows its position
+    "della_linear",
+    None,
+    _merge_block,
+    params=LinearParams,
+    paper=PAPER,
+    randomized=True,
+    order_invariant=False,  # the random stream of an expert follows its position
     description="magnitude-ranked random drop with per-entry rescale, weighted sum of task vectors",
 )
 SPECS = (TIES_SPEC, LINEAR_SPEC)

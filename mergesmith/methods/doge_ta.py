@@ -45,8 +45,9 @@ NAME = "doge_ta"
 class Params:
     lambda_: float = param(0.07, alias="lambda", doc="eta in lambda_i = eta / ||tau_i||_F")
     subspace: int = param(6, within=at_least(1), doc="the shared subspace keeps min(out, in) // subspace directions")
-    density: float = param(0.3, within=between(0, 1, open_low=True),
-                           doc="fraction of each task vector's largest-magnitude entries kept")
+    density: float = param(
+        0.3, within=between(0, 1, open_low=True), doc="fraction of each task vector's largest-magnitude entries kept"
+    )
     steps: int = param(400, within=at_least(0), doc="Adam steps per 2-D matrix")
     lr: float = param(1e-4, doc="Adam learning rate")
 
@@ -68,7 +69,7 @@ def shared_basis(taus: Sequence[Tensor], subspace: int) -> Tensor:
     stacked = taus[0].new_zeros(rows, k)
     for i, t in enumerate(taus):
         u, _, _ = torch.linalg.svd(t, full_matrices=False)
-        stacked[:, i * r:(i + 1) * r] = u[:, :r]  # each task's top-r left singular vectors
+        stacked[:, i * r : (i + 1) * r] = u[:, :r]  # each task's top-r left singular vectors
     u_shared, _, _ = torch.linalg.svd(stacked, full_matrices=False)
     return u_shared[:, : k // subspace].contiguous()
 
@@ -140,10 +141,10 @@ SPEC = MethodSpec(
     params=Params,
     whole_tensor=merge,
     paper="Wei et al. 2025, Modeling Multi-Task Model Merging as Adaptive Projective Gradient Descent, "
-          "arXiv:2501.01230",
+    "arXiv:2501.01230",
     base="required",
     description="adaptive lambda_i = eta/||tau_i||, Adam on a data-free surrogate with gradients projected out of "
-                "the tasks' shared subspace, then trimmed task arithmetic",
+    "the tasks' shared subspace, then trimmed task arithmetic",
     non_matrix="merged as the average of the task vectors (the objective is defined on matrices; fusion-bench "
-               "leaves them at the base)",
+    "leaves them at the base)",
 )

@@ -39,9 +39,11 @@ NAME = "emr"
 
 @dataclass(frozen=True)
 class Params:
-    rescale_by: str = param("sum", choices=("sum", "tensor_means"),
-                            doc='"sum": the paper\'s model-level sums; "tensor_means": sum of per-tensor means '
-                                '(authors\' code)')
+    rescale_by: str = param(
+        "sum",
+        choices=("sum", "tensor_means"),
+        doc='"sum": the paper\'s model-level sums; "tensor_means": sum of per-tensor means (authors\' code)',
+    )
 
 
 def elect_mask(taus: Tensor) -> tuple[Tensor, Tensor]:
@@ -69,8 +71,9 @@ def scale_terms(taus: Tensor, tau_uni: Tensor, masks: Tensor, rescale_by: str) -
     return terms
 
 
-def merge(base: Tensor | None, experts: Sequence[Tensor], params: Params,
-          rng: Rng | None = None) -> tuple[Tensor, PerTaskParts]:
+def merge(
+    base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None
+) -> tuple[Tensor, PerTaskParts]:
     base = tv.require_base(NAME, base)
     check_shapes(NAME, base, experts)
     taus = tv.stacked_task_vectors(base, experts)

@@ -25,11 +25,14 @@ from mergesmith.methods._spec import MethodSpec, at_least, param, per_model
 @dataclass(frozen=True)
 class Params:
     weight: tuple[float, ...] = per_model(1.0, doc="the model's weight lambda_i (eq. 3)")
-    fisher_floor: float = param(1e-6, within=at_least(0),
-                                doc="lower bound on every Fisher value (avoids 0/0 for untouched parameters)")
+    fisher_floor: float = param(
+        1e-6, within=at_least(0), doc="lower bound on every Fisher value (avoids 0/0 for untouched parameters)"
+    )
 
 
-def fisher_average(thetas: Sequence[Tensor], fishers: Sequence[Tensor] | None, weights: Sequence[float], floor: float) -> Tensor:
+def fisher_average(
+    thetas: Sequence[Tensor], fishers: Sequence[Tensor] | None, weights: Sequence[float], floor: float
+) -> Tensor:
     """Eq. (3): sum_i w_i F_i theta_i / sum_i w_i F_i with F_i >= floor; the weighted average without Fishers.
     Model i's tensors are indexed when the sum reaches them (the engine may read each only then)."""
     num: Tensor | None = None
@@ -46,8 +49,16 @@ def fisher_average(thetas: Sequence[Tensor], fishers: Sequence[Tensor] | None, w
     return num / den
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
-                block: int, *, statistics: Sequence[Tensor] | None = None) -> Tensor:
+def merge_block(
+    base: Tensor | None,
+    experts: Sequence[Tensor],
+    params: Params,
+    ctx: None,
+    rng: Rng | None,
+    block: int,
+    *,
+    statistics: Sequence[Tensor] | None = None,
+) -> Tensor:
     # Elementwise, so any row block. The engine's on-demand experts and Fishers are read when the sum reaches them.
     return fisher_average(experts, statistics, params.weight, params.fisher_floor)
 

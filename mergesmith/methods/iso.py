@@ -50,8 +50,10 @@ from mergesmith.methods._spec import MethodSpec, between, param
 
 C_NAME = "iso_c"
 CTS_NAME = "iso_cts"
-PAPER = ("Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces, "
-         "arXiv:2502.04959")
+PAPER = (
+    "Marczak et al. 2025, No Task Left Behind: Isotropic Model Merging with Common and Task-Specific Subspaces, "
+    "arXiv:2502.04959"
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +64,9 @@ class CParams:
 @dataclass(frozen=True)
 class CTSParams:
     alpha: float = param(1.0, doc="scale of the isotropic merged task matrix")
-    common_space_fraction: float = param(0.8, within=between(0, 1),
-                                         doc="fraction of the rank kept for the common subspace")
+    common_space_fraction: float = param(
+        0.8, within=between(0, 1), doc="fraction of the rank kept for the common subspace"
+    )
 
 
 def isotropic(u: Tensor, s: Tensor, vh: Tensor, tol: float) -> Tensor:

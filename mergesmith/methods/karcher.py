@@ -36,8 +36,9 @@ from mergesmith.methods._spec import MethodSpec, at_least, param
 @dataclass(frozen=True)
 class Params:
     max_iter: int = param(10, within=at_least(0), doc="most Riemannian gradient steps (default 10)")
-    tol: float = param(1e-5, within=at_least(0),
-                       doc="stopping step length, zero-norm and zero-angle threshold (default 1e-5)")
+    tol: float = param(
+        1e-5, within=at_least(0), doc="stopping step length, zero-norm and zero-angle threshold (default 1e-5)"
+    )
 
 
 def _check(experts: Sequence[Tensor]) -> None:

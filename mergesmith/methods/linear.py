@@ -23,8 +23,9 @@ class Params:
     normalize: bool = param(True, doc="divide by the sum of the weights")
 
 
-def merge_block(base: Tensor | None, experts: Iterable[Tensor], params: Params, ctx: None, rng: Rng | None,
-                block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None, experts: Iterable[Tensor], params: Params, ctx: None, rng: Rng | None, block: int
+) -> Tensor:
     # One expert at a time (the engine may read each only when the loop reaches it).
     result: Tensor | None = None
     for tensor, weight in zip(experts, params.weight):

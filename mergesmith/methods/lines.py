@@ -61,8 +61,9 @@ def layer_scale(params: Params, n_tasks: int) -> float:
     return alpha + params.beta * params.depth
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
-                block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None, block: int
+) -> Tensor:
     base = tv.require_base(NAME, base)
     scale = layer_scale(params, len(experts))
     # step 1: tau_MTL = sum_t tau_t;  step 4: theta_base + lambda(depth) * tau_MTL
@@ -74,7 +75,7 @@ SPEC = MethodSpec(
     name=NAME,
     params=Params,
     paper="Wang et al. 2025, LiNeS: Post-training Layer Scaling Prevents Forgetting and Enhances Model Merging, "
-          "arXiv:2410.17146",
+    "arXiv:2410.17146",
     base="required",
     streaming=Streaming(merge_block),
     description="task arithmetic with a scale growing linearly with depth, alpha + beta * depth",

@@ -32,8 +32,9 @@ class Params:
     lambda_: float = param(1.0, alias="lambda", doc="scale of the selected task vector")
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
-                block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None, block: int
+) -> Tensor:
     base = tv.require_base(NAME, base)
     if not experts:
         return base.clone()

@@ -49,8 +49,10 @@ class Params:
     def check(self) -> None:
         """with normalize_weights and several models, the weights must not sum to 0."""
         if self.normalize_weights and len(self.weight) > 1 and sum(self.weight) == 0:
-            raise ConfigError(f"the weights {list(self.weight)} sum to 0, so they cannot be normalised; change the "
-                              "weights or set normalize_weights: false")
+            raise ConfigError(
+                f"the weights {list(self.weight)} sum to 0, so they cannot be normalised; change the "
+                "weights or set normalize_weights: false"
+            )
 
 
 def _check(base: Tensor | None, experts: Sequence[Tensor]) -> None:

@@ -44,8 +44,9 @@ def _check(base: Tensor | None, experts: Sequence[Tensor]) -> Tensor:
     return base
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
-                block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None, block: int
+) -> Tensor:
     base = _check(base, experts)
     other = experts[0]
     # w = clamp(t / max(|a - b|, eps), 0, 1): full swap within distance t, fading as t/|a - b| beyond it

@@ -27,8 +27,9 @@ class Params:
     )
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
-                block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None, block: int
+) -> Tensor:
     if len(experts) != 1:
         raise ValueError(
             f"passthrough takes exactly one model per tensor; got {len(experts)} (to stack layers from several "

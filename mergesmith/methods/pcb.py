@@ -48,8 +48,9 @@ NAME = "pcb"
 
 @dataclass(frozen=True)
 class Params:
-    density: float = param(0.1, within=between(0, 1, open_low=True),
-                           doc="r: fraction of each task's entries kept after balancing")
+    density: float = param(
+        0.1, within=between(0, 1, open_low=True), doc="r: fraction of each task's entries kept after balancing"
+    )
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
 
 

@@ -27,11 +27,15 @@ from mergesmith.methods._spec import MethodSpec, above, between, param
 
 @dataclass(frozen=True)
 class Params:
-    alpha: float = param(0.95, within=between(0, 1),
-                         doc="scale of the Grams' off-diagonal entries (1 = plain RegMean, 0 = averaging)")
+    alpha: float = param(
+        0.95, within=between(0, 1), doc="scale of the Grams' off-diagonal entries (1 = plain RegMean, 0 = averaging)"
+    )
     ridge: float = param(1e-4, within=above(0), doc="ridge added to a singular Gram sum, relative to its mean diagonal")
-    input_axis: int = param(1, choices=(0, 1), doc="the weight's axis the Gram's inputs index: 1 for nn.Linear "
-                                                   "[out, in], 0 for GPT-2 Conv1D [in, out]")
+    input_axis: int = param(
+        1,
+        choices=(0, 1),
+        doc="the weight's axis the Gram's inputs index: 1 for nn.Linear [out, in], 0 for GPT-2 Conv1D [in, out]",
+    )
 
 
 def reduce_off_diagonal(gram: Tensor, alpha: float) -> Tensor:
@@ -62,7 +66,9 @@ def solve_regression(lhs: Tensor, rhs: Tensor, ridge: float) -> tuple[Tensor, bo
     return torch.linalg.solve(lhs64, rhs64), regularised
 
 
-def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, ridge: float) -> tuple[Tensor, bool]:
+def regmean_weight(
+    weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, ridge: float
+) -> tuple[Tensor, bool]:
     """Eq. (3) for one linear layer: ``weights`` in nn.Linear layout [out, in], ``grams`` [in, in]."""
     # Accumulated one model at a time: the float64 working set is two [in, in] and one [in, out] matrices, not
     # every model's reduced Gram (6 x 19 MB for a 1536-wide input) plus their stack.
@@ -82,8 +88,9 @@ def regmean_weight(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: fl
     return solution.T.to(weights[0].dtype), regularised
 
 
-def regmean_weight_in_layout(weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, ridge: float,
-                             input_axis: int) -> tuple[Tensor, bool]:
+def regmean_weight_in_layout(
+    weights: Sequence[Tensor], grams: Sequence[Tensor], alpha: float, ridge: float, input_axis: int
+) -> tuple[Tensor, bool]:
     """``regmean_weight`` for weights stored with their inputs on ``input_axis`` (0: Conv1D [in, out], solved on the
     transposed [out, in] view and turned back)."""
     if input_axis == 1:
@@ -92,8 +99,9 @@ def regmean_weight_in_layout(weights: Sequence[Tensor], grams: Sequence[Tensor],
     return merged.T.contiguous(), regularised
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
-                block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None, block: int
+) -> Tensor:
     """A tensor without Grams (embeddings, norms, biases: section 3 averages them), one expert at a time. The
     engine streams only these: a Gram is not row-aligned with its weight."""
     total: Tensor | None = None
@@ -105,8 +113,14 @@ def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, 
     return total.div_(count)
 
 
-def merge_with_grams(base: Tensor | None, experts: Sequence[Tensor], params: Params, rng: Rng | None = None, *,
-                     statistics: Sequence[Tensor]) -> Tensor:
+def merge_with_grams(
+    base: Tensor | None,
+    experts: Sequence[Tensor],
+    params: Params,
+    rng: Rng | None = None,
+    *,
+    statistics: Sequence[Tensor],
+) -> Tensor:
     """Eq. (3) for a linear weight with one Gram per model (``statistics``), solved on the whole tensor."""
     return regmean_weight_in_layout(experts, statistics, params.alpha, params.ridge, params.input_axis)[0]
 

@@ -39,8 +39,9 @@ NAME = "sce"
 
 @dataclass(frozen=True)
 class Params:
-    select_topk: float = param(1.0, within=between(0, 1, open_low=True),
-                               doc="fraction of entries selected by variance across experts")
+    select_topk: float = param(
+        1.0, within=between(0, 1, open_low=True), doc="fraction of entries selected by variance across experts"
+    )
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
 
 
@@ -81,6 +82,7 @@ def context(blocks: Blocks, params: Params, rng: Rng | None) -> Context:
     topk = params.select_topk
     threshold = None
     if topk < 1.0:
+
         def variances():
             for base, experts in blocks():
                 yield [_variance(tv.stacked_task_vectors(base, experts))]
@@ -111,8 +113,9 @@ def context(blocks: Blocks, params: Params, rng: Rng | None) -> Context:
     return Context(threshold, tuple(weights.tolist()))
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: Context, rng: Rng | None,
-                block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: Context, rng: Rng | None, block: int
+) -> Tensor:
     base = tv.require_base(NAME, base)
     if len(ctx.weights) != len(experts):
         raise ValueError(f"{NAME}: the context was computed for {len(ctx.weights)} experts, got {len(experts)}")

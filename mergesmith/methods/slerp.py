@@ -86,7 +86,7 @@ SPEC = MethodSpec(
     params=Params,
     whole_tensor=merge,
     paper='Shoemake 1985, "Animating rotation with quaternion curves", SIGGRAPH 85 (no arXiv); '
-    'as in mergekit, Goddard et al. 2024, arXiv:2403.13257',
+    "as in mergekit, Goddard et al. 2024, arXiv:2403.13257",
     base="required",
     min_models=1,
     max_models=1,

@@ -37,13 +37,15 @@ class Params:
     int8_mask: bool = param(False, doc="accepted for mergekit compatibility; no effect")
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None,
-                block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: None, rng: Rng | None, block: int
+) -> Tensor:
     base = tv.require_base(NAME, base)
     # sum_t w_t tau_t, one expert at a time (the engine may read each only when the sum reaches it)
     mixed = tv.sum_in_order(tv.weighted_task_vectors(base, experts, params.weight))
-    return tv.finish(base, mixed, tv.weight_sum(params.weight, mixed.dtype), normalize=params.normalize,
-                     lam=params.lambda_)
+    return tv.finish(
+        base, mixed, tv.weight_sum(params.weight, mixed.dtype), normalize=params.normalize, lam=params.lambda_
+    )
 
 
 SPEC = MethodSpec(

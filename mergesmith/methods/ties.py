@@ -39,8 +39,9 @@ NAME = "ties"
 @dataclass(frozen=True)
 class Params:
     weight: tuple[float, ...] = per_model(doc="w_t, the coefficient of the model's task vector")
-    density: tuple[float, ...] = per_model(1.0, within=between(0, 1, open_low=True),
-                                           doc="fraction of largest-magnitude entries kept")
+    density: tuple[float, ...] = per_model(
+        1.0, within=between(0, 1, open_low=True), doc="fraction of largest-magnitude entries kept"
+    )
     normalize: bool = param(True, doc="divide by the weight of the agreeing experts (disjoint mean)")
     rescale: bool = param(False, doc="L1-rescale the trimmed task vector to the norm of the untrimmed one")
     lambda_: float = param(1.0, alias="lambda", doc="scale of the merged task vector")
@@ -52,8 +53,14 @@ def context(blocks: Blocks, params: Params, rng: Rng | None) -> list[tv.Band | N
     return tv.magnitude_bands(blocks, params.density, params.rescale)
 
 
-def merge_block(base: Tensor | None, experts: Sequence[Tensor], params: Params, ctx: list[tv.Band | None],
-                rng: Rng | None, block: int) -> Tensor:
+def merge_block(
+    base: Tensor | None,
+    experts: Sequence[Tensor],
+    params: Params,
+    ctx: list[tv.Band | None],
+    rng: Rng | None,
+    block: int,
+) -> Tensor:
     base = tv.require_base(NAME, base)
     deltas = tv.stacked_task_vectors(base, experts)
     for t, band in enumerate(ctx):

@@ -44,7 +44,8 @@ NAME = "tsv_m"
 class Params:
     alpha: float = param(1.0, doc="scale of the merged task matrix")
     sv_reduction: float | None = param(
-        None, within=between(0, 1, open_low=True),
+        None,
+        within=between(0, 1, open_low=True),
         doc="fraction of each task matrix's rank kept (default 1/T: the tasks share the rank)",
     )
 

@@ -78,9 +78,7 @@ class _Gradient:
     def __call__(self, tau_m: Tensor) -> Tensor:
         if self.gram_form:
             return (tau_m @ self.a - self.b).mul_(2.0)
-        return tv.sum_in_order(
-            ((tau_m - t) @ t.T) @ t * w for t, w in zip(self.taus, self.weights)
-        ).mul_(2.0)
+        return tv.sum_in_order(((tau_m - t) @ t.T) @ t * w for t, w in zip(self.taus, self.weights)).mul_(2.0)
 
 
 def optimise(taus: Sequence[Tensor], steps: int, lr: float) -> Tensor:
@@ -117,7 +115,7 @@ SPEC = MethodSpec(
     params=Params,
     whole_tensor=merge,
     paper="Cheng et al. 2025, Whoever Started the Interference Should End It: Guiding Data-Free Model Merging via "
-          "Task Vectors, arXiv:2503.08099",
+    "Task Vectors, arXiv:2503.08099",
     base="required",
     description="per-matrix Adam on sum_i ||(tau_m - tau_i) tau_i^T||^2 / ||tau_i||^2 from the task-arithmetic sum",
     non_matrix="merged as the average of the task vectors (task arithmetic with lambda = 1/T), as the authors' code",

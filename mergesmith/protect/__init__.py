@@ -5,4 +5,11 @@ from mergesmith.protect.layout import AttentionLayout, detect_layout
 from mergesmith.protect.lock import ProtectResult, protect_checkpoint
 from mergesmith.protect.verify import VerifyReport, verify_protection
 
-__all__ = ["AttentionLayout", "ProtectResult", "VerifyReport", "detect_layout", "protect_checkpoint", "verify_protection"]
+__all__ = [
+    "AttentionLayout",
+    "ProtectResult",
+    "VerifyReport",
+    "detect_layout",
+    "protect_checkpoint",
+    "verify_protection",
+]

@@ -83,8 +83,10 @@ def _optional(names: set[str], name: str) -> str | None:
 
 def _require(names: set[str], name: str, where: str) -> str:
     if name not in names:
-        raise MergesmithError(f"{where}: attention tensor '{name}' is missing; the checkpoint is incomplete or not a "
-                              f"standard Hugging Face layout")
+        raise MergesmithError(
+            f"{where}: attention tensor '{name}' is missing; the checkpoint is incomplete or not a "
+            f"standard Hugging Face layout"
+        )
     return name
 
 
@@ -113,35 +115,52 @@ def detect_layout(checkpoint) -> AttentionLayout:
 def _heads(config: dict, where: str, *keys: str) -> int:
     heads = _int(config, *keys)
     if not heads or heads <= 0:
-        raise MergesmithError(f"{where}: config.json has no {keys[0]}; MergeLock needs the number of attention heads "
-                              f"(save the model with save_pretrained so config.json is beside the weights)")
+        raise MergesmithError(
+            f"{where}: config.json has no {keys[0]}; MergeLock needs the number of attention heads "
+            f"(save the model with save_pretrained so config.json is beside the weights)"
+        )
     return heads
 
 
 def _bert(names: set[str], config: dict, prefixes: list[str], where: str) -> AttentionLayout:
     position = config.get("position_embedding_type", "absolute")
     if position not in (None, "absolute"):
-        raise MergesmithError(f"{where}: position_embedding_type {position!r} adds query-position terms that "
-                              f"MergeLock cannot preserve; only absolute position embeddings are supported")
+        raise MergesmithError(
+            f"{where}: position_embedding_type {position!r} adds query-position terms that "
+            f"MergeLock cannot preserve; only absolute position embeddings are supported"
+        )
     heads = _heads(config, where, "num_attention_heads")
     blocks = []
     for p in prefixes:
         s = f"{p}attention.self."
-        blocks.append(AttentionBlock(
-            prefix=p, q=f"{s}query.weight", k=_require(names, f"{s}key.weight", where),
-            v=_require(names, f"{s}value.weight", where), o=_require(names, f"{p}attention.output.dense.weight", where),
-            q_bias=_optional(names, f"{s}query.bias"), k_bias=_optional(names, f"{s}key.bias"),
-            v_bias=_optional(names, f"{s}value.bias"),
-        ))
+        blocks.append(
+            AttentionBlock(
+                prefix=p,
+                q=f"{s}query.weight",
+                k=_require(names, f"{s}key.weight", where),
+                v=_require(names, f"{s}value.weight", where),
+                o=_require(names, f"{p}attention.output.dense.weight", where),
+                q_bias=_optional(names, f"{s}query.bias"),
+                k_bias=_optional(names, f"{s}key.bias"),
+                v_bias=_optional(names, f"{s}value.bias"),
+            )
+        )
     return _finish("bert", heads, heads, config, blocks, rotary=False, fused=False, where=where)
 
 
 def _gpt2(names: set[str], config: dict, prefixes: list[str], where: str) -> AttentionLayout:
     heads = _heads(config, where, "n_head", "num_attention_heads")
     blocks = [
-        AttentionBlock(prefix=p, q=f"{p}attn.c_attn.weight", k=None, v=None,
-                       o=_require(names, f"{p}attn.c_proj.weight", where), q_bias=_optional(names, f"{p}attn.c_attn.bias"),
-                       k_bias=None, v_bias=None)
+        AttentionBlock(
+            prefix=p,
+            q=f"{p}attn.c_attn.weight",
+            k=None,
+            v=None,
+            o=_require(names, f"{p}attn.c_proj.weight", where),
+            q_bias=_optional(names, f"{p}attn.c_attn.bias"),
+            k_bias=None,
+            v_bias=None,
+        )
         for p in prefixes
     ]
     return _finish("gpt2", heads, heads, config, blocks, rotary=False, fused=True, where=where)
@@ -150,21 +169,31 @@ def _gpt2(names: set[str], config: dict, prefixes: list[str], where: str) -> Att
 def _llama(names: set[str], config: dict, prefixes: list[str], where: str) -> AttentionLayout:
     partial = config.get("partial_rotary_factor", 1.0)
     if partial not in (None, 1, 1.0):
-        raise MergesmithError(f"{where}: partial_rotary_factor {partial} is not supported by MergeLock yet; only "
-                              f"full rotary embeddings (factor 1.0)")
+        raise MergesmithError(
+            f"{where}: partial_rotary_factor {partial} is not supported by MergeLock yet; only "
+            f"full rotary embeddings (factor 1.0)"
+        )
     heads = _heads(config, where, "num_attention_heads")
     kv_heads = _int(config, "num_key_value_heads") or heads
     if heads % kv_heads:
-        raise MergesmithError(f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")
+        raise MergesmithError(
+            f"{where}: num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
+        )
     blocks = []
     for p in prefixes:
         s = f"{p}self_attn."
-        blocks.append(AttentionBlock(
-            prefix=p, q=f"{s}q_proj.weight", k=_require(names, f"{s}k_proj.weight", where),
-            v=_require(names, f"{s}v_proj.weight", where), o=_require(names, f"{s}o_proj.weight", where),
-            q_bias=_optional(names, f"{s}q_proj.bias"), k_bias=_optional(names, f"{s}k_proj.bias"),
-            v_bias=_optional(names, f"{s}v_proj.bias"),
-        ))
+        blocks.append(
+            AttentionBlock(
+                prefix=p,
+                q=f"{s}q_proj.weight",
+                k=_require(names, f"{s}k_proj.weight", where),
+                v=_require(names, f"{s}v_proj.weight", where),
+                o=_require(names, f"{s}o_proj.weight", where),
+                q_bias=_optional(names, f"{s}q_proj.bias"),
+                k_bias=_optional(names, f"{s}k_proj.bias"),
+                v_bias=_optional(names, f"{s}v_proj.bias"),
+            )
+        )
     return _finish("llama", heads, kv_heads, config, blocks, rotary=True, fused=False, where=where)
 
 
@@ -173,6 +202,8 @@ def _finish(family, heads, kv_heads, config, blocks, *, rotary, fused, where) ->
     head_dim = _int(config, "head_dim") if family == "llama" else None
     if head_dim is None:
         if not hidden or hidden % heads:
-            raise MergesmithError(f"{where}: cannot derive the head size (hidden size {hidden}, {heads} heads); fix config.json")
+            raise MergesmithError(
+                f"{where}: cannot derive the head size (hidden size {hidden}, {heads} heads); fix config.json"
+            )
         head_dim = hidden // heads
     return AttentionLayout(family, heads, kv_heads, head_dim, rotary, fused, tuple(blocks))

@@ -57,22 +57,40 @@ def attention_views(x: dict[str, torch.Tensor], block: AttentionBlock, layout: A
     expected = {"q": (h * d, q), "k": (kv * d, k), "v": (kv * d, v)}
     for label, (rows, tensor) in expected.items():
         if tensor.dim() != 2 or tensor.shape[0] != rows:
-            raise MergesmithError(f"{block.prefix}: {label} projection has shape {tuple(tensor.shape)}, expected {rows} "
-                                  f"output rows ({h} heads, {kv} key/value heads, head size {d}); check config.json")
+            raise MergesmithError(
+                f"{block.prefix}: {label} projection has shape {tuple(tensor.shape)}, expected {rows} "
+                f"output rows ({h} heads, {kv} key/value heads, head size {d}); check config.json"
+            )
     if o.dim() != 2 or o.shape[1] != h * d:
-        raise MergesmithError(f"{block.prefix}: output projection has shape {tuple(o.shape)}, expected {h * d} input columns")
+        raise MergesmithError(
+            f"{block.prefix}: output projection has shape {tuple(o.shape)}, expected {h * d} input columns"
+        )
     return q, k, v, o, qb, kb, vb
 
 
-def protect_block(read: Callable[[str], torch.Tensor], block: AttentionBlock, layout: AttentionLayout,
-                  seed: int, strength: float) -> dict[str, torch.Tensor]:
+def protect_block(
+    read: Callable[[str], torch.Tensor], block: AttentionBlock, layout: AttentionLayout, seed: int, strength: float
+) -> dict[str, torch.Tensor]:
     """The protected tensors of one attention layer, in their stored dtypes."""
     stored = {name: read(name) for name in block.names}
     q, k, v, o, qb, kb, vb = attention_views({n: t.to(torch.float64) for n, t in stored.items()}, block, layout)
     h, kv, d = layout.num_heads, layout.num_kv_heads, layout.head_dim
     gen = torch.Generator().manual_seed(layer_seed(seed, block.prefix))
-    q, k, v, o, qb, kb, vb = lock_attention(q, k, v, o, qb, kb, vb, num_heads=h, num_kv_heads=kv, head_dim=d,
-                                            rotary=layout.rotary, strength=strength, gen=gen)
+    q, k, v, o, qb, kb, vb = lock_attention(
+        q,
+        k,
+        v,
+        o,
+        qb,
+        kb,
+        vb,
+        num_heads=h,
+        num_kv_heads=kv,
+        head_dim=d,
+        rotary=layout.rotary,
+        strength=strength,
+        gen=gen,
+    )
     if layout.fused:
         new = {block.q: torch.cat([q, k, v]).T, block.o: o.T}
         if block.q_bias:
@@ -81,7 +99,9 @@ def protect_block(read: Callable[[str], torch.Tensor], block: AttentionBlock, la
     else:
         assert block.k is not None and block.v is not None  # an unfused layout names all four projections
         new = {block.q: q, block.k: k, block.v: v, block.o: o}
-        new.update({n: t for n, t in ((block.q_bias, qb), (block.k_bias, kb), (block.v_bias, vb)) if n and t is not None})
+        new.update(
+            {n: t for n, t in ((block.q_bias, qb), (block.k_bias, kb), (block.v_bias, vb)) if n and t is not None}
+        )
     return {name: new[name].to(stored[name].dtype).contiguous() for name in block.names}
 
 
@@ -112,8 +132,10 @@ def protect_checkpoint(
 ) -> ProtectResult:
     """Write a MergeLock-protected copy of ``model`` to ``out_dir``: same outputs, unmergeable weights."""
     if not (strength >= 1.0 and strength < 1e3):
-        raise MergesmithError(f"--strength {strength} is out of range; give a scale bound >= 1 (1 = orthogonal "
-                              f"transforms only; 2, the default, scales each direction by 1/2 .. 2)")
+        raise MergesmithError(
+            f"--strength {strength} is out of range; give a scale bound >= 1 (1 = orthogonal "
+            f"transforms only; 2, the default, scales each direction by 1/2 .. 2)"
+        )
     ckpt = open_checkpoint(model)
     try:
         layout = detect_layout(ckpt)
@@ -136,10 +158,20 @@ def protect_checkpoint(
             shards = out.finish_shards()
             out.write_config(ckpt.config_path)
             out.copy_side_files(ckpt.root)
-            out.commit(kind="protected", method="mergelock", paper=PAPER, seed=seed, base_model=str(model),
-                       config={"seed": seed, "strength": strength}, details=_layout_details(layout),
-                       card=CardText(title="Protected model (MergeLock)", tags=("mergelock",),
-                                     sections=(_CARD_SECTION, loading_section())))
+            out.commit(
+                kind="protected",
+                method="mergelock",
+                paper=PAPER,
+                seed=seed,
+                base_model=str(model),
+                config={"seed": seed, "strength": strength},
+                details=_layout_details(layout),
+                card=CardText(
+                    title="Protected model (MergeLock)",
+                    tags=("mergelock",),
+                    sections=(_CARD_SECTION, loading_section()),
+                ),
+            )
         return ProtectResult(Path(out_dir), layout, len(order), shards)
     finally:
         ckpt.close()
@@ -153,6 +185,13 @@ same base no longer gives a working model. Check both with `mergesmith protect -
 
 
 def _layout_details(layout: AttentionLayout) -> dict:
-    return {"architecture": layout.family, "attention_layers": len(layout.blocks),
-            "heads": {"query": layout.num_heads, "key_value": layout.num_kv_heads, "head_dim": layout.head_dim,
-                      "rotary": layout.rotary}}
+    return {
+        "architecture": layout.family,
+        "attention_layers": len(layout.blocks),
+        "heads": {
+            "query": layout.num_heads,
+            "key_value": layout.num_kv_heads,
+            "head_dim": layout.head_dim,
+            "rotary": layout.rotary,
+        },
+    }

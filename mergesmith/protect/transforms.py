@@ -60,9 +60,19 @@ def rotary_invertible(d: int, strength: float, gen: torch.Generator) -> tuple[to
     idx = torch.arange(half)
     m = torch.zeros(d, d, dtype=torch.float64)
     inv = torch.zeros(d, d, dtype=torch.float64)
-    m[idx, idx], m[idx, idx + half], m[idx + half, idx], m[idx + half, idx + half] = scale * c, scale * s, -scale * s, scale * c
+    m[idx, idx], m[idx, idx + half], m[idx + half, idx], m[idx + half, idx + half] = (
+        scale * c,
+        scale * s,
+        -scale * s,
+        scale * c,
+    )
     # inverse of a scaled rotation: the rotation by -p divided by the scale
-    inv[idx, idx], inv[idx, idx + half], inv[idx + half, idx], inv[idx + half, idx + half] = c / scale, -s / scale, s / scale, c / scale
+    inv[idx, idx], inv[idx, idx + half], inv[idx + half, idx], inv[idx + half, idx + half] = (
+        c / scale,
+        -s / scale,
+        s / scale,
+        c / scale,
+    )
     return m, inv
 
 
@@ -84,11 +94,29 @@ def transform_columns(weight: torch.Tensor, head_dim: int, mats: list[torch.Tens
 
 
 def lock_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-    q_bias: torch.Tensor | None, k_bias: torch.Tensor | None, v_bias: torch.Tensor | None,
-    *, num_heads: int, num_kv_heads: int, head_dim: int, rotary: bool, strength: float, gen: torch.Generator,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None,
-           torch.Tensor | None]:
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    q_bias: torch.Tensor | None,
+    k_bias: torch.Tensor | None,
+    v_bias: torch.Tensor | None,
+    *,
+    num_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    rotary: bool,
+    strength: float,
+    gen: torch.Generator,
+) -> tuple[
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor,
+    torch.Tensor | None,
+    torch.Tensor | None,
+    torch.Tensor | None,
+]:
     """MergeLock on one attention block (nn.Linear layout, float64). Returns (q, k, v, o, q_bias, k_bias, v_bias).
 
     Grouped-query attention: query heads g*r .. (g+1)*r - 1 (r = num_heads / num_kv_heads, the order of

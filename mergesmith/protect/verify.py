@@ -26,7 +26,9 @@ class VerifyReport:
     output_scale: float  # max |output| of the original, for scale
     merge_with: str  # the other model in the linear merges ("the original itself" when none is given)
     plain_merge_divergence: float  # ||merge(original, other) - original|| / ||original||
-    protected_merge_divergence: float  # ||merge(protected, other) - merge(original, other)|| / ||merge(original, other)||
+    protected_merge_divergence: (
+        float  # ||merge(protected, other) - merge(original, other)|| / ||merge(original, other)||
+    )
     plain_merge_agreement: float  # top-1 agreement of merge(original, other) with the original
     protected_merge_agreement: float  # top-1 agreement of merge(protected, other) with merge(original, other)
     # The attention circuits W_Q,h^T W_K,h and W_O,h W_V,h (what the attention computes, up to the softmax),
@@ -82,8 +84,10 @@ def model_outputs(model, input_ids: torch.Tensor) -> torch.Tensor:
 
 def _linear_merge(a: dict, b: dict, weight: float) -> dict:
     """theta = w theta_a + (1 - w) theta_b for floating tensors (model soups / linear merge)."""
-    return {k: (weight * v.float() + (1 - weight) * b[k].float()).to(v.dtype) if v.is_floating_point() else v
-            for k, v in a.items()}
+    return {
+        k: (weight * v.float() + (1 - weight) * b[k].float()).to(v.dtype) if v.is_floating_point() else v
+        for k, v in a.items()
+    }
 
 
 def _relative(x: torch.Tensor, ref: torch.Tensor) -> float:
@@ -94,8 +98,9 @@ def _agreement(x: torch.Tensor, ref: torch.Tensor) -> float:
     return float((x.argmax(-1) == ref.argmax(-1)).float().mean())
 
 
-def verify_protection(original: str | Path, protected: str | Path, *, merge_with: str | Path | None = None,
-                      weight: float = 0.5) -> VerifyReport:
+def verify_protection(
+    original: str | Path, protected: str | Path, *, merge_with: str | Path | None = None, weight: float = 0.5
+) -> VerifyReport:
     """Forward-pass equality of ``protected`` and ``original`` and the damage a linear merge suffers from it."""
     orig = load_model(original)
     prot = load_model(protected)
@@ -107,8 +112,10 @@ def verify_protection(original: str | Path, protected: str | Path, *, merge_with
     orig_sd, prot_sd = orig.state_dict(), prot.state_dict()
     other_sd = other.state_dict() if other is not None else orig_sd
     if set(other_sd) != set(orig_sd) or any(other_sd[k].shape != orig_sd[k].shape for k in orig_sd):
-        raise MergesmithError(f"{merge_with}: not a fine-tune of the same architecture as {original} (tensor names or "
-                              f"shapes differ); pass another fine-tune of the same base to --merge-with")
+        raise MergesmithError(
+            f"{merge_with}: not a fine-tune of the same architecture as {original} (tensor names or "
+            f"shapes differ); pass another fine-tune of the same base to --merge-with"
+        )
     plain = _linear_merge(orig_sd, other_sd, weight)
     locked = _linear_merge(prot_sd, other_sd, weight)
     orig.load_state_dict(plain)
@@ -128,7 +135,9 @@ def verify_protection(original: str | Path, protected: str | Path, *, merge_with
     )
 
 
-def head_circuits(views: tuple, num_heads: int, num_kv_heads: int, head_dim: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+def head_circuits(
+    views: tuple, num_heads: int, num_kv_heads: int, head_dim: int
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per query head h (kv head g): (W_Q,h^T W_K,g, W_O,h W_V,g), the bilinear forms MergeLock leaves unchanged."""
     q, k, v, o = views[:4]
     group = num_heads // num_kv_heads
@@ -149,8 +158,11 @@ def circuit_divergences(original, protected, other, weight: float = 0.5) -> dict
     def views(ckpt, block, layout):
         return attention_views({n: ckpt.read(n).to(torch.float64) for n in block.names}, block, layout)
 
-    sums = {"circuit_preservation": [0.0, 0.0], "plain_merge_circuit_divergence": [0.0, 0.0],
-            "protected_merge_circuit_divergence": [0.0, 0.0]}
+    sums = {
+        "circuit_preservation": [0.0, 0.0],
+        "plain_merge_circuit_divergence": [0.0, 0.0],
+        "protected_merge_circuit_divergence": [0.0, 0.0],
+    }
 
     def add(key, x, ref):
         sums[key][0] += float((x - ref).norm() ** 2)
@@ -163,7 +175,9 @@ def circuit_divergences(original, protected, other, weight: float = 0.5) -> dict
             va, vp, vb = views(a, block, layout), views(p, block, layout), views(b, block, layout)
             plain = tuple(weight * x + (1 - weight) * y for x, y in zip(va[:4], vb[:4]))
             locked = tuple(weight * x + (1 - weight) * y for x, y in zip(vp[:4], vb[:4]))
-            for (qa, oa), (qp, op), (qm, om), (ql, ol) in zip(*(head_circuits(v, n, kv, d) for v in (va, vp, plain, locked))):
+            for (qa, oa), (qp, op), (qm, om), (ql, ol) in zip(
+                *(head_circuits(v, n, kv, d) for v in (va, vp, plain, locked))
+            ):
                 add("circuit_preservation", qp, qa), add("circuit_preservation", op, oa)
                 add("plain_merge_circuit_divergence", qm, qa), add("plain_merge_circuit_divergence", om, oa)
                 add("protected_merge_circuit_divergence", ql, qm), add("protected_merge_circuit_divergence", ol, om)

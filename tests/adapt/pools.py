@@ -32,12 +32,15 @@ def write_csv(path: Path, rows) -> Path:
 def save_head(path: Path, rows: int, width: int, seed: int) -> Path:
     g = torch.Generator().manual_seed(seed)
     path.parent.mkdir(parents=True, exist_ok=True)
-    save_file({"weight": torch.randn(rows, width, generator=g), "bias": torch.randn(rows, generator=g) * 0.1}, str(path))
+    save_file(
+        {"weight": torch.randn(rows, width, generator=g), "bias": torch.randn(rows, generator=g) * 0.1}, str(path)
+    )
     return path
 
 
-def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, noise: float = 0.02, arch: str = "bert",
-                    n_train: int = 0) -> Path:
+def build_text_pool(
+    root: Path, *, n_validation: int = 8, n_test: int = 10, noise: float = 0.02, arch: str = "bert", n_train: int = 0
+) -> Path:
     """Write the pool under ``root`` and return the pool YAML's path; ``arch`` is a ``mergesmith.tiny_models`` architecture.
     ``n_train`` > 0 gives every task a train split too (only the bench's pretrained row reads it)."""
     from mergesmith.tiny_models import build_tiny_family, tiny_config
@@ -46,11 +49,22 @@ def build_text_pool(root: Path, *, n_validation: int = 8, n_test: int = 10, nois
     width = int(tiny_config(arch).hidden_size)  # the heads read the pooled features: the model's hidden size
     tasks = []
     for i, (name, labels) in enumerate(TASKS):
-        splits = (("train", n_train, 10 * i + 3), ("validation", n_validation, 10 * i + 1), ("test", n_test, 10 * i + 2))
+        splits = (
+            ("train", n_train, 10 * i + 3),
+            ("validation", n_validation, 10 * i + 1),
+            ("test", n_test, 10 * i + 2),
+        )
         for split, n, seed in splits:
             if n:
-                write_csv(root / "data" / f"{name}_{split}.csv", [(t, labels[k % len(labels)]) for k, t in enumerate(sentences(n, seed))])
+                write_csv(
+                    root / "data" / f"{name}_{split}.csv",
+                    [(t, labels[k % len(labels)]) for k, t in enumerate(sentences(n, seed))],
+                )
         save_head(root / "heads" / f"{name}.safetensors", len(labels), width, seed=i)
-        data = {"format": "csv", **{split: f"data/{name}_{split}.csv" for split, n, _ in splits if n}, "labels": list(labels)}
+        data = {
+            "format": "csv",
+            **{split: f"data/{name}_{split}.csv" for split, n, _ in splits if n},
+            "labels": list(labels),
+        }
         tasks.append({"name": name, "expert": f"models/expert_{i}", "head": f"heads/{name}.safetensors", "data": data})
     return write_yaml(root / "pool.yaml", {"base_model": "models/base", "tasks": tasks})

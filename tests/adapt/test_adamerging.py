@@ -49,7 +49,8 @@ def test_entropy_gradient_matches_finite_differences(tiny_problem):
         return total
 
     lam = torch.full((len(vectors), len(labels)), 0.3, dtype=torch.float64) + 0.05 * torch.randn(
-        len(vectors), len(labels), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+        len(vectors), len(labels), generator=torch.Generator().manual_seed(0), dtype=torch.float64
+    )
     lam.requires_grad_(True)
     assert len(labels) >= 3  # embeddings + 2 blocks: a real layer-wise problem
     assert torch.autograd.gradcheck(objective, (lam,), eps=1e-6, atol=1e-5, rtol=1e-4)
@@ -83,7 +84,9 @@ def test_taskwise_with_fixed_lambda_is_task_arithmetic(tiny_problem):
     result = _run(tiny_problem, "adamerging_taskwise", steps=2)
     learned = result.info["coefficients"]
     assert set(learned) == set(tiny_problem.task_names)
-    reference = merge_state_dicts(base, experts, "task_arithmetic", weight=[learned[t] for t in tiny_problem.task_names])
+    reference = merge_state_dicts(
+        base, experts, "task_arithmetic", weight=[learned[t] for t in tiny_problem.task_names]
+    )
     for k in base:
         torch.testing.assert_close(result.merged[k], reference[k], atol=1e-6, rtol=0)
 

@@ -15,7 +15,9 @@ def test_adapt_fisher_cli_then_load_merged(tiny_pool_yaml: Path, tmp_path: Path)
     from mergesmith import load_merged
 
     out = tmp_path / "fisher"
-    result = run_cli("adapt", "fisher", "--pool", tiny_pool_yaml, out, "--param", "num_examples=2", "--seed", "1", "--quiet")
+    result = run_cli(
+        "adapt", "fisher", "--pool", tiny_pool_yaml, out, "--param", "num_examples=2", "--seed", "1", "--quiet"
+    )
     assert result.exit_code == 0, result.output
     assert "fisher:" in result.output and "info:" in result.output
     document = json.loads((out / "mergesmith.json").read_text())["details"]
@@ -31,7 +33,10 @@ def test_adapt_fisher_cli_then_load_merged(tiny_pool_yaml: Path, tmp_path: Path)
 def test_adapt_cli_errors(tiny_pool_yaml: Path, tmp_path: Path):
     unknown_key = run_cli("adapt", "regmean", "--pool", tiny_pool_yaml, tmp_path / "a", "--param", "alpah=0.5")
     assert unknown_key.exit_code == 2
-    assert "unknown parameter 'alpah' for regmean; allowed: num_examples, alpha, ridge, data, batch_size" in unknown_key.output
+    assert (
+        "unknown parameter 'alpah' for regmean; allowed: num_examples, alpha, ridge, data, batch_size"
+        in unknown_key.output
+    )
     bad_value = run_cli("adapt", "regmean", "--pool", tiny_pool_yaml, tmp_path / "b", "--param", "alpha=2")
     assert bad_value.exit_code == 2 and "'alpha'" in bad_value.output
     unknown = run_cli("adapt", "nope", "--pool", tiny_pool_yaml, tmp_path / "c")
@@ -50,7 +55,11 @@ def test_bench_runs_adapt_methods_beside_merges(tiny_pool_yaml: Path, tmp_path: 
     for name in ("fisher", "regmean"):
         row = rows[name]
         assert row["kind"] == "adapt" and row["params"]["added_parameters"] == 0
-        assert set(row["accuracy"]) == {"reviews", "topics"} and row["merge_seconds"] > 0 and row["peak_memory_mb"] is not None
+        assert (
+            set(row["accuracy"]) == {"reviews", "topics"}
+            and row["merge_seconds"] > 0
+            and row["peak_memory_mb"] is not None
+        )
         assert row["info"]["linear_layers"] == 13 if name == "regmean" else "fisher_sum" in row["info"]
     assert "regmean" in result.output and "fisher" in (run / "results.csv").read_text()
     assert "fisher" in (run / "report.html").read_text()
@@ -64,7 +73,9 @@ def test_adapt_trains_no_linear_probe(tmp_path: Path, monkeypatch):
     pool = build_text_pool(tmp_path / "pool", n_train=12)
     train_probe = encoder.train_probe
     trained = []
-    monkeypatch.setattr(encoder, "train_probe", lambda *args, **kwargs: trained.append(1) or train_probe(*args, **kwargs))
+    monkeypatch.setattr(
+        encoder, "train_probe", lambda *args, **kwargs: trained.append(1) or train_probe(*args, **kwargs)
+    )
     result = run_cli("adapt", "regmean", "--pool", pool, tmp_path / "out", "--param", "num_examples=4", "--quiet")
     assert result.exit_code == 0, result.output
     assert trained == []

@@ -15,16 +15,23 @@ from tests.helpers import load_tensors, run_cli
 
 def _run(problem, seed=0, **overrides):
     spec = ADAPT_METHODS["atlas"]
-    return spec.run(problem, parse_params(spec, {"steps": 2, "batch_size": 4, "lr": 0.05, "progress": False, **overrides}), seed)
+    return spec.run(
+        problem, parse_params(spec, {"steps": 2, "batch_size": 4, "lr": 0.05, "progress": False, **overrides}), seed
+    )
 
 
 def test_supervised_loss_falls_with_one_coefficient_per_tensor(tiny_problem):
     result = _run(tiny_problem, steps=12)
     info = result.info
-    assert info["objective"] == "supervised" and info["labeled_examples"] == sum(len(t.validation) for t in tiny_problem.tasks)
+    assert info["objective"] == "supervised" and info["labeled_examples"] == sum(
+        len(t.validation) for t in tiny_problem.tasks
+    )
     assert info["loss_mean_last_tenth"] < 0.8 * info["loss_mean_first_tenth"]
     lam = result.extras["atlas.coefficients"]
-    assert lam.shape == (len(tiny_problem.tasks), info["learnable_tensors"]) and info["groups"] == info["learnable_tensors"]
+    assert (
+        lam.shape == (len(tiny_problem.tasks), info["learnable_tensors"])
+        and info["groups"] == info["learnable_tensors"]
+    )
     assert len(set(lam[0].tolist())) > lam.shape[1] // 2  # anisotropic: blocks get their own values
     vectors = [tiny_problem.task_vectors()[t] for t in tiny_problem.task_names]
     name = "encoder.layer.0.intermediate.dense.bias"
@@ -39,7 +46,9 @@ def test_starts_at_the_pretrained_model_and_is_deterministic(tiny_problem):
     assert torch.equal(first.extras["atlas.coefficients"], again.extras["atlas.coefficients"])
     zero = _run(tiny_problem, steps=1, lr=1e-12)
     base = tiny_problem.base_state()
-    torch.testing.assert_close(zero.merged["encoder.layer.1.output.dense.weight"], base["encoder.layer.1.output.dense.weight"])
+    torch.testing.assert_close(
+        zero.merged["encoder.layer.1.output.dense.weight"], base["encoder.layer.1.output.dense.weight"]
+    )
 
 
 def test_entropy_objective_and_few_shot(tiny_problem):

@@ -47,7 +47,11 @@ def test_bmm_search_end_to_end_is_reproducible(tiny_problem):
     spec = get_adapt_method("bmm")
     params = parse_params(spec, {"trials": 3, "num_examples": 6, "val_examples": 4, "groups": "layer"})
     first = spec.run(tiny_problem, params, 0)
-    assert first.info["bo"]["trials"] == 3 and set(first.info["rho"]) == {"encoder.layer.0", "encoder.layer.1", "pooler.dense"}
+    assert first.info["bo"]["trials"] == 3 and set(first.info["rho"]) == {
+        "encoder.layer.0",
+        "encoder.layer.1",
+        "pooler.dense",
+    }
     again = spec.run(tiny_problem, params, 0)
     assert first.info["rho"] == again.info["rho"]
     assert all(torch.equal(again.merged[k], v) for k, v in first.merged.items())

@@ -111,7 +111,10 @@ def _check_moved(name: str, arch: str, problem: AdaptProblem, result) -> None:
         lam = result.extras[f"{'atlas' if name == 'atlas' else 'adamerging'}.coefficients"]
         init = 0.0 if name == "atlas" else 0.3
         assert torch.isfinite(lam).all() and _differs(lam, torch.full_like(lam, init))
-        assert len(result.info["losses"]) == FAST[name]["steps"] and torch.isfinite(torch.tensor(result.info["losses"])).all()
+        assert (
+            len(result.info["losses"]) == FAST[name]["steps"]
+            and torch.isfinite(torch.tensor(result.info["losses"])).all()
+        )
     elif name == "twin_merging":
         assert result.info["inference"] == "hooks"  # Conv1D and RMSNorm are routed by hooks, not per input
         shared = problem.encoder_with({k: v for k, v in state.items() if v.is_floating_point()})
@@ -156,8 +159,9 @@ def test_method_runs_on_decoder_and_round_trips(decoder, name, tmp_path):
         loaded = load_merged(out, task=task if result.kind == "surgery" else None)
         if result.kind == "weights":
             loaded = loaded.base_model  # the decoder, whether the model comes with its LM head or not
-        torch.testing.assert_close(_features(problem, loaded, task), _features(problem, result.encoder_for(task), task),
-                                   atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            _features(problem, loaded, task), _features(problem, result.encoder_for(task), task), atol=1e-5, rtol=1e-5
+        )
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -236,8 +240,10 @@ def test_regmean_weight_stored_recovers_a_planted_conv1d_map():
     from mergesmith.methods.regmean_combine import regmean_weight
 
     linear = [w1.T.contiguous(), w2.T.contiguous()]
-    torch.testing.assert_close(regmean_weight_stored(linear, [x1.T @ x1, x2.T @ x2], 1.0, 1e-4, conv1d=False)[0],
-                               regmean_weight(linear, [x1.T @ x1, x2.T @ x2], 1.0, 1e-4)[0])
+    torch.testing.assert_close(
+        regmean_weight_stored(linear, [x1.T @ x1, x2.T @ x2], 1.0, 1e-4, conv1d=False)[0],
+        regmean_weight(linear, [x1.T @ x1, x2.T @ x2], 1.0, 1e-4)[0],
+    )
 
 
 def _keys(path: Path) -> list[str]:
@@ -258,14 +264,20 @@ def test_regmean_on_gpt2_solves_every_conv1d_layer(pools, tmp_path):
 
     _, problem = pools.get("gpt2")
     result = _run(problem, "regmean")
-    assert result.info["linear_layers"] == result.info["conv1d_layers"] == 8  # 2 blocks x (c_attn, c_proj, c_fc, c_proj)
+    assert (
+        result.info["linear_layers"] == result.info["conv1d_layers"] == 8
+    )  # 2 blocks x (c_attn, c_proj, c_fc, c_proj)
     out = save_result(result, problem, tmp_path / "regmean")
     config = yaml.safe_load((out / "merge.yaml").read_text())
     axis = config["parameters"]["input_axis"]
-    assert sorted(e["filter"] for e in axis[:-1]) == sorted(f"transformer.{w}" for w in CONV1D_WEIGHTS) and axis[-1] == {"value": 1}
+    assert sorted(e["filter"] for e in axis[:-1]) == sorted(f"transformer.{w}" for w in CONV1D_WEIGHTS) and axis[
+        -1
+    ] == {"value": 1}
     base, vectors = problem.base_state(), problem.task_vectors()
     for w, shape in (("h.1.mlp.c_fc.weight", (64, 64)), ("h.1.mlp.c_proj.weight", (256, 256))):
-        grams = [load_file(str(out / "statistics" / f"{t}.safetensors"))[f"transformer.{w}"] for t in problem.task_names]
+        grams = [
+            load_file(str(out / "statistics" / f"{t}.safetensors"))[f"transformer.{w}"] for t in problem.task_names
+        ]
         assert grams[0].shape == shape and torch.allclose(grams[0], grams[0].T)  # [in, in]: in = the stored rows
         # the same regression solved independently on the nn.Linear view of the stored [in, out] weights
         expected, _ = regmean_weight([(base[w] + vectors[t][w]).T for t in problem.task_names], grams, 0.95, 1e-4)
@@ -285,8 +297,11 @@ def test_regmean_on_gpt2_solves_every_conv1d_layer(pools, tmp_path):
     assert _differs(plusplus.merged[LINEAR["gpt2"]], result.merged[LINEAR["gpt2"]])
 
 
-CONV1D_WEIGHTS = tuple(f"h.{layer}.{name}.weight" for layer in range(2)
-                       for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"))
+CONV1D_WEIGHTS = tuple(
+    f"h.{layer}.{name}.weight"
+    for layer in range(2)
+    for name in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj")
+)
 
 
 def test_bmm_on_gpt2_regresses_conv1d_in_linear_layout(pools):
@@ -316,7 +331,9 @@ def test_regression_methods_need_a_linear_layer():
             self.embed = torch.nn.Embedding(4, 3)
             self.norm = torch.nn.LayerNorm(3)
 
-    with pytest.raises(MergesmithError, match="regmean: NoLinear has no linear layer \\(looked for nn.Linear and GPT-2 Conv1D") as err:
+    with pytest.raises(
+        MergesmithError, match="regmean: NoLinear has no linear layer \\(looked for nn.Linear and GPT-2 Conv1D"
+    ) as err:
         linear_modules(NoLinear(), "regmean")
     assert "\n" not in str(err.value)
 
@@ -341,7 +358,9 @@ def test_twin_hooks_equal_the_per_input_path_and_full_rank_gives_the_expert(deco
         # one-hot routing at full rank: exactly the expert (every Conv1D / RMSNorm / embedding delta applied)
         twin.force_routing = torch.tensor([0.0, 1.0])
         expert = problem.load_encoder(problem.expert_dirs["topics"])
-        torch.testing.assert_close(twin(**kwargs).last_hidden_state, expert(**kwargs).last_hidden_state, atol=2e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            twin(**kwargs).last_hidden_state, expert(**kwargs).last_hidden_state, atol=2e-5, rtol=1e-4
+        )
     twin.force_routing = None
 
 
@@ -379,8 +398,9 @@ def test_adapt_cli_on_a_gpt2_pool(pools, tmp_path):
 
     pool_yaml, problem = pools.get("gpt2")
     out = tmp_path / "regmean"
-    outcome = run_cli("adapt", "regmean", "--pool", pool_yaml, out, "--param", "num_examples=6", "--param", "batch_size=4",
-                      "--quiet")
+    outcome = run_cli(
+        "adapt", "regmean", "--pool", pool_yaml, out, "--param", "num_examples=6", "--param", "batch_size=4", "--quiet"
+    )
     assert outcome.exit_code == 0, outcome.output
     document = json.loads((out / "mergesmith.json").read_text())["details"]
     assert document["info"]["conv1d_layers"] == 8 and document["spec"]["params"]["num_examples"] == 6

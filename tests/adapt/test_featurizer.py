@@ -45,18 +45,29 @@ def test_no_adapt_module_imports_the_bench():
     offenders = []
     for path in files:
         package = ".".join(("mergesmith", "adapt", *path.relative_to(ADAPT).parent.parts))
-        offenders += [f"{path.name}: {name}" for name in imported_modules(path.read_text(encoding="utf-8"), package)
-                      if _is_bench(name)]
+        offenders += [
+            f"{path.name}: {name}"
+            for name in imported_modules(path.read_text(encoding="utf-8"), package)
+            if _is_bench(name)
+        ]
     assert offenders == []
 
 
 def test_the_import_check_sees_hidden_imports():
-    source = ("def f():\n    from mergesmith.bench.run import x\n"
-              "def g():\n    import importlib\n    return importlib.import_module('mergesmith.bench.pool')\n"
-              "from mergesmith import bench\nfrom ..bench import zoo\nimport mergesmith.bench.features as features\n")
+    source = (
+        "def f():\n    from mergesmith.bench.run import x\n"
+        "def g():\n    import importlib\n    return importlib.import_module('mergesmith.bench.pool')\n"
+        "from mergesmith import bench\nfrom ..bench import zoo\nimport mergesmith.bench.features as features\n"
+    )
     found = {name for name in imported_modules(source, "mergesmith.adapt") if _is_bench(name)}
-    assert found == {"mergesmith.bench.run", "mergesmith.bench.run.x", "mergesmith.bench.pool", "mergesmith.bench",
-                     "mergesmith.bench.zoo", "mergesmith.bench.features"}
+    assert found == {
+        "mergesmith.bench.run",
+        "mergesmith.bench.run.x",
+        "mergesmith.bench.pool",
+        "mergesmith.bench",
+        "mergesmith.bench.zoo",
+        "mergesmith.bench.features",
+    }
 
 
 def _members(protocol: type) -> list[str]:

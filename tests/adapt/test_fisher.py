@@ -53,7 +53,9 @@ def test_engine_with_equal_statistics_matches_linear(tmp_path: Path):
 
     family, files = _family_with_statistics(tmp_path, lambda i, k, v: torch.full_like(v, 0.5))
     models = [{"model": str(e), "statistics": str(f)} for e, f in zip(family.experts, files)]
-    merge(write_yaml(tmp_path / "fisher.yaml", {"merge_method": "fisher_combine", "models": models}), tmp_path / "fisher")
+    merge(
+        write_yaml(tmp_path / "fisher.yaml", {"merge_method": "fisher_combine", "models": models}), tmp_path / "fisher"
+    )
     linear = [{"model": str(e), "parameters": {"weight": 1.0}} for e in family.experts]
     merge(write_yaml(tmp_path / "linear.yaml", {"merge_method": "linear", "models": linear}), tmp_path / "linear")
     ours, ref = load_tensors(tmp_path / "fisher"), load_tensors(tmp_path / "linear")
@@ -81,16 +83,33 @@ def test_statistics_config_errors(tmp_path: Path):
     family, files = _family_with_statistics(tmp_path, lambda i, k, v: torch.ones_like(v))
     experts = [str(e) for e in family.experts]
     with pytest.raises(ConfigError, match=r"models\[1\]: fisher_combine needs the model's statistics file"):
-        plan_merge({"merge_method": "fisher_combine", "models": [{"model": experts[0], "statistics": str(files[0])}, {"model": experts[1]}]})
+        plan_merge(
+            {
+                "merge_method": "fisher_combine",
+                "models": [{"model": experts[0], "statistics": str(files[0])}, {"model": experts[1]}],
+            }
+        )
     with pytest.raises(ConfigError, match=r"models\[0\]\.statistics: linear reads no statistics"):
-        plan_merge({"merge_method": "linear", "models": [{"model": experts[0], "statistics": str(files[0])}, {"model": experts[1]}]})
+        plan_merge(
+            {
+                "merge_method": "linear",
+                "models": [{"model": experts[0], "statistics": str(files[0])}, {"model": experts[1]}],
+            }
+        )
     bad = dict(load_file(str(files[1])))
     name = next(k for k, v in bad.items() if v.dim() == 2)
     bad[name] = torch.ones(3, 3)
     save_file(bad, str(tmp_path / "bad.safetensors"))
     with pytest.raises(ConfigError, match="has shape \\[3, 3\\] but fisher_combine expects"):
-        plan_merge({"merge_method": "fisher_combine", "models": [{"model": experts[0], "statistics": str(files[0])},
-                                                                 {"model": experts[1], "statistics": str(tmp_path / "bad.safetensors")}]})
+        plan_merge(
+            {
+                "merge_method": "fisher_combine",
+                "models": [
+                    {"model": experts[0], "statistics": str(files[0])},
+                    {"model": experts[1], "statistics": str(tmp_path / "bad.safetensors")},
+                ],
+            }
+        )
 
 
 def test_fisher_end_to_end(tiny_problem, tmp_path: Path, monkeypatch):
@@ -103,20 +122,28 @@ def test_fisher_end_to_end(tiny_problem, tmp_path: Path, monkeypatch):
     result = spec.run(tiny_problem, parse_params(spec, {"num_examples": 3}), 0)
     out = save_result(result, tiny_problem, tmp_path / "out")
     manifest = json.loads((out / "mergesmith.json").read_text())
-    assert manifest["kind"] == "weights" and manifest["method"] == "fisher" and manifest["details"]["spec"]["method"] == "fisher"
+    assert (
+        manifest["kind"] == "weights"
+        and manifest["method"] == "fisher"
+        and manifest["details"]["spec"]["method"] == "fisher"
+    )
     stats = load_file(str(out / "statistics" / "reviews.safetensors"))
     query = "bert.encoder.layer.0.attention.self.query.weight"  # the checkpoints' names (a BertForMaskedLM save)
     assert stats[query].shape == (64, 64) and float(stats[query].sum()) > 0
     model = load_merged(out).base_model  # the encoder, whether the model comes with its head or not
-    torch.testing.assert_close(model.state_dict()["encoder.layer.0.attention.self.query.weight"],
-                               result.merged["encoder.layer.0.attention.self.query.weight"])
+    torch.testing.assert_close(
+        model.state_dict()["encoder.layer.0.attention.self.query.weight"],
+        result.merged["encoder.layer.0.attention.self.query.weight"],
+    )
     # the saved merge.yaml rebuilds the weights from the experts and the saved statistics
     from mergesmith.api import merge
 
     monkeypatch.chdir(out)
     merge("merge.yaml", tmp_path / "rebuilt")
     rebuilt, written = load_tensors(tmp_path / "rebuilt"), load_tensors(out)
-    compared = [n for n in rebuilt if n.removeprefix("bert.") in result.merged]  # the MLM head is not part of the encoder
+    compared = [
+        n for n in rebuilt if n.removeprefix("bert.") in result.merged
+    ]  # the MLM head is not part of the encoder
     assert len(compared) > 30
     for name in compared:
         torch.testing.assert_close(rebuilt[name], written[name])

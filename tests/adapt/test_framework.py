@@ -64,8 +64,11 @@ def test_unchanged_tensors_streamed_or_from_held_task_vectors(tmp_path: Path):
 
     pool = build_text_pool(tmp_path)
     frozen = "bert.embeddings.word_embeddings.weight"  # the checkpoints' name (a BertForMaskedLM save)
-    base_value = next(load_file(str(f))[frozen] for f in (tmp_path / "models" / "base").glob("*.safetensors")
-                      if frozen in load_file(str(f)))
+    base_value = next(
+        load_file(str(f))[frozen]
+        for f in (tmp_path / "models" / "base").glob("*.safetensors")
+        if frozen in load_file(str(f))
+    )
     for expert in sorted((tmp_path / "models").glob("expert_*")):
         for shard in expert.glob("*.safetensors"):
             tensors = load_file(str(shard))
@@ -91,14 +94,18 @@ def test_save_result_writes_hf_layout_and_loads_back(tiny_problem: AdaptProblem,
     out = save_result(result, tiny_problem, tmp_path / "out")
     manifest = json.loads((out / "mergesmith.json").read_text())
     document = manifest["details"]
-    assert manifest["kind"] == "weights" and document["info"]["note"] == 1.5 and document["tasks"] == ["reviews", "topics"]
+    assert (
+        manifest["kind"] == "weights" and document["info"]["note"] == 1.5 and document["tasks"] == ["reviews", "topics"]
+    )
     assert set(manifest["inputs"]) == {"base", "expert:reviews", "expert:topics"}
     assert all(model["files"] for model in manifest["inputs"].values())  # every input file read is hashed
     assert "model.safetensors" in manifest["outputs"] and "README.md" in manifest["outputs"]
     assert (out / "tokenizer.json").is_file() or (out / "vocab.txt").is_file()
     model = load_merged(out).base_model  # the encoder, whether the model comes with its head or not
-    torch.testing.assert_close(model.state_dict()["encoder.layer.0.attention.self.query.weight"],
-                               merged["encoder.layer.0.attention.self.query.weight"])
+    torch.testing.assert_close(
+        model.state_dict()["encoder.layer.0.attention.self.query.weight"],
+        merged["encoder.layer.0.attention.self.query.weight"],
+    )
     # the checkpoints are a masked-LM save: the output loads as one, its head (not merged) the base's
     from transformers import AutoModelForMaskedLM
 
@@ -137,7 +144,9 @@ def test_parse_params_errors():
 def test_test_time_method_without_unlabeled_inputs(tiny_problem: AdaptProblem):
     import dataclasses
 
-    stripped = dataclasses.replace(tiny_problem, tasks=[dataclasses.replace(t, unlabeled=None) for t in tiny_problem.tasks])
+    stripped = dataclasses.replace(
+        tiny_problem, tasks=[dataclasses.replace(t, unlabeled=None) for t in tiny_problem.tasks]
+    )
     with pytest.raises(MergesmithError, match="adamerging adapts on unlabeled test inputs but task 'reviews' has none"):
         check_needs(stripped, "adamerging", frozenset({"unlabeled"}))
     check_needs(stripped, "fisher", frozenset({"validation"}))
@@ -147,7 +156,9 @@ def test_expert_trained_for_another_label_space(tmp_path: Path):
     pool = build_text_pool(tmp_path)
     # expert_0 carries its own head with 3 classes, but its task "reviews" has 2 labels
     save_head(tmp_path / "models" / "expert_0" / "task_head.safetensors", 3, 64, seed=9)
-    with pytest.raises(MergesmithError, match="expert .*expert_0 was trained with a head of shape \\[3, 64\\] but the pool's head"):
+    with pytest.raises(
+        MergesmithError, match="expert .*expert_0 was trained with a head of shape \\[3, 64\\] but the pool's head"
+    ):
         load_problem(pool=pool, progress=False, echo=lambda _: None)
 
 
@@ -161,8 +172,15 @@ def test_image_pool_pooled_matches_bench_features(tmp_path: Path):
     from tests.helpers import write_yaml
 
     torch.manual_seed(0)
-    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, projection_dim=16)
+    config = CLIPVisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=16,
+    )
     model = CLIPVisionModelWithProjection(config).eval()
     for name in ("base", "expert"):
         model.save_pretrained(tmp_path / name)
@@ -175,9 +193,20 @@ def test_image_pool_pooled_matches_bench_features(tmp_path: Path):
                 path.parent.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(rng.integers(0, 255, (12, 12, 3)).astype(np.uint8)).save(path)
     save_head(tmp_path / "head.safetensors", 2, 16, seed=0)
-    pool = write_yaml(tmp_path / "pool.yaml", {"base_model": "base", "tasks": [
-        {"name": "colors", "expert": "expert", "head": "head.safetensors",
-         "data": {"format": "imagefolder", "validation": "data/validation", "test": "data/test"}}]})
+    pool = write_yaml(
+        tmp_path / "pool.yaml",
+        {
+            "base_model": "base",
+            "tasks": [
+                {
+                    "name": "colors",
+                    "expert": "expert",
+                    "head": "head.safetensors",
+                    "data": {"format": "imagefolder", "validation": "data/validation", "test": "data/test"},
+                }
+            ],
+        },
+    )
     problem = load_problem(pool=pool, progress=False, echo=lambda _: None)
     task = problem.tasks[0]
     encoder = problem.load_encoder(problem.expert_dirs["colors"])
@@ -186,7 +215,9 @@ def test_image_pool_pooled_matches_bench_features(tmp_path: Path):
         ours = problem.pooled(encoder, batch)
         torch.testing.assert_close(ours.detach(), bench[batch.rows], atol=1e-5, rtol=1e-5)
         hidden = encoder(**problem.forward_kwargs(batch)).last_hidden_state
-        torch.testing.assert_close(problem.pool_hidden(hidden, batch, encoder).detach(), bench[batch.rows], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            problem.pool_hidden(hidden, batch, encoder).detach(), bench[batch.rows], atol=1e-5, rtol=1e-5
+        )
     assert len(task.unlabeled) == 6 and all(b.labels is None for b in problem.batches(task.unlabeled, 4))
 
 

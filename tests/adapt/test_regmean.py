@@ -72,7 +72,9 @@ def test_regmean_and_plusplus_end_to_end(tiny_problem, tmp_path: Path):
         else:  # the Grams went to disk task by task; solved in memory they give the engine's weights
             w = "encoder.layer.1.intermediate.dense.weight"
             base, vectors = tiny_problem.base_state(), tiny_problem.task_vectors()
-            saved = [load_file(str(out / "statistics" / f"{t}.safetensors"))[f"bert.{w}"] for t in ("reviews", "topics")]
+            saved = [
+                load_file(str(out / "statistics" / f"{t}.safetensors"))[f"bert.{w}"] for t in ("reviews", "topics")
+            ]
             expected, _ = regmean_weight([base[w] + vectors[t][w] for t in ("reviews", "topics")], saved, 0.95, 1e-4)
             torch.testing.assert_close(result.merged[w], expected, atol=1e-5, rtol=1e-5)
         assert "regmean_combine" in (out / "merge.yaml").read_text()
@@ -107,7 +109,8 @@ def test_plusplus_grams_come_from_merged_earlier_layers_and_the_experts_own_laye
     state = {k: (expert[k] if k.startswith("encoder.layer.1.") else result.merged[k]) for k in result.merged}
     encoder = tiny_problem.load_encoder(tiny_problem.base_dir)
     module = "encoder.layer.1.intermediate.dense"
-    found = task_grams(tiny_problem, task, encoder, {module: linear_modules(encoder, "test")[module]}, params, 0 + i,
-                       state=state)
+    found = task_grams(
+        tiny_problem, task, encoder, {module: linear_modules(encoder, "test")[module]}, params, 0 + i, state=state
+    )
     saved = load_file(str(out / "statistics" / f"{task.name}.safetensors"))[f"bert.{module}.weight"]
     torch.testing.assert_close(saved, found[module], atol=1e-6, rtol=1e-5)

@@ -91,7 +91,9 @@ def test_surgery_v2_has_a_module_after_every_block(tiny_problem: AdaptProblem, s
 def test_sits_on_the_merge_it_is_given(tiny_problem: AdaptProblem):
     from mergesmith.api import merge_state_dicts
 
-    result = run_surgery(tiny_problem, SurgeryParams(merge_method="ties", merge_params={"density": 0.5, "lambda": 1.0}, steps=0), seed=0)
+    result = run_surgery(
+        tiny_problem, SurgeryParams(merge_method="ties", merge_params={"density": 0.5, "lambda": 1.0}, steps=0), seed=0
+    )
     base = tiny_problem.base_state()
     experts = [{k: base[k] + v[k] for k in base} for v in tiny_problem.task_vectors().values()]
     expected = merge_state_dicts(base, experts, "ties", density=0.5, weight=1.0, **{"lambda": 1.0})
@@ -102,7 +104,9 @@ def test_sits_on_the_merge_it_is_given(tiny_problem: AdaptProblem):
 
 
 @pytest.mark.parametrize("which", ["surgery", "surgery_v2"])
-def test_save_and_load_merged_round_trip(tiny_problem: AdaptProblem, surgery_result, surgery_v2_result, tmp_path, which):
+def test_save_and_load_merged_round_trip(
+    tiny_problem: AdaptProblem, surgery_result, surgery_v2_result, tmp_path, which
+):
     from mergesmith import load_merged
     from mergesmith.adapt.result import save_result
 
@@ -110,8 +114,12 @@ def test_save_and_load_merged_round_trip(tiny_problem: AdaptProblem, surgery_res
     out = save_result(result, tiny_problem, tmp_path / which)
     for task in ("reviews", "topics"):
         loaded = load_merged(out, task=task)
-        torch.testing.assert_close(_outputs(tiny_problem, loaded, task), _outputs(tiny_problem, result.encoder_for(task), task),
-                                   atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            _outputs(tiny_problem, loaded, task),
+            _outputs(tiny_problem, result.encoder_for(task), task),
+            atol=1e-6,
+            rtol=1e-6,
+        )
     with pytest.raises(MergesmithError, match="task=.*reviews, topics"):
         load_merged(out)
     with pytest.raises(MergesmithError, match="no task 'x'"):

@@ -39,8 +39,9 @@ def test_full_rank_one_hot_routing_reproduces_each_expert(tiny_problem, full_ran
         twin.force_routing = torch.nn.functional.one_hot(torch.tensor(t), len(tiny_problem.tasks)).float()
         expert = tiny_problem.load_encoder(tiny_problem.expert_dirs[task])
         for data_task in tiny_problem.task_names:
-            torch.testing.assert_close(_hidden(twin, tiny_problem, data_task), _hidden(expert, tiny_problem, data_task),
-                                       atol=2e-5, rtol=1e-4)
+            torch.testing.assert_close(
+                _hidden(twin, tiny_problem, data_task), _hidden(expert, tiny_problem, data_task), atol=2e-5, rtol=1e-4
+            )
     twin.force_routing = None
     shared = tiny_problem.encoder_with({k: v for k, v in full_rank.merged.items() if v.is_floating_point()})
     # the shared part alone is not an expert: the exclusive parts carry real information
@@ -78,7 +79,9 @@ def test_saved_result_loads_back_with_the_same_outputs(tiny_problem, tmp_path):
     assert isinstance(loaded, TwinEncoder)
     twin = result.encoder_for("reviews")
     for task in tiny_problem.task_names:
-        torch.testing.assert_close(_hidden(loaded, tiny_problem, task), _hidden(twin, tiny_problem, task), atol=1e-6, rtol=1e-6)
+        torch.testing.assert_close(
+            _hidden(loaded, tiny_problem, task), _hidden(twin, tiny_problem, task), atol=1e-6, rtol=1e-6
+        )
     assert load_merged(out, task="topics") is not None
     from mergesmith.errors import MergesmithError
 

@@ -41,7 +41,10 @@ def test_one_hot_router_reproduces_the_expert_mlp(arch):
     blocks = mlp_blocks(model)
     mlp = set(mlp_tensor_names(model, blocks))
     lam = 0.3
-    merged = {k: (base[k] if k in mlp else base[k] + lam * sum(v[k] for v in vectors)) if k in vectors[0] else base[k] for k in base}
+    merged = {
+        k: (base[k] if k in mlp else base[k] + lam * sum(v[k] for v in vectors)) if k in vectors[0] else base[k]
+        for k in base
+    }
     ids = torch.randint(2, 200, (3, 7), generator=torch.Generator().manual_seed(0))
     for t in range(3):
         reference = tiny_model(arch)
@@ -91,10 +94,19 @@ def test_training_and_inference_paths_agree(conv1d):
     with torch.no_grad():
         inferred = layer(x)
         r = router(x)
-    expected = torch.stack([
-        x[b] @ ((weight + torch.einsum("t,t...->...", r[b], taus)) if conv1d else (weight + torch.einsum("t,t...->...", r[b], taus)).t())
-        + bias + r[b] @ tau_b for b in range(4)
-    ])
+    expected = torch.stack(
+        [
+            x[b]
+            @ (
+                (weight + torch.einsum("t,t...->...", r[b], taus))
+                if conv1d
+                else (weight + torch.einsum("t,t...->...", r[b], taus)).t()
+            )
+            + bias
+            + r[b] @ tau_b
+            for b in range(4)
+        ]
+    )
     torch.testing.assert_close(trained, expected, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(inferred, expected, atol=1e-5, rtol=1e-5)
     trained.sum().backward()
@@ -128,7 +140,9 @@ def test_static_part_is_task_arithmetic_and_the_moe_holds_the_mlp_vectors(tiny_p
     base, vectors = tiny_problem.base_state(), tiny_problem.task_vectors()
     names = tiny_problem.task_names
     attention = "encoder.layer.0.attention.self.query.weight"
-    torch.testing.assert_close(wemoe.merged[attention], base[attention] + 0.3 * sum(vectors[t][attention] for t in names))
+    torch.testing.assert_close(
+        wemoe.merged[attention], base[attention] + 0.3 * sum(vectors[t][attention] for t in names)
+    )
     mlp = "encoder.layer.1.intermediate.dense.weight"
     assert torch.equal(wemoe.merged[mlp], base[mlp])
     for i, t in enumerate(names):
@@ -182,6 +196,8 @@ def test_unknown_architecture_names_what_was_looked_for():
             self.layers = nn.ModuleList(Block() for _ in range(2))
 
     for model in (NoBlocks(), NoMlp()):
-        with pytest.raises(MergesmithError, match="intermediate.dense -> output.dense.*mlp.c_fc.*gate_proj.*mlp.fc1") as err:
+        with pytest.raises(
+            MergesmithError, match="intermediate.dense -> output.dense.*mlp.c_fc.*gate_proj.*mlp.fc1"
+        ) as err:
             mlp_blocks(model)
         assert "\n" not in str(err.value)

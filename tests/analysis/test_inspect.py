@@ -37,9 +37,9 @@ def test_cosine_identical_and_orthogonal():
 
 
 def test_sign_conflicts_by_hand():
-    taus = torch.tensor([[1.0, -1.0, 0.0, 2.0, 0.5, -3.0],
-                         [1.0, 1.0, 3.0, 0.0, 0.0, -1.0],
-                         [0.0, 2.0, -1.0, 0.0, 0.0, 1.0]])
+    taus = torch.tensor(
+        [[1.0, -1.0, 0.0, 2.0, 0.5, -3.0], [1.0, 1.0, 3.0, 0.0, 0.0, -1.0], [0.0, 2.0, -1.0, 0.0, 0.0, 1.0]]
+    )
     # column: 0 agree(2) | 1 conflict(3) | 2 conflict(2) | 3 one nonzero | 4 one nonzero | 5 conflict(3)
     assert sign_conflict_counts(taus) == (3, 4)
     conflicts, both = pairwise_conflict_counts(taus)
@@ -54,7 +54,9 @@ def test_effective_rank_known_answers():
     u, v = torch.randn(7, 1), torch.randn(1, 5)
     assert effective_rank(torch.linalg.svdvals(u @ v)) == pytest.approx(1.0, abs=1e-5)
     assert effective_rank(torch.linalg.svdvals(torch.eye(6))) == pytest.approx(6.0)
-    assert effective_rank(torch.tensor([3.0, 1.0])) == pytest.approx(math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25))))
+    assert effective_rank(torch.tensor([3.0, 1.0])) == pytest.approx(
+        math.exp(-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)))
+    )
     assert effective_rank(torch.zeros(4)) == 0.0
 
 
@@ -67,13 +69,23 @@ def _save(directory, tensors):
 @pytest.fixture()
 def constructed(tmp_path):
     """A base and experts whose task vectors are known: 0 and 1 identical, 2 orthogonal to them (other tensors)."""
-    base = {"model.layers.0.w": torch.zeros(4, 6), "model.layers.1.w": torch.ones(4, 6), "embed.weight": torch.zeros(10)}
+    base = {
+        "model.layers.0.w": torch.zeros(4, 6),
+        "model.layers.1.w": torch.ones(4, 6),
+        "embed.weight": torch.zeros(10),
+    }
     gen = torch.Generator().manual_seed(1)
     rank1 = torch.randn(4, 1, generator=gen) @ torch.randn(1, 6, generator=gen)
     e0 = {**base, "model.layers.0.w": rank1}
-    e2 = {**base, "model.layers.1.w": base["model.layers.1.w"] + torch.randn(4, 6, generator=gen), "embed.weight": torch.ones(10)}
-    return (_save(tmp_path / "base", base), [_save(tmp_path / "e0", e0), _save(tmp_path / "e1", dict(e0)),
-                                             _save(tmp_path / "e2", e2)])
+    e2 = {
+        **base,
+        "model.layers.1.w": base["model.layers.1.w"] + torch.randn(4, 6, generator=gen),
+        "embed.weight": torch.ones(10),
+    }
+    return (
+        _save(tmp_path / "base", base),
+        [_save(tmp_path / "e0", e0), _save(tmp_path / "e1", dict(e0)), _save(tmp_path / "e2", e2)],
+    )
 
 
 def test_streamed_diagnostics_on_constructed_checkpoints(constructed):
@@ -118,12 +130,20 @@ def test_bad_input_one_line_exit_2(constructed, tmp_path):
     base, experts = constructed
     missing = run_cli("inspect", base, tmp_path / "nope", "--out", tmp_path / "out1")
     assert missing.exit_code == 2 and len(missing.output.strip().splitlines()) == 1 and "no such file" in missing.output
-    bad = _save(tmp_path / "bad", {"model.layers.0.w": torch.zeros(4, 5), "model.layers.1.w": torch.ones(4, 6),
-                                   "embed.weight": torch.zeros(10)})
+    bad = _save(
+        tmp_path / "bad",
+        {"model.layers.0.w": torch.zeros(4, 5), "model.layers.1.w": torch.ones(4, 6), "embed.weight": torch.zeros(10)},
+    )
     mismatched = run_cli("inspect", base, experts[0], bad, "--out", tmp_path / "out2")
     assert mismatched.exit_code == 2 and len(mismatched.output.strip().splitlines()) == 1
     assert "model.layers.0.w" in mismatched.output and "[4, 5]" in mismatched.output
     assert not (tmp_path / "out1").exists() and not (tmp_path / "out2").exists()
     with pytest.raises(MergesmithError, match="lacks 'embed.weight'"):
-        inspect_task_vectors(base, [_save(tmp_path / "partial", {"model.layers.0.w": torch.zeros(4, 6),
-                                                                 "model.layers.1.w": torch.ones(4, 6)})])
+        inspect_task_vectors(
+            base,
+            [
+                _save(
+                    tmp_path / "partial", {"model.layers.0.w": torch.zeros(4, 6), "model.layers.1.w": torch.ones(4, 6)}
+                )
+            ],
+        )

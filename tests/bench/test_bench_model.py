@@ -80,7 +80,13 @@ def _task(name: str, n: int, seed: int) -> TaskData:
         if label:
             words[int(torch.randint(0, 6, (1,), generator=g))] = "w7"
         examples.append(Example(" ".join(words), label))
-    return TaskData(name, ("no", "yes"), tuple(examples[: n // 2]), tuple(examples[n // 2 : 3 * n // 4]), tuple(examples[3 * n // 4 :]))
+    return TaskData(
+        name,
+        ("no", "yes"),
+        tuple(examples[: n // 2]),
+        tuple(examples[n // 2 : 3 * n // 4]),
+        tuple(examples[3 * n // 4 :]),
+    )
 
 
 def test_evaluator_scores_known_predictions(tiny_bert_dir):

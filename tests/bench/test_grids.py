@@ -33,9 +33,14 @@ def test_missing_scores_are_never_chosen():
 def test_grid_plot_has_no_offset_and_shows_noise_flat():
     from matplotlib.figure import Figure
 
-    row = {"name": "tsv_m", "params": {"alpha": 0.3},
-           "grid": [{"params": {"alpha": 0.3}, "validation_average": 0.77499998},
-                    {"params": {"alpha": 0.5}, "validation_average": 0.77500001}]}
+    row = {
+        "name": "tsv_m",
+        "params": {"alpha": 0.3},
+        "grid": [
+            {"params": {"alpha": 0.3}, "validation_average": 0.77499998},
+            {"params": {"alpha": 0.5}, "validation_average": 0.77500001},
+        ],
+    }
     fig = Figure()
     ax = fig.add_subplot()
     report._plot_one_grid(ax, row, "C0")

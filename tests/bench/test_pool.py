@@ -62,18 +62,38 @@ def text_pool(tmp_path_factory):
         texts = _sentences(n, seed)
         _write_csv(root / "data" / f"reviews_{split}.csv", [(t, names[i % 2]) for i, t in enumerate(texts)])
         if split != "train":
-            _write_jsonl(root / "data" / f"topics_{split}.jsonl", [{"sentence": t, "y": i % 3} for i, t in enumerate(_sentences(n, seed + 10))])
+            _write_jsonl(
+                root / "data" / f"topics_{split}.jsonl",
+                [{"sentence": t, "y": i % 3} for i, t in enumerate(_sentences(n, seed + 10))],
+            )
     _save_head(root / "heads" / "reviews.safetensors", 2, 64, seed=0)
     _save_head(family.experts[1] / "task_head.safetensors", 3, 64, seed=1)
     spec = {
         "base_model": "models/base",
         "tasks": [
-            {"name": "reviews", "expert": "models/expert_0", "head": "heads/reviews.safetensors",
-             "data": {"format": "csv", "train": "data/reviews_train.csv", "validation": "data/reviews_validation.csv",
-                      "test": "data/reviews_test.csv", "labels": ["neg", "pos"]}},
-            {"name": "topics", "expert": "models/expert_1",
-             "data": {"format": "jsonl", "validation": "data/topics_validation.jsonl", "test": "data/topics_test.jsonl",
-                      "text_column": "sentence", "label_column": "y"}},
+            {
+                "name": "reviews",
+                "expert": "models/expert_0",
+                "head": "heads/reviews.safetensors",
+                "data": {
+                    "format": "csv",
+                    "train": "data/reviews_train.csv",
+                    "validation": "data/reviews_validation.csv",
+                    "test": "data/reviews_test.csv",
+                    "labels": ["neg", "pos"],
+                },
+            },
+            {
+                "name": "topics",
+                "expert": "models/expert_1",
+                "data": {
+                    "format": "jsonl",
+                    "validation": "data/topics_validation.jsonl",
+                    "test": "data/topics_test.jsonl",
+                    "text_column": "sentence",
+                    "label_column": "y",
+                },
+            },
         ],
     }
     return root, spec
@@ -96,8 +116,15 @@ def image_pool(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("image_pool")
     torch.manual_seed(0)
-    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4, projection_dim=16)
+    config = CLIPVisionConfig(
+        image_size=32,
+        patch_size=8,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        projection_dim=16,
+    )
     model = CLIPVisionModelWithProjection(config).eval()
     model.save_pretrained(root / "base")
     CLIPImageProcessor(size=32, crop_size=32).save_pretrained(root / "base")
@@ -108,8 +135,10 @@ def image_pool(tmp_path_factory):
             for name, param in model.named_parameters():
                 param.copy_(base_state[name] + torch.randn(param.shape, generator=g) * 0.02)
         model.save_pretrained(root / f"expert_{i}")
-    classes = {"colors": {"red": (220, 30, 30), "blue": (30, 30, 220)},
-               "light": {"bright": (230, 230, 230), "dark": (25, 25, 25), "grey": (128, 128, 128)}}
+    classes = {
+        "colors": {"red": (220, 30, 30), "blue": (30, 30, 220)},
+        "light": {"bright": (230, 230, 230), "dark": (25, 25, 25), "grey": (128, 128, 128)},
+    }
     for task, colours in classes.items():
         for split, n in (("train", 4), ("validation", 3), ("test", 3)):
             for c, (label, rgb) in enumerate(colours.items()):
@@ -120,12 +149,28 @@ def image_pool(tmp_path_factory):
     spec = {
         "base_model": "base",
         "tasks": [
-            {"name": "colors", "expert": "expert_0", "head": "heads/colors.safetensors",
-             "data": {"format": "imagefolder", "train": "colors/train", "validation": "colors/validation",
-                      "test": "colors/test"}},
-            {"name": "light", "expert": "expert_1",
-             "data": {"format": "imagefolder", "train": "light/train", "validation": "light/validation",
-                      "test": "light/test", "labels": ["bright", "dark", "grey"]}},
+            {
+                "name": "colors",
+                "expert": "expert_0",
+                "head": "heads/colors.safetensors",
+                "data": {
+                    "format": "imagefolder",
+                    "train": "colors/train",
+                    "validation": "colors/validation",
+                    "test": "colors/test",
+                },
+            },
+            {
+                "name": "light",
+                "expert": "expert_1",
+                "data": {
+                    "format": "imagefolder",
+                    "train": "light/train",
+                    "validation": "light/validation",
+                    "test": "light/test",
+                    "labels": ["bright", "dark", "grey"],
+                },
+            },
         ],
     }
     return root, spec
@@ -214,15 +259,29 @@ def test_clip_vision_model_without_projection_gives_the_pooled_output(image_pool
 
     root, _ = image_pool
     torch.manual_seed(0)
-    config = CLIPVisionConfig(image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=4)
+    config = CLIPVisionConfig(
+        image_size=32, patch_size=8, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4
+    )
     model = CLIPVisionModel(config).eval()
     for name in ("base", "expert"):
         model.save_pretrained(tmp_path / name)
     shutil.copy(root / "base" / "preprocessor_config.json", tmp_path / "base")
     _save_head(tmp_path / "head.safetensors", 2, 32, seed=0)
-    spec = {"base_model": "base", "tasks": [{"name": "colors", "expert": "expert", "head": "head.safetensors", "data": {
-        "format": "imagefolder", "validation": str(root / "colors" / "validation"), "test": str(root / "colors" / "test")}}]}
+    spec = {
+        "base_model": "base",
+        "tasks": [
+            {
+                "name": "colors",
+                "expert": "expert",
+                "head": "head.safetensors",
+                "data": {
+                    "format": "imagefolder",
+                    "validation": str(root / "colors" / "validation"),
+                    "test": str(root / "colors" / "test"),
+                },
+            }
+        ],
+    }
     pool = load_pool(write_yaml(tmp_path / "pool.yaml", spec), progress=False, echo=lambda s: None)
     assert pool.featurizer.kind == "clip"
     encoder = pool.featurizer.load(tmp_path / "expert")
@@ -295,11 +354,19 @@ def test_expert_with_other_tensor_shapes(text_pool, tmp_path):
     import transformers
 
     root, spec = text_pool
-    config = transformers.BertConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-                                     vocab_size=256, max_position_embeddings=128)
+    config = transformers.BertConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        vocab_size=256,
+        max_position_embeddings=128,
+    )
     transformers.BertForMaskedLM(config).save_pretrained(tmp_path / "wide")
     bad = _edit(spec, lambda s: s["tasks"][0].update(expert=str(tmp_path / "wide")))
-    message = _expect_error(root, bad, tmp_path, "tasks[0].expert", "intermediate.dense.bias' is [96]", "but [128] in the base")
+    message = _expect_error(
+        root, bad, tmp_path, "tasks[0].expert", "intermediate.dense.bias' is [96]", "but [128] in the base"
+    )
     assert "must share the base's architecture" in message
 
 
@@ -375,7 +442,10 @@ def test_missing_base_model(text_pool, tmp_path):
 def test_text_data_for_an_image_model(image_pool, text_pool, tmp_path):
     root, spec = image_pool
     csv_path = text_pool[0] / "data" / "reviews_test.csv"
-    bad = _edit(spec, lambda s: s["tasks"][0]["data"].update(format="csv", validation=str(csv_path), test=str(csv_path), train=None))
+    bad = _edit(
+        spec,
+        lambda s: s["tasks"][0]["data"].update(format="csv", validation=str(csv_path), test=str(csv_path), train=None),
+    )
     _expect_error(root, bad, tmp_path, "tasks[0].data.format", "image features", "use imagefolder")
 
 
@@ -395,10 +465,23 @@ def test_whole_clip_model_as_base(image_pool, tmp_path):
 
     root, spec = image_pool
     config = CLIPConfig(
-        text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 4, "vocab_size": 100},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                       "num_attention_heads": 4},
-        projection_dim=16)
+        text_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+            "vocab_size": 100,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 4,
+        },
+        projection_dim=16,
+    )
     CLIPModel(config).save_pretrained(tmp_path / "clip")
     bad = _edit(spec, lambda s: s.update(base_model=str(tmp_path / "clip")))
     _expect_error(root, bad, tmp_path, "base_model", "whole CLIP model", "save its vision tower")

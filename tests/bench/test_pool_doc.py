@@ -34,7 +34,9 @@ def test_documented_pool_loads(tmp_path, monkeypatch):
     (root / "pool.yaml").write_text(yaml.safe_dump(pool), encoding="utf-8")
 
     family = build_tiny_family(tmp_path / "tiny", "bert", 2)
-    for directory, source in zip([pool["base_model"]] + [t["expert"] for t in pool["tasks"]], [family.base, *family.experts]):
+    for directory, source in zip(
+        [pool["base_model"]] + [t["expert"] for t in pool["tasks"]], [family.base, *family.experts]
+    ):
         shutil.copytree(source, root / directory)
     rows = {"csv": _block(blocks, "", "text,label"), "jsonl": _block(blocks, "", '{"body"')}
     for task in pool["tasks"]:

@@ -19,39 +19,93 @@ TASKS = ["food_reviews", "tweet_sentiment", "austen"]
 
 def synthetic_results() -> dict:
     """3 tasks, a baseline, 2 experts (austen has none), 4 merges (ties tuned on a grid); nulls where allowed."""
-    def row(name, kind, acc, average, normalized, params=None, grid=None, seconds=None, memory=None, **extra):
-        return {"name": name, "kind": kind, "accuracy": dict(zip(TASKS, acc)), "average": average,
-                "normalized": normalized, "params": params or {}, "grid": grid or [], "merge_seconds": seconds,
-                "peak_memory_mb": memory, **extra}
 
-    grid = [{"params": {"density": d, "lambda": lam}, "validation_average": v}
-            for (d, lam), v in zip([(0.2, 0.5), (0.2, 1.0), (0.5, 0.5), (0.5, 1.0)], [0.58, 0.6, 0.61, 0.64])]
+    def row(name, kind, acc, average, normalized, params=None, grid=None, seconds=None, memory=None, **extra):
+        return {
+            "name": name,
+            "kind": kind,
+            "accuracy": dict(zip(TASKS, acc)),
+            "average": average,
+            "normalized": normalized,
+            "params": params or {},
+            "grid": grid or [],
+            "merge_seconds": seconds,
+            "peak_memory_mb": memory,
+            **extra,
+        }
+
+    grid = [
+        {"params": {"density": d, "lambda": lam}, "validation_average": v}
+        for (d, lam), v in zip([(0.2, 0.5), (0.2, 1.0), (0.5, 0.5), (0.5, 1.0)], [0.58, 0.6, 0.61, 0.64])
+    ]
     return {
-        "profile": "mini", "seed": 0, "date": "2026-11-23T19:30:00Z",
-        "machine": {"cpu": "Test CPU @ 2.0GHz", "cores": 2, "memory_gb": 23.4, "torch": "2.13.0",
-                    "python": "3.11.7"},
+        "profile": "mini",
+        "seed": 0,
+        "date": "2026-11-23T19:30:00Z",
+        "machine": {"cpu": "Test CPU @ 2.0GHz", "cores": 2, "memory_gb": 23.4, "torch": "2.13.0", "python": "3.11.7"},
         "base_model": "all-MiniLM-L6-v2 (BERT, 6 layers, 22.7M parameters)",
         "trained": "the encoder (word embeddings frozen) and one classification head per task",
         "tasks": [
-            {"name": "food_reviews", "num_labels": 2, "sizes": {"train": 300, "validation": 100, "test": 200},
-             "majority": 0.658},
-            {"name": "tweet_sentiment", "num_labels": 3, "sizes": {"train": 300, "validation": 100, "test": 200},
-             "majority": 0.41},
-            {"name": "austen", "num_labels": 6, "sizes": {"train": 300, "validation": 100, "test": 200},
-             "majority": 0.22},
+            {
+                "name": "food_reviews",
+                "num_labels": 2,
+                "sizes": {"train": 300, "validation": 100, "test": 200},
+                "majority": 0.658,
+            },
+            {
+                "name": "tweet_sentiment",
+                "num_labels": 3,
+                "sizes": {"train": 300, "validation": 100, "test": 200},
+                "majority": 0.41,
+            },
+            {
+                "name": "austen",
+                "num_labels": 6,
+                "sizes": {"train": 300, "validation": 100, "test": 200},
+                "majority": 0.22,
+            },
         ],
         "rows": [
             row("pretrained (linear probe)", "baseline", [0.7125, 0.5, 0.33], 0.5142, 0.72),
             row("expert: food_reviews", "expert", [0.88, None, None], None, None),
             row("expert: tweet_sentiment", "expert", [0.61, 0.69, 0.3], 0.5333, None),
-            row("task_arithmetic", "merge", [0.8, 0.6, 0.41], 0.6033, 0.8899, {"lambda": 0.3}, seconds=1.25,
-                memory=280.0, method="task_arithmetic"),
-            row("ties", "merge", [0.84, 0.62, 0.4], 0.62, 0.9303, {"density": 0.5, "lambda": 1.0}, grid, 3.2, 310.5,
-                method="ties"),
-            row("average <weights>", "merge", [0.77, 0.64, 0.39], 0.6, 0.8981, seconds=0.4, memory=None,
-                method="linear"),
-            row("dare_ties", "merge", [0.81, 0.58, None], 0.695, 0.8805, {"density": 0.3}, seconds=None, memory=None,
-                method="dare_ties"),
+            row(
+                "task_arithmetic",
+                "merge",
+                [0.8, 0.6, 0.41],
+                0.6033,
+                0.8899,
+                {"lambda": 0.3},
+                seconds=1.25,
+                memory=280.0,
+                method="task_arithmetic",
+            ),
+            row(
+                "ties",
+                "merge",
+                [0.84, 0.62, 0.4],
+                0.62,
+                0.9303,
+                {"density": 0.5, "lambda": 1.0},
+                grid,
+                3.2,
+                310.5,
+                method="ties",
+            ),
+            row(
+                "average <weights>", "merge", [0.77, 0.64, 0.39], 0.6, 0.8981, seconds=0.4, memory=None, method="linear"
+            ),
+            row(
+                "dare_ties",
+                "merge",
+                [0.81, 0.58, None],
+                0.695,
+                0.8805,
+                {"density": 0.3},
+                seconds=None,
+                memory=None,
+                method="dare_ties",
+            ),
         ],
         "expert_average": 0.785,
         "cosine": {"tasks": ["food_reviews", "tweet_sentiment"], "matrix": [[1.0, 0.12], [0.12, 1.0]]},
@@ -93,8 +147,18 @@ def test_csv_header_rows_and_values(written):
     results, _, paths = written
     with paths["csv"].open(newline="", encoding="utf-8") as handle:
         lines = list(csv.reader(handle))
-    assert lines[0] == ["name", "kind", "accuracy_food_reviews", "accuracy_tweet_sentiment", "accuracy_austen",
-                        "average", "normalized", "merge_seconds", "peak_memory_mb", "params"]
+    assert lines[0] == [
+        "name",
+        "kind",
+        "accuracy_food_reviews",
+        "accuracy_tweet_sentiment",
+        "accuracy_austen",
+        "average",
+        "normalized",
+        "merge_seconds",
+        "peak_memory_mb",
+        "params",
+    ]
     assert len(lines) == 1 + len(results["rows"])
     assert [line[0] for line in lines[1:]] == [row["name"] for row in results["rows"]]
     ties = dict(zip(lines[0], lines[1 + 4]))
@@ -119,8 +183,21 @@ def test_html_is_self_contained_with_five_png_images(written):
 def test_html_shows_header_and_table_values(written):
     results, _, paths = written
     page = paths["html"].read_text(encoding="utf-8")
-    for text in ("mini", "2026-11-23T19:30:00Z", "Test CPU @ 2.0GHz", "all-MiniLM-L6-v2", "word embeddings frozen",
-                 "65.8%", "71.2%", "84.0%", "93.0%", "3.2 s", "310 MB", "density=0.5 lambda=1", "78.5%"):
+    for text in (
+        "mini",
+        "2026-11-23T19:30:00Z",
+        "Test CPU @ 2.0GHz",
+        "all-MiniLM-L6-v2",
+        "word embeddings frozen",
+        "65.8%",
+        "71.2%",
+        "84.0%",
+        "93.0%",
+        "3.2 s",
+        "310 MB",
+        "density=0.5 lambda=1",
+        "78.5%",
+    ):
         assert text in page, text
     for row in results["rows"]:
         assert f">{report.html.escape(row['name'])}<" in page
@@ -137,8 +214,17 @@ def test_format_table_lists_every_method_and_formats_percentages():
         assert row["name"] in table
     lines = {re.split(r"\s{2,}", line.strip())[0]: line for line in table.splitlines() if line.strip()}
     ties = lines["ties"]
-    assert re.split(r"\s{2,}", ties.strip()) == ["ties", "84.0%*", "62.0%", "40.0%", "62.0%*", "93.0%*", "3.2 s",
-                                                   "310 MB", "density=0.5 lambda=1"]
+    assert re.split(r"\s{2,}", ties.strip()) == [
+        "ties",
+        "84.0%*",
+        "62.0%",
+        "40.0%",
+        "62.0%*",
+        "93.0%*",
+        "3.2 s",
+        "310 MB",
+        "density=0.5 lambda=1",
+    ]
     assert "71.2%" in lines["pretrained (linear probe)"] and "*" not in lines["pretrained (linear probe)"]
     expert = lines["expert: food_reviews"].split()
     assert expert[2:] == ["88.0%", "-", "-", "-", "-", "-", "-", "-"]  # off-task nulls and no cost -> "-"
@@ -165,10 +251,19 @@ def test_format_table_on_a_narrow_terminal_moves_params_below_instead_of_croppin
         assert text in narrow
 
 
-@pytest.mark.parametrize("path, key", [
-    ((), "rows"), ((), "tasks"), ((), "cosine"), (("rows", 4), "grid"), (("rows", 1), "accuracy"),
-    (("tasks", 0), "majority"), (("rows", 3, "accuracy"), "austen"), (("rows", 4, "grid", 0), "validation_average"),
-])
+@pytest.mark.parametrize(
+    "path, key",
+    [
+        ((), "rows"),
+        ((), "tasks"),
+        ((), "cosine"),
+        (("rows", 4), "grid"),
+        (("rows", 1), "accuracy"),
+        (("tasks", 0), "majority"),
+        (("rows", 3, "accuracy"), "austen"),
+        (("rows", 4, "grid", 0), "validation_average"),
+    ],
+)
 def test_missing_key_is_a_value_error_naming_it(path, key, tmp_path):
     results = synthetic_results()
     target = results
@@ -251,5 +346,5 @@ def test_point_labels_cover_no_marker_and_no_other_label():
     labels = [(x0, y0, x0 + w, y0 + h) for (x0, y0, _), (w, h) in zip(corners, sizes)]
     markers = [(x - radius[0], y - radius[1], x + radius[0], y + radius[1]) for x, y in anchors]
     for i, box in enumerate(labels):
-        assert not any(report._overlaps(box, other) for other in labels[:i] + labels[i + 1:] + markers), i
+        assert not any(report._overlaps(box, other) for other in labels[:i] + labels[i + 1 :] + markers), i
     assert labels[-1][3] <= 1.0  # no room above the top point: its label goes beside it, inside the plot

@@ -26,8 +26,7 @@ EXPECTED_LABELS = {
     "tweet_sentiment": ("negative", "neutral", "positive"),
     "wordnet_nouns": tuple(name for name in _wordnet.LEXNAMES if name.startswith("noun.")),
     "wordnet_verbs": tuple(name for name in _wordnet.LEXNAMES if name.startswith("verb.")),
-    "austen": ("Sense & Sensibility", "Pride & Prejudice", "Mansfield Park", "Emma", "Northanger Abbey",
-               "Persuasion"),
+    "austen": ("Sense & Sensibility", "Pride & Prejudice", "Mansfield Park", "Emma", "Northanger Abbey", "Persuasion"),
     "fortunes": ("computers", "cookie", "definitions", "miscellaneous", "people", "politics", "songs-poems", "work"),
 }
 
@@ -123,19 +122,37 @@ def test_wordnet_reads_synsets_exactly(cache_dir):
     verbs = _wordnet.label_names("verb")
     synsets = {e.text: verbs[e.label] for e in _wordnet.read_synsets(root / "data.verb", "t", verbs)}
     assert len(synsets) == 13767
-    breathe = 'breathe: draw air into, and expel out of, the lungs; "I can breathe better when the air is clean"; ' \
-              '"The patient is respiring"'
+    breathe = (
+        'breathe: draw air into, and expel out of, the lungs; "I can breathe better when the air is clean"; '
+        '"The patient is respiring"'
+    )
     assert synsets[breathe] == "verb.body"
-    assert synsets["rain: precipitate as rain; \"If it rains much more, we can expect some flooding\""] == \
-        "verb.weather"
+    assert synsets['rain: precipitate as rain; "If it rains much more, we can expect some flooding"'] == "verb.weather"
     nouns = _wordnet.label_names("noun")
     assert len(nouns) == 26 and len(verbs) == 15
     assert _wordnet.LEXNAMES.index("noun.Tops") == 3 and _wordnet.LEXNAMES.index("verb.weather") == 43
 
 
 def test_austen_passages_are_three_story_lines(cache_dir):
-    lines = ["EMMA", "", "VOLUME I", "", "CHAPTER I", "", "a", "b", "", "c", "d", "CHAPTER II", "e", "f", "g",
-             "", "FINIS"]
+    lines = [
+        "EMMA",
+        "",
+        "VOLUME I",
+        "",
+        "CHAPTER I",
+        "",
+        "a",
+        "b",
+        "",
+        "c",
+        "d",
+        "CHAPTER II",
+        "e",
+        "f",
+        "g",
+        "",
+        "FINIS",
+    ]
     assert austen.passages(lines) == ["a b c", "d e f"]
     task = built("austen", cache_dir)
     for example in task.train:
@@ -312,8 +329,13 @@ def test_half_extracted_package_is_never_published(tmp_path, monkeypatch):
     tools.mkdir()
     monkeypatch.setattr(sources, "APT_GET", _fake_tool(tools, "apt-get", 'touch "$2"_1.0_all.deb\n'))
     # dpkg dies after writing part of the tree, as an interrupted extraction would.
-    monkeypatch.setattr(sources, "DPKG", _fake_tool(tools, "dpkg", 'mkdir -p "$3/usr"; echo half > "$3/usr/x"\n'
-                                                                    'echo "dpkg-deb: error: truncated" >&2; exit 2\n'))
+    monkeypatch.setattr(
+        sources,
+        "DPKG",
+        _fake_tool(
+            tools, "dpkg", 'mkdir -p "$3/usr"; echo half > "$3/usr/x"\necho "dpkg-deb: error: truncated" >&2; exit 2\n'
+        ),
+    )
     cache = tmp_path / "cache"
     with pytest.raises(MergesmithError, match="dpkg-deb: error: truncated"):
         sources.debian_package("pkg", cache)
@@ -344,8 +366,10 @@ def test_unwritable_cache_dir_suggests_mergesmith_cache(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("")
     # A directory under a regular file cannot be created even by root, unlike one under a chmod 0500 directory.
-    for call in (lambda: build_tasks("mini", blocker / "cache", progress=False),
-                 lambda: sources.debian_package("fortunes-min", blocker / "cache")):
+    for call in (
+        lambda: build_tasks("mini", blocker / "cache", progress=False),
+        lambda: sources.debian_package("fortunes-min", blocker / "cache"),
+    ):
         with pytest.raises(MergesmithError) as excinfo:
             call()
         message = _one_line_error(excinfo)

@@ -35,11 +35,14 @@ def test_continual_bench_on_a_user_pool(text_pool, tmp_path):  # noqa: F811
     assert "final norm" in result.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--continual", "--methods", "nope"], "unknown continual method 'nope'"),
-    (["--continual", "--orders", "0"], "--orders 0"),
-    (["--continual", "--protect"], "separate modes"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--continual", "--methods", "nope"], "unknown continual method 'nope'"),
+        (["--continual", "--orders", "0"], "--orders 0"),
+        (["--continual", "--protect"], "separate modes"),
+    ],
+)
 def test_bad_input(tmp_path, args, message):
     result = run_cli("bench", *args, "--out", tmp_path / "run", "--cache-dir", tmp_path / "cache", "-q")
     assert result.exit_code == 2 and message in result.output and len(result.output.strip().splitlines()) == 1

@@ -31,8 +31,16 @@ def _sequence(fam, root: Path, method: str, *params: str) -> list[Path]:
     return outs
 
 
-@pytest.mark.parametrize("method,params", [("opcm", ()), ("dop", ("num_steps=4",)), ("ties", ("density=0.5",)),
-                                           ("averaging", ()), ("task_arithmetic", ("lambda=0.5",))])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("opcm", ()),
+        ("dop", ("num_steps=4",)),
+        ("ties", ("density=0.5",)),
+        ("averaging", ()),
+        ("task_arithmetic", ("lambda=0.5",)),
+    ],
+)
 def test_sequence_matches_the_in_memory_steps(llama_family, tmp_path, method, params):
     outs = _sequence(llama_family, tmp_path, method, *params)
     state = read_state(outs[-1])
@@ -61,7 +69,9 @@ def test_output_loads_with_transformers_and_reruns_byte_identical(llama_family, 
     for name in ("model.safetensors", "config.json"):
         assert hashes_a[name] == hashes_b[name]
     manifest = json.loads((first / "mergesmith.json").read_text())
-    assert manifest["method"] == "continual/opcm" and manifest["kind"] == "continual" and manifest["details"]["step"] == 3
+    assert (
+        manifest["method"] == "continual/opcm" and manifest["kind"] == "continual" and manifest["details"]["step"] == 3
+    )
     assert manifest["details"]["state"] == read_state(first).model_dump(mode="json")
     assert set(manifest["inputs"]) == {"base", "previous", "new"}
     assert manifest["outputs"] == {n: h for n, h in hashes_a.items() if n != "mergesmith.json"}
@@ -105,8 +115,13 @@ def test_an_expert_of_another_base_is_refused(llama_family, tmp_path):
     other = build_tiny_family(tmp_path / "other", "llama", 1, layers=4, seed=7)
     prev = tmp_path / "prev"
     _add(llama_family.experts[0], llama_family.experts[1], prev, "--base", llama_family.base)
-    _refused(tmp_path, prev, other.experts[0], needles=("not a fine-tune of base", "expert_0"),
-             inputs=[prev, other.experts[0], llama_family.base])
+    _refused(
+        tmp_path,
+        prev,
+        other.experts[0],
+        needles=("not a fine-tune of base", "expert_0"),
+        inputs=[prev, other.experts[0], llama_family.base],
+    )
     # the same base given under another path is fine; a different one is caught by its fingerprint
     _refused(tmp_path, prev, llama_family.experts[2], "--base", other.base, needles=("fingerprint", "--base"))
 
@@ -123,8 +138,14 @@ def test_a_continual_merge_over_another_base_is_refused_as_an_expert(llama_famil
 
 
 def test_another_architecture_is_refused(llama_family, gpt2_family, tmp_path):
-    _refused(tmp_path, llama_family.experts[0], gpt2_family.experts[0], "--base", llama_family.base,
-             needles=("architectures differ",))
+    _refused(
+        tmp_path,
+        llama_family.experts[0],
+        gpt2_family.experts[0],
+        "--base",
+        llama_family.base,
+        needles=("architectures differ",),
+    )
 
 
 def test_an_expert_already_in_the_merge_is_refused(llama_family, tmp_path):
@@ -132,7 +153,9 @@ def test_an_expert_already_in_the_merge_is_refused(llama_family, tmp_path):
     _refused(tmp_path, fam.experts[0], fam.experts[0], "--base", fam.base, needles=("the model it would be added to",))
     first_copy = tmp_path / "first-copy"
     shutil.copytree(fam.experts[0], first_copy)
-    _refused(tmp_path, fam.experts[0], first_copy, "--base", fam.base, needles=(str(first_copy), "already in this merge"))
+    _refused(
+        tmp_path, fam.experts[0], first_copy, "--base", fam.base, needles=(str(first_copy), "already in this merge")
+    )
     prev = tmp_path / "prev"
     _add(fam.experts[0], fam.experts[1], prev, "--base", fam.base)
     second_copy = tmp_path / "second-copy"
@@ -147,8 +170,16 @@ def test_a_changed_method_or_parameter_is_refused(llama_family, tmp_path):
     _add(llama_family.experts[0], llama_family.experts[1], prev, "--base", llama_family.base)
     _refused(tmp_path, prev, llama_family.experts[2], "--method", "ties", needles=("built with 'opcm'",))
     _refused(tmp_path, prev, llama_family.experts[2], "--param", "alpha=0.9", needles=("alpha=0.9 differs",))
-    _refused(tmp_path, llama_family.experts[0], llama_family.experts[1], "--base", llama_family.base,
-             "--param", "nope=1", needles=("nope",))
+    _refused(
+        tmp_path,
+        llama_family.experts[0],
+        llama_family.experts[1],
+        "--base",
+        llama_family.base,
+        "--param",
+        "nope=1",
+        needles=("nope",),
+    )
 
 
 def test_a_damaged_state_is_refused(llama_family, tmp_path):
@@ -179,8 +210,15 @@ def test_a_state_of_an_earlier_version_is_read(llama_family, tmp_path):
     _add(llama_family.experts[0], llama_family.experts[1], prev, "--base", llama_family.base, "--method", "ties")
     manifest = json.loads((prev / "mergesmith.json").read_text())
     (prev / "continual.json").write_text(json.dumps(manifest["details"]["state"]))
-    old = {"mergesmith_version": "0.1.0", "method": manifest["method"], "paper": manifest["paper"],
-           "params": manifest["config"], "step": 2, "inputs": manifest["inputs"], "outputs": {}}
+    old = {
+        "mergesmith_version": "0.1.0",
+        "method": manifest["method"],
+        "paper": manifest["paper"],
+        "params": manifest["config"],
+        "step": 2,
+        "inputs": manifest["inputs"],
+        "outputs": {},
+    }
     (prev / "mergesmith.json").write_text(json.dumps(old))
     assert read_state(prev).method == "ties"
     out = tmp_path / "next"
@@ -203,8 +241,16 @@ def test_existing_output_needs_force(llama_family, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    result = run_cli("continual", "add", llama_family.experts[0], llama_family.experts[1], out, "--base",
-                     llama_family.base, "--quiet")
+    result = run_cli(
+        "continual",
+        "add",
+        llama_family.experts[0],
+        llama_family.experts[1],
+        out,
+        "--base",
+        llama_family.base,
+        "--quiet",
+    )
     assert result.exit_code == 2 and "--force" in result.output
     assert (out / "keep.txt").read_text() == "mine"
 
@@ -213,6 +259,13 @@ def test_tensors_outside_the_matrix_rule_are_noted_once(llama_family, tmp_path):
     out = _add(llama_family.experts[0], llama_family.experts[1], tmp_path / "o", "--base", llama_family.base)
     notes = [line for line in out.splitlines() if line.startswith("note: ")]
     assert len(notes) == 1 and "not linear weights" in notes[0] and "without projection" in notes[0]
-    out = _add(llama_family.experts[0], llama_family.experts[1], tmp_path / "a", "--base", llama_family.base,
-               "--method", "averaging")
+    out = _add(
+        llama_family.experts[0],
+        llama_family.experts[1],
+        tmp_path / "a",
+        "--base",
+        llama_family.base,
+        "--method",
+        "averaging",
+    )
     assert "note:" not in out

@@ -117,7 +117,9 @@ def test_dop_gradient_matches_autograd():
     delta = w - target
     u, s, vh = torch.linalg.svd(target - base, full_matrices=False)
     r = dop.principal_rank(s, 0.9)
-    loss = (torch.diag(s[:r]) @ u[:, :r].T @ delta).square().sum() + (delta @ vh[:r].T @ torch.diag(s[:r])).square().sum()
+    loss = (torch.diag(s[:r]) @ u[:, :r].T @ delta).square().sum() + (
+        delta @ vh[:r].T @ torch.diag(s[:r])
+    ).square().sum()
     loss.backward()
     grad, value = sub.gradient(w.detach())
     assert torch.allclose(grad, w.grad, rtol=1e-10) and abs(value - float(loss)) < 1e-9 * float(loss)
@@ -155,15 +157,18 @@ def test_dop_averages_tensors_that_are_not_linear_weights():
     assert torch.equal(dop.step(b, p, n, dop.DopParams(), ctx), torch.full((4,), 2.0))
 
 
-@pytest.mark.parametrize("name,shape,expected", [
-    ("model.layers.0.mlp.up_proj.weight", (4, 3), True),
-    ("transformer.h.0.attn.c_attn.weight", (4, 12), True),
-    ("model.embed_tokens.weight", (10, 4), False),
-    ("transformer.wte.weight", (10, 4), False),
-    ("transformer.wpe.weight", (10, 4), False),
-    ("embeddings.word_embeddings.weight", (10, 4), False),
-    ("model.layers.0.input_layernorm.weight", (4,), False),
-    ("model.layers.0.mlp.up_proj.bias", (4,), False),
-])
+@pytest.mark.parametrize(
+    "name,shape,expected",
+    [
+        ("model.layers.0.mlp.up_proj.weight", (4, 3), True),
+        ("transformer.h.0.attn.c_attn.weight", (4, 12), True),
+        ("model.embed_tokens.weight", (10, 4), False),
+        ("transformer.wte.weight", (10, 4), False),
+        ("transformer.wpe.weight", (10, 4), False),
+        ("embeddings.word_embeddings.weight", (10, 4), False),
+        ("model.layers.0.input_layernorm.weight", (4,), False),
+        ("model.layers.0.mlp.up_proj.bias", (4,), False),
+    ],
+)
 def test_linear_weights_are_told_from_embeddings_and_vectors(name, shape, expected):
     assert is_linear_weight(name, torch.zeros(shape)) is expected

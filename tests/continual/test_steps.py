@@ -16,12 +16,20 @@ from mergesmith.errors import ConfigError, MergesmithError
 
 def _family(n=4, seed=0):
     gen = torch.Generator().manual_seed(seed)
-    base = {"layer.weight": torch.randn(6, 5, generator=gen), "layer.bias": torch.randn(6, generator=gen),
-            "norm.weight": torch.ones(5), "position_ids": torch.arange(5)}
+    base = {
+        "layer.weight": torch.randn(6, 5, generator=gen),
+        "layer.bias": torch.randn(6, generator=gen),
+        "norm.weight": torch.ones(5),
+        "position_ids": torch.arange(5),
+    }
     experts = []
     for _ in range(n):
-        experts.append({k: (v + 0.05 * torch.randn(v.shape, generator=gen)) if v.is_floating_point() else v.clone()
-                        for k, v in base.items()})
+        experts.append(
+            {
+                k: (v + 0.05 * torch.randn(v.shape, generator=gen)) if v.is_floating_point() else v.clone()
+                for k, v in base.items()
+            }
+        )
     return base, experts
 
 

@@ -17,8 +17,10 @@ def test_dir_lists_the_lazy_public_api():
 
 
 def test_merge_result_repr_is_short(llama_family, tmp_path):
-    cfg = {"merge_method": "linear", "models": [{"model": str(p), "parameters": {"weight": 1.0}}
-                                                for p in llama_family.experts[:2]]}
+    cfg = {
+        "merge_method": "linear",
+        "models": [{"model": str(p), "parameters": {"weight": 1.0}} for p in llama_family.experts[:2]],
+    }
     result = mergesmith.merge(write_yaml(tmp_path / "c.yaml", cfg), tmp_path / "out")
     text = repr(result)
     assert len(text) < 300, text

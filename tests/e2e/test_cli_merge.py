@@ -26,8 +26,11 @@ def _ties_config(fam, **extra) -> dict:
 def _forward(model_dir, arch: str) -> torch.Tensor:
     import transformers
 
-    cls = {"llama": transformers.AutoModelForCausalLM, "gpt2": transformers.AutoModelForCausalLM,
-           "bert": transformers.AutoModelForMaskedLM}[arch]
+    cls = {
+        "llama": transformers.AutoModelForCausalLM,
+        "gpt2": transformers.AutoModelForCausalLM,
+        "bert": transformers.AutoModelForMaskedLM,
+    }[arch]
     model = cls.from_pretrained(model_dir).eval()
     tokens = torch.randint(0, 256, (2, 12), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
@@ -58,7 +61,14 @@ def test_output_files_and_manifest(llama_family, tmp_path):
     files = tree_hashes(out)
     shards = sorted(n for n in files if n.endswith(".safetensors"))
     assert len(shards) > 1 and "model.safetensors.index.json" in files
-    assert {"config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json", "README.md", "mergesmith.json"} <= set(files)
+    assert {
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "generation_config.json",
+        "README.md",
+        "mergesmith.json",
+    } <= set(files)
     assert json.loads((out / "config.json").read_text())["torch_dtype"] == "bfloat16"
     assert all(t.dtype == torch.bfloat16 for t in load_tensors(out).values())
     manifest = json.loads((out / "mergesmith.json").read_text())
@@ -66,7 +76,9 @@ def test_output_files_and_manifest(llama_family, tmp_path):
     assert manifest["seed"] == 0 and manifest["method"] == "ties" and manifest["kind"] == "weights"
     base = manifest["inputs"][str(llama_family.base)]
     assert base["path"] == str(llama_family.base)
-    assert base["files"] == {n: h for n, h in tree_hashes(llama_family.base).items() if n.endswith(".safetensors") or n == "config.json"}
+    assert base["files"] == {
+        n: h for n, h in tree_hashes(llama_family.base).items() if n.endswith(".safetensors") or n == "config.json"
+    }
     assert read_manifest(out).model_dump(mode="json") == manifest
     card = (out / "README.md").read_text()
     assert "ties" in card and str(llama_family.experts[0]) in card
@@ -74,13 +86,16 @@ def test_output_files_and_manifest(llama_family, tmp_path):
 
 def test_passthrough_slices_change_depth(llama_family, tmp_path):
     e0, e1 = (str(p) for p in llama_family.experts[:2])
-    config = write_yaml(tmp_path / "c.yaml", {
-        "merge_method": "passthrough",
-        "slices": [
-            {"sources": [{"model": e0, "layer_range": [0, 3]}]},
-            {"sources": [{"model": e1, "layer_range": [1, 4]}]},
-        ],
-    })
+    config = write_yaml(
+        tmp_path / "c.yaml",
+        {
+            "merge_method": "passthrough",
+            "slices": [
+                {"sources": [{"model": e0, "layer_range": [0, 3]}]},
+                {"sources": [{"model": e1, "layer_range": [1, 4]}]},
+            ],
+        },
+    )
     assert run_cli("merge", config, tmp_path / "out", "--quiet").exit_code == 0
     assert json.loads((tmp_path / "out" / "config.json").read_text())["num_hidden_layers"] == 6
     merged, src1 = load_tensors(tmp_path / "out"), load_tensors(llama_family.experts[1])
@@ -90,10 +105,13 @@ def test_passthrough_slices_change_depth(llama_family, tmp_path):
 
 def test_bf16_inputs_compute_in_fp32_and_keep_dtype(llama_bf16_family, tmp_path):
     fam = llama_bf16_family
-    config = write_yaml(tmp_path / "c.yaml", {
-        "merge_method": "linear",
-        "models": [{"model": str(p), "parameters": {"weight": 1.0}} for p in fam.experts],
-    })
+    config = write_yaml(
+        tmp_path / "c.yaml",
+        {
+            "merge_method": "linear",
+            "models": [{"model": str(p), "parameters": {"weight": 1.0}} for p in fam.experts],
+        },
+    )
     assert run_cli("merge", config, tmp_path / "out", "--quiet").exit_code == 0
     merged = load_tensors(tmp_path / "out")
     a, b = load_tensors(fam.experts[0]), load_tensors(fam.experts[1])

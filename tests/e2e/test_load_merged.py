@@ -14,7 +14,10 @@ EXPECTED = {"llama_family": "LlamaForCausalLM", "gpt2_family": "GPT2LMHeadModel"
 
 
 def _merge(family, out):
-    config = {"merge_method": "linear", "models": [{"model": str(e), "parameters": {"weight": 0.5}} for e in family.experts[:2]]}
+    config = {
+        "merge_method": "linear",
+        "models": [{"model": str(e), "parameters": {"weight": 0.5}} for e in family.experts[:2]],
+    }
     mergesmith.merge(config, out, threads=1)
     return out
 

@@ -17,7 +17,11 @@ BITWISE = {"linear", "task_arithmetic", "ties", "passthrough"}
 def _configs(fam) -> dict[str, dict]:
     e0, e1, e2 = (str(p) for p in fam.experts)
     base = str(fam.base)
-    attn_mlp = [{"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]}, {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]}, {"value": 0.5}]
+    attn_mlp = [
+        {"filter": "self_attn", "value": [0.0, 0.5, 0.3, 0.7, 1.0]},
+        {"filter": "mlp", "value": [1.0, 0.5, 0.7, 0.3, 0.0]},
+        {"value": 0.5},
+    ]
     return {
         "linear": {
             "models": [
@@ -104,8 +108,19 @@ def _run_mergekit(config: dict, out) -> None:
 @pytest.mark.parametrize(
     "method",
     [
-        "linear", "task_arithmetic", "ties", "breadcrumbs", "breadcrumbs_ties", "sce", "slerp", "nuslerp",
-        "multislerp", "karcher", "model_stock", "nearswap", "passthrough",
+        "linear",
+        "task_arithmetic",
+        "ties",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "sce",
+        "slerp",
+        "nuslerp",
+        "multislerp",
+        "karcher",
+        "model_stock",
+        "nearswap",
+        "passthrough",
     ],
 )
 def test_matches_mergekit(method, llama_family, tmp_path):

@@ -17,8 +17,9 @@ NOISE = ("Loading weights", "LOAD REPORT", "it/s", "UserWarning", "Warning:", "\
 
 def _mergesmith(*args) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
-    return subprocess.run([sys.executable, "-m", "mergesmith.cli", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-m", "mergesmith.cli", *map(str, args)], capture_output=True, text=True, env=env, cwd=ROOT
+    )
 
 
 def _assert_quiet(text: str) -> None:

@@ -44,7 +44,9 @@ def test_per_task_models_load_and_match_memory(llama_family, tmp_path, method, p
     tasks = [p.name for p in fam.experts]
     assert manifest["kind"] == method and manifest["details"]["tasks"] == tasks
     files = tree_hashes(out)
-    assert {"task_vector.safetensors", "task_masks.safetensors", "tasks.json", "model.safetensors"} <= set(manifest["outputs"])
+    assert {"task_vector.safetensors", "task_masks.safetensors", "tasks.json", "model.safetensors"} <= set(
+        manifest["outputs"]
+    )
     assert manifest["outputs"] == {n: h for n, h in files.items() if n != "mergesmith.json"}
     assert "load_merged(path, task=" in (out / "README.md").read_text()
     assert not [n for n in files if n.startswith(".")], "no staging leftovers"
@@ -95,11 +97,14 @@ def test_in_memory_plain_api_refuses_per_task_methods(llama_family):
         mergesmith.merge_state_dicts(base, [base], "emr")
 
 
-@pytest.mark.parametrize("method,params", [
-    ("wudi", {"steps": 20, "lr": 1e-4}),
-    ("doge_ta", {"steps": 20}),
-    ("consensus", {"k": 2, "lambda": 0.5, "aggregation": "ties"}),
-])
+@pytest.mark.parametrize(
+    "method,params",
+    [
+        ("wudi", {"steps": 20, "lr": 1e-4}),
+        ("doge_ta", {"steps": 20}),
+        ("consensus", {"k": 2, "lambda": 0.5, "aggregation": "ties"}),
+    ],
+)
 def test_optimising_and_consensus_merges_equal_memory(llama_family, tmp_path, method, params):
     """The engine (threads, streaming order) and merge_state_dicts give the same bytes; the plan notes the 1-D
     fallback of the matrix methods once."""
@@ -107,24 +112,31 @@ def test_optimising_and_consensus_merges_equal_memory(llama_family, tmp_path, me
 
     fam = llama_family
     out = tmp_path / "out"
-    result = run_cli("merge", write_yaml(tmp_path / "c.yaml", _config(fam, method, **params)), out, "--quiet", "--threads", "2")
+    result = run_cli(
+        "merge", write_yaml(tmp_path / "c.yaml", _config(fam, method, **params)), out, "--quiet", "--threads", "2"
+    )
     assert result.exit_code == 0, result.output
     on_disk = _state(out)
     in_memory = mergesmith.merge_state_dicts(_state(fam.base), [_state(p) for p in fam.experts], method, **params)
     assert on_disk.keys() == in_memory.keys()
     assert all(torch.equal(on_disk[k], in_memory[k]) for k in on_disk)
-    assert not torch.equal(on_disk["model.layers.0.mlp.up_proj.weight"], _state(fam.base)["model.layers.0.mlp.up_proj.weight"])
+    assert not torch.equal(
+        on_disk["model.layers.0.mlp.up_proj.weight"], _state(fam.base)["model.layers.0.mlp.up_proj.weight"]
+    )
     if method != "consensus":
         plan = run_cli("plan", write_yaml(tmp_path / "c.yaml", _config(fam, method, **params)))
         assert plan.output.count("are not 2-D matrices") == 1, plan.output
 
 
-@pytest.mark.parametrize("cfg_update,message", [
-    ({"merge_method": "tall_masks", "parameters": {"aggregation": "mean"}}, "aggregation must be one of"),
-    ({"merge_method": "emr", "parameters": {"rescale_by": "max"}}, "rescale_by must be one of"),
-    ({"merge_method": "doge_ta", "parameters": {"subspace": 0}}, "subspace must be in"),
-    ({"merge_method": "consensus", "parameters": {"k": -1}}, "k must be in"),
-])
+@pytest.mark.parametrize(
+    "cfg_update,message",
+    [
+        ({"merge_method": "tall_masks", "parameters": {"aggregation": "mean"}}, "aggregation must be one of"),
+        ({"merge_method": "emr", "parameters": {"rescale_by": "max"}}, "rescale_by must be one of"),
+        ({"merge_method": "doge_ta", "parameters": {"subspace": 0}}, "subspace must be in"),
+        ({"merge_method": "consensus", "parameters": {"k": -1}}, "k must be in"),
+    ],
+)
 def test_bad_parameters_are_plan_errors(llama_family, tmp_path, cfg_update, message):
     cfg = {**_config(llama_family, "emr"), **cfg_update}
     result = run_cli("merge", write_yaml(tmp_path / "c.yaml", cfg), tmp_path / "out")

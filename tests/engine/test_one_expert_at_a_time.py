@@ -23,8 +23,11 @@ def many_experts(tmp_path_factory):
 
 
 def _config(family, method: str) -> dict:
-    config = {"merge_method": method, "dtype": "float32",
-              "models": [{"model": str(e), "parameters": {"weight": 1.0 + i / 10}} for i, e in enumerate(family.experts)]}
+    config = {
+        "merge_method": method,
+        "dtype": "float32",
+        "models": [{"model": str(e), "parameters": {"weight": 1.0 + i / 10}} for i, e in enumerate(family.experts)],
+    }
     if METHODS[method].base != "unused":
         config["base_model"] = str(family.base)
     return config
@@ -114,8 +117,11 @@ def test_fisher_reads_one_expert_and_its_fisher_at_a_time(monkeypatch, many_expe
     from mergesmith.methods.fisher_combine import fisher_average
 
     files = _statistics_files(many_experts, tmp_path, gram=False)
-    config = {"merge_method": "fisher_combine", "dtype": "float32",
-              "models": [{"model": str(e), "statistics": str(f)} for e, f in zip(many_experts.experts, files)]}
+    config = {
+        "merge_method": "fisher_combine",
+        "dtype": "float32",
+        "models": [{"model": str(e), "statistics": str(f)} for e, f in zip(many_experts.experts, files)],
+    }
     peak, out = _peak_live_reads(monkeypatch, config, tmp_path / "out")
     assert peak <= 4, peak  # theta_i and F_i (and briefly the previous pair), never 32 tensors
     merged = load_tensors(out)
@@ -134,8 +140,13 @@ def test_regmean_streams_only_the_tensors_without_grams(many_experts, tmp_path):
     from mergesmith.api import plan_merge
 
     files = _statistics_files(many_experts, tmp_path, gram=True)
-    plan = plan_merge({"merge_method": "regmean_combine", "dtype": "float32",
-                       "models": [{"model": str(e), "statistics": str(f)} for e, f in zip(many_experts.experts, files)]})
+    plan = plan_merge(
+        {
+            "merge_method": "regmean_combine",
+            "dtype": "float32",
+            "models": [{"model": str(e), "statistics": str(f)} for e, f in zip(many_experts.experts, files)],
+        }
+    )
     with_grams = [j for j in plan.jobs if j.statistics]
     without = [j for j in plan.jobs if j.params is not None and not j.statistics and len(j.shape) > 0]
     assert with_grams and without

@@ -25,15 +25,24 @@ def _relabel(source, dest, **fields):
 
 @pytest.fixture
 def as_mistral(llama_family, tmp_path):
-    return _relabel(llama_family.experts[0], tmp_path / "mistral", architectures=["MistralForCausalLM"],
-                    model_type="mistral")
+    return _relabel(
+        llama_family.experts[0], tmp_path / "mistral", architectures=["MistralForCausalLM"], model_type="mistral"
+    )
 
 
 def test_relabelled_model_is_refused_naming_both(llama_family, as_mistral, tmp_path):
     cfg = with_first_expert(llama_family, as_mistral)
-    line = expect_refusal(tmp_path, cfg, "architectures differ", str(as_mistral), str(llama_family.base),
-                          "MistralForCausalLM", "LlamaForCausalLM", "--allow-crimes",
-                          inputs=[llama_family.base, as_mistral, llama_family.experts[1]])
+    line = expect_refusal(
+        tmp_path,
+        cfg,
+        "architectures differ",
+        str(as_mistral),
+        str(llama_family.base),
+        "MistralForCausalLM",
+        "LlamaForCausalLM",
+        "--allow-crimes",
+        inputs=[llama_family.base, as_mistral, llama_family.experts[1]],
+    )
     assert "mistral" in line and "llama" in line
 
 
@@ -50,7 +59,9 @@ def test_allow_crimes_merges(llama_family, as_mistral, tmp_path):
     path = write_yaml(tmp_path / "c.yaml", with_first_expert(llama_family, as_mistral))
     crime = run_cli("merge", path, tmp_path / "crime", "--quiet", "--allow-crimes")
     assert crime.exit_code == 0, crime.output
-    lawful = run_cli("merge", write_yaml(tmp_path / "d.yaml", ties_config(llama_family)), tmp_path / "lawful", "--quiet")
+    lawful = run_cli(
+        "merge", write_yaml(tmp_path / "d.yaml", ties_config(llama_family)), tmp_path / "lawful", "--quiet"
+    )
     assert lawful.exit_code == 0, lawful.output
     crime_t, lawful_t = load_tensors(tmp_path / "crime"), load_tensors(tmp_path / "lawful")
     assert crime_t.keys() == lawful_t.keys() and all((crime_t[k] == lawful_t[k]).all() for k in crime_t)
@@ -64,8 +75,9 @@ def test_only_model_type_differs(llama_family, tmp_path):
 def test_models_without_config_are_not_refused(llama_family, tmp_path):
     bare = copy_model(llama_family.experts[0], tmp_path / "bare")
     (bare / "config.json").unlink()
-    result = run_cli("merge", write_yaml(tmp_path / "c.yaml", with_first_expert(llama_family, bare)), tmp_path / "out",
-                     "--quiet")
+    result = run_cli(
+        "merge", write_yaml(tmp_path / "c.yaml", with_first_expert(llama_family, bare)), tmp_path / "out", "--quiet"
+    )
     assert result.exit_code == 0, result.output
 
 

@@ -71,8 +71,11 @@ def test_overlapping_offsets(llama_family, tmp_path, broken):
     header, data = read_raw_header(shard)
     names = sorted((k for k in header if k != "__metadata__"), key=lambda k: header[k]["data_offsets"][0])
     # Two tensors of the same size alias the same bytes; the file length still adds up if we drop the alias's data.
-    a, b = next((x, y) for x, y in zip(names, names[1:])
-                if header[x]["shape"] == header[y]["shape"] and header[x]["dtype"] == header[y]["dtype"])
+    a, b = next(
+        (x, y)
+        for x, y in zip(names, names[1:])
+        if header[x]["shape"] == header[y]["shape"] and header[x]["dtype"] == header[y]["dtype"]
+    )
     size = header[a]["data_offsets"][1] - header[a]["data_offsets"][0]
     header[b]["data_offsets"] = list(header[a]["data_offsets"])
     start_b = header[a]["data_offsets"][1]
@@ -191,7 +194,9 @@ def test_missing_model_path(llama_family, tmp_path):
 
 
 def test_directory_of_a_different_architecture(llama_family, gpt2_family, tmp_path):
-    line = _refuse_with(llama_family, tmp_path, gpt2_family.experts[0], str(gpt2_family.experts[0]), "same architecture")
+    line = _refuse_with(
+        llama_family, tmp_path, gpt2_family.experts[0], str(gpt2_family.experts[0]), "same architecture"
+    )
     assert "tensors" in line
 
 
@@ -201,8 +206,13 @@ def test_same_names_different_shapes(tmp_path):
     wide.mkdir()
     save_file({"w": torch.zeros(3, 5)}, str(narrow / "model.safetensors"))
     save_file({"w": torch.zeros(3, 4)}, str(wide / "model.safetensors"))
-    cfg = {"merge_method": "linear", "models": [{"model": str(narrow), "parameters": {"weight": 1}},
-                                                {"model": str(wide), "parameters": {"weight": 1}}]}
+    cfg = {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(narrow), "parameters": {"weight": 1}},
+            {"model": str(wide), "parameters": {"weight": 1}},
+        ],
+    }
     expect_refusal(tmp_path, cfg, "'w'", "shape", inputs=[narrow, wide])
 
 
@@ -273,8 +283,14 @@ def test_integer_buffers_missing_from_some_models_are_carried_over(tmp_path):
     expert.mkdir()
     save_file({"w": torch.zeros(2, 3), "position_ids": torch.arange(4).unsqueeze(0)}, str(base / "model.safetensors"))
     save_file({"w": torch.ones(2, 3)}, str(expert / "model.safetensors"))
-    cfg = {"merge_method": "task_arithmetic", "base_model": str(base), "models": [{"model": str(expert), "parameters": {"weight": 0.5}}]}
+    cfg = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(base),
+        "models": [{"model": str(expert), "parameters": {"weight": 0.5}}],
+    }
     result = run_cli("merge", write_yaml(tmp_path / "c.yaml", cfg), tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
     out = load_tensors(tmp_path / "out")
-    assert torch.equal(out["position_ids"], torch.arange(4).unsqueeze(0)) and torch.equal(out["w"], torch.full((2, 3), 0.5))
+    assert torch.equal(out["position_ids"], torch.arange(4).unsqueeze(0)) and torch.equal(
+        out["w"], torch.full((2, 3), 0.5)
+    )

@@ -53,11 +53,16 @@ def test_the_signal_handlers_are_restored_after_a_command(llama_family, tmp_path
 # ---- out of memory ------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("error", [
-    MemoryError(),
-    RuntimeError("[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
-                 "allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"),
-])
+@pytest.mark.parametrize(
+    "error",
+    [
+        MemoryError(),
+        RuntimeError(
+            "[enforce fail at alloc_cpu.cpp:117] data. DefaultCPUAllocator: can't allocate memory: you tried to "
+            "allocate 68719476736 bytes. Error code 12 (Cannot allocate memory)"
+        ),
+    ],
+)
 def test_out_of_memory_during_a_merge_is_one_line(llama_family, tmp_path, monkeypatch, error):
     from mergesmith.io.safetensors_file import SafetensorsFile
 
@@ -71,8 +76,14 @@ def test_out_of_memory_during_a_merge_is_one_line(llama_family, tmp_path, monkey
         return real(self, offset, nbytes, name)
 
     monkeypatch.setattr(SafetensorsFile, "_pread", allocate)
-    line = expect_refusal(tmp_path, ties_config(llama_family), "out of memory", "--threads 1", "--memory-budget",
-                          inputs=[llama_family.base, *llama_family.experts[:2]])
+    line = expect_refusal(
+        tmp_path,
+        ties_config(llama_family),
+        "out of memory",
+        "--threads 1",
+        "--memory-budget",
+        inputs=[llama_family.base, *llama_family.experts[:2]],
+    )
     assert "no output was written" in line
 
 
@@ -83,8 +94,12 @@ def test_a_runtime_error_that_is_not_memory_is_not_called_out_of_memory(llama_fa
         raise RuntimeError("a bug")
 
     monkeypatch.setattr(SafetensorsFile, "_pread", broken)
-    line = expect_refusal(tmp_path, ties_config(llama_family), "failed: RuntimeError: a bug",
-                          inputs=[llama_family.base, *llama_family.experts[:2]])
+    line = expect_refusal(
+        tmp_path,
+        ties_config(llama_family),
+        "failed: RuntimeError: a bug",
+        inputs=[llama_family.base, *llama_family.experts[:2]],
+    )
     assert "out of memory" not in line
 
 
@@ -98,8 +113,16 @@ def test_bad_max_shard_size_in_every_command_that_takes_it(llama_family, tmp_pat
     commands = [
         ("merge", config, out, "--quiet"),
         ("protect", llama_family.experts[0], out, "--quiet"),
-        ("continual", "add", llama_family.experts[0], llama_family.experts[1], out, "--base", llama_family.base,
-         "--quiet"),
+        (
+            "continual",
+            "add",
+            llama_family.experts[0],
+            llama_family.experts[1],
+            out,
+            "--base",
+            llama_family.base,
+            "--quiet",
+        ),
     ]
     for command in commands:
         expect_cli_refusal((*command, "--max-shard-size", size), "--max-shard-size", out=out)
@@ -143,8 +166,9 @@ def _commands(fam, tmp_path, out):
 @pytest.mark.parametrize("command", ["merge", "protect", "continual", "inspect"])
 def test_dangling_symlink_output(llama_family, tmp_path, command):
     out = _dangling(tmp_path)
-    line = expect_cli_refusal(_commands(llama_family, tmp_path, out)[command], str(out), "symbolic link",
-                              "does not exist", out=out)
+    line = expect_cli_refusal(
+        _commands(llama_family, tmp_path, out)[command], str(out), "symbolic link", "does not exist", out=out
+    )
     assert out.is_symlink() and not (tmp_path / "nowhere").exists()
     assert line
 
@@ -172,8 +196,9 @@ def test_output_inside_an_input_refused_before_any_work(llama_family, tmp_path, 
     fam = llama_family
     model = copy_model(fam.experts[0], tmp_path / "model")
     out = model / "merged"
-    config = write_yaml(tmp_path / "c.yaml", {**ties_config(fam), "models": [{"model": str(model)},
-                                                                              {"model": str(fam.experts[1])}]})
+    config = write_yaml(
+        tmp_path / "c.yaml", {**ties_config(fam), "models": [{"model": str(model)}, {"model": str(fam.experts[1])}]}
+    )
     args = {
         "merge": ("merge", config, out, "--quiet"),
         "protect": ("protect", model, out, "--quiet"),
@@ -189,9 +214,19 @@ def test_adapt_refuses_an_existing_output_before_loading_anything(bert_family, t
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("mine")
-    pool = write_yaml(tmp_path / "pool.yaml", {"base_model": str(bert_family.base), "tasks": [
-        {"name": "t", "expert": str(bert_family.experts[0]),
-         "data": {"format": "csv", "validation": "v.csv", "test": "t.csv"}}]})
+    pool = write_yaml(
+        tmp_path / "pool.yaml",
+        {
+            "base_model": str(bert_family.base),
+            "tasks": [
+                {
+                    "name": "t",
+                    "expert": str(bert_family.experts[0]),
+                    "data": {"format": "csv", "validation": "v.csv", "test": "t.csv"},
+                }
+            ],
+        },
+    )
     monkeypatch.setattr(problem, "load_problem", lambda **k: (_ for _ in ()).throw(AssertionError("work")))
     expect_cli_refusal(("adapt", "regmean", out, "--pool", pool, "--quiet"), str(out), "--force", out=out)
     inside = bert_family.experts[0] / "adapted"

@@ -19,7 +19,7 @@ def _inputs(fam):
     [
         "merge_method: !!python/object/apply:os.system ['touch {marker}']",
         "merge_method: !!python/object/new:subprocess.Popen [['touch', '{marker}']]",
-        "merge_method: !!python/name:os.system\nx: !!python/object/apply:builtins.exec ['open(\"{marker}\", \"w\")']",
+        'merge_method: !!python/name:os.system\nx: !!python/object/apply:builtins.exec [\'open("{marker}", "w")\']',
     ],
 )
 def test_yaml_python_tags_are_refused_and_never_run(llama_family, tmp_path, payload):
@@ -86,28 +86,71 @@ def _della_config(fam, **parameters) -> dict:
     ("config", "needles"),
     [
         # a rule across two parameters, each valid alone
-        (lambda fam: _della_config(fam, density=0.5, epsilon=0.6),
-         ("della", "density +/- epsilon must lie inside (0, 1)", "density=0.5, epsilon=0.6")),
+        (
+            lambda fam: _della_config(fam, density=0.5, epsilon=0.6),
+            ("della", "density +/- epsilon must lie inside (0, 1)", "density=0.5, epsilon=0.6"),
+        ),
         # the same rule with the default epsilon, a density set for one model only
-        (lambda fam: {**_della_config(fam), "models": [{"model": str(fam.experts[0]), "parameters": {"density": 0.1}},
-                                                        {"model": str(fam.experts[1])}]},
-         ("density=0.1, epsilon=0.15",)),
+        (
+            lambda fam: {
+                **_della_config(fam),
+                "models": [
+                    {"model": str(fam.experts[0]), "parameters": {"density": 0.1}},
+                    {"model": str(fam.experts[1])},
+                ],
+            },
+            ("density=0.1, epsilon=0.15",),
+        ),
         # a value that reaches the rule only after a filter picks it for some tensors
-        (lambda fam: _della_config(fam, density=[{"filter": "mlp", "value": 0.05}, {"value": 0.5}]),
-         ("mlp", "density=0.05, epsilon=0.15")),
+        (
+            lambda fam: _della_config(fam, density=[{"filter": "mlp", "value": 0.05}, {"value": 0.5}]),
+            ("mlp", "density=0.05, epsilon=0.15"),
+        ),
         # rules declared on the method's own parameters
-        (lambda fam: {"merge_method": "karcher", "models": [{"model": str(p)} for p in fam.experts[:2]],
-                      "parameters": {"tol": -1.0}}, ("parameters.tol", "tol must be in [0, inf), got -1")),
-        (lambda fam: {"merge_method": "karcher", "models": [{"model": str(p)} for p in fam.experts[:2]],
-                      "parameters": {"max_iter": 2.5}}, ("parameters.max_iter", "max_iter must be an integer, got 2.5")),
-        (lambda fam: {"merge_method": "multislerp", "models": [{"model": str(p)} for p in fam.experts[:2]],
-                      "parameters": {"weight": 1.0, "eps": 0}}, ("parameters.eps", "eps must be in (0, inf), got 0")),
-        (lambda fam: {"merge_method": "multislerp", "models": [
-            {"model": str(fam.experts[0]), "parameters": {"weight": 1.0}},
-            {"model": str(fam.experts[1]), "parameters": {"weight": -1.0}}]}, ("weights [1.0, -1.0] sum to 0",)),
+        (
+            lambda fam: {
+                "merge_method": "karcher",
+                "models": [{"model": str(p)} for p in fam.experts[:2]],
+                "parameters": {"tol": -1.0},
+            },
+            ("parameters.tol", "tol must be in [0, inf), got -1"),
+        ),
+        (
+            lambda fam: {
+                "merge_method": "karcher",
+                "models": [{"model": str(p)} for p in fam.experts[:2]],
+                "parameters": {"max_iter": 2.5},
+            },
+            ("parameters.max_iter", "max_iter must be an integer, got 2.5"),
+        ),
+        (
+            lambda fam: {
+                "merge_method": "multislerp",
+                "models": [{"model": str(p)} for p in fam.experts[:2]],
+                "parameters": {"weight": 1.0, "eps": 0},
+            },
+            ("parameters.eps", "eps must be in (0, inf), got 0"),
+        ),
+        (
+            lambda fam: {
+                "merge_method": "multislerp",
+                "models": [
+                    {"model": str(fam.experts[0]), "parameters": {"weight": 1.0}},
+                    {"model": str(fam.experts[1]), "parameters": {"weight": -1.0}},
+                ],
+            },
+            ("weights [1.0, -1.0] sum to 0",),
+        ),
     ],
-    ids=["della-epsilon", "della-default-epsilon", "della-filtered", "karcher-tol", "karcher-max-iter",
-         "multislerp-eps", "multislerp-weights"],
+    ids=[
+        "della-epsilon",
+        "della-default-epsilon",
+        "della-filtered",
+        "karcher-tol",
+        "karcher-max-iter",
+        "multislerp-eps",
+        "multislerp-weights",
+    ],
 )
 def test_parameter_rules_are_refused_at_plan_time(llama_family, tmp_path, config, needles):
     cfg = config(llama_family)
@@ -125,7 +168,9 @@ def test_filter_that_matches_nothing_warns_and_merges(llama_family, tmp_path):
     result = run_cli("merge", write_yaml(tmp_path / "c.yaml", cfg), tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
     warnings = [line for line in result.output.splitlines() if line.startswith("warning: ")]
-    assert len(warnings) == 1 and "parameters.density" in warnings[0] and "'mlp.up_prj' matches no tensor" in warnings[0]
+    assert (
+        len(warnings) == 1 and "parameters.density" in warnings[0] and "'mlp.up_prj' matches no tensor" in warnings[0]
+    )
     # The filter never applied: the output is the plain density-0.5 merge.
     assert run_cli("merge", write_yaml(tmp_path / "r.yaml", reference), tmp_path / "ref", "--quiet").exit_code == 0
     ours, ref = load_tensors(tmp_path / "out"), load_tensors(tmp_path / "ref")
@@ -150,14 +195,18 @@ def test_gradient_longer_than_the_layer_count_warns(llama_family, tmp_path):
 
 
 def test_slice_out_of_range(llama_family, tmp_path):
-    cfg = {"merge_method": "passthrough",
-           "slices": [{"sources": [{"model": str(llama_family.experts[0]), "layer_range": [0, 9]}]}]}
+    cfg = {
+        "merge_method": "passthrough",
+        "slices": [{"sources": [{"model": str(llama_family.experts[0]), "layer_range": [0, 9]}]}],
+    }
     expect_refusal(tmp_path, cfg, "layer_range", "4 layers", inputs=[llama_family.experts[0]])
 
 
 def test_slice_backwards(llama_family, tmp_path):
-    cfg = {"merge_method": "passthrough",
-           "slices": [{"sources": [{"model": str(llama_family.experts[0]), "layer_range": [3, 1]}]}]}
+    cfg = {
+        "merge_method": "passthrough",
+        "slices": [{"sources": [{"model": str(llama_family.experts[0]), "layer_range": [3, 1]}]}],
+    }
     expect_refusal(tmp_path, cfg, "slices[0].sources[0].layer_range", "0 <= start < end")
 
 

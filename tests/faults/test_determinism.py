@@ -52,7 +52,9 @@ def test_byte_identical_across_runs_threads_and_shard_sizes(llama_family, tmp_pa
     # Shard size changes how tensors are grouped into files, never a tensor's bytes or the input hashes.
     tensors = {size: _tensor_bytes(tmp_path / f"{size}-1-0") for size in SHARD_SIZES}
     assert tensors["5GB"] == tensors["60KB"] == tensors["20KB"]
-    inputs = {size: json.loads((tmp_path / f"{size}-1-0" / "mergesmith.json").read_text())["inputs"] for size in SHARD_SIZES}
+    inputs = {
+        size: json.loads((tmp_path / f"{size}-1-0" / "mergesmith.json").read_text())["inputs"] for size in SHARD_SIZES
+    }
     assert inputs["5GB"] == inputs["60KB"] == inputs["20KB"]
     # The seed matters (so the equalities above are not vacuous).
     assert run_cli("merge", config, tmp_path / "seed8", "--quiet", "--seed", "8").exit_code == 0

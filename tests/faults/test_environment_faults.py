@@ -97,7 +97,9 @@ def test_output_parent_is_a_file(llama_family, tmp_path):
 def test_output_inside_an_input_is_refused(llama_family, tmp_path):
     inputs = [llama_family.base, *llama_family.experts[:2]]
     out = llama_family.experts[0] / "merged"
-    expect_refusal(tmp_path, ties_config(llama_family), "overlaps input", str(llama_family.experts[0]), inputs=inputs, out=out)
+    expect_refusal(
+        tmp_path, ties_config(llama_family), "overlaps input", str(llama_family.experts[0]), inputs=inputs, out=out
+    )
 
 
 def test_existing_output_needs_force_and_survives_the_refusal(llama_family, tmp_path):

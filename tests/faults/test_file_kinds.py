@@ -89,7 +89,9 @@ def test_fifo_named_like_a_side_file_of_the_base(llama_family, tmp_path, name):
 
 def test_fifo_as_the_merge_config(tmp_path):
     fifo = _fifo(tmp_path / "config.yaml")
-    expect_cli_refusal(("merge", fifo, tmp_path / "out", "--quiet"), str(fifo), "not a regular file", out=tmp_path / "out")
+    expect_cli_refusal(
+        ("merge", fifo, tmp_path / "out", "--quiet"), str(fifo), "not a regular file", out=tmp_path / "out"
+    )
     expect_cli_refusal(("plan", fifo), str(fifo), "not a regular file")
 
 
@@ -103,8 +105,12 @@ def test_fifo_as_a_continual_state(llama_family, tmp_path):
     previous = copy_model(llama_family.experts[0], tmp_path / "prev")
     _fifo(previous / "continual.json")
     out = tmp_path / "out"
-    expect_cli_refusal(("continual", "add", previous, llama_family.experts[1], out, "--base", llama_family.base,
-                        "--quiet"), "continual.json", "not a regular file", out=out)
+    expect_cli_refusal(
+        ("continual", "add", previous, llama_family.experts[1], out, "--base", llama_family.base, "--quiet"),
+        "continual.json",
+        "not a regular file",
+        out=out,
+    )
 
 
 # ---- symlinks out of a model directory -----------------------------------------------------------------------------
@@ -147,11 +153,17 @@ def test_protect_and_continual_refuse_a_symlinked_tokenizer(llama_family, tmp_pa
     (model / "tokenizer.json").unlink()
     (model / "tokenizer.json").symlink_to(secret)
     out = tmp_path / "protected"
-    expect_cli_refusal(("protect", model, out, "--quiet"), "tokenizer.json", "outside the model directory",
-                       out=out, inputs=[model])
+    expect_cli_refusal(
+        ("protect", model, out, "--quiet"), "tokenizer.json", "outside the model directory", out=out, inputs=[model]
+    )
     out = tmp_path / "continued"
-    expect_cli_refusal(("continual", "add", model, llama_family.experts[1], out, "--base", llama_family.base,
-                        "--quiet"), "tokenizer.json", "outside the model directory", out=out, inputs=[model])
+    expect_cli_refusal(
+        ("continual", "add", model, llama_family.experts[1], out, "--base", llama_family.base, "--quiet"),
+        "tokenizer.json",
+        "outside the model directory",
+        out=out,
+        inputs=[model],
+    )
 
 
 def test_copy_side_files_refuses_a_link_out_and_copies_nothing_of_it(tmp_path, secret):
@@ -187,7 +199,9 @@ def _as_hub_cache(model: Path, cache: Path, revision: str = "0123456789abcdef") 
 
 def test_hub_cache_snapshot_merges_like_the_plain_directory(llama_family, tmp_path):
     snapshot = _as_hub_cache(llama_family.experts[0], tmp_path / "hub")
-    config = write_yaml(tmp_path / "hub.yaml", with_first_expert(llama_family, snapshot, base_model=str(llama_family.base)))
+    config = write_yaml(
+        tmp_path / "hub.yaml", with_first_expert(llama_family, snapshot, base_model=str(llama_family.base))
+    )
     plain = write_yaml(tmp_path / "plain.yaml", with_first_expert(llama_family, llama_family.experts[0]))
     assert run_cli("merge", config, tmp_path / "from_hub", "--quiet").exit_code == 0
     assert run_cli("merge", plain, tmp_path / "from_plain", "--quiet").exit_code == 0
@@ -211,5 +225,6 @@ def test_hub_snapshot_link_into_another_repository_is_refused(llama_family, tmp_
     shutil.copyfile(secret, other / "key")
     (snapshot / "tokenizer.json").unlink()
     (snapshot / "tokenizer.json").symlink_to(Path("..") / ".." / ".." / "models--evil--repo" / "blobs" / "key")
-    expect_refusal(tmp_path, ties_config(llama_family, base_model=str(snapshot)), "tokenizer.json",
-                   "outside the model directory")
+    expect_refusal(
+        tmp_path, ties_config(llama_family, base_model=str(snapshot)), "tokenizer.json", "outside the model directory"
+    )

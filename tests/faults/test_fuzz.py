@@ -20,11 +20,12 @@ from mergesmith.io import open_checkpoint
 from mergesmith.io.safetensors_file import SafetensorsFile
 from mergesmith.io.safetensors_header import read_header
 
-FUZZ = settings(max_examples=80, derandomize=True, deadline=None, database=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=80, derandomize=True, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow]
+)
 
 JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-2**65, 2**65) | st.floats(allow_nan=True) | st.text(max_size=12),
+    st.none() | st.booleans() | st.integers(-(2**65), 2**65) | st.floats(allow_nan=True) | st.text(max_size=12),
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=12,
 )
@@ -39,10 +40,37 @@ VALID_CONFIG = {
     "dtype": "bfloat16",
     "seed": 3,
 }
-PATHS = [(), ("parameters",), ("parameters", "density"), ("models",), ("models", 0), ("models", 0, "parameters"),
-         ("models", 0, "parameters", "weight"), ("models", 1)]
-KEYS = ["merge_method", "base_model", "parameters", "models", "slices", "dtype", "seed", "weight", "density", "model",
-        "filter", "value", "layer_range", "sources", "tokenizer_source", "lambda", "bogus", 0, 1]
+PATHS = [
+    (),
+    ("parameters",),
+    ("parameters", "density"),
+    ("models",),
+    ("models", 0),
+    ("models", 0, "parameters"),
+    ("models", 0, "parameters", "weight"),
+    ("models", 1),
+]
+KEYS = [
+    "merge_method",
+    "base_model",
+    "parameters",
+    "models",
+    "slices",
+    "dtype",
+    "seed",
+    "weight",
+    "density",
+    "model",
+    "filter",
+    "value",
+    "layer_range",
+    "sources",
+    "tokenizer_source",
+    "lambda",
+    "bogus",
+    0,
+    1,
+]
 
 
 def _mutate(config, path, key, value, delete: bool):
@@ -95,8 +123,19 @@ def test_arbitrary_yaml_text_loads_or_raises_a_config_error(text):
 
 
 @FUZZ
-@given(st.sampled_from(["!!python/object/apply:os.system ['true']", "!!python/name:os.system", "!!binary aGk=",
-                        "!!set {a: null}", "&a [*a]", "!!timestamp 2001-12-14", "{a: !!float nan}"]))
+@given(
+    st.sampled_from(
+        [
+            "!!python/object/apply:os.system ['true']",
+            "!!python/name:os.system",
+            "!!binary aGk=",
+            "!!set {a: null}",
+            "&a [*a]",
+            "!!timestamp 2001-12-14",
+            "{a: !!float nan}",
+        ]
+    )
+)
 def test_tagged_yaml_never_constructs_objects(tag):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "c.yaml"
@@ -112,8 +151,12 @@ def test_tagged_yaml_never_constructs_objects(tag):
 
 
 def _valid_file() -> tuple[dict, bytes]:
-    tensors = {"a": torch.arange(6, dtype=torch.float32).reshape(2, 3), "b": torch.ones(4, dtype=torch.float16),
-               "c": torch.tensor([1, 2, 3], dtype=torch.int64), "empty": torch.zeros(0, 5)}
+    tensors = {
+        "a": torch.arange(6, dtype=torch.float32).reshape(2, 3),
+        "b": torch.ones(4, dtype=torch.float16),
+        "c": torch.tensor([1, 2, 3], dtype=torch.int64),
+        "empty": torch.zeros(0, 5),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "m.safetensors"
         save_file(tensors, str(path), metadata={"format": "pt"})
@@ -153,8 +196,18 @@ def _check_read(path: Path) -> None:
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.sampled_from(["a", "b", "c", "empty", "__metadata__", "new"]),
-                          st.sampled_from(ENTRY_FIELDS), FIELD_VALUES, st.booleans()), min_size=1, max_size=3))
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["a", "b", "c", "empty", "__metadata__", "new"]),
+            st.sampled_from(ENTRY_FIELDS),
+            FIELD_VALUES,
+            st.booleans(),
+        ),
+        min_size=1,
+        max_size=3,
+    )
+)
 def test_mutated_header_fields_read_correctly_or_are_refused(mutations):
     header = json.loads(json.dumps(HEADER))
     for name, field, value, delete in mutations:
@@ -175,8 +228,7 @@ def test_mutated_header_fields_read_correctly_or_are_refused(mutations):
 
 
 @FUZZ
-@given(st.lists(st.tuples(st.integers(0, 8 + 400), st.integers(0, 255)), min_size=1, max_size=4),
-       st.integers(-40, 0))
+@given(st.lists(st.tuples(st.integers(0, 8 + 400), st.integers(0, 255)), min_size=1, max_size=4), st.integers(-40, 0))
 def test_mutated_header_bytes_read_correctly_or_are_refused(flips, cut):
     text = json.dumps(HEADER).encode()
     raw = bytearray(struct.pack("<Q", len(text)) + text + DATA)
@@ -192,10 +244,23 @@ def test_mutated_header_bytes_read_correctly_or_are_refused(flips, cut):
 
 # ---- shard index -------------------------------------------------------------------------------------------------
 
-SHARDS = {"model-00001-of-00002.safetensors": {"x": torch.ones(2, 2), "y": torch.zeros(3)},
-          "model-00002-of-00002.safetensors": {"z": torch.arange(4.0)}}
-SHARD_NAMES = st.sampled_from([*SHARDS, "", ".", "..", "../model-00001-of-00002.safetensors", "/etc/passwd",
-                               "sub/model.safetensors", "missing.safetensors", "model-00001-of-00002.safetensors\0"])
+SHARDS = {
+    "model-00001-of-00002.safetensors": {"x": torch.ones(2, 2), "y": torch.zeros(3)},
+    "model-00002-of-00002.safetensors": {"z": torch.arange(4.0)},
+}
+SHARD_NAMES = st.sampled_from(
+    [
+        *SHARDS,
+        "",
+        ".",
+        "..",
+        "../model-00001-of-00002.safetensors",
+        "/etc/passwd",
+        "sub/model.safetensors",
+        "missing.safetensors",
+        "model-00001-of-00002.safetensors\0",
+    ]
+)
 
 
 @FUZZ

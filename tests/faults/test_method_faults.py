@@ -29,8 +29,9 @@ def test_non_finite_input_to_a_spectral_method_warns_then_strict_refuses(llama_f
     merged = load_tensors(tmp_path / "warned")
     assert torch.isnan(merged[POISONED]).all()
     assert all(torch.isfinite(t).all() for name, t in merged.items() if name != POISONED)
-    expect_refusal(tmp_path, cfg, "NaN/Inf", POISONED, "--strict", args=("--strict",),
-                   inputs=[poisoned, llama_family.base])
+    expect_refusal(
+        tmp_path, cfg, "NaN/Inf", POISONED, "--strict", args=("--strict",), inputs=[poisoned, llama_family.base]
+    )
 
 
 def _antipodal_family(root):
@@ -50,7 +51,15 @@ def _antipodal_family(root):
 
 def test_a_method_failing_on_a_tensor_is_one_line_naming_it(tmp_path):
     base, *experts = _antipodal_family(tmp_path)
-    cfg = {"merge_method": "multislerp", "base_model": str(base),
-           "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(experts, (1.0, 2.0, 1.0))]}
-    expect_refusal(tmp_path, cfg, "multislerp: merging tensor 'layer.weight' failed: ValueError",
-                   "no direction", inputs=[base, *experts])
+    cfg = {
+        "merge_method": "multislerp",
+        "base_model": str(base),
+        "models": [{"model": str(p), "parameters": {"weight": w}} for p, w in zip(experts, (1.0, 2.0, 1.0))],
+    }
+    expect_refusal(
+        tmp_path,
+        cfg,
+        "multislerp: merging tensor 'layer.weight' failed: ValueError",
+        "no direction",
+        inputs=[base, *experts],
+    )

@@ -35,8 +35,16 @@ def test_non_finite_inputs_warn_then_strict_refuses(llama_family, tmp_path, valu
     assert warned.exit_code == 0, warned.output
     lines = [line for line in warned.output.splitlines() if line.startswith("warning: ")]
     assert len(lines) == 1 and POISONED in lines[0] and str(poisoned) in lines[0] and "--strict" in lines[0]
-    line = expect_refusal(tmp_path, cfg, label, POISONED, str(poisoned), "--strict", args=("--strict",),
-                          inputs=[poisoned, llama_family.base])
+    line = expect_refusal(
+        tmp_path,
+        cfg,
+        label,
+        POISONED,
+        str(poisoned),
+        "--strict",
+        args=("--strict",),
+        inputs=[poisoned, llama_family.base],
+    )
     assert "fix or drop that model" in line
     assert tree_hashes(poisoned) == before
 
@@ -51,7 +59,11 @@ def test_all_zero_task_vectors_give_the_base(llama_family, tmp_path, method):
     twin2 = tmp_path / "twin2"
     twin2.mkdir()
     save_file(load_tensors(llama_family.base), str(twin2 / "model.safetensors"))
-    cfg = {"merge_method": method, "base_model": str(llama_family.base), "models": [{"model": str(twin)}, {"model": str(twin2)}]}
+    cfg = {
+        "merge_method": method,
+        "base_model": str(llama_family.base),
+        "models": [{"model": str(twin)}, {"model": str(twin2)}],
+    }
     if method != "model_stock":
         cfg["parameters"] = {"weight": 1.0} if method == "task_arithmetic" else {"weight": 1.0, "density": 0.5}
     result = run_cli("merge", write_yaml(tmp_path / "c.yaml", cfg), tmp_path / "out", "--quiet")
@@ -70,8 +82,12 @@ def test_fp16_overflow_on_cast_is_clamped_and_reported(tmp_path):
     big.mkdir()
     save_file({"a": torch.zeros(4, 4), "b": torch.zeros(3)}, str(base / "model.safetensors"))
     save_file({"a": torch.full((4, 4), 1.0e6), "b": torch.ones(3)}, str(big / "model.safetensors"))
-    cfg = {"merge_method": "task_arithmetic", "base_model": str(base), "out_dtype": "float16",
-           "models": [{"model": str(big), "parameters": {"weight": 1.0}}]}
+    cfg = {
+        "merge_method": "task_arithmetic",
+        "base_model": str(base),
+        "out_dtype": "float16",
+        "models": [{"model": str(big), "parameters": {"weight": 1.0}}],
+    }
     result = run_cli("merge", write_yaml(tmp_path / "c.yaml", cfg), tmp_path / "out", "--quiet")
     assert result.exit_code == 0, result.output
     lines = [line for line in result.output.splitlines() if line.startswith("warning: ")]

@@ -92,7 +92,10 @@ def test_hostile_merge_config_yaml(llama_family, tmp_path, payload):
     base = f"merge_method: ties\nbase_model: {llama_family.base}\nmodels:\n  - model: {llama_family.experts[0]}\n"
     extra = {
         "nested_flow": "parameters: {density: " + "[" * DEEP + "]" * DEEP + "}\n",
-        "nested_block": "parameters:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(2000)) + "  " * 2001 + "v\n",
+        "nested_block": "parameters:\n"
+        + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(2000))
+        + "  " * 2001
+        + "v\n",
         "long_number": "seed: " + "1" * 5000 + "\n",
         "alias_bomb": "x0: &a0 [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
         + "".join(f"x{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9)),
@@ -129,7 +132,8 @@ def test_hostile_pool_yaml(tmp_path, payload):
     ],
 )
 def test_tensor_names_the_writer_could_not_write_are_refused_when_the_header_is_read(
-        llama_family, tmp_path, broken, escaped, needle):
+    llama_family, tmp_path, broken, escaped, needle
+):
     """``plan`` said OK and ``merge`` crashed in the writer; now both refuse the same way, naming the file."""
     shard = first_shard(broken)
     header, data = read_raw_header(shard)
@@ -175,8 +179,12 @@ def test_zero_byte_tensor_with_many_rows_plans_and_merges_cheaply(llama_family, 
     models = [copy_model(p, tmp_path / p.name) for p in (llama_family.base, *llama_family.experts[:2])]
     for model in models:
         _add_empty_tensor(model, [2**44, 0])
-    cfg = {"merge_method": "dare_ties", "base_model": str(models[0]), "parameters": {"weight": 1.0, "density": 0.5},
-           "models": [{"model": str(p)} for p in models[1:]]}
+    cfg = {
+        "merge_method": "dare_ties",
+        "base_model": str(models[0]),
+        "parameters": {"weight": 1.0, "density": 0.5},
+        "models": [{"model": str(p)} for p in models[1:]],
+    }
     config = write_yaml(tmp_path / "c.yaml", cfg)
     assert run_cli("plan", config).exit_code == 0
     merged = run_cli("merge", config, tmp_path / "out", "--quiet")

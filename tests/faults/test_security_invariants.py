@@ -15,8 +15,18 @@ SAFE_YAML_LOADERS = {"SafeLoader", "CSafeLoader", "_NoPythonTagsLoader"}
 NETWORK_MODULES = {"requests", "urllib", "urllib3", "http", "socket", "httpx", "aiohttp", "huggingface_hub"}
 HUB_RESOLVER = PACKAGE / "io" / "hub.py"
 BOUNDED_READERS = PACKAGE / "io" / "parse.py"
-PARSE_CALLS = {"json.load", "json.loads", "yaml.load", "yaml.load_all", "yaml.safe_load", "yaml.safe_load_all",
-               "yaml.parse", "yaml.compose", "yaml.compose_all", "yaml.scan"}
+PARSE_CALLS = {
+    "json.load",
+    "json.loads",
+    "yaml.load",
+    "yaml.load_all",
+    "yaml.safe_load",
+    "yaml.safe_load_all",
+    "yaml.parse",
+    "yaml.compose",
+    "yaml.compose_all",
+    "yaml.scan",
+}
 
 
 def _calls(tree: ast.AST):
@@ -54,8 +64,20 @@ def test_every_torch_load_is_weights_only(trees):
 
 
 def test_no_raw_unpickling_eval_or_exec(trees):
-    banned = {"pickle.load", "pickle.loads", "pickle.Unpickler", "marshal.loads", "dill.load", "dill.loads",
-              "eval", "exec", "compile", "yaml.unsafe_load", "yaml.full_load", "yaml.full_load_all"}
+    banned = {
+        "pickle.load",
+        "pickle.loads",
+        "pickle.Unpickler",
+        "marshal.loads",
+        "dill.load",
+        "dill.loads",
+        "eval",
+        "exec",
+        "compile",
+        "yaml.unsafe_load",
+        "yaml.full_load",
+        "yaml.full_load_all",
+    }
     for path, tree in trees.items():
         for call in _calls(tree):
             assert _dotted(call.func) not in banned, f"{path}:{call.lineno}: {_dotted(call.func)}"
@@ -67,7 +89,9 @@ def test_yaml_is_only_loaded_safely(trees):
             name = _dotted(call.func)
             if name in ("yaml.load", "yaml.load_all") and path != BOUNDED_READERS:
                 loader = _keyword(call, "Loader") or (call.args[1] if len(call.args) > 1 else None)
-                assert loader is not None and _dotted(loader).split(".")[-1] in SAFE_YAML_LOADERS, f"{path}:{call.lineno}"
+                assert loader is not None and _dotted(loader).split(".")[-1] in SAFE_YAML_LOADERS, (
+                    f"{path}:{call.lineno}"
+                )
 
 
 def test_the_bounded_yaml_reader_refuses_unsafe_loaders():

@@ -22,8 +22,16 @@ pytestmark = pytest.mark.e2e
 @pytest.fixture(scope="module")
 def continual_merge(llama_family, tmp_path_factory):
     out = tmp_path_factory.mktemp("continual") / "merge2"
-    result = run_cli("continual", "add", llama_family.experts[0], llama_family.experts[1], out, "--base",
-                     llama_family.base, "--quiet")
+    result = run_cli(
+        "continual",
+        "add",
+        llama_family.experts[0],
+        llama_family.experts[1],
+        out,
+        "--base",
+        llama_family.base,
+        "--quiet",
+    )
     assert result.exit_code == 0, result.output
     return out
 
@@ -46,8 +54,13 @@ def test_a_continual_state_with_bad_numbers_is_refused(llama_family, tmp_path, c
     edit(manifest["details"]["state"])
     (previous / "mergesmith.json").write_text(json.dumps(manifest))  # json writes NaN as NaN, as Python would
     out = tmp_path / "out"
-    expect_cli_refusal(("continual", "add", previous, llama_family.experts[2], out, "--quiet"),
-                       "mergesmith.json", needle, out=out, inputs=[previous])
+    expect_cli_refusal(
+        ("continual", "add", previous, llama_family.experts[2], out, "--quiet"),
+        "mergesmith.json",
+        needle,
+        out=out,
+        inputs=[previous],
+    )
 
 
 def test_a_continual_scale_overflowing_to_infinity_is_refused(llama_family, tmp_path, continual_merge):
@@ -57,8 +70,12 @@ def test_a_continual_scale_overflowing_to_infinity_is_refused(llama_family, tmp_
     text = text.replace(f'"scale": {json.dumps(state["scale"])}', '"scale": 1e999')
     (previous / "mergesmith.json").write_text(text)
     out = tmp_path / "out"
-    expect_cli_refusal(("continual", "add", previous, llama_family.experts[2], out, "--quiet"),
-                       "mergesmith.json", "float64 range", out=out)
+    expect_cli_refusal(
+        ("continual", "add", previous, llama_family.experts[2], out, "--quiet"),
+        "mergesmith.json",
+        "float64 range",
+        out=out,
+    )
 
 
 def test_nan_in_a_continual_expert_is_refused_not_recorded_as_scale_one(llama_family, tmp_path):
@@ -69,8 +86,12 @@ def test_nan_in_a_continual_expert_is_refused_not_recorded_as_scale_one(llama_fa
     tensors[name][0, 0] = float("nan")
     save_file(tensors, shard, metadata={"format": "pt"})
     out = tmp_path / "out"
-    expect_cli_refusal(("continual", "add", llama_family.experts[0], expert, out, "--base", llama_family.base,
-                        "--quiet"), "NaN", out=out, inputs=[expert])
+    expect_cli_refusal(
+        ("continual", "add", llama_family.experts[0], expert, out, "--base", llama_family.base, "--quiet"),
+        "NaN",
+        out=out,
+        inputs=[expert],
+    )
 
 
 # ---- one model, two spellings -------------------------------------------------------------------------------------
@@ -100,8 +121,12 @@ def test_hub_ids_differing_in_case_or_default_revision_are_one_model(tmp_path):
     from mergesmith.config import load_config
     from mergesmith.errors import ConfigError
 
-    cfg = {"merge_method": "ties", "base_model": "org/base", "parameters": {"weight": 1.0, "density": 0.5},
-           "models": [{"model": "Org/Expert"}, {"model": "org/expert@main"}]}
+    cfg = {
+        "merge_method": "ties",
+        "base_model": "org/base",
+        "parameters": {"weight": 1.0, "density": 0.5},
+        "models": [{"model": "Org/Expert"}, {"model": "org/expert@main"}],
+    }
     with pytest.raises(ConfigError, match="listed twice"):
         load_config(cfg)
     cfg["models"][1]["model"] = "org/expert@v2"
@@ -171,8 +196,13 @@ def test_inspect_warns_about_nan_and_leaves_the_tensor_out(llama_family, tmp_pat
 def test_inspect_strict_refuses_nan(llama_family, tmp_path, nan_expert):
     expert, name = nan_expert
     out = tmp_path / "report"
-    expect_cli_refusal(("inspect", llama_family.base, llama_family.experts[0], expert, "--quiet", "--strict",
-                        "--out", out), name, "NaN/Inf", out=out, inputs=[expert])
+    expect_cli_refusal(
+        ("inspect", llama_family.base, llama_family.experts[0], expert, "--quiet", "--strict", "--out", out),
+        name,
+        "NaN/Inf",
+        out=out,
+        inputs=[expert],
+    )
 
 
 def test_inspect_api_lists_the_non_finite_tensors(llama_family, nan_expert):

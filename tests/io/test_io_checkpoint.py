@@ -193,7 +193,12 @@ def test_directory_without_weights_lists_what_was_looked_for(tmp_path):
         open_checkpoint(tmp_path)
     message = str(exc.value)
     assert str(tmp_path) in message and "no model weights" in message
-    for name in ("model.safetensors.index.json", "model.safetensors", "pytorch_model.bin.index.json", "pytorch_model.bin"):
+    for name in (
+        "model.safetensors.index.json",
+        "model.safetensors",
+        "pytorch_model.bin.index.json",
+        "pytorch_model.bin",
+    ):
         assert name in message
 
 

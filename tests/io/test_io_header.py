@@ -49,7 +49,14 @@ def test_header_of_a_reference_file_matches_safe_open(tmp_path):
 
 def test_fp8_and_bool_dtypes_are_known(tmp_path):
     path = tmp_path / "f8.safetensors"
-    save_file({"a": torch.ones(4).to(torch.float8_e4m3fn), "b": torch.ones(2).to(torch.float8_e5m2), "m": torch.tensor([True])}, path)
+    save_file(
+        {
+            "a": torch.ones(4).to(torch.float8_e4m3fn),
+            "b": torch.ones(2).to(torch.float8_e5m2),
+            "m": torch.tensor([True]),
+        },
+        path,
+    )
     infos, _, _ = read_header(path)
     assert infos["a"].dtype == torch.float8_e4m3fn and infos["b"].dtype == torch.float8_e5m2
     assert infos["m"].dtype == torch.bool

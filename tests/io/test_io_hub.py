@@ -45,10 +45,14 @@ def _run_offline(hf_home: Path, code: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "PYTHONPATH": str(REPO_ROOT)}
     env.pop("HF_HUB_CACHE", None)
     env.pop("HUGGINGFACE_HUB_CACHE", None)
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120
+    )
 
 
-@pytest.mark.parametrize("repo,revision_flag", [("some-org/some-model", ""), ("some-org/some-model@v2", " --revision v2")])
+@pytest.mark.parametrize(
+    "repo,revision_flag", [("some-org/some-model", ""), ("some-org/some-model@v2", " --revision v2")]
+)
 def test_uncached_model_offline_is_a_clear_error(tmp_path, repo, revision_flag):
     result = _run_offline(
         tmp_path / "hf",

@@ -52,7 +52,9 @@ def test_peak_rss_does_not_grow_with_the_file(tmp_path):
     # until 64 MB sit idle, so without a fixed threshold the slack varies from run to run (16-64 MB seen). A fixed
     # threshold makes every buffer of this size go back to the system on free: what is left is what the reader holds.
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "MALLOC_MMAP_THRESHOLD_": str(1 << 20)}
-    result = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=120
+    )
     assert result.returncode == 0, result.stderr
     growth_mb, total = map(float, result.stdout.split())
     assert total == numel * sum(range(N_TENSORS)) + 10 * 256 * sum(range(N_TENSORS))

@@ -14,23 +14,33 @@ from mergesmith.io.tensor_info import check_shape, name_problem
 from mergesmith.methods._blocks import BLOCK_ELEMENTS, row_blocks
 
 
-@pytest.mark.parametrize(("raw", "depth"), [
-    (b"{}", 1), (b'{"a": [1, {"b": []}]}', 4), (b'{"a": "[[[{{{"}', 1), (b'["\\"[[["]', 1), (b'"\\', 0),
-    (b'"' + b'\\"' * 100_000, 0),  # an unterminated string of escaped quotes: linear, not quadratic
-])
+@pytest.mark.parametrize(
+    ("raw", "depth"),
+    [
+        (b"{}", 1),
+        (b'{"a": [1, {"b": []}]}', 4),
+        (b'{"a": "[[[{{{"}', 1),
+        (b'["\\"[[["]', 1),
+        (b'"\\', 0),
+        (b'"' + b'\\"' * 100_000, 0),  # an unterminated string of escaped quotes: linear, not quadratic
+    ],
+)
 def test_json_nesting_ignores_brackets_in_strings(raw, depth):
     assert json_nesting(raw)[0] == depth
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("[" * 100_000 + "]" * 100_000, "levels deep"),
-    ('{"a": ' + "1" * 5000 + "}", "5000 digits"),
-    ('{"a": -' + "1" * 5000 + "}", "digits"),
-    ('{"a": 1e400}', "float64 range"),
-    ('{"a": 1.' + "0" * 5000 + "}", "characters"),
-    ("[1, 2]", "not an object"),
-    ('{"a": ', "not valid JSON"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("[" * 100_000 + "]" * 100_000, "levels deep"),
+        ('{"a": ' + "1" * 5000 + "}", "5000 digits"),
+        ('{"a": -' + "1" * 5000 + "}", "digits"),
+        ('{"a": 1e400}', "float64 range"),
+        ('{"a": 1.' + "0" * 5000 + "}", "characters"),
+        ("[1, 2]", "not an object"),
+        ('{"a": ', "not valid JSON"),
+    ],
+)
 def test_parse_json_refuses_with_one_line(text, fragment):
     with pytest.raises(CheckpointError) as exc:
         parse_json(text, "f.json")
@@ -52,20 +62,26 @@ def test_depth_at_the_bound_is_read():
         parse_json("[" + nested + "]", "f", top=list)
 
 
-@pytest.mark.parametrize(("text", "fragment"), [
-    ("a: " + "[" * 10_000 + "]" * 10_000, "levels deep"),
-    ("a:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(200)) + "  " * 201 + "v\n", "levels deep"),
-    ("a: " + "1" * 5000, "5000 characters"),
-    ("a: 0x" + "f" * 5000, "characters"),
-    ("a: !!int " + "1" * 5000, "cannot be read"),
-    ("a: 2024-02-30", "cannot be read"),
-    ("x0: &a0 [1,1,1,1,1,1,1,1,1,1]\n" + "".join(f"x{i}: &a{i} [" + ",".join([f"*a{i-1}"] * 10) + "]\n"
-                                               for i in range(1, 9)), "aliases expanded"),
-    ("a: &x [1]\nb: " + "[" * 63 + "*x" + "]" * 63, "through alias"),
-    ("- 1\n- 2", "not an object"),
-    ("a: [1", "not valid YAML at line"),
-    ("a: !!python/object/apply:os.system ['true']", "not valid YAML"),
-])
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("a: " + "[" * 10_000 + "]" * 10_000, "levels deep"),
+        ("a:\n" + "".join("  " * (i + 1) + f"k{i}:\n" for i in range(200)) + "  " * 201 + "v\n", "levels deep"),
+        ("a: " + "1" * 5000, "5000 characters"),
+        ("a: 0x" + "f" * 5000, "characters"),
+        ("a: !!int " + "1" * 5000, "cannot be read"),
+        ("a: 2024-02-30", "cannot be read"),
+        (
+            "x0: &a0 [1,1,1,1,1,1,1,1,1,1]\n"
+            + "".join(f"x{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 10) + "]\n" for i in range(1, 9)),
+            "aliases expanded",
+        ),
+        ("a: &x [1]\nb: " + "[" * 63 + "*x" + "]" * 63, "through alias"),
+        ("- 1\n- 2", "not an object"),
+        ("a: [1", "not valid YAML at line"),
+        ("a: !!python/object/apply:os.system ['true']", "not valid YAML"),
+    ],
+)
 def test_parse_yaml_refuses_with_one_line(text, fragment):
     with pytest.raises(ConfigError) as exc:
         parse_yaml(text, "c.yaml", error=ConfigError)
@@ -152,10 +168,20 @@ def test_check_unchanged_tells_modified_replaced_and_removed(tmp_path):
 # ---- names, shapes, row blocks -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(("name", "fragment"), [
-    ("", "empty"), ("a\ud800", "surrogate"), ("a\nb", "U+000A"), ("a\x00", "U+0000"), ("\u2028", "U+2028"),
-    ("\ufeffa", "U+FEFF"), ("x" * 1025, "1025 bytes"), ("__metadata__", "reserved"), (3, "not a string"),
-])
+@pytest.mark.parametrize(
+    ("name", "fragment"),
+    [
+        ("", "empty"),
+        ("a\ud800", "surrogate"),
+        ("a\nb", "U+000A"),
+        ("a\x00", "U+0000"),
+        ("\u2028", "U+2028"),
+        ("\ufeffa", "U+FEFF"),
+        ("x" * 1025, "1025 bytes"),
+        ("__metadata__", "reserved"),
+        (3, "not a string"),
+    ],
+)
 def test_names_that_cannot_name_a_tensor(name, fragment):
     assert fragment in name_problem(name)
 

@@ -56,7 +56,11 @@ def _sample() -> dict[str, torch.Tensor]:
 
 def _equal_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     # fp8 has no equality kernel: compare the bytes.
-    return a.dtype == b.dtype and a.shape == b.shape and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    return (
+        a.dtype == b.dtype
+        and a.shape == b.shape
+        and torch.equal(a.reshape(-1).view(torch.uint8), b.reshape(-1).view(torch.uint8))
+    )
 
 
 # -- plan_shards ----------------------------------------------------------------------------------------------

@@ -19,7 +19,9 @@ from mergesmith.io.model_dir import ModelDirectory, checkpoint_source
 def _model(root: Path) -> Path:
     root.mkdir()
     save_file({"a.weight": torch.ones(4, 4), "b.weight": torch.zeros(8)}, root / "model.safetensors")
-    (root / "config.json").write_text(json.dumps({"model_type": "toy", "num_hidden_layers": 2, "torch_dtype": "float32"}))
+    (root / "config.json").write_text(
+        json.dumps({"model_type": "toy", "num_hidden_layers": 2, "torch_dtype": "float32"})
+    )
     (root / "tokenizer.json").write_text("{}")
     return root
 
@@ -29,7 +31,10 @@ def _sha(path: Path) -> str:
 
 
 def _write(source: Path, out: Path, *, fail: bool = False):
-    with open_checkpoint(source) as ckpt, ModelDirectory(out, {"model": checkpoint_source(ckpt, "given/path")}) as target:
+    with (
+        open_checkpoint(source) as ckpt,
+        ModelDirectory(out, {"model": checkpoint_source(ckpt, "given/path")}) as target,
+    ):
         writer = target.open_shards([(n, ckpt.tensors[n].dtype, ckpt.tensors[n].shape) for n in ckpt.tensors], "5GB")
         for name in ckpt.tensors:
             writer.write(name, ckpt.read(name) * 2)
@@ -40,8 +45,13 @@ def _write(source: Path, out: Path, *, fail: bool = False):
         assert not out.exists()  # nothing complete-looking before the commit
         if fail:
             raise RuntimeError("boom")
-        return target.commit(kind="weights", method="double", seed=1, config={"factor": 2},
-                             card=CardText(title="Doubled", sections=("## Note\n\ntimes two",)))
+        return target.commit(
+            kind="weights",
+            method="double",
+            seed=1,
+            config={"factor": 2},
+            card=CardText(title="Doubled", sections=("## Note\n\ntimes two",)),
+        )
 
 
 def test_commit_writes_card_and_manifest_with_every_hash(tmp_path):

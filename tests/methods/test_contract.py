@@ -65,12 +65,12 @@ IDENTITY_PARAMS: dict[str, dict] = {
 # what the paper's definition gives instead.
 IDENTITY_DOES_NOT_HOLD = {
     "iso_c": "Iso-C flattens the spectrum of the summed task matrix, so only an expert whose task matrix has a flat "
-             "spectrum comes back (tests/methods/test_spectral_family.py checks the flat spectrum)",
+    "spectrum comes back (tests/methods/test_spectral_family.py checks the flat spectrum)",
     "iso_cts": "Iso-CTS flattens the spectrum of the common and task subspaces (tests/methods/test_spectral_family.py)",
     "wudi": "WUDI starts at the task-arithmetic sum N*tau and takes a fixed number of Adam steps toward tau (its "
-            "optimum); tests/methods/test_dataless_family.py checks that one task's optimum is tau_1 and the loss falls",
+    "optimum); tests/methods/test_dataless_family.py checks that one task's optimum is tau_1 and the loss falls",
     "doge_ta": "DOGE-TA rescales each task vector to norm eta (lambda_i = eta/||tau_i||); "
-               "tests/methods/test_dataless_family.py checks its coefficients, projection and loss",
+    "tests/methods/test_dataless_family.py checks its coefficients, projection and loss",
 }
 # Parameters for the other checks (a realistic, non-degenerate setting).
 TYPICAL_PARAMS: dict[str, dict] = {
@@ -146,7 +146,7 @@ def _write_package(root, modules: dict[str, str]):
     return package
 
 
-SPEC_SOURCE = '''
+SPEC_SOURCE = """
 from dataclasses import dataclass
 from mergesmith.methods._spec import MethodSpec
 
@@ -158,15 +158,17 @@ def merge(base, experts, params, rng=None):
     return experts[0]
 
 SPEC = MethodSpec(name={name!r}, params=Params, paper="p", base="unused", whole_tensor=merge)
-'''
+"""
 
 
 def test_the_catalogue_scan_refuses_a_module_without_a_spec_and_duplicate_names(tmp_path, monkeypatch):
     from mergesmith.methods import catalogue
 
     monkeypatch.syspath_prepend(str(tmp_path))
-    good = _write_package(tmp_path, {"b_method": SPEC_SOURCE.format(name="b"), "a_method": SPEC_SOURCE.format(name="a"),
-                                     "_helpers": "X = 1\n"})
+    good = _write_package(
+        tmp_path,
+        {"b_method": SPEC_SOURCE.format(name="b"), "a_method": SPEC_SOURCE.format(name="a"), "_helpers": "X = 1\n"},
+    )
     assert list(catalogue("fake_methods", [str(good)])) == ["a", "b"]  # sorted by module; private modules skipped
     (good / "c_method.py").write_text("X = 1\n")
     with pytest.raises(TypeError, match="c_method is a public method module but exposes no SPEC"):
@@ -179,10 +181,35 @@ def test_the_catalogue_scan_refuses_a_module_without_a_spec_and_duplicate_names(
 
 def test_catalogue_has_every_documented_method():
     wanted = {
-        "linear", "slerp", "nuslerp", "multislerp", "karcher", "task_arithmetic", "ties", "dare_linear", "dare_ties",
-        "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "magmax", "model_stock", "nearswap",
-        "passthrough", "pcb", "tsv_m", "iso_c", "iso_cts", "cart", "lines",
-        "wudi", "doge_ta", "consensus", "tall_masks", "emr",
+        "linear",
+        "slerp",
+        "nuslerp",
+        "multislerp",
+        "karcher",
+        "task_arithmetic",
+        "ties",
+        "dare_linear",
+        "dare_ties",
+        "breadcrumbs",
+        "breadcrumbs_ties",
+        "della",
+        "della_linear",
+        "sce",
+        "magmax",
+        "model_stock",
+        "nearswap",
+        "passthrough",
+        "pcb",
+        "tsv_m",
+        "iso_c",
+        "iso_cts",
+        "cart",
+        "lines",
+        "wudi",
+        "doge_ta",
+        "consensus",
+        "tall_masks",
+        "emr",
     }
     assert wanted <= set(METHODS)
 
@@ -235,8 +262,11 @@ def test_same_seed_same_bytes_and_finite(name, tensors):
 @pytest.mark.parametrize(
     "name",
     sorted(
-        n for n, s in METHODS.items()
-        if s.order_invariant and not s.randomized and (s.max_models is None or s.max_models > 1)
+        n
+        for n, s in METHODS.items()
+        if s.order_invariant
+        and not s.randomized
+        and (s.max_models is None or s.max_models > 1)
         and not s.side_outputs  # per-task models follow their experts (test_dataless_family.py)
     ),
 )

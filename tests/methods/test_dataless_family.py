@@ -102,7 +102,9 @@ def test_doge_loss_falls_and_steps_zero_is_trimmed_adaptive_task_arithmetic():
     kept = [doge_ta.top_magnitude_mask(t, 0.3) for t in taus]
     # as fusion-bench's topk_values_mask: entries >= the (numel - keep)-th smallest, i.e. keep + 1 of them
     assert all(int(k.sum()) == int(0.3 * t.numel()) + 1 for k, t in zip(kept, taus))
-    torch.testing.assert_close(trimmed, base + sum(lam * t * k for lam, t, k in zip(lambdas, taus, kept)), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(
+        trimmed, base + sum(lam * t * k for lam, t, k in zip(lambdas, taus, kept)), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_doge_bad_parameters():
@@ -138,7 +140,9 @@ def test_tall_lambda_zero_gives_the_multi_task_model_for_every_task():
     assert all(bool(m.all()) for m in parts.masks)
     mtl = base + parts.task_vector
     for t in range(len(experts)):
-        assert torch.equal(single_tensor_task_model(tensor, parts, t), task_model(base, parts.task_vector, parts.masks[t], 1.0))
+        assert torch.equal(
+            single_tensor_task_model(tensor, parts, t), task_model(base, parts.task_vector, parts.masks[t], 1.0)
+        )
         torch.testing.assert_close(single_tensor_task_model(tensor, parts, t), mtl, rtol=0, atol=1e-6)
 
 

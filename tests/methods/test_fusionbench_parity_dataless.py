@@ -50,7 +50,9 @@ def test_wudi_matches_fusion_bench():
         _close(ours, base[name] + theirs[name].detach())
     # and the optimisation did something: not the task-arithmetic sum any more
     start = base["layer.weight"] + sum(tv["layer.weight"] for tv in task_vectors)
-    assert (wudi.merge(base["layer.weight"], [e["layer.weight"] for e in experts], wudi.Params()) - start).abs().max() > 1e-4
+    assert (
+        wudi.merge(base["layer.weight"], [e["layer.weight"] for e in experts], wudi.Params()) - start
+    ).abs().max() > 1e-4
 
 
 class _OneMatrix(nn.Module):
@@ -75,7 +77,9 @@ def test_doge_ta_matches_fusion_bench():
     theirs = merged.state_dict()["encoder.weight"].detach()
     ours = doge_ta.merge(base_sd["encoder.weight"], [e["encoder.weight"] for e in expert_sds], doge_ta.Params())
     _close(ours, theirs)
-    no_delta = doge_ta.merge(base_sd["encoder.weight"], [e["encoder.weight"] for e in expert_sds], doge_ta.Params(steps=0))
+    no_delta = doge_ta.merge(
+        base_sd["encoder.weight"], [e["encoder.weight"] for e in expert_sds], doge_ta.Params(steps=0)
+    )
     assert (ours - no_delta).abs().max() > 1e-5  # the projected optimisation moved the merge
 
 
@@ -110,10 +114,13 @@ def test_tall_masks_and_consensus_match_fusion_bench():
     _close(parts.task_vector.reshape(-1), task_vectors.sum(0))
     for t in range(4):
         assert torch.equal(parts.masks[t].reshape(-1), their_masks[t])
-        _close(task_model(tensor, parts.task_vector, parts.masks[t], 1.0).reshape(-1),
-               flat_base + their_masks[t] * task_vectors.sum(0))
+        _close(
+            task_model(tensor, parts.task_vector, parts.masks[t], 1.0).reshape(-1),
+            flat_base + their_masks[t] * task_vectors.sum(0),
+        )
     # consensus (the authors' construct_consensus_mask: entries at least k tasks keep), alpha = 0.5
     keep = their_masks.float().sum(0) >= 2
-    ours = consensus.merge_consensus(base["w"], [e["w"] for e in experts],
-                                     consensus.CONSENSUS_SPEC.make_params(4, {"lambda": 0.5}))
+    ours = consensus.merge_consensus(
+        base["w"], [e["w"] for e in experts], consensus.CONSENSUS_SPEC.make_params(4, {"lambda": 0.5})
+    )
     _close(ours.reshape(-1), flat_base + 0.5 * (keep * task_vectors.sum(0)))

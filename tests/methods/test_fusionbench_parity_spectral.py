@@ -49,7 +49,9 @@ def _fusion_bench(algorithm, base: nn.Module, experts: list[nn.Module]) -> dict[
     from fusion_bench import BaseModelPool
 
     # a fresh pool each time: FusionBench loads the merge into the pool's pretrained model
-    pool = BaseModelPool({"_pretrained_": copy.deepcopy(base), **{f"task{i}": copy.deepcopy(e) for i, e in enumerate(experts)}})
+    pool = BaseModelPool(
+        {"_pretrained_": copy.deepcopy(base), **{f"task{i}": copy.deepcopy(e) for i, e in enumerate(experts)}}
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         merged = algorithm.run(pool)

@@ -115,8 +115,10 @@ def test_contract_matches_mergekit(name):
     assert spec.base == BASE_POLICY[contract.base.value]
     base_counted = 1 if contract.base.value == "required" else 0
     min_experts = contract.min_non_base if contract.min_non_base is not None else contract.min_inputs - base_counted
-    max_experts = contract.max_non_base if contract.max_non_base is not None else (
-        None if contract.max_inputs is None else contract.max_inputs - base_counted
+    max_experts = (
+        contract.max_non_base
+        if contract.max_non_base is not None
+        else (None if contract.max_inputs is None else contract.max_inputs - base_counted)
     )
     assert (spec.min_models, spec.max_models) == (min_experts, max_experts)
     assert not spec.randomized
@@ -221,9 +223,7 @@ def test_model_stock_parity(shape, n, filter_wise):
     shared = randn(*shape, seed=61)
     experts = [base + 0.1 * (shared + randn(*shape, seed=62 + i)) for i in range(n)]
     kwargs = dict(filter_wise=filter_wise)
-    assert_parity(
-        ours("model_stock", base, experts, **kwargs), mergekit_merge("model_stock", base, experts, **kwargs)
-    )
+    assert_parity(ours("model_stock", base, experts, **kwargs), mergekit_merge("model_stock", base, experts, **kwargs))
 
 
 def test_model_stock_parity_special():
@@ -375,8 +375,9 @@ def test_nearswap_endpoints_and_blocks():
     streaming = nearswap.SPEC.streaming
     params = nearswap.Params(t=t)
     ctx = streaming.context(lambda: iter(()), params, None)
-    blocks = [streaming.merge_block(base[s], [other[s]], params, ctx, None, i)
-              for i, s in enumerate(row_blocks(base.shape))]
+    blocks = [
+        streaming.merge_block(base[s], [other[s]], params, ctx, None, i) for i, s in enumerate(row_blocks(base.shape))
+    ]
     assert torch.equal(torch.cat(blocks), out)
 
 

@@ -33,7 +33,7 @@ def _samples(dtype):
     normal = torch.randn(40_000, generator=g, dtype=dtype).abs()
     # many exact duplicates and zeros: integers 0..50 as floats
     ties = torch.randint(0, 51, (30_000,), generator=g).to(dtype)
-    tiny = (torch.rand(20_000, generator=g, dtype=dtype) * 1e-30)  # denormal range for fp32 included
+    tiny = torch.rand(20_000, generator=g, dtype=dtype) * 1e-30  # denormal range for fp32 included
     return [normal, ties, tiny]
 
 

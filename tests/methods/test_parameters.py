@@ -68,16 +68,32 @@ def _just_inside(interval: Interval, step: float) -> list[float]:
 
 def test_the_declared_rules_cover_the_parameters_that_need_them():
     declared = {(name, info.name) for name, info in RULES}
-    for method, parameter in [("ties", "density"), ("breadcrumbs", "gamma"), ("della", "epsilon"),
-                              ("sce", "select_topk"), ("tsv_m", "sv_reduction"), ("iso_cts", "common_space_fraction"), ("cart", "rank_ratio"),
-                              ("wudi", "steps"), ("doge_ta", "subspace"), ("consensus", "k"), ("emr", "rescale_by"),
-                              ("tall_masks", "aggregation"), ("regmean_combine", "input_axis"), ("karcher", "max_iter"),
-                              ("karcher", "tol"), ("multislerp", "eps")]:
+    for method, parameter in [
+        ("ties", "density"),
+        ("breadcrumbs", "gamma"),
+        ("della", "epsilon"),
+        ("sce", "select_topk"),
+        ("tsv_m", "sv_reduction"),
+        ("iso_cts", "common_space_fraction"),
+        ("cart", "rank_ratio"),
+        ("wudi", "steps"),
+        ("doge_ta", "subspace"),
+        ("consensus", "k"),
+        ("emr", "rescale_by"),
+        ("tall_masks", "aggregation"),
+        ("regmean_combine", "input_axis"),
+        ("karcher", "max_iter"),
+        ("karcher", "tol"),
+        ("multislerp", "eps"),
+    ]:
         assert (method, parameter) in declared, (method, parameter)
 
 
-@pytest.mark.parametrize("method, info", [r for r in RULES if r[1].within is not None],
-                         ids=[f"{m}.{i.name}" for m, i in RULES if i.within is not None])
+@pytest.mark.parametrize(
+    "method, info",
+    [r for r in RULES if r[1].within is not None],
+    ids=[f"{m}.{i.name}" for m, i in RULES if i.within is not None],
+)
 def test_every_declared_interval_refuses_just_outside_and_accepts_just_inside(method, info):
     spec = METHODS[method]
     step = 1 if info.kind is int else 1e-6
@@ -92,8 +108,11 @@ def test_every_declared_interval_refuses_just_outside_and_accepts_just_inside(me
         assert (got[0] if info.per_model else got) == value
 
 
-@pytest.mark.parametrize("method, info", [r for r in RULES if r[1].choices is not None],
-                         ids=[f"{m}.{i.name}" for m, i in RULES if i.choices is not None])
+@pytest.mark.parametrize(
+    "method, info",
+    [r for r in RULES if r[1].choices is not None],
+    ids=[f"{m}.{i.name}" for m, i in RULES if i.choices is not None],
+)
 def test_every_declared_choice_is_accepted_and_nothing_else(method, info):
     spec = METHODS[method]
     for choice in info.choices:
@@ -103,8 +122,9 @@ def test_every_declared_choice_is_accepted_and_nothing_else(method, info):
         spec.make_params(N, _values(spec, info.name, outside))
 
 
-@pytest.mark.parametrize("method, info", [r for r in RULES if r[1].kind is int],
-                         ids=[f"{m}.{i.name}" for m, i in RULES if i.kind is int])
+@pytest.mark.parametrize(
+    "method, info", [r for r in RULES if r[1].kind is int], ids=[f"{m}.{i.name}" for m, i in RULES if i.kind is int]
+)
 def test_integer_parameters_refuse_fractions(method, info):
     spec = METHODS[method]
     with pytest.raises(ConfigError, match=f"{info.name} must be an integer, got 1.5"):
@@ -114,8 +134,11 @@ def test_integer_parameters_refuse_fractions(method, info):
 @pytest.mark.parametrize("method", ["della", "della_linear"])
 def test_della_keep_probabilities_must_be_probabilities(method):
     spec = METHODS[method]
-    with pytest.raises(ConfigError, match=r"della.*: density \+/- epsilon must lie inside \(0, 1\), got density=0.5, "
-                                          r"epsilon=0.6"):
+    with pytest.raises(
+        ConfigError,
+        match=r"della.*: density \+/- epsilon must lie inside \(0, 1\), got density=0.5, "
+        r"epsilon=0.6",
+    ):
         spec.make_params(2, {"weight": 1.0, "density": 0.5, "epsilon": 0.6})
     with pytest.raises(ConfigError, match="density=0.1, epsilon=0.15"):  # the default epsilon, a small density
         spec.make_params(2, {"weight": 1.0, "density": [0.5, 0.1]})
@@ -193,8 +216,11 @@ def test_a_factorisation_failure_is_a_mergesmith_error(monkeypatch):
 
     monkeypatch.setitem(METHODS, "tsv_m", dataclasses.replace(METHODS["tsv_m"], whole_tensor=failing))
     base, experts = _state_dicts()
-    with pytest.raises(MergesmithError, match="tsv_m: merging tensor 'layer.weight' failed: LinAlgError: linalg.svd: "
-                                              "The algorithm failed to converge because of something$"):
+    with pytest.raises(
+        MergesmithError,
+        match="tsv_m: merging tensor 'layer.weight' failed: LinAlgError: linalg.svd: "
+        "The algorithm failed to converge because of something$",
+    ):
         merge_state_dicts(base, experts, "tsv_m")
 
 
@@ -214,7 +240,10 @@ def test_the_methods_listing_shows_each_declared_rule():
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert "  density (per model, default 1, in (0, 1]) - fraction of largest-magnitude entries kept" in lines
-    assert "  rescale_by (global, default sum, one of sum, tensor_means) - " + param_infos(
-        METHODS["emr"].params)["rescale_by"].doc in lines
+    assert (
+        "  rescale_by (global, default sum, one of sum, tensor_means) - "
+        + param_infos(METHODS["emr"].params)["rescale_by"].doc
+        in lines
+    )
     assert any(line.startswith("  k (global, default 2, an integer in [0, inf))") for line in lines)
     assert any(line.startswith("  and: density +/- epsilon inside (0, 1)") for line in lines)

@@ -133,7 +133,9 @@ def test_tsv_m_orthogonal_low_rank_tasks_sum_exactly():
     taus = []
     for t in range(3):  # rank 2 each, k = int(18 / 3) = 6
         cols = slice(2 * t, 2 * t + 2)
-        taus.append(q_left[:, cols] @ torch.diag(torch.tensor([3.0 - t, 1.0], dtype=torch.float64)) @ q_right[:, cols].T)
+        taus.append(
+            q_left[:, cols] @ torch.diag(torch.tensor([3.0 - t, 1.0], dtype=torch.float64)) @ q_right[:, cols].T
+        )
     out = tsv.merge(base, [base + tau for tau in taus], tsv.Params())
     torch.testing.assert_close(out, base + sum(taus), rtol=1e-10, atol=1e-12)
 
@@ -185,8 +187,9 @@ def test_cart_at_full_rank_is_weight_averaging():
     out = cart.merge(None, experts, cart.Params(rank_ratio=1.0, lambda_=1.7))
     average = sum(experts) / 4
     torch.testing.assert_close(out, average, rtol=1e-10, atol=1e-12)
-    ta = merge_state_dicts({"w": base}, [{"w": e} for e in experts], "task_arithmetic", weight=1.0,
-                           **{"lambda": 0.25})["w"]
+    ta = merge_state_dicts({"w": base}, [{"w": e} for e in experts], "task_arithmetic", weight=1.0, **{"lambda": 0.25})[
+        "w"
+    ]
     torch.testing.assert_close(out, ta, rtol=1e-10, atol=1e-12)
 
 
@@ -226,8 +229,13 @@ def test_lines_scale_grows_with_depth():
 
 def test_lines_with_beta_zero_is_task_arithmetic():
     base, experts = make((9, 7), 3, seed=16)
-    names = ["model.embed_tokens.weight", "model.layers.0.mlp.up_proj.weight", "model.layers.1.mlp.up_proj.weight",
-             "model.norm.weight", "lm_head.weight"]
+    names = [
+        "model.embed_tokens.weight",
+        "model.layers.0.mlp.up_proj.weight",
+        "model.layers.1.mlp.up_proj.weight",
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
     sd_base = {n: base for n in names}
     sd_experts = [{n: e for n in names} for e in experts]
     ours = merge_state_dicts(sd_base, sd_experts, "lines", alpha=0.3, beta=0.0)
@@ -237,13 +245,21 @@ def test_lines_with_beta_zero_is_task_arithmetic():
 
 
 def test_relative_depth_of_tensor_names():
-    names = ["model.embed_tokens.weight", *(f"model.layers.{i}.self_attn.q_proj.weight" for i in range(5)),
-             "model.norm.weight", "lm_head.weight"]
+    names = [
+        "model.embed_tokens.weight",
+        *(f"model.layers.{i}.self_attn.q_proj.weight" for i in range(5)),
+        "model.norm.weight",
+        "lm_head.weight",
+    ]
     counts = layer_counts(names)
     depths = [relative_depth(n, counts) for n in names]
     assert depths == [0.0, 0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
-    bert = ["bert.embeddings.word_embeddings.weight", "bert.encoder.layer.0.output.dense.weight",
-            "bert.encoder.layer.1.output.dense.weight", "bert.pooler.dense.weight"]
+    bert = [
+        "bert.embeddings.word_embeddings.weight",
+        "bert.encoder.layer.0.output.dense.weight",
+        "bert.encoder.layer.1.output.dense.weight",
+        "bert.pooler.dense.weight",
+    ]
     assert [relative_depth(n, layer_counts(bert)) for n in bert] == [0.0, 0.0, 1.0, 1.0]
     assert relative_depth("transformer.wte.weight", {"transformer.h.": 2}) == 0.0
 
@@ -385,8 +401,12 @@ def test_shape_errors():
         spec = METHODS[name]
         with pytest.raises(ValueError, match="shape"):
             facts = {"depth": 0.5} if name == "lines" else None
-            spec.merge(base if spec.base != "unused" else None, [experts[0], experts[1][:3]],
-                       spec.make_params(2, {}, facts=facts), None)
+            spec.merge(
+                base if spec.base != "unused" else None,
+                [experts[0], experts[1][:3]],
+                spec.make_params(2, {}, facts=facts),
+                None,
+            )
         if spec.base == "required":
             with pytest.raises(ValueError, match="base"):
                 spec.merge(None, experts, spec.params(), None)
@@ -412,8 +432,15 @@ def test_engine_and_merge_state_dicts_agree(llama_family, tmp_path):
     experts = [load_tensors(p) for p in llama_family.experts]
     for method, params in (("lines", {"beta": 0.7}), ("tsv_m", {"alpha": 0.9})):
         out = tmp_path / method
-        assert run_cli("merge", write_yaml(tmp_path / f"{method}.yaml", _config(llama_family, method, **params)), out,
-                       "--quiet").exit_code == 0
+        assert (
+            run_cli(
+                "merge",
+                write_yaml(tmp_path / f"{method}.yaml", _config(llama_family, method, **params)),
+                out,
+                "--quiet",
+            ).exit_code
+            == 0
+        )
         engine = load_tensors(out)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -426,8 +453,12 @@ def test_engine_and_merge_state_dicts_agree(llama_family, tmp_path):
                 torch.testing.assert_close(engine[name], memory[name], rtol=1e-4, atol=1e-5)  # SVD threads differ
     # LiNeS really scales by depth: embeddings by alpha = 1/3, the last layer and the head by 1/3 + beta
     lines_out = load_tensors(tmp_path / "lines")
-    for name, scale in (("model.embed_tokens.weight", 1 / 3), ("model.layers.3.mlp.up_proj.weight", 1 / 3 + 0.7),
-                        ("model.layers.1.mlp.up_proj.weight", 1 / 3 + 0.7 / 3), ("model.norm.weight", 1 / 3 + 0.7)):
+    for name, scale in (
+        ("model.embed_tokens.weight", 1 / 3),
+        ("model.layers.3.mlp.up_proj.weight", 1 / 3 + 0.7),
+        ("model.layers.1.mlp.up_proj.weight", 1 / 3 + 0.7 / 3),
+        ("model.norm.weight", 1 / 3 + 0.7),
+    ):
         mtv = sum(e[name] - base[name] for e in experts)
         torch.testing.assert_close(lines_out[name], base[name] + scale * mtv, rtol=1e-5, atol=1e-6)
 
@@ -441,8 +472,9 @@ def test_plan_fills_depth_and_notes_the_fallback_once(llama_family, tmp_path):
     plan = plan_merge(write_yaml(tmp_path / "d.yaml", _config(llama_family, "iso_cts")))
     notes = [n for n in plan.notes if n.startswith("iso_cts:")]
     n_other = sum(1 for j in plan.jobs if j.params is not None and len(j.shape) != 2)
-    assert n_other > 0 and notes == [f"iso_cts: {n_other} tensors are not 2-D matrices (biases, norms); "
-                                     + sp.NON_MATRIX_MEAN]
+    assert n_other > 0 and notes == [
+        f"iso_cts: {n_other} tensors are not 2-D matrices (biases, norms); " + sp.NON_MATRIX_MEAN
+    ]
 
 
 def test_depth_follows_the_output_layers_of_slices(llama_family, tmp_path):
@@ -470,19 +502,23 @@ def test_config_rejects_bad_values_before_merging(llama_family, tmp_path):
 
 
 @pytest.mark.e2e
-@pytest.mark.parametrize("method, params", [
-    ("pcb", {"density": 0.2, "lambda": 1.0}),
-    ("tsv_m", {}),
-    ("iso_c", {"alpha": 1.2}),
-    ("iso_cts", {"common_space_fraction": 0.8}),
-    ("cart", {"rank_ratio": 0.25}),
-    ("lines", {"beta": 0.5}),
-])
+@pytest.mark.parametrize(
+    "method, params",
+    [
+        ("pcb", {"density": 0.2, "lambda": 1.0}),
+        ("tsv_m", {}),
+        ("iso_c", {"alpha": 1.2}),
+        ("iso_cts", {"common_space_fraction": 0.8}),
+        ("cart", {"rank_ratio": 0.25}),
+        ("lines", {"beta": 0.5}),
+    ],
+)
 def test_cli_merge_loads_with_transformers(llama_family, tmp_path, method, params):
     import transformers
 
-    result = run_cli("merge", write_yaml(tmp_path / "c.yaml", _config(llama_family, method, **params)),
-                     tmp_path / "out", "--quiet")
+    result = run_cli(
+        "merge", write_yaml(tmp_path / "c.yaml", _config(llama_family, method, **params)), tmp_path / "out", "--quiet"
+    )
     assert result.exit_code == 0, result.output
     if METHODS[method].non_matrix:
         assert result.output.count(f"note: {method}:") == 1
@@ -512,7 +548,12 @@ def test_svd_retries_in_float64_when_lapack_does_not_converge(monkeypatch):
     u, s, vh = sp.svd(clustered)
     assert calls == [torch.float32, torch.float64] and u.dtype == s.dtype == torch.float32
     assert torch.allclose((u * s) @ vh, clustered, atol=1e-5)
-    monkeypatch.setattr(torch.linalg, "svd", lambda m, full_matrices=True: (_ for _ in ()).throw(
-        torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")))
+    monkeypatch.setattr(
+        torch.linalg,
+        "svd",
+        lambda m, full_matrices=True: (_ for _ in ()).throw(
+            torch.linalg.LinAlgError("linalg.svd: The algorithm failed to converge")
+        ),
+    )
     with pytest.raises(torch.linalg.LinAlgError):  # float64 failing too is not hidden
         sp.svd(clustered.double())

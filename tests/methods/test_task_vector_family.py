@@ -116,8 +116,9 @@ SHAPES = [(1,), (7,), (48, 33), (3, 4, 5)]
 def test_task_arithmetic_bitwise(shape, n, normalize):
     base, experts = make(shape, n, seed=n)
     values = dict(weight=weights(n), normalize=normalize, **{"lambda": 0.7})
-    assert torch.equal(ours("task_arithmetic", base, experts, **values), mergekit("task_arithmetic", base, experts,
-                                                                                    **values))
+    assert torch.equal(
+        ours("task_arithmetic", base, experts, **values), mergekit("task_arithmetic", base, experts, **values)
+    )
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -280,7 +281,7 @@ def test_dare_keeps_density_and_is_unbiased(name):
     sigma = math.sqrt(p * (1 - p) / n)
     assert abs(kept_fraction(out, base) - p) < 5 * sigma
     # rescaled survivors are tau / p: the mean of (out - base) / tau is 1 in expectation
-    ratio = ((out - base).double() / tau.double())
+    ratio = (out - base).double() / tau.double()
     assert abs(float(ratio.mean()) - 1.0) < 5 * math.sqrt((1 - p) / p / n)
     kept = out != base
     torch.testing.assert_close((out - base)[kept], tau[kept] / p, rtol=1e-4, atol=1e-6)
@@ -356,8 +357,10 @@ def test_della_ranks_a_vector_as_one_row_and_handles_scalars():
     smallest, largest = kept[order[:5000]].double().mean(), kept[order[-5000:]].double().mean()
     assert float(smallest) < 0.25 and float(largest) > 0.75  # 0.1 + 0.8 * mean rank of each quarter
     scalar_base, scalar_experts = torch.tensor(1.0), [torch.tensor(1.5)]
-    draws = [ours("della_linear", scalar_base, scalar_experts, seed=s, weight=1.0, density=0.5, epsilon=0.1)
-             for s in range(200)]
+    draws = [
+        ours("della_linear", scalar_base, scalar_experts, seed=s, weight=1.0, density=0.5, epsilon=0.1)
+        for s in range(200)
+    ]
     assert {float(d) for d in draws} == {1.0, 2.0}  # dropped, or kept with rescale 1 / 0.5
 
 
@@ -434,8 +437,11 @@ def test_order_of_experts_does_not_matter(name):
 
 def test_magmax_picks_the_largest_magnitude():
     base = torch.zeros(4)
-    experts = [torch.tensor([1.0, -3.0, 0.5, 0.0]), torch.tensor([-2.0, 2.0, 0.25, 0.0]), torch.tensor([1.5, 1.0, -0.75,
-                                                                                                        0.0])]
+    experts = [
+        torch.tensor([1.0, -3.0, 0.5, 0.0]),
+        torch.tensor([-2.0, 2.0, 0.25, 0.0]),
+        torch.tensor([1.5, 1.0, -0.75, 0.0]),
+    ]
     out = ours("magmax", base, experts, **{"lambda": 0.5})
     assert torch.equal(out, torch.tensor([-1.0, -1.5, -0.375, 0.0]))
 

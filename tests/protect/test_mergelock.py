@@ -28,8 +28,16 @@ def families(tmp_path_factory):
     import transformers
 
     torch.manual_seed(5)
-    config = transformers.LlamaConfig(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=8,
-                                      num_key_value_heads=2, vocab_size=128, attention_bias=True, tie_word_embeddings=False)
+    config = transformers.LlamaConfig(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=128,
+        attention_bias=True,
+        tie_word_embeddings=False,
+    )
     model = transformers.LlamaForCausalLM(config)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -85,9 +93,17 @@ def test_collapse_verdict_comes_from_the_outputs(families, arch, tmp_path):
 
 
 def test_collapse_verdict_ignores_circuits_when_outputs_agree():
-    numbers = dict(max_abs_diff=0.0, output_scale=1.0, merge_with="other", plain_merge_divergence=0.1,
-                   protected_merge_divergence=0.01, plain_merge_agreement=0.9, circuit_preservation=0.0,
-                   plain_merge_circuit_divergence=0.1, protected_merge_circuit_divergence=0.9)
+    numbers = dict(
+        max_abs_diff=0.0,
+        output_scale=1.0,
+        merge_with="other",
+        plain_merge_divergence=0.1,
+        protected_merge_divergence=0.01,
+        plain_merge_agreement=0.9,
+        circuit_preservation=0.0,
+        plain_merge_circuit_divergence=0.1,
+        protected_merge_circuit_divergence=0.9,
+    )
     assert not VerifyReport(protected_merge_agreement=1.0, **numbers).collapsed
     assert VerifyReport(protected_merge_agreement=0.2, **numbers).collapsed
 
@@ -97,7 +113,13 @@ def test_layouts_detected(families):
 
     with open_checkpoint(families["llama"].base) as ckpt:
         layout = detect_layout(ckpt)
-    assert (layout.family, layout.num_heads, layout.num_kv_heads, layout.head_dim, layout.rotary) == ("llama", 4, 2, 16, True)
+    assert (layout.family, layout.num_heads, layout.num_kv_heads, layout.head_dim, layout.rotary) == (
+        "llama",
+        4,
+        2,
+        16,
+        True,
+    )
     assert [b.prefix for b in layout.blocks] == ["model.layers.0.", "model.layers.1."]
     with open_checkpoint(families["gpt2"].base) as ckpt:
         layout = detect_layout(ckpt)
@@ -111,7 +133,9 @@ def test_rotary_transform_commutes_with_hf_rotary_embedding():
     a, a_inv = rotary_invertible(d, 3.0, gen)
     assert torch.allclose(a @ a_inv, torch.eye(d, dtype=torch.float64), atol=1e-12)
     q = torch.randn(1, 1, 5, d, dtype=torch.float64)
-    freqs = torch.arange(5, dtype=torch.float64)[:, None] * (1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float64) / d))
+    freqs = torch.arange(5, dtype=torch.float64)[:, None] * (
+        1.0 / 10000 ** (torch.arange(0, d, 2, dtype=torch.float64) / d)
+    )
     emb = torch.cat([freqs, freqs], -1)[None]
     cos, sin = emb.cos(), emb.sin()
     rotate = lambda x: apply_rotary_pos_emb(x, x, cos, sin)[0]  # noqa: E731
@@ -139,9 +163,13 @@ def test_same_seed_same_bytes_and_inputs_untouched(families, tmp_path):
 def test_unknown_architecture_is_one_line_error(tmp_path):
     model = tmp_path / "mystery"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"model_type": "mystery", "num_attention_heads": 2, "hidden_size": 8}))
-    save_file({"blocks.0.mixer.in_proj.weight": torch.zeros(8, 8), "blocks.0.mixer.out_proj.weight": torch.zeros(8, 8)},
-              model / "model.safetensors")
+    (model / "config.json").write_text(
+        json.dumps({"model_type": "mystery", "num_attention_heads": 2, "hidden_size": 8})
+    )
+    save_file(
+        {"blocks.0.mixer.in_proj.weight": torch.zeros(8, 8), "blocks.0.mixer.out_proj.weight": torch.zeros(8, 8)},
+        model / "model.safetensors",
+    )
     with pytest.raises(MergesmithError, match="cannot identify the attention projections"):
         protect_checkpoint(model, tmp_path / "out")
     result = run_cli("protect", model, tmp_path / "out", "-q")
@@ -164,8 +192,9 @@ def test_bad_strength_and_existing_output(families, tmp_path):
 
 def test_cli_end_to_end(families, tmp_path):
     fam = families["bert"]
-    result = run_cli("protect", fam.experts[0], tmp_path / "locked", "--seed", "3", "--verify", "--merge-with",
-                     fam.experts[1], "-q")
+    result = run_cli(
+        "protect", fam.experts[0], tmp_path / "locked", "--seed", "3", "--verify", "--merge-with", fam.experts[1], "-q"
+    )
     assert result.exit_code == 0, result.output
     assert "protected 2 attention layers (bert, 4 heads" in result.output
     assert "function preserved: OK" in result.output

@@ -44,9 +44,7 @@ PROFILES = {
     # and on which a linear probe of the frozen base already lands 20-27 points above the majority class at these
     # sizes. food_reviews is left out: its reviews are the longest (over half are cut at 64 tokens) and the same
     # probe is only 2-6 points above its 69% majority class.
-    "mini": Profile(
-        ("wordnet_verbs", "tweet_sentiment", "fortunes"), SplitSizes(train=300, validation=100, test=200)
-    ),
+    "mini": Profile(("wordnet_verbs", "tweet_sentiment", "fortunes"), SplitSizes(train=300, validation=100, test=200)),
 }
 
 
@@ -63,9 +61,7 @@ def build_task(name: str, cache_dir: Path, sizes: SplitSizes, seed: int = 0) -> 
     return task
 
 
-def build_tasks(
-    profile: str, cache_dir: Path | None = None, seed: int = 0, *, progress: bool = True
-) -> list[TaskData]:
+def build_tasks(profile: str, cache_dir: Path | None = None, seed: int = 0, *, progress: bool = True) -> list[TaskData]:
     """Every task of ``profile``, in the profile's order; downloads the data packages into ``cache_dir`` (default:
     ``$MERGESMITH_CACHE``, ``$XDG_CACHE_HOME/mergesmith`` or ``~/.cache/mergesmith``) on first use."""
     from tqdm import tqdm

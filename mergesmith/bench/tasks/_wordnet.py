@@ -26,14 +26,50 @@ DATA_DIR = "usr/share/wordnet"
 
 # WordNet 3.0's lexicographer files in file-number order (lexnames(5WN)); the position is lex_filenum.
 LEXNAMES = (
-    "adj.all", "adj.pert", "adv.all",
-    "noun.Tops", "noun.act", "noun.animal", "noun.artifact", "noun.attribute", "noun.body", "noun.cognition",
-    "noun.communication", "noun.event", "noun.feeling", "noun.food", "noun.group", "noun.location", "noun.motive",
-    "noun.object", "noun.person", "noun.phenomenon", "noun.plant", "noun.possession", "noun.process",
-    "noun.quantity", "noun.relation", "noun.shape", "noun.state", "noun.substance", "noun.time",
-    "verb.body", "verb.change", "verb.cognition", "verb.communication", "verb.competition", "verb.consumption",
-    "verb.contact", "verb.creation", "verb.emotion", "verb.motion", "verb.perception", "verb.possession",
-    "verb.social", "verb.stative", "verb.weather",
+    "adj.all",
+    "adj.pert",
+    "adv.all",
+    "noun.Tops",
+    "noun.act",
+    "noun.animal",
+    "noun.artifact",
+    "noun.attribute",
+    "noun.body",
+    "noun.cognition",
+    "noun.communication",
+    "noun.event",
+    "noun.feeling",
+    "noun.food",
+    "noun.group",
+    "noun.location",
+    "noun.motive",
+    "noun.object",
+    "noun.person",
+    "noun.phenomenon",
+    "noun.plant",
+    "noun.possession",
+    "noun.process",
+    "noun.quantity",
+    "noun.relation",
+    "noun.shape",
+    "noun.state",
+    "noun.substance",
+    "noun.time",
+    "verb.body",
+    "verb.change",
+    "verb.cognition",
+    "verb.communication",
+    "verb.competition",
+    "verb.consumption",
+    "verb.contact",
+    "verb.creation",
+    "verb.emotion",
+    "verb.motion",
+    "verb.perception",
+    "verb.possession",
+    "verb.social",
+    "verb.stative",
+    "verb.weather",
     "adj.ppl",
 )
 
@@ -62,13 +98,16 @@ def read_synsets(path: Path, task: str, names: tuple[str, ...]) -> list[Example]
             head, bar, gloss = line.partition("|")
             fields = head.split()
             if not bar or len(fields) < 5 or not fields[1].isdigit():
-                raise MergesmithError(f"task {task}: {path} line {number} is not a synset line; {DEBIAN_PACKAGE} "
-                                      "may be damaged: delete its cache directory and rerun")
+                raise MergesmithError(
+                    f"task {task}: {path} line {number} is not a synset line; {DEBIAN_PACKAGE} "
+                    "may be damaged: delete its cache directory and rerun"
+                )
             filenum = int(fields[1])
             lexname = LEXNAMES[filenum] if filenum < len(LEXNAMES) else f"lexicographer file {filenum}"
             if lexname not in names:
-                raise MergesmithError(f"task {task}: {path} line {number} is in lexicographer file {lexname}, "
-                                      f"not one of {list(names)}")
+                raise MergesmithError(
+                    f"task {task}: {path} line {number} is in lexicographer file {lexname}, not one of {list(names)}"
+                )
             lemma = _MARKER.sub("", fields[4]).replace("_", " ")
             examples.append(Example(f"{lemma}: {gloss.strip()}", names.index(lexname)))
     return examples

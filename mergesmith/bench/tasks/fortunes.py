@@ -36,8 +36,10 @@ def build(cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
     counts = Counter(example.label for example in everything)
     kept = [index for index in range(len(files)) if counts[index] >= MIN_ENTRIES]
     if len(kept) < 2:
-        raise MergesmithError(f"task {NAME}: only {len(kept)} categories have {MIN_ENTRIES} entries; "
-                              f"{' and '.join(DEBIAN_PACKAGES)} have changed")
+        raise MergesmithError(
+            f"task {NAME}: only {len(kept)} categories have {MIN_ENTRIES} entries; "
+            f"{' and '.join(DEBIAN_PACKAGES)} have changed"
+        )
     relabel = {old: new for new, old in enumerate(kept)}
     examples = [Example(e.text, relabel[e.label]) for e in everything if e.label in relabel]
     train, validation, test = split(examples, sizes, seed)
@@ -47,7 +49,8 @@ def build(cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
 def category_files(package_root: Path) -> list[Path]:
     folder = package_root / FORTUNE_DIR
     return [
-        path for path in sorted(folder.iterdir())
+        path
+        for path in sorted(folder.iterdir())
         if path.is_file() and not path.is_symlink() and path.suffix not in (".dat", ".u8")
     ]
 
