@@ -76,7 +76,7 @@ def find_conflict(declared: Mapping[str, Declared | None]) -> Conflict | None:
 
 def checkpoint_architectures(checkpoints: Mapping[str, Any]) -> dict[str, Declared | None]:
     """Model name -> its declared architecture, for opened checkpoints (``mergesmith.io.Checkpoint``)."""
-    return {name: declared_architecture(ckpt._config()) for name, ckpt in checkpoints.items()}
+    return {name: declared_architecture(ckpt.config()) for name, ckpt in checkpoints.items()}
 
 
 def check_same_architecture(checkpoints: Mapping[str, Any], *, allow_crimes: bool = False) -> None:

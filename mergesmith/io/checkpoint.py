@@ -86,15 +86,12 @@ class Checkpoint:
 
     def architecture(self) -> str | None:
         """``architectures[0]`` from config.json, else its ``model_type``, else None."""
-        config = self._config()
+        config = self.config()
         archs = config.get("architectures")
         if isinstance(archs, list) and archs and isinstance(archs[0], str):
             return archs[0]
         model_type = config.get("model_type")
         return model_type if isinstance(model_type, str) else None
-
-    def _config(self) -> dict[str, Any]:
-        return self.config()
 
     def config(self) -> dict[str, Any]:
         """The parsed ``config.json`` ({} when there is none), read once through the bounded JSON reader."""

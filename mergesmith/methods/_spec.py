@@ -75,6 +75,10 @@ def between(low: float, high: float, *, open_low: bool = False, open_high: bool 
     return Interval(low, high, open_low, open_high)
 
 
+# An iterative method's steps: more than this is a typo rather than a setting (it would run for days per tensor).
+MAX_STEPS = 100_000
+
+
 def at_least(low: float) -> Interval:
     """[low, inf)."""
     return Interval(low)

@@ -36,7 +36,7 @@ from torch import Tensor
 from mergesmith.methods import _spectral as sp, _task_vectors as tv
 from mergesmith.methods._adam import Adam, one_thread
 from mergesmith.methods._protocol import Rng, check_shapes
-from mergesmith.methods._spec import MethodSpec, at_least, between, param
+from mergesmith.methods._spec import MAX_STEPS, MethodSpec, at_least, between, param
 
 NAME = "doge_ta"
 
@@ -48,7 +48,7 @@ class Params:
     density: float = param(
         0.3, within=between(0, 1, open_low=True), doc="fraction of each task vector's largest-magnitude entries kept"
     )
-    steps: int = param(400, within=at_least(0), doc="Adam steps per 2-D matrix")
+    steps: int = param(400, within=between(0, MAX_STEPS), doc="Adam steps per 2-D matrix")
     lr: float = param(1e-4, doc="Adam learning rate")
 
 

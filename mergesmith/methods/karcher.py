@@ -30,12 +30,12 @@ import torch
 from torch import Tensor
 
 from mergesmith.methods._protocol import Rng
-from mergesmith.methods._spec import MethodSpec, at_least, param
+from mergesmith.methods._spec import MAX_STEPS, MethodSpec, at_least, between, param
 
 
 @dataclass(frozen=True)
 class Params:
-    max_iter: int = param(10, within=at_least(0), doc="most Riemannian gradient steps (default 10)")
+    max_iter: int = param(10, within=between(0, MAX_STEPS), doc="most Riemannian gradient steps (default 10)")
     tol: float = param(
         1e-5, within=at_least(0), doc="stopping step length, zero-norm and zero-angle threshold (default 1e-5)"
     )

@@ -33,14 +33,14 @@ from torch import Tensor
 from mergesmith.methods import _task_vectors as tv
 from mergesmith.methods._adam import Adam, one_thread
 from mergesmith.methods._protocol import Rng, check_shapes
-from mergesmith.methods._spec import MethodSpec, at_least, param
+from mergesmith.methods._spec import MAX_STEPS, MethodSpec, between, param
 
 NAME = "wudi"
 
 
 @dataclass(frozen=True)
 class Params:
-    steps: int = param(300, within=at_least(0), doc="Adam steps per 2-D matrix")
+    steps: int = param(300, within=between(0, MAX_STEPS), doc="Adam steps per 2-D matrix")
     lr: float = param(1e-5, doc="Adam learning rate")
 
 
