@@ -172,13 +172,13 @@ class ParamInfo:
         elif self.kind in (int, float):
             value = self._finite_number(value, where)
             if self.kind is int:
-                if float(value) != int(value):
+                if not isinstance(value, numbers.Integral) and float(value) != int(value):
                     self._refuse(where, "an integer", _short(value))
                 value = int(value)
             else:
                 value = float(value)
             if self.within is not None and value not in self.within:
-                self._refuse(where, f"in {self.within}", f"{value:g}")
+                self._refuse(where, f"in {self.within}", _short(value) if isinstance(value, int) else f"{value:g}")
         elif self.kind is str and not isinstance(value, str):
             self._refuse(where, "a string", _short(value))
         if self.choices is not None and value not in self.choices:

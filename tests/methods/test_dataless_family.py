@@ -68,8 +68,10 @@ def test_wudi_is_deterministic_and_non_matrices_are_averaged():
 
 
 def test_wudi_bad_parameters():
-    with pytest.raises(ConfigError, match="steps must be in \\[0, inf\\), got -1"):
+    with pytest.raises(ConfigError, match="steps must be in \\[0, 100000\\], got -1"):
         wudi.SPEC.make_params(2, {"steps": -1})
+    with pytest.raises(ConfigError, match="steps must be in \\[0, 100000\\], got an integer of 997 bits"):
+        wudi.SPEC.make_params(2, {"steps": 10**300})  # a typo that would run for ages
 
 
 # --------------------------------------------------------------------------------------------------------------
