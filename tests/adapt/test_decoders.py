@@ -343,7 +343,7 @@ def test_regression_methods_need_a_linear_layer():
 
 
 def test_twin_hooks_equal_the_per_input_path_and_full_rank_gives_the_expert(decoder):
-    from mergesmith.adapt.twin import TwinEncoder
+    from mergesmith.adapt.twin_model import TwinEncoder
 
     arch, problem = decoder
     result = _run(problem, "twin_merging", rank_fraction=1.0)

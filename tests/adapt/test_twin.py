@@ -11,7 +11,8 @@ import torch
 from mergesmith.adapt import ADAPT_METHODS
 from mergesmith.adapt._spec import parse_params
 from mergesmith.adapt.result import save_result
-from mergesmith.adapt.twin import TwinEncoder, truncated_svd
+from mergesmith.adapt.twin import truncated_svd
+from mergesmith.adapt.twin_model import TwinEncoder
 
 FAST = {"router_steps": 30, "router_hidden": 16, "progress": False}
 

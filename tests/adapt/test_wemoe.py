@@ -10,16 +10,8 @@ from torch import nn
 
 from mergesmith.adapt.modules import mlp_blocks
 from mergesmith.adapt.problem import AdaptProblem
-from mergesmith.adapt.wemoe import (
-    EWemoeParams,
-    Router,
-    WemoeParams,
-    build_wemoe,
-    mlp_tensor_names,
-    run_e_wemoe,
-    run_wemoe,
-    sparsify,
-)
+from mergesmith.adapt.wemoe import EWemoeParams, WemoeParams, run_e_wemoe, run_wemoe
+from mergesmith.adapt.wemoe_model import Router, build_wemoe, mlp_tensor_names, sparsify
 from mergesmith.errors import MergesmithError
 
 
@@ -80,7 +72,7 @@ def test_routing_is_per_input_and_ignores_padding():
 def test_training_and_inference_paths_agree(conv1d):
     """RoutedLinear computes W(x) = W_0 + sum_t r_t tau_t by activations when training and by per-example weights
     otherwise: the same values, and gradients reach the router."""
-    from mergesmith.adapt.wemoe import RoutedLinear, _Routing
+    from mergesmith.adapt.wemoe_model import RoutedLinear, _Routing
 
     g = torch.Generator().manual_seed(0)
     shape = (6, 5) if conv1d else (5, 6)  # Conv1D stores [in, out]
