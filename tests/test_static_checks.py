@@ -28,3 +28,12 @@ def test_mypy_finds_nothing():
     # the files, the rules and the plugins come from [tool.mypy]; the cache (.mypy_cache) keeps reruns fast
     done = _run("mypy")
     assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_every_module_is_under_500_lines():
+    long = {
+        str(path.relative_to(REPO)): n
+        for path in sorted((REPO / "mergesmith").rglob("*.py"))
+        if (n := len(path.read_text(encoding="utf-8").splitlines())) >= 500
+    }
+    assert not long, f"split these modules by job: {long}"
