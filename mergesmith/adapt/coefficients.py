@@ -21,7 +21,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from mergesmith.adapt.functional import combine, entropy, functional_pooler, pooled_with
+from mergesmith.adapt.featurizer import TaskHead
+from mergesmith.adapt.functional import combine, entropy, fixed_head_logits, functional_pooler, pooled_with
 from mergesmith.errors import MergesmithError
 
 if TYPE_CHECKING:
@@ -44,15 +45,13 @@ def _cycle(problem: AdaptProblem, split: Any, batch_size: int, seed: int) -> Ite
         epoch += 1
 
 
-def _logits(head: nn.Linear, features: Tensor) -> Tensor:
-    # The head is the task's fixed classifier: detached, so no gradient is accumulated into the shared head.
-    dtype = features.dtype
-    return nn.functional.linear(
-        features, head.weight.detach().to(dtype), None if head.bias is None else head.bias.detach().to(dtype)
-    )
+def _logits(head: TaskHead, features: Tensor) -> Tensor:
+    # The head is the task's fixed classifier (a linear or a cosine head): its parameters are frozen, so no gradient
+    # is accumulated into the shared head; a head of another dtype than the features runs in the features' dtype.
+    return fixed_head_logits(head, features)
 
 
-def task_loss(objective: str, head: nn.Linear, features: Tensor, batch: Any) -> Tensor:
+def task_loss(objective: str, head: TaskHead, features: Tensor, batch: Any) -> Tensor:
     logits = _logits(head, features)
     if objective == "entropy":
         return entropy(logits)

@@ -20,6 +20,21 @@ from torch import Tensor, nn
 REPRESENTATIONS = ("mean_tokens", "image_embeds", "pooler_output")
 
 
+class TaskHead(Protocol):
+    """A task's fixed classifier on the featurizer's features: an ``nn.Linear`` (probe protocol) or the bench's
+    cosine head (zero-shot protocol). Adapt methods call it and read its shape; they never train it."""
+
+    @property
+    def in_features(self) -> int: ...
+
+    @property
+    def out_features(self) -> int: ...
+
+    def __call__(self, features: Tensor) -> Tensor: ...
+
+    def state_dict(self) -> Mapping[str, Tensor]: ...
+
+
 class Featurizer(Protocol):
     @property
     def modality(self) -> str:
@@ -55,4 +70,4 @@ class Featurizer(Protocol):
         ...
 
 
-__all__ = ["Featurizer", "REPRESENTATIONS"]
+__all__ = ["Featurizer", "REPRESENTATIONS", "TaskHead"]

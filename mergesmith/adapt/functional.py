@@ -20,11 +20,12 @@ Grouping schemes (``coefficient_groups``):
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import Tensor, nn
 
+from mergesmith.adapt.featurizer import TaskHead
 from mergesmith.errors import MergesmithError
 
 if TYPE_CHECKING:
@@ -110,10 +111,28 @@ def pooled_with(pooler: nn.Module, params: Mapping[str, Tensor], batch: Any) -> 
     return functional_call(pooler, {f"encoder.{k}": v for k, v in params.items()}, (batch,), strict=False)
 
 
+def fixed_head_logits(head: TaskHead, features: Tensor) -> Tensor:
+    """Logits of a task's fixed head (linear or cosine) on ``features``, in the features' dtype. The head's tensors
+    are detached: gradients reach the features, never the head shared by every step and every method."""
+    from torch.func import functional_call
+
+    frozen = {name: value.detach().to(features.dtype) for name, value in head.state_dict().items()}
+    return functional_call(cast(nn.Module, head), frozen, (features,))
+
+
 def entropy(logits: Tensor) -> Tensor:
     """Mean Shannon entropy H(p) = -sum_c p_c log p_c of the softmax of ``logits`` over the batch."""
     logp = torch.log_softmax(logits if logits.dtype == torch.float64 else logits.float(), dim=-1)
     return -(logp.exp() * logp).sum(-1).mean()
 
 
-__all__ = ["SCHEMES", "learnable_names", "coefficient_groups", "combine", "functional_pooler", "pooled_with", "entropy"]
+__all__ = [
+    "SCHEMES",
+    "learnable_names",
+    "coefficient_groups",
+    "combine",
+    "functional_pooler",
+    "pooled_with",
+    "fixed_head_logits",
+    "entropy",
+]

@@ -27,7 +27,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from mergesmith.adapt.featurizer import Featurizer
+from mergesmith.adapt.featurizer import Featurizer, TaskHead
 from mergesmith.errors import MergesmithError
 
 
@@ -57,7 +57,7 @@ class Batch:
 @dataclass
 class AdaptTask:
     name: str
-    head: nn.Linear  # the task's head on pooled features (stays task-specific, never merged)
+    head: TaskHead  # the task's head on pooled features (stays task-specific, never merged)
     unlabeled: Unlabeled | None  # the test split's inputs; test-time methods read inputs, never labels
     validation: Any  # a small labeled split (has ``.labels``, LongTensor)
     label_names: tuple[str, ...] = ()

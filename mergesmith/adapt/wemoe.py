@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from torch import Tensor, nn
 
 from mergesmith.adapt._spec import AdaptSpec, params_dict
+from mergesmith.adapt.functional import fixed_head_logits
 from mergesmith.adapt.modules import mlp_blocks
 from mergesmith.adapt.wemoe_model import (
     RoutedLinear,
@@ -147,9 +148,7 @@ def _run(problem: AdaptProblem, params: WemoeParams, seed: int, efficient: bool)
         total = 0.0
         for task, stream in zip(problem.tasks, streams):
             features = problem.pooled(moe, next(stream))
-            logits = nn.functional.linear(
-                features, task.head.weight.detach(), task.head.bias.detach() if task.head.bias is not None else None
-            )
+            logits = fixed_head_logits(task.head, features)
             loss = entropy(logits)
             loss.backward()  # per task: activations of one batch at a time (gradient accumulation over tasks)
             total += float(loss.detach())

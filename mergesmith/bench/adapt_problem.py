@@ -11,14 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from torch import nn
-
 from mergesmith.adapt.problem import AdaptProblem, AdaptTask, Unlabeled
 from mergesmith.bench.encoder import EncodedSplit
 from mergesmith.bench.features import ImageFeaturizer, ImageSplit, read_model_config
+from mergesmith.bench.heads import HEAD_FILE, Head
 from mergesmith.bench.load import load_bench_pool
 from mergesmith.bench.pool import Pool
-from mergesmith.bench.zoo import HEAD_FILE
 from mergesmith.errors import MergesmithError
 
 
@@ -84,7 +82,7 @@ def _feature_width(pool: Pool) -> int:
     return featurizer.feature_width(config)
 
 
-def _check_expert_head(task: str, expert: Path, head: nn.Linear) -> None:
+def _check_expert_head(task: str, expert: Path, head: Head) -> None:
     """An expert saved with its own head (``task_head.safetensors``) must have been trained on the task's labels."""
     from safetensors import safe_open
 
@@ -96,10 +94,10 @@ def _check_expert_head(task: str, expert: Path, head: nn.Linear) -> None:
             shape = tuple(f.get_slice("weight").get_shape()) if "weight" in f.keys() else None
     except Exception:  # unreadable heads are reported by the pool checker when they are used
         return
-    if shape is not None and shape != tuple(head.weight.shape):
+    if shape is not None and shape != (head.out_features, head.in_features):
         raise MergesmithError(
             f"task {task!r}: expert {expert} was trained with a head of shape {list(shape)} but the pool's head for the "
-            f"task is {list(head.weight.shape)}; the expert's label space differs from the task's: pair each task with "
+            f"task is {[head.out_features, head.in_features]}; the expert's label space differs from the task's: pair each task with "
             "its own expert"
         )
 

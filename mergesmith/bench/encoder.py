@@ -120,7 +120,7 @@ class FineTuneRecipe:
 
 def fine_tune(
     encoder: PreTrainedModel,
-    head: nn.Linear,
+    head: nn.Module,
     split: EncodedSplit,
     pad_id: int,
     recipe: FineTuneRecipe,

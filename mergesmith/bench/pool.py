@@ -55,9 +55,9 @@ from mergesmith.bench.features import (
     make_featurizer,
     read_model_config,
 )
+from mergesmith.bench.heads import HEAD_FILE, Head
 from mergesmith.bench.pool_data import Record, read_split, resolve_labels
 from mergesmith.bench.pool_schema import MAX_LABELS, PoolSpec, TaskSpec, read_pool_spec, resolve_pool_path
-from mergesmith.bench.zoo import HEAD_FILE
 from mergesmith.errors import MergesmithError
 
 _T = TypeVar("_T")
@@ -68,8 +68,8 @@ class PoolTask:
     name: str
     label_names: tuple[str, ...]
     expert: Path
-    head: nn.Linear
-    probe: nn.Linear | None  # linear probe on the frozen base (None: the task has no train split)
+    head: Head
+    probe: Head | None  # linear probe on the frozen base (None: the task has no train split)
     validation: EncodedSplit | ImageSplit  # text ids or image files, with ``.labels``
     test: EncodedSplit | ImageSplit
     sizes: dict[str, int]
@@ -106,7 +106,7 @@ class Pool:
 class _CheckedTask:
     spec: TaskSpec
     expert: Path
-    head: nn.Linear
+    head: Head
     label_names: tuple[str, ...]
     splits: dict[str, list[Record]]
     indices: dict[str, list[int]]

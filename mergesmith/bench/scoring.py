@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 
 from mergesmith.bench.encoder import split_features
+from mergesmith.bench.heads import Head
 
 
 @dataclass
@@ -22,7 +23,7 @@ class Evaluator:
 
     tasks: list  # objects with a ``.name``
     splits: dict
-    heads: Mapping[str, torch.nn.Linear | None]
+    heads: Mapping[str, Head | None]
     features: Callable[..., torch.Tensor] | int
 
     def _features(self, encoder, split) -> torch.Tensor:
@@ -30,18 +31,23 @@ class Evaluator:
             return split_features(encoder, split, self.features)
         return self.features(encoder, split)
 
-    def __call__(self, encoder) -> dict[str, float | None]:
-        scores: dict[str, float | None] = {}
+    def correct(self, encoder) -> dict[str, torch.Tensor | None]:
+        """Per task, a bool per example of its split: did the head's top class match the label (what paired
+        comparisons of two rows resample)."""
+        hits: dict[str, torch.Tensor | None] = {}
         for task in self.tasks:
             head = self.heads[task.name]
             if head is None:  # no head for this task (a user pool's task without a train split for the probe)
-                scores[task.name] = None
+                hits[task.name] = None
                 continue
             split = self.splits[task.name]
             feats = self._features(encoder, split)
             with torch.no_grad():
-                scores[task.name] = float((head(feats).argmax(-1) == split.labels).float().mean())
-        return scores
+                hits[task.name] = head(feats).argmax(-1) == split.labels
+        return hits
+
+    def __call__(self, encoder) -> dict[str, float | None]:
+        return {name: None if hit is None else float(hit.float().mean()) for name, hit in self.correct(encoder).items()}
 
 
 def average(scores: Mapping[str, float | None]) -> float:

@@ -21,8 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
-from torch import nn
 
 from mergesmith.bench.data import TaskData
 from mergesmith.bench.encoder import (
@@ -33,10 +31,10 @@ from mergesmith.bench.encoder import (
     split_features,
     train_probe,
 )
+from mergesmith.bench.heads import HEAD_FILE, Head, load_head, save_head
 from mergesmith.io.parse import read_json
 
 ZOO_VERSION = 2  # 2: probes give constant feature dimensions weight zero (bench.encoder.train_probe)
-HEAD_FILE = "task_head.safetensors"
 DONE_FILE = "expert.json"
 
 
@@ -48,24 +46,11 @@ class Zoo:
     recipe: FineTuneRecipe
     train_seconds: dict[str, float]
 
-    def head(self, task: str) -> nn.Linear:
+    def head(self, task: str) -> Head:
         return load_head(self.experts[task] / HEAD_FILE)
 
-    def probe(self, task: str) -> nn.Linear:
+    def probe(self, task: str) -> Head:
         return load_head(self.directory / "probes" / f"{task}.safetensors")
-
-
-def save_head(head: nn.Linear, path: Path) -> None:
-    save_file({"weight": head.weight.detach().contiguous(), "bias": head.bias.detach().contiguous()}, str(path))
-
-
-def load_head(path: Path) -> nn.Linear:
-    tensors = load_file(str(path))
-    head = nn.Linear(tensors["weight"].shape[1], tensors["weight"].shape[0])
-    with torch.no_grad():
-        head.weight.copy_(tensors["weight"])
-        head.bias.copy_(tensors["bias"])
-    return head
 
 
 def recipe_key(base_dir: Path, tasks: list[TaskData], recipe: FineTuneRecipe, seed: int) -> str:
@@ -152,13 +137,13 @@ def build_zoo(
     return Zoo(directory, base_dir, experts, recipe, seconds)
 
 
-def _atomic_save_head(head: nn.Linear, path: Path) -> None:
+def _atomic_save_head(head: Head, path: Path) -> None:
     partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
     save_head(head, partial)
     os.replace(partial, path)
 
 
-def _publish_expert(encoder, head: nn.Linear, tokenizer, target: Path, info: dict) -> None:
+def _publish_expert(encoder, head: Head, tokenizer, target: Path, info: dict) -> None:
     partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
     shutil.rmtree(partial, ignore_errors=True)
     encoder.save_pretrained(partial)

@@ -10,8 +10,9 @@ from torch import nn
 
 from mergesmith.bench.data import Example, TaskData
 from mergesmith.bench.encoder import FineTuneRecipe, encode_split, mean_pool, pad_batch, split_features, train_probe
+from mergesmith.bench.heads import load_head, save_head
 from mergesmith.bench.run import Evaluator, _average, _normalized, merge_config
-from mergesmith.bench.zoo import DONE_FILE, build_zoo, load_head, save_head
+from mergesmith.bench.zoo import DONE_FILE, build_zoo
 
 
 def test_mean_pool_ignores_padding():
