@@ -26,6 +26,7 @@ def load_problem(
     profile: str | None = None,
     cache_dir: str | Path | None = None,
     seed: int = 0,
+    protocol: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> AdaptProblem:
@@ -33,7 +34,9 @@ def load_problem(
     The pretrained model's linear probes are not built: no adapt method reads them."""
     if (pool is None) == (profile is None):
         raise MergesmithError("give either a pool YAML (--pool) or a built-in profile (--profile), not both or neither")
-    return problem_from_pool(load_bench_pool(profile, pool, cache_dir, seed, progress, echo, probes=False))
+    return problem_from_pool(
+        load_bench_pool(profile, pool, cache_dir, seed, progress, echo, probes=False, protocol=protocol)
+    )
 
 
 def problem_from_pool(pool: Pool) -> AdaptProblem:

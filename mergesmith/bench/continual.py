@@ -50,6 +50,7 @@ def run_continual_bench(
     run_dir: Path,
     cache_dir: Path | None = None,
     seed: int = 0,
+    protocol: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
@@ -74,7 +75,7 @@ def run_continual_bench(
     if orders < 1:
         raise MergesmithError(f"--orders {orders}: give at least 1 task order")
     torch.set_num_threads(os.cpu_count() or 1)
-    bench_pool = load_bench_pool(profile, pool, cache_dir, seed, progress, echo)
+    bench_pool = load_bench_pool(profile, pool, cache_dir, seed, progress, echo, protocol=protocol)
     tasks = {t.name: t for t in bench_pool.tasks}
     names = list(tasks)
     if len(names) < 2:

@@ -52,6 +52,7 @@ class TaskData:
     train: tuple[Example, ...]
     validation: tuple[Example, ...]
     test: tuple[Example, ...]
+    label_texts: tuple[str, ...] = ()  # one description per class, for the zero-shot head; () when there are none
 
     def __post_init__(self) -> None:
         if len(self.label_names) < 2:
@@ -81,15 +82,20 @@ class TaskData:
         return {
             "name": self.name,
             "label_names": list(self.label_names),
+            "label_texts": list(self.label_texts),
             **{split: [[e.text, e.label] for e in examples] for split, examples in self.splits().items()},
         }
 
     @classmethod
     def from_json(cls, payload: dict) -> TaskData:
+        train, validation, test = (tuple(Example(text, label) for text, label in payload[s]) for s in SPLITS)
         return cls(
             name=payload["name"],
             label_names=tuple(payload["label_names"]),
-            **{split: tuple(Example(text, label) for text, label in payload[split]) for split in SPLITS},
+            train=train,
+            validation=validation,
+            test=test,
+            label_texts=tuple(payload.get("label_texts", ())),
         )
 
     def fingerprint(self) -> str:

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from mergesmith.pooling import mean_pool
 
 if TYPE_CHECKING:
-    from transformers import PreTrainedModel
+    pass
 
 MAX_LENGTH = 64
 
@@ -106,53 +106,3 @@ def train_probe(features: Tensor, labels: Tensor, num_labels: int, seed: int, st
         folded.weight.copy_(weight)
         folded.bias.copy_(head.bias - (weight * mean).sum(1))
     return folded
-
-
-@dataclass(frozen=True)
-class FineTuneRecipe:
-    epochs: int = 1
-    batch_size: int = 32
-    lr: float = 1e-4
-    head_lr: float = 1e-3
-    warmup: float = 0.1
-    freeze_word_embeddings: bool = True
-
-
-def fine_tune(
-    encoder: PreTrainedModel,
-    head: nn.Module,
-    split: EncodedSplit,
-    pad_id: int,
-    recipe: FineTuneRecipe,
-    seed: int,
-    progress=None,
-) -> None:
-    """Full fine-tune of the encoder with its head (word embeddings frozen by default), AdamW, linear decay."""
-    torch.manual_seed(seed)
-    if recipe.freeze_word_embeddings:
-        encoder.get_input_embeddings().weight.requires_grad_(False)
-    params = [p for p in encoder.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(
-        [{"params": params, "lr": recipe.lr}, {"params": head.parameters(), "lr": recipe.head_lr}], weight_decay=0.01
-    )
-    steps_per_epoch = (len(split) + recipe.batch_size - 1) // recipe.batch_size
-    total = steps_per_epoch * recipe.epochs
-    warmup = max(1, int(recipe.warmup * total))
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda step: min((step + 1) / warmup, max(0.0, (total - step) / max(1, total - warmup)))
-    )
-    generator = torch.Generator().manual_seed(seed)
-    encoder.train()
-    for _ in range(recipe.epochs):
-        order = torch.randperm(len(split), generator=generator).tolist()
-        for start in range(0, len(order), recipe.batch_size):
-            rows = order[start : start + recipe.batch_size]
-            ids, mask = pad_batch([split.ids[i] for i in rows], pad_id)
-            loss = nn.functional.cross_entropy(head(embed(encoder, ids, mask)), split.labels[rows])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            sched.step()
-            if progress is not None:
-                progress(len(rows), loss.item())
-    encoder.eval()

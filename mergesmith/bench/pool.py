@@ -93,6 +93,7 @@ class Pool:
     base_model: str  # the results' description of the base model
     trained: str  # the results' description of what was trained
     provenance: dict = field(default_factory=dict)  # extra top-level results keys (where the pool came from)
+    protocol: str = "probe"  # "zero_shot": every row is scored with the tasks' fixed heads, the pretrained row too
 
     @property
     def experts(self) -> dict[str, Path]:

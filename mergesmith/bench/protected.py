@@ -50,6 +50,7 @@ def run_protect_bench(
     run_dir: Path,
     cache_dir: Path | None = None,
     seed: int = 0,
+    protocol: str | None = None,
     reference: Path | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
@@ -78,7 +79,7 @@ def run_protect_bench(
         if m not in METHODS:
             raise MergesmithError(f"unknown method {m!r} for --protect; known: {', '.join(sorted(METHODS))}")
     torch.set_num_threads(os.cpu_count() or 1)
-    bench_pool = load_bench_pool(profile, pool, cache_dir, seed, progress, echo)
+    bench_pool = load_bench_pool(profile, pool, cache_dir, seed, progress, echo, protocol=protocol)
     tasks = bench_pool.tasks
     names = [t.name for t in tasks]
     target = protect_task or names[0]

@@ -28,7 +28,7 @@ import yaml
 from mergesmith.bench import per_task
 from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
 from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, choose_point, grid_points
-from mergesmith.bench.load import profile_pool
+from mergesmith.bench.load import DEFAULT_PROTOCOL, check_protocol, profile_pool
 from mergesmith.bench.method_args import grid_with, method_parameters
 from mergesmith.bench.scoring import Evaluator, PeakRss, average as _average, normalized as _normalized
 from mergesmith.errors import MergesmithError
@@ -105,10 +105,12 @@ def run_bench(
     cache_dir: Path | None = None,
     seed: int = 0,
     keep_models: bool = False,
+    protocol: str | None = None,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> dict:
     """Run the bench on a built-in profile (default: "default") or on the user pool described by the YAML ``pool``.
+    ``protocol``: the built-in zoo's protocol (``zero_shot``, the default, or ``probe``); a pool file names its own.
 
     ``method_params``: method -> parameters given for it (``mergesmith.bench.method_args``): fixed axes of a
     tensor-wise method's grid, or an adapt method's parameters."""
@@ -134,6 +136,7 @@ def run_bench(
         cache = ensure_writable(cache)
     if run_dir.exists() and any(run_dir.iterdir()):
         raise MergesmithError(f"run directory {run_dir} exists and is not empty; choose another with --out")
+    check_protocol(pool, protocol)
     if pool is None:
         method_names = resolve_methods(
             methods, profile_name, len(PROFILES[profile_name].tasks)
@@ -143,7 +146,9 @@ def run_bench(
         )
         task_data = build_tasks(profile_name, cache, seed=seed, progress=progress)
         torch.set_num_threads(os.cpu_count() or 1)
-        bench_pool = profile_pool(profile_name, task_data, cache, seed, progress, echo)
+        bench_pool = profile_pool(
+            profile_name, task_data, cache, seed, progress, echo, protocol=protocol or DEFAULT_PROTOCOL
+        )
     else:
         from mergesmith.bench.pool import build_pool, check_pool
 
@@ -165,11 +170,18 @@ def run_bench(
     expert_states = {t.name: load(t.expert).state_dict() for t in tasks}
     rows: list[dict] = []
 
-    echo("scoring the pretrained model (linear probes) and every expert on every task")
-    probes = {t.name: t.probe for t in tasks}
+    # Zero-shot protocol: the pretrained model is scored with the same fixed heads as every other row (zero-shot
+    # accuracy, as in the papers); probe protocol: with linear probes trained on its frozen features.
+    zero_shot = bench_pool.protocol == "zero_shot"
+    pretrained_name = "pretrained (zero-shot)" if zero_shot else "pretrained (linear probe)"
+    echo(
+        f"scoring the pretrained model ({'zero-shot heads' if zero_shot else 'linear probes'}) and every expert on "
+        "every task"
+    )
+    pretrained_heads = heads if zero_shot else {t.name: t.probe for t in tasks}
     pretrained = (
-        Evaluator(tasks, test.splits, probes, featurizer)(base_model)
-        if any(p is not None for p in probes.values())
+        Evaluator(tasks, test.splits, pretrained_heads, featurizer)(base_model)
+        if any(p is not None for p in pretrained_heads.values())
         else None
     )
     expert_acc: dict[str, float | None] = {}
@@ -203,7 +215,7 @@ def run_bench(
         complete = all(v is not None for v in pretrained.values())
         rows.append(
             {
-                "name": "pretrained (linear probe)",
+                "name": pretrained_name,
                 "kind": "baseline",
                 "accuracy": pretrained,
                 "average": _average(pretrained) if complete else None,

@@ -37,6 +37,14 @@ from mergesmith.commands.library_output import library_output
     default=None,
     help="Where data and the expert zoo are cached (default: $MERGESMITH_CACHE or ~/.cache/mergesmith).",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["zero_shot", "probe"]),
+    default=None,
+    help="Built-in profiles: zero_shot (default; every row scored with fixed heads built from label descriptions, "
+    "the papers' protocol) or probe (each expert with its own head, the pretrained row a linear probe). A pool file "
+    "names its own.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep-models", is_flag=True, help="Keep the merged models in the run directory.")
 @click.option(
@@ -69,6 +77,7 @@ def bench(
     methods,
     out_dir,
     cache_dir,
+    protocol,
     seed: int,
     keep_models: bool,
     protect_mode: bool,
@@ -124,6 +133,7 @@ def bench(
                 run_dir=out_dir,
                 cache_dir=cache_dir,
                 seed=seed,
+                protocol=protocol,
                 progress=not quiet,
                 echo=click.echo,
             )
@@ -139,6 +149,7 @@ def bench(
                 run_dir=out_dir,
                 cache_dir=cache_dir,
                 seed=seed,
+                protocol=protocol,
                 progress=not quiet,
                 echo=click.echo,
             )
@@ -151,6 +162,7 @@ def bench(
             run_dir=out_dir,
             cache_dir=cache_dir,
             seed=seed,
+            protocol=protocol,
             keep_models=keep_models,
             progress=not quiet,
             echo=click.echo,
@@ -181,11 +193,21 @@ def bench(
     metavar="KEY=VALUE",
     help="A method parameter (repeatable); the keys of the method's parameters (an unknown key lists them).",
 )
+@click.option(
+    "--protocol",
+    type=click.Choice(["zero_shot", "probe"]),
+    default=None,
+    help="Built-in profiles: zero_shot (default; every row scored with fixed heads built from label descriptions, "
+    "the papers' protocol) or probe (each expert with its own head, the pretrained row a linear probe). A pool file "
+    "names its own.",
+)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 @user_errors
-def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: int, force: bool, quiet: bool) -> None:
+def adapt(
+    method: str, out_dir: Path, pool, profile, cache_dir, params, protocol, seed: int, force: bool, quiet: bool
+) -> None:
     """Data-driven merging (Fisher, RegMean, BMM, AdaMerging, ...) on a task pool; writes a loadable model to OUT_DIR."""
     import json
 
@@ -201,7 +223,7 @@ def adapt(method: str, out_dir: Path, pool, profile, cache_dir, params, seed: in
     echo = (lambda _: None) if quiet else click.echo
     with library_output():
         problem = load_problem(
-            pool=pool, profile=profile, cache_dir=cache_dir, seed=seed, progress=not quiet, echo=echo
+            pool=pool, profile=profile, cache_dir=cache_dir, seed=seed, protocol=protocol, progress=not quiet, echo=echo
         )
         result, seconds = run_adapt(spec, parsed, problem, out_dir, seed=seed, force=force, echo=echo)
     click.echo(f"{method}: {seconds:.1f} s; wrote {out_dir} (kind {result.kind}; load with mergesmith.load_merged)")

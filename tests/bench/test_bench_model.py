@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -9,10 +10,12 @@ import torch
 from torch import nn
 
 from mergesmith.bench.data import Example, TaskData
-from mergesmith.bench.encoder import FineTuneRecipe, encode_split, mean_pool, pad_batch, split_features, train_probe
-from mergesmith.bench.heads import load_head, save_head
+from mergesmith.bench.encoder import encode_split, mean_pool, pad_batch, split_features, train_probe
+from mergesmith.bench.finetune import RECIPES, bucketed_batches
+from mergesmith.bench.heads import CosineHead, load_head, save_head, zero_shot_head
 from mergesmith.bench.run import Evaluator, _average, _normalized, merge_config
 from mergesmith.bench.zoo import DONE_FILE, build_zoo
+from mergesmith.errors import MergesmithError
 
 
 def test_mean_pool_ignores_padding():
@@ -87,6 +90,7 @@ def _task(name: str, n: int, seed: int) -> TaskData:
         tuple(examples[: n // 2]),
         tuple(examples[n // 2 : 3 * n // 4]),
         tuple(examples[3 * n // 4 :]),
+        label_texts=("a text without w7", "a text with w7"),
     )
 
 
@@ -106,11 +110,12 @@ def test_evaluator_scores_known_predictions(tiny_bert_dir):
     assert score == pytest.approx(float((split.labels == 1).float().mean()))
 
 
-def test_zoo_builds_resumes_and_never_uses_a_partial_expert(tiny_bert_dir, tmp_path):
+@pytest.mark.parametrize("protocol", ["zero_shot", "probe"])
+def test_zoo_builds_resumes_and_never_uses_a_partial_expert(tiny_bert_dir, tmp_path, protocol):
     tasks = [_task("a", 64, 1), _task("b", 64, 2)]
-    recipe = FineTuneRecipe(epochs=1, batch_size=16)
-    zoo = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=recipe, progress=False, echo=lambda s: None)
-    assert set(zoo.experts) == {"a", "b"}
+    recipe = dataclasses.replace(RECIPES[protocol], batch_size=16)
+    zoo = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=recipe, jobs=1, progress=False, echo=lambda s: None)
+    assert set(zoo.experts) == {"a", "b"} and zoo.protocol == protocol
     for path in zoo.experts.values():
         assert (path / DONE_FILE).is_file() and (path / "model.safetensors").is_file()
     before = {t: (p / "model.safetensors").read_bytes() for t, p in zoo.experts.items()}
@@ -122,13 +127,77 @@ def test_zoo_builds_resumes_and_never_uses_a_partial_expert(tiny_bert_dir, tmp_p
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"half")
     messages = []
-    again = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=recipe, progress=False, echo=messages.append)
-    assert len(messages) == 1 and "b expert" in messages[0]  # only b was retrained
+    again = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=recipe, jobs=1, progress=False, echo=messages.append)
+    assert len(messages) == 1 and "the b expert" in messages[0] and "the a expert" not in messages[0]
     assert not partial.exists()
     # training is deterministic: the rebuilt expert has the same bytes
     assert {t: (p / "model.safetensors").read_bytes() for t, p in again.experts.items()} == before
     info = json.loads((again.experts["b"] / DONE_FILE).read_text())
-    assert info["task"] == "b" and info["examples"] == 32
+    assert info["task"] == "b" and info["examples"] == 32 and info["protocol"] == protocol
+
+
+def test_zero_shot_zoo_trains_through_the_fixed_head(tiny_bert_dir, tmp_path):
+    """The papers' protocol: each task's head is the base encoder's embedding of its label descriptions, the expert
+    keeps exactly that head, the encoder moves, and the pretrained row has no probe."""
+    from mergesmith.bench.features import TextFeaturizer
+
+    tasks = [_task("a", 64, 1)]
+    zoo = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=RECIPES["zero_shot"], jobs=1, progress=False)
+    featurizer = TextFeaturizer.from_base(tiny_bert_dir)
+    expected = zero_shot_head(featurizer.load(tiny_bert_dir), featurizer, tasks[0].label_texts)
+    head = zoo.head("a")
+    assert isinstance(head, CosineHead) and torch.equal(head.weight, expected.weight)
+    assert zoo.probe("a") is None
+    base = featurizer.load(tiny_bert_dir).state_dict()
+    expert = featurizer.load(zoo.experts["a"]).state_dict()
+    embeddings = [k for k in base if "embeddings" in k]
+    assert embeddings and all(torch.equal(base[k], expert[k]) for k in embeddings)  # the embeddings module is frozen
+    assert any(not torch.equal(base[k], expert[k]) for k in base if "encoder.layer" in k)
+
+
+def test_zoo_bytes_do_not_depend_on_the_number_of_processes(tiny_bert_dir, tmp_path):
+    tasks = [_task("a", 48, 1), _task("b", 48, 2)]
+    recipe = dataclasses.replace(RECIPES["zero_shot"], batch_size=16)
+    one = build_zoo(tiny_bert_dir, tasks, tmp_path / "one", recipe=recipe, jobs=1, progress=False)
+    two = build_zoo(tiny_bert_dir, tasks, tmp_path / "two", recipe=recipe, jobs=2, progress=False)
+    for task in ("a", "b"):
+        assert (one.experts[task] / "model.safetensors").read_bytes() == (
+            two.experts[task] / "model.safetensors"
+        ).read_bytes()
+
+
+def test_zoos_of_two_protocols_are_never_mixed(tiny_bert_dir, tmp_path):
+    tasks = [_task("a", 32, 1)]
+    zero_shot = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=RECIPES["zero_shot"], jobs=1, progress=False)
+    probe = build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=RECIPES["probe"], jobs=1, progress=False)
+    assert zero_shot.directory != probe.directory
+    # an expert whose marker names another protocol (an older cache copied in) is retrained, not reused
+    marker = zero_shot.experts["a"] / DONE_FILE
+    marker.write_text(json.dumps({**json.loads(marker.read_text()), "protocol": "probe"}))
+    messages = []
+    build_zoo(tiny_bert_dir, tasks, tmp_path, recipe=RECIPES["zero_shot"], jobs=1, progress=False, echo=messages.append)
+    assert len(messages) == 1 and "the a expert" in messages[0]
+
+
+def test_zero_shot_zoo_refuses_a_task_without_label_descriptions(tiny_bert_dir, tmp_path):
+    task = dataclasses.replace(_task("a", 32, 1), label_texts=())
+    with pytest.raises(MergesmithError, match="task a: the zero-shot protocol needs a description of each class"):
+        build_zoo(tiny_bert_dir, [task], tmp_path, progress=False)
+    assert not (tmp_path / "zoo").exists() or not any((tmp_path / "zoo").rglob("*.safetensors"))
+
+
+def test_bucketed_batches_cover_every_row_once_and_group_lengths():
+    lengths = [int(x) for x in torch.randint(3, 60, (1000,), generator=torch.Generator().manual_seed(0))]
+    batches = bucketed_batches(lengths, 32, torch.Generator().manual_seed(1))
+    rows = sorted(i for b in batches for i in b)
+    assert rows == list(range(1000))
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    random_order = torch.randperm(1000, generator=torch.Generator().manual_seed(1)).tolist()
+    unbucketed = sum(
+        max(lengths[i] for i in random_order[s : s + 32]) * len(random_order[s : s + 32]) for s in range(0, 1000, 32)
+    )
+    assert padded < 0.8 * unbucketed
+    assert bucketed_batches(lengths, 32, torch.Generator().manual_seed(1)) == batches
 
 
 def test_merge_config_splits_per_model_and_global_parameters(tmp_path):
