@@ -55,7 +55,13 @@ from mergesmith.bench.features import (
     make_featurizer,
     read_model_config,
 )
-from mergesmith.bench.heads import HEAD_FILE, Head
+from mergesmith.bench.heads import (
+    HEAD_FILE,
+    ZERO_SHOT_TEMPERATURE,
+    Head,
+    check_label_texts,
+    zero_shot_head,
+)
 from mergesmith.bench.pool_data import Record, read_split, resolve_labels
 from mergesmith.bench.pool_schema import MAX_LABELS, PoolSpec, TaskSpec, read_pool_spec, resolve_pool_path
 from mergesmith.errors import MergesmithError
@@ -93,6 +99,9 @@ class Pool:
     base_model: str  # the results' description of the base model
     trained: str  # the results' description of what was trained
     provenance: dict = field(default_factory=dict)  # extra top-level results keys (where the pool came from)
+    # "probe": the pretrained row is scored with each task's linear probe; "zero_shot": every row, the pretrained
+    # model's too, is scored with the tasks' heads (cosine heads built from label descriptions by the base)
+    protocol: str = "probe"
 
     @property
     def experts(self) -> dict[str, Path]:
@@ -106,7 +115,7 @@ class Pool:
 class _CheckedTask:
     spec: TaskSpec
     expert: Path
-    head: Head
+    head: Head | None  # None under protocol zero_shot: ``build_pool`` builds it from the label texts
     label_names: tuple[str, ...]
     splits: dict[str, list[Record]]
     indices: dict[str, list[int]]
@@ -122,6 +131,7 @@ class CheckedPool:
     config: dict
     tensor_names: list[str]
     tasks: list[_CheckedTask]
+    protocol: str = "probe"
 
 
 def check_pool(path: str | Path) -> CheckedPool:
@@ -147,6 +157,7 @@ def check_pool(path: str | Path) -> CheckedPool:
             "alone as the base, as the experts are saved (see `python -m pydoc mergesmith.bench.pool`)"
         )
     modality = spec.modality or infer_modality(config)
+    _check_protocol(label, spec, modality)
     base = _wrap(label, "base_model", lambda: open_checkpoint(base_dir))
     with base:
         base_shapes = {n: (tuple(i.shape), i.dtype.is_floating_point) for n, i in base.tensors.items()}
@@ -160,16 +171,7 @@ def check_pool(path: str | Path) -> CheckedPool:
         where = f"tasks[{i}]"
         expert = resolve_pool_path(root, task.expert)
         _check_expert(label, f"{where}.expert", expert, base_shapes, model_type)
-        head_path = resolve_pool_path(root, task.head) if task.head is not None else expert / HEAD_FILE
-        head_where = f"{where}.head" if task.head is not None else where
-        if not head_path.exists():
-            hint = (
-                "check the path"
-                if task.head is not None
-                else f"give {where}.head (a safetensors file with the head's weight and bias)"
-            )
-            raise MergesmithError(f"{label}: {head_where}: no head file {head_path}; {hint}")
-        head = _load_head(label, head_where, head_path)
+        head = None if spec.protocol == "zero_shot" else _user_head(label, where, root, task, expert)
 
         data = task.data
         if (modality == "image") != (data.format == "imagefolder"):
@@ -197,20 +199,12 @@ def check_pool(path: str | Path) -> CheckedPool:
                 data.label_column or "label",
                 f"{where}.data.{split}",
             )
-        names, indices = _wrap(label, None, resolve_labels, splits, data.labels, where, head.weight.shape[0])
-
-        if head.weight.shape[1] != width:
-            raise MergesmithError(
-                f"{label}: {head_where}: the head takes {head.weight.shape[1]} features but the base model's {modality} "
-                f"features are {width} wide; give a head for this encoder"
-            )
-        if head.weight.shape[0] != len(names):
-            raise MergesmithError(
-                f"{label}: {head_where}: the head has {head.weight.shape[0]} outputs but the task has {len(names)} labels "
-                f"{_short(names)}; list the head's labels under {where}.data.labels"
-            )
+        rows = head.weight.shape[0] if head is not None else len(task.label_texts or ())
+        names, indices = _wrap(label, None, resolve_labels, splits, data.labels, where, rows)
+        if head is not None:
+            _check_head_fits(label, where, task, head, names, modality, width)
         tasks.append(_CheckedTask(task, expert, head, names, splits, indices))
-    return CheckedPool(source, base_dir, modality, config, list(base_shapes), tasks)
+    return CheckedPool(source, base_dir, modality, config, list(base_shapes), tasks, spec.protocol)
 
 
 def build_pool(
@@ -222,7 +216,9 @@ def build_pool(
     probes: bool = True,
 ) -> Pool:
     """Encode each task's validation and test splits and, with ``probes``, train the pretrained model's linear probes
-    on the train splits (only the bench's pretrained row reads them: ``mergesmith adapt`` builds its pool without)."""
+    on the train splits (only the bench's pretrained row reads them: ``mergesmith adapt`` builds its pool without).
+    Under protocol zero_shot each task's head is the base's cosine head on its label texts and no probe is trained:
+    every row, the pretrained one too, is scored with those heads."""
     from tqdm import tqdm
 
     from mergesmith.bench.encoder import train_probe
@@ -232,11 +228,15 @@ def build_pool(
         "base_model",
         lambda: make_featurizer(checked.modality, checked.base_dir, checked.config, checked.tensor_names),
     )
+    zero_shot = checked.protocol == "zero_shot"
+    probes = probes and not zero_shot
+    zero_shot_heads = _zero_shot_heads(checked, featurizer) if zero_shot else {}
     base = None
     tasks = []
     for task in tqdm(checked.tasks, desc="pool tasks", unit="task", disable=not progress):
         used = [split for split in task.splits if split != "train" or probes]
         encoded = {split: _encode(featurizer, task.splits[split], task.indices[split]) for split in used}
+        head = task.head if task.head is not None else zero_shot_heads[task.spec.name]
         probe = None
         if "train" in encoded:
             if base is None:
@@ -248,7 +248,7 @@ def build_pool(
                 name=task.spec.name,
                 label_names=task.label_names,
                 expert=task.expert,
-                head=task.head,
+                head=head,
                 probe=probe,
                 validation=encoded["validation"],
                 test=encoded["test"],
@@ -266,11 +266,24 @@ def build_pool(
         featurizer=featurizer,
         base_model=f"{checked.base_dir} ({kind}, {checked.modality} features)",
         trained=(
-            f"user pool {checked.source}: experts and heads supplied by the user; only the encoder is merged; "
-            "the pretrained row's linear probes were trained here on the frozen base's features of each train split"
+            f"user pool {checked.source}: experts supplied by the user; only the encoder is merged; "
+            + (
+                "each task's head is the base's zero-shot cosine head on the task's label descriptions"
+                f" (scale {ZERO_SHOT_TEMPERATURE:g}), the pretrained row scored with it"
+                if zero_shot
+                else "heads supplied by the user; the pretrained row's linear probes were trained here on the frozen "
+                "base's features of each train split"
+            )
         ),
         provenance={"pool": str(checked.source)},
+        protocol=checked.protocol,
     )
+
+
+def _zero_shot_heads(checked: CheckedPool, featurizer) -> dict[str, Head]:
+    """Each task's cosine head: row i is the base's features of ``label_texts[i]``, the description of label i."""
+    base = featurizer.load(checked.base_dir)
+    return {t.spec.name: zero_shot_head(base, featurizer, t.spec.label_texts or ()) for t in checked.tasks}
 
 
 def load_pool(
@@ -293,6 +306,73 @@ def _wrap(label: str, where: str | None, action: Callable[..., _T], *args: Any) 
 def _short(names) -> str:
     names = list(names)
     return str(names) if len(names) <= 8 else str(names[:8])[:-1] + ", ...]"
+
+
+def _user_head(label: str, where: str, root: Path, task: TaskSpec, expert: Path) -> Head:
+    """The probe protocol's head: the task's ``head`` file, else the expert directory's ``task_head.safetensors``."""
+    head_path = resolve_pool_path(root, task.head) if task.head is not None else expert / HEAD_FILE
+    head_where = f"{where}.head" if task.head is not None else where
+    if not head_path.exists():
+        hint = (
+            "check the path"
+            if task.head is not None
+            else f"give {where}.head (a safetensors file with the head's weight and bias)"
+        )
+        raise MergesmithError(f"{label}: {head_where}: no head file {head_path}; {hint}")
+    return _load_head(label, head_where, head_path)
+
+
+def _check_head_fits(
+    label: str, where: str, task: TaskSpec, head: Head, names: tuple[str, ...], modality: str, width: int
+) -> None:
+    head_where = f"{where}.head" if task.head is not None else where
+    if head.weight.shape[1] != width:
+        raise MergesmithError(
+            f"{label}: {head_where}: the head takes {head.weight.shape[1]} features but the base model's {modality} "
+            f"features are {width} wide; give a head for this encoder"
+        )
+    if head.weight.shape[0] != len(names):
+        raise MergesmithError(
+            f"{label}: {head_where}: the head has {head.weight.shape[0]} outputs but the task has {len(names)} labels "
+            f"{_short(names)}; list the head's labels under {where}.data.labels"
+        )
+
+
+def _check_protocol(label: str, spec: PoolSpec, modality: str) -> None:
+    """Which keys each protocol reads: probe scores with the user's heads, zero_shot builds every head from the
+    task's ``label_texts`` (text i describes ``data.labels[i]``) with the base's own text features."""
+    if spec.protocol == "zero_shot" and modality == "image":
+        raise MergesmithError(
+            f"{label}: protocol: zero_shot embeds label_texts with the base model, and this base is an image encoder "
+            "without a text tower; build each head from CLIP's text tower, give it as tasks[].head and set "
+            "protocol: probe (see `python -m pydoc mergesmith.bench.pool`)"
+        )
+    for i, task in enumerate(spec.tasks):
+        where = f"tasks[{i}]"
+        if spec.protocol == "probe":
+            if task.label_texts is not None:
+                raise MergesmithError(
+                    f"{label}: {where}.label_texts: only protocol zero_shot reads label descriptions and this pool "
+                    "uses protocol probe; set protocol: zero_shot at the top level, or remove label_texts"
+                )
+            continue
+        if task.head is not None:
+            raise MergesmithError(
+                f"{label}: {where}.head: protocol zero_shot builds task {task.name}'s head from its label_texts with "
+                "the base model; remove head, or set protocol: probe to score with this head"
+            )
+        if not task.label_texts:
+            raise MergesmithError(
+                f"{label}: {where}.label_texts: task {task.name}: protocol zero_shot needs a description of each "
+                "class and this task has none; give label_texts (one per class, in the order of data.labels) or "
+                "set protocol: probe"
+            )
+        if task.data.labels is None:
+            raise MergesmithError(
+                f"{label}: {where}.data.labels: task {task.name}: label_texts describe the classes in the order of "
+                "data.labels; list the labels there (label_texts[i] describes data.labels[i])"
+            )
+        _wrap(label, f"{where}.label_texts", check_label_texts, task.name, task.data.labels, task.label_texts)
 
 
 def _feature_width(label: str, modality: str, config: dict, base_shapes: dict) -> int:
