@@ -358,8 +358,8 @@ def _check_protocol(label: str, spec: PoolSpec, modality: str) -> None:
             continue
         if task.head is not None:
             raise MergesmithError(
-                f"{label}: {where}.head: protocol zero_shot builds task {task.name}'s head from its label_texts with "
-                "the base model; remove head, or set protocol: probe to score with this head"
+                f"{label}: {where}.head: protocol zero_shot builds the head of task {task.name} from its label_texts "
+                "with the base model; remove head, or set protocol: probe to score with this head"
             )
         if not task.label_texts:
             raise MergesmithError(
