@@ -5,6 +5,7 @@ cached expert zoo, ``mergesmith bench --pool POOL.yaml`` builds one from the use
 
     base_model: path/to/base            # HF directory: a text encoder (BERT-like) or a CLIP vision model
     modality: text                      # optional: image when the base config is CLIP/ViT-like, else text
+    protocol: probe                     # optional: probe (the default) or zero_shot (below)
     tasks:
       - name: sst2
         expert: path/to/expert_dir      # fine-tuned from the base: same architecture and tensor shapes
@@ -25,6 +26,18 @@ none). Features: text encoders give mean-pooled last hidden states of at most 64
 processor (``preprocessor_config.json``). The pretrained row is a linear probe trained on the frozen base's
 features of each task's train split (the task's cell is empty without one).
 
+``protocol: zero_shot`` is the task-arithmetic papers' protocol on a text pool: no ``head`` and no probe; each task
+gives ``label_texts``, one description per class in the order of its (then required) ``data.labels``, and its head is
+``mergesmith.bench.heads.zero_shot_head`` of the base on them (row i: the base's normalised features of text i). Every
+row, the pretrained model's too, is scored with these heads::
+
+    protocol: zero_shot
+    tasks:
+      - name: sentiment
+        expert: path/to/expert_dir
+        label_texts: [a negative review of a film, a positive review of a film]
+        data: {format: csv, validation: val.csv, test: test.csv, labels: [neg, pos]}
+
 FusionBench's CLIP-ViT 8-task protocol (SUN397, Stanford Cars, RESISC45, EuroSAT, SVHN, GTSRB, MNIST, DTD) runs from
 local files. The fine-tuned ``tanganke/clip-vit-base-patch32_<task>`` checkpoints (downloaded by the user) are
 ``CLIPVisionModel`` directories: the vision tower's ``vision_model.*`` tensors, no projection. The base must hold the
@@ -32,7 +45,8 @@ same tensors: the ``vision_model.*`` tensors of ``openai/clip-vit-base-patch32``
 ``model.safetensors`` (``safetensors.torch.save_file``), one expert's ``config.json`` and CLIP's
 ``preprocessor_config.json`` beside them. Features are then the pooled output (768 wide); a task's zero-shot head is
 its class-name text embeddings (normalised, [C, 512]) times CLIP's ``visual_projection.weight`` ([512, 768]), saved
-without a bias, with ``data.labels`` in the head's class order and each split saved as an image folder.
+without a bias, with ``data.labels`` in the head's class order and each split saved as an image folder, under
+``protocol: probe`` (the bench has no CLIP text tower to build the heads itself).
 """
 
 from __future__ import annotations
