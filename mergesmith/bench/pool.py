@@ -69,14 +69,9 @@ from mergesmith.bench.features import (
     make_featurizer,
     read_model_config,
 )
-from mergesmith.bench.heads import (
-    HEAD_FILE,
-    ZERO_SHOT_TEMPERATURE,
-    Head,
-    check_label_texts,
-    zero_shot_head,
-)
+from mergesmith.bench.heads import HEAD_FILE, ZERO_SHOT_TEMPERATURE, Head, zero_shot_head
 from mergesmith.bench.pool_data import Record, read_split, resolve_labels
+from mergesmith.bench.pool_protocol import check_distinct_tokens, check_protocol
 from mergesmith.bench.pool_schema import MAX_LABELS, PoolSpec, TaskSpec, read_pool_spec, resolve_pool_path
 from mergesmith.errors import MergesmithError
 
@@ -171,7 +166,7 @@ def check_pool(path: str | Path) -> CheckedPool:
             "alone as the base, as the experts are saved (see `python -m pydoc mergesmith.bench.pool`)"
         )
     modality = spec.modality or infer_modality(config)
-    _check_protocol(label, spec, modality)
+    check_protocol(label, spec, modality)
     base = _wrap(label, "base_model", lambda: open_checkpoint(base_dir))
     with base:
         base_shapes = {n: (tuple(i.shape), i.dtype.is_floating_point) for n, i in base.tensors.items()}
@@ -295,7 +290,16 @@ def build_pool(
 
 
 def _zero_shot_heads(checked: CheckedPool, featurizer) -> dict[str, Head]:
-    """Each task's cosine head: row i is the base's features of ``label_texts[i]``, the description of label i."""
+    """Each task's cosine head: row i is the base's features of ``label_texts[i]``, the description of label i.
+    Descriptions the tokenizer reads as the same tokens would give equal rows: refused before the base is loaded."""
+    for i, task in enumerate(checked.tasks):
+        check_distinct_tokens(
+            f"{checked.source}: tasks[{i}].label_texts",
+            task.spec.name,
+            task.label_names,
+            task.spec.label_texts,
+            featurizer,
+        )
     base = featurizer.load(checked.base_dir)
     return {t.spec.name: zero_shot_head(base, featurizer, t.spec.label_texts or ()) for t in checked.tasks}
 
@@ -350,43 +354,6 @@ def _check_head_fits(
             f"{label}: {head_where}: the head has {head.weight.shape[0]} outputs but the task has {len(names)} labels "
             f"{_short(names)}; list the head's labels under {where}.data.labels"
         )
-
-
-def _check_protocol(label: str, spec: PoolSpec, modality: str) -> None:
-    """Which keys each protocol reads: probe scores with the user's heads, zero_shot builds every head from the
-    task's ``label_texts`` (text i describes ``data.labels[i]``) with the base's own text features."""
-    if spec.protocol == "zero_shot" and modality == "image":
-        raise MergesmithError(
-            f"{label}: protocol: zero_shot embeds label_texts with the base model, and this base is an image encoder "
-            "without a text tower; build each head from CLIP's text tower, give it as tasks[].head and set "
-            "protocol: probe (see `python -m pydoc mergesmith.bench.pool`)"
-        )
-    for i, task in enumerate(spec.tasks):
-        where = f"tasks[{i}]"
-        if spec.protocol == "probe":
-            if task.label_texts is not None:
-                raise MergesmithError(
-                    f"{label}: {where}.label_texts: only protocol zero_shot reads label descriptions and this pool "
-                    "uses protocol probe; set protocol: zero_shot at the top level, or remove label_texts"
-                )
-            continue
-        if task.head is not None:
-            raise MergesmithError(
-                f"{label}: {where}.head: protocol zero_shot builds the head of task {task.name} from its label_texts "
-                "with the base model; remove head, or set protocol: probe to score with this head"
-            )
-        if not task.label_texts:
-            raise MergesmithError(
-                f"{label}: {where}.label_texts: task {task.name}: protocol zero_shot needs a description of each "
-                "class and this task has none; give label_texts (one per class, in the order of data.labels) or "
-                "set protocol: probe"
-            )
-        if task.data.labels is None:
-            raise MergesmithError(
-                f"{label}: {where}.data.labels: task {task.name}: label_texts describe the classes in the order of "
-                "data.labels; list the labels there (label_texts[i] describes data.labels[i])"
-            )
-        _wrap(label, f"{where}.label_texts", check_label_texts, task.name, task.data.labels, task.label_texts)
 
 
 def _feature_width(label: str, modality: str, config: dict, base_shapes: dict) -> int:

@@ -508,8 +508,9 @@ def test_label_resolution_rules():
 
 # --- protocol zero_shot: heads built from label descriptions ------------------------------------------------------------
 
-REVIEW_TEXTS = ["a negative review", "a positive review"]
-TOPIC_TEXTS = ["a sentence about sports", "a sentence about science", "a sentence about politics"]
+# Descriptions in the tiny tokenizer's vocabulary (w2..w255): English words would all be its unknown token.
+REVIEW_TEXTS = ["w10 w11 w12", "w20 w21"]
+TOPIC_TEXTS = ["w30 w31", "w40 w41 w42", "w50"]
 
 
 def _zero_shot(spec: dict) -> dict:
@@ -538,6 +539,10 @@ def test_zero_shot_pool_heads_are_the_base_cosine_heads_of_the_label_texts(text_
         assert isinstance(task.head, CosineHead)
         expected = zero_shot_head(base, pool.featurizer, texts)
         assert torch.equal(task.head.weight, expected.weight) and task.head.scale == expected.scale
+        for row, text in enumerate(texts):  # row i describes label i
+            alone = zero_shot_head(base, pool.featurizer, [text]).weight[0]
+            assert torch.allclose(task.head.weight[row], alone, atol=1e-6)
+        assert not torch.allclose(task.head.weight[0], task.head.weight[1])
         assert task.probe is None  # no probe, even for the task with a train split: the heads score the base
     assert pool.tasks[1].label_names == ("0", "1", "2")
     assert pool.tasks[0].sizes["train"] == 16
@@ -598,6 +603,19 @@ def test_zero_shot_duplicate_label_texts(text_pool, tmp_path):
         bad,
         tmp_path,
         "tasks[0].label_texts: task reviews: classes 'neg' and 'pos' have the same label description",
+    )
+
+
+def test_zero_shot_label_texts_the_tokenizer_reads_alike(text_pool, tmp_path):
+    root, spec = text_pool
+    words = ["a negative review", "a positive review"]  # outside the tiny vocabulary: both are unknown tokens
+    bad = _edit(_zero_shot(spec), lambda s: s["tasks"][0].update(label_texts=words))
+    _expect_error(
+        root,
+        bad,
+        tmp_path,
+        "tasks[0].label_texts: task reviews: the base's tokenizer reads the descriptions of classes 'neg' and 'pos' "
+        "as the same tokens",
     )
 
 
