@@ -5,6 +5,7 @@ cached expert zoo, ``mergesmith bench --pool POOL.yaml`` builds one from the use
 
     base_model: path/to/base            # HF directory: a text encoder (BERT-like) or a CLIP vision model
     modality: text                      # optional: image when the base config is CLIP/ViT-like, else text
+    protocol: probe                     # optional: probe (the default) or zero_shot (below)
     tasks:
       - name: sst2
         expert: path/to/expert_dir      # fine-tuned from the base: same architecture and tensor shapes
@@ -25,6 +26,18 @@ none). Features: text encoders give mean-pooled last hidden states of at most 64
 processor (``preprocessor_config.json``). The pretrained row is a linear probe trained on the frozen base's
 features of each task's train split (the task's cell is empty without one).
 
+``protocol: zero_shot`` is the task-arithmetic papers' protocol on a text pool: no ``head`` and no probe; each task
+gives ``label_texts``, one description per class in the order of its (then required) ``data.labels``, and its head is
+``mergesmith.bench.heads.zero_shot_head`` of the base on them (row i: the base's normalised features of text i). Every
+row, the pretrained model's too, is scored with these heads::
+
+    protocol: zero_shot
+    tasks:
+      - name: sentiment
+        expert: path/to/expert_dir
+        label_texts: [a negative review of a film, a positive review of a film]
+        data: {format: csv, validation: val.csv, test: test.csv, labels: [neg, pos]}
+
 FusionBench's CLIP-ViT 8-task protocol (SUN397, Stanford Cars, RESISC45, EuroSAT, SVHN, GTSRB, MNIST, DTD) runs from
 local files. The fine-tuned ``tanganke/clip-vit-base-patch32_<task>`` checkpoints (downloaded by the user) are
 ``CLIPVisionModel`` directories: the vision tower's ``vision_model.*`` tensors, no projection. The base must hold the
@@ -32,7 +45,8 @@ same tensors: the ``vision_model.*`` tensors of ``openai/clip-vit-base-patch32``
 ``model.safetensors`` (``safetensors.torch.save_file``), one expert's ``config.json`` and CLIP's
 ``preprocessor_config.json`` beside them. Features are then the pooled output (768 wide); a task's zero-shot head is
 its class-name text embeddings (normalised, [C, 512]) times CLIP's ``visual_projection.weight`` ([512, 768]), saved
-without a bias, with ``data.labels`` in the head's class order and each split saved as an image folder.
+without a bias, with ``data.labels`` in the head's class order and each split saved as an image folder, under
+``protocol: probe`` (the bench has no CLIP text tower to build the heads itself).
 """
 
 from __future__ import annotations
@@ -55,8 +69,9 @@ from mergesmith.bench.features import (
     make_featurizer,
     read_model_config,
 )
-from mergesmith.bench.heads import HEAD_FILE, Head
+from mergesmith.bench.heads import HEAD_FILE, ZERO_SHOT_TEMPERATURE, Head, zero_shot_head
 from mergesmith.bench.pool_data import Record, read_split, resolve_labels
+from mergesmith.bench.pool_protocol import check_distinct_tokens, check_protocol
 from mergesmith.bench.pool_schema import MAX_LABELS, PoolSpec, TaskSpec, read_pool_spec, resolve_pool_path
 from mergesmith.errors import MergesmithError
 
@@ -93,7 +108,9 @@ class Pool:
     base_model: str  # the results' description of the base model
     trained: str  # the results' description of what was trained
     provenance: dict = field(default_factory=dict)  # extra top-level results keys (where the pool came from)
-    protocol: str = "probe"  # "zero_shot": every row is scored with the tasks' fixed heads, the pretrained row too
+    # "probe": the pretrained row is scored with each task's linear probe; "zero_shot": every row, the pretrained
+    # model's too, is scored with the tasks' heads (cosine heads built from label descriptions by the base)
+    protocol: str = "probe"
 
     @property
     def experts(self) -> dict[str, Path]:
@@ -107,7 +124,7 @@ class Pool:
 class _CheckedTask:
     spec: TaskSpec
     expert: Path
-    head: Head
+    head: Head | None  # None under protocol zero_shot: ``build_pool`` builds it from the label texts
     label_names: tuple[str, ...]
     splits: dict[str, list[Record]]
     indices: dict[str, list[int]]
@@ -123,6 +140,7 @@ class CheckedPool:
     config: dict
     tensor_names: list[str]
     tasks: list[_CheckedTask]
+    protocol: str = "probe"
 
 
 def check_pool(path: str | Path) -> CheckedPool:
@@ -148,6 +166,7 @@ def check_pool(path: str | Path) -> CheckedPool:
             "alone as the base, as the experts are saved (see `python -m pydoc mergesmith.bench.pool`)"
         )
     modality = spec.modality or infer_modality(config)
+    check_protocol(label, spec, modality)
     base = _wrap(label, "base_model", lambda: open_checkpoint(base_dir))
     with base:
         base_shapes = {n: (tuple(i.shape), i.dtype.is_floating_point) for n, i in base.tensors.items()}
@@ -161,16 +180,7 @@ def check_pool(path: str | Path) -> CheckedPool:
         where = f"tasks[{i}]"
         expert = resolve_pool_path(root, task.expert)
         _check_expert(label, f"{where}.expert", expert, base_shapes, model_type)
-        head_path = resolve_pool_path(root, task.head) if task.head is not None else expert / HEAD_FILE
-        head_where = f"{where}.head" if task.head is not None else where
-        if not head_path.exists():
-            hint = (
-                "check the path"
-                if task.head is not None
-                else f"give {where}.head (a safetensors file with the head's weight and bias)"
-            )
-            raise MergesmithError(f"{label}: {head_where}: no head file {head_path}; {hint}")
-        head = _load_head(label, head_where, head_path)
+        head = None if spec.protocol == "zero_shot" else _user_head(label, where, root, task, expert)
 
         data = task.data
         if (modality == "image") != (data.format == "imagefolder"):
@@ -198,20 +208,12 @@ def check_pool(path: str | Path) -> CheckedPool:
                 data.label_column or "label",
                 f"{where}.data.{split}",
             )
-        names, indices = _wrap(label, None, resolve_labels, splits, data.labels, where, head.weight.shape[0])
-
-        if head.weight.shape[1] != width:
-            raise MergesmithError(
-                f"{label}: {head_where}: the head takes {head.weight.shape[1]} features but the base model's {modality} "
-                f"features are {width} wide; give a head for this encoder"
-            )
-        if head.weight.shape[0] != len(names):
-            raise MergesmithError(
-                f"{label}: {head_where}: the head has {head.weight.shape[0]} outputs but the task has {len(names)} labels "
-                f"{_short(names)}; list the head's labels under {where}.data.labels"
-            )
+        rows = head.weight.shape[0] if head is not None else len(task.label_texts or ())
+        names, indices = _wrap(label, None, resolve_labels, splits, data.labels, where, rows)
+        if head is not None:
+            _check_head_fits(label, where, task, head, names, modality, width)
         tasks.append(_CheckedTask(task, expert, head, names, splits, indices))
-    return CheckedPool(source, base_dir, modality, config, list(base_shapes), tasks)
+    return CheckedPool(source, base_dir, modality, config, list(base_shapes), tasks, spec.protocol)
 
 
 def build_pool(
@@ -223,7 +225,9 @@ def build_pool(
     probes: bool = True,
 ) -> Pool:
     """Encode each task's validation and test splits and, with ``probes``, train the pretrained model's linear probes
-    on the train splits (only the bench's pretrained row reads them: ``mergesmith adapt`` builds its pool without)."""
+    on the train splits (only the bench's pretrained row reads them: ``mergesmith adapt`` builds its pool without).
+    Under protocol zero_shot each task's head is the base's cosine head on its label texts and no probe is trained:
+    every row, the pretrained one too, is scored with those heads."""
     from tqdm import tqdm
 
     from mergesmith.bench.encoder import train_probe
@@ -233,11 +237,15 @@ def build_pool(
         "base_model",
         lambda: make_featurizer(checked.modality, checked.base_dir, checked.config, checked.tensor_names),
     )
+    zero_shot = checked.protocol == "zero_shot"
+    probes = probes and not zero_shot
+    zero_shot_heads = _zero_shot_heads(checked, featurizer) if zero_shot else {}
     base = None
     tasks = []
     for task in tqdm(checked.tasks, desc="pool tasks", unit="task", disable=not progress):
         used = [split for split in task.splits if split != "train" or probes]
         encoded = {split: _encode(featurizer, task.splits[split], task.indices[split]) for split in used}
+        head = task.head if task.head is not None else zero_shot_heads[task.spec.name]
         probe = None
         if "train" in encoded:
             if base is None:
@@ -249,7 +257,7 @@ def build_pool(
                 name=task.spec.name,
                 label_names=task.label_names,
                 expert=task.expert,
-                head=task.head,
+                head=head,
                 probe=probe,
                 validation=encoded["validation"],
                 test=encoded["test"],
@@ -267,11 +275,33 @@ def build_pool(
         featurizer=featurizer,
         base_model=f"{checked.base_dir} ({kind}, {checked.modality} features)",
         trained=(
-            f"user pool {checked.source}: experts and heads supplied by the user; only the encoder is merged; "
-            "the pretrained row's linear probes were trained here on the frozen base's features of each train split"
+            f"user pool {checked.source}: experts supplied by the user; only the encoder is merged; "
+            + (
+                "each task's head is the base's zero-shot cosine head on the task's label descriptions"
+                f" (scale {ZERO_SHOT_TEMPERATURE:g}), the pretrained row scored with it"
+                if zero_shot
+                else "heads supplied by the user; the pretrained row's linear probes were trained here on the frozen "
+                "base's features of each train split"
+            )
         ),
         provenance={"pool": str(checked.source)},
+        protocol=checked.protocol,
     )
+
+
+def _zero_shot_heads(checked: CheckedPool, featurizer) -> dict[str, Head]:
+    """Each task's cosine head: row i is the base's features of ``label_texts[i]``, the description of label i.
+    Descriptions the tokenizer reads as the same tokens would give equal rows: refused before the base is loaded."""
+    for i, task in enumerate(checked.tasks):
+        check_distinct_tokens(
+            f"{checked.source}: tasks[{i}].label_texts",
+            task.spec.name,
+            task.label_names,
+            task.spec.label_texts,
+            featurizer,
+        )
+    base = featurizer.load(checked.base_dir)
+    return {t.spec.name: zero_shot_head(base, featurizer, t.spec.label_texts or ()) for t in checked.tasks}
 
 
 def load_pool(
@@ -294,6 +324,36 @@ def _wrap(label: str, where: str | None, action: Callable[..., _T], *args: Any) 
 def _short(names) -> str:
     names = list(names)
     return str(names) if len(names) <= 8 else str(names[:8])[:-1] + ", ...]"
+
+
+def _user_head(label: str, where: str, root: Path, task: TaskSpec, expert: Path) -> Head:
+    """The probe protocol's head: the task's ``head`` file, else the expert directory's ``task_head.safetensors``."""
+    head_path = resolve_pool_path(root, task.head) if task.head is not None else expert / HEAD_FILE
+    head_where = f"{where}.head" if task.head is not None else where
+    if not head_path.exists():
+        hint = (
+            "check the path"
+            if task.head is not None
+            else f"give {where}.head (a safetensors file with the head's weight and bias)"
+        )
+        raise MergesmithError(f"{label}: {head_where}: no head file {head_path}; {hint}")
+    return _load_head(label, head_where, head_path)
+
+
+def _check_head_fits(
+    label: str, where: str, task: TaskSpec, head: Head, names: tuple[str, ...], modality: str, width: int
+) -> None:
+    head_where = f"{where}.head" if task.head is not None else where
+    if head.weight.shape[1] != width:
+        raise MergesmithError(
+            f"{label}: {head_where}: the head takes {head.weight.shape[1]} features but the base model's {modality} "
+            f"features are {width} wide; give a head for this encoder"
+        )
+    if head.weight.shape[0] != len(names):
+        raise MergesmithError(
+            f"{label}: {head_where}: the head has {head.weight.shape[0]} outputs but the task has {len(names)} labels "
+            f"{_short(names)}; list the head's labels under {where}.data.labels"
+        )
 
 
 def _feature_width(label: str, modality: str, config: dict, base_shapes: dict) -> int:

@@ -61,12 +61,16 @@ class TaskSpec(_Strict):
     name: StrictStr = Field(min_length=1)
     expert: StrictStr
     head: StrictStr | None = None
+    # One description per class, in the order of data.labels (protocol zero_shot: the head's rows are their embeddings).
+    label_texts: list[StrictStr] | None = Field(default=None, max_length=MAX_LABELS)
     data: DataSpec
 
 
 class PoolSpec(_Strict):
     base_model: StrictStr
     modality: Literal["text", "image"] | None = None
+    # probe: each task's head is the user's; zero_shot: heads built from label_texts by the base (mergesmith.bench.heads)
+    protocol: Literal["probe", "zero_shot"] = "probe"
     tasks: list[TaskSpec] = Field(min_length=1, max_length=MAX_TASKS)
 
     @field_validator("tasks")

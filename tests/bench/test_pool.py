@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from mergesmith.bench.pool_data import Record, resolve_labels
 from mergesmith.errors import MergesmithError
@@ -504,3 +504,162 @@ def test_label_resolution_rules():
         resolve_labels({"test": records(0, 5)}, ["neg", "pos"], "tasks[0]")
     with pytest.raises(MergesmithError, match="at least 2 labels"):
         resolve_labels({"test": records("a", "a")}, None, "tasks[0]")
+
+
+# --- protocol zero_shot: heads built from label descriptions ------------------------------------------------------------
+
+# Descriptions in the tiny tokenizer's vocabulary (w2..w255): English words would all be its unknown token.
+REVIEW_TEXTS = ["w10 w11 w12", "w20 w21"]
+TOPIC_TEXTS = ["w30 w31", "w40 w41 w42", "w50"]
+
+
+def _zero_shot(spec: dict) -> dict:
+    """The text pool under protocol zero_shot: no head files, one description per label, labels listed in order."""
+
+    def edit(s):
+        s["protocol"] = "zero_shot"
+        s["tasks"][0].pop("head")
+        s["tasks"][0]["label_texts"] = REVIEW_TEXTS
+        s["tasks"][1]["label_texts"] = TOPIC_TEXTS
+        s["tasks"][1]["data"]["labels"] = [0, 1, 2]
+
+    return _edit(spec, edit)
+
+
+def test_zero_shot_pool_heads_are_the_base_cosine_heads_of_the_label_texts(text_pool):
+    from mergesmith.bench.heads import CosineHead, zero_shot_head
+    from mergesmith.bench.pool import load_pool
+
+    root, spec = text_pool
+    messages: list[str] = []
+    pool = load_pool(write_yaml(root / "zero_shot.yaml", _zero_shot(spec)), progress=False, echo=messages.append)
+    assert pool.protocol == "zero_shot"
+    base = pool.featurizer.load(root / "models" / "base")
+    for task, texts in zip(pool.tasks, (REVIEW_TEXTS, TOPIC_TEXTS)):
+        assert isinstance(task.head, CosineHead)
+        expected = zero_shot_head(base, pool.featurizer, texts)
+        assert torch.equal(task.head.weight, expected.weight) and task.head.scale == expected.scale
+        for row, text in enumerate(texts):  # row i describes label i
+            alone = zero_shot_head(base, pool.featurizer, [text]).weight[0]
+            assert torch.allclose(task.head.weight[row], alone, atol=1e-6)
+        assert not torch.allclose(task.head.weight[0], task.head.weight[1])
+        assert task.probe is None  # no probe, even for the task with a train split: the heads score the base
+    assert pool.tasks[1].label_names == ("0", "1", "2")
+    assert pool.tasks[0].sizes["train"] == 16
+    assert "zero-shot" in pool.trained and messages == []  # no "no train split" notice under zero_shot
+
+
+def test_probe_pool_is_unchanged_by_the_protocol_key(text_pool):
+    from mergesmith.bench.pool import load_pool
+
+    root, spec = text_pool
+    default = load_pool(write_yaml(root / "probe_default.yaml", spec), progress=False, echo=lambda s: None)
+    named = load_pool(
+        write_yaml(root / "probe_named.yaml", _edit(spec, lambda s: s.update(protocol="probe"))),
+        progress=False,
+        echo=lambda s: None,
+    )
+    for pool in (default, named):
+        assert pool.protocol == "probe"
+        reviews, topics = pool.tasks
+        assert isinstance(reviews.head, torch.nn.Linear) and reviews.probe is not None and topics.probe is None
+    file_head = load_file(str(root / "heads" / "reviews.safetensors"))
+    assert torch.equal(default.tasks[0].head.weight, file_head["weight"])
+    assert torch.equal(default.tasks[0].probe.weight, named.tasks[0].probe.weight)
+
+
+def test_zero_shot_task_without_label_texts(text_pool, tmp_path):
+    root, spec = text_pool
+    bad = _edit(_zero_shot(spec), lambda s: s["tasks"][1].pop("label_texts"))
+    _expect_error(
+        root,
+        bad,
+        tmp_path,
+        "tasks[1].label_texts: task topics:",
+        "needs a description of each class",
+        "protocol: probe",
+    )
+    empty = _edit(_zero_shot(spec), lambda s: s["tasks"][1].update(label_texts=[]))
+    _expect_error(root, empty, tmp_path, "tasks[1].label_texts: task topics:", "this task has none")
+
+
+def test_zero_shot_label_texts_of_another_count(text_pool, tmp_path):
+    root, spec = text_pool
+    bad = _edit(_zero_shot(spec), lambda s: s["tasks"][1].update(label_texts=TOPIC_TEXTS[:2]))
+    _expect_error(root, bad, tmp_path, "tasks[1].label_texts: task topics: 2 label descriptions for 3 classes")
+
+
+def test_zero_shot_empty_label_text(text_pool, tmp_path):
+    root, spec = text_pool
+    bad = _edit(_zero_shot(spec), lambda s: s["tasks"][0].update(label_texts=["a negative review", "  "]))
+    _expect_error(root, bad, tmp_path, "tasks[0].label_texts: task reviews: class 'pos' has an empty label description")
+
+
+def test_zero_shot_duplicate_label_texts(text_pool, tmp_path):
+    root, spec = text_pool
+    bad = _edit(_zero_shot(spec), lambda s: s["tasks"][0].update(label_texts=["A review", "a  review"]))
+    _expect_error(
+        root,
+        bad,
+        tmp_path,
+        "tasks[0].label_texts: task reviews: classes 'neg' and 'pos' have the same label description",
+    )
+
+
+def test_zero_shot_label_texts_the_tokenizer_reads_alike(text_pool, tmp_path):
+    root, spec = text_pool
+    words = ["a negative review", "a positive review"]  # outside the tiny vocabulary: both are unknown tokens
+    bad = _edit(_zero_shot(spec), lambda s: s["tasks"][0].update(label_texts=words))
+    _expect_error(
+        root,
+        bad,
+        tmp_path,
+        "tasks[0].label_texts: task reviews: the base's tokenizer reads the descriptions of classes 'neg' and 'pos' "
+        "as the same tokens",
+    )
+
+
+def test_zero_shot_with_a_head_file(text_pool, tmp_path):
+    root, spec = text_pool
+    bad = _edit(_zero_shot(spec), lambda s: s["tasks"][0].update(head="heads/reviews.safetensors"))
+    _expect_error(root, bad, tmp_path, "tasks[0].head:", "from its label_texts", "remove head", "protocol: probe")
+
+
+def test_label_texts_under_protocol_probe(text_pool, tmp_path):
+    root, spec = text_pool
+    bad = _edit(spec, lambda s: s["tasks"][0].update(label_texts=REVIEW_TEXTS))
+    _expect_error(root, bad, tmp_path, "tasks[0].label_texts:", "uses protocol probe", "set protocol: zero_shot")
+
+
+def test_zero_shot_without_listed_labels(text_pool, tmp_path):
+    root, spec = text_pool
+    bad = _edit(_zero_shot(spec), lambda s: s["tasks"][1]["data"].pop("labels"))
+    _expect_error(root, bad, tmp_path, "tasks[1].data.labels: task topics:", "in the order of data.labels")
+
+
+def test_zero_shot_on_an_image_pool(image_pool, tmp_path):
+    root, spec = image_pool
+    bad = _edit(spec, lambda s: s.update(protocol="zero_shot"))
+    _expect_error(root, bad, tmp_path, "protocol: zero_shot", "image encoder", "CLIP's text tower", "protocol: probe")
+
+
+def test_unknown_protocol(text_pool, tmp_path):
+    root, spec = text_pool
+    bad = _edit(spec, lambda s: s.update(protocol="zeroshot"))
+    _expect_error(root, bad, tmp_path, "protocol:", "'probe' or 'zero_shot'")
+
+
+def test_adapt_refuses_a_zero_shot_pool_without_label_texts(text_pool, tmp_path):
+    from tests.faults._faults import expect_cli_refusal
+
+    root, spec = text_pool
+    pool = write_yaml(
+        root / "adapt_zero_shot.yaml", _edit(_zero_shot(spec), lambda s: s["tasks"][0].pop("label_texts"))
+    )
+    out = tmp_path / "merged"
+    expect_cli_refusal(
+        ("adapt", "regmean", "--pool", pool, out, "--quiet"),
+        "tasks[0].label_texts: task reviews:",
+        out=out,
+        inputs=[pool, root / "models"],
+    )

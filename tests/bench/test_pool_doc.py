@@ -1,5 +1,6 @@
-"""docs/pools.md's example works as written: its pool YAML, data rows and head snippet, on tiny checkpoints, load with
-the pool loader; its bench command's --methods parse; README links it and nothing outside the repository."""
+"""docs/pools.md's example works as written: its pool YAMLs (probe and zero-shot), data rows and head snippet, on
+tiny checkpoints, load with the pool loader; its bench command's --methods parse; README links it and nothing outside
+the repository."""
 
 from __future__ import annotations
 
@@ -61,6 +62,19 @@ def test_documented_pool_loads(tmp_path, monkeypatch):
     sentiment, topic = built.tasks
     assert sentiment.probe is not None and topic.probe is None  # only the sentiment task has a train split
     assert sentiment.validation.labels.tolist() == [1, 0] and topic.test.labels.tolist() == [1, 0]
+
+    # The zero-shot example: the same models and data, heads built from its label texts by the base.
+    from mergesmith.bench.heads import CosineHead
+
+    zero_shot = yaml.safe_load(_block(blocks, "yaml", "# mypool/zero_shot.yaml"))
+    assert zero_shot["protocol"] == "zero_shot"
+    for i, task in enumerate(zero_shot["tasks"]):  # the tiny tokenizer knows only the words w2..w255
+        task["label_texts"] = [f"w{10 * i + k + 2}" for k in range(len(task["label_texts"]))]
+    (root / "zero_shot.yaml").write_text(yaml.safe_dump(zero_shot), encoding="utf-8")
+    built = build_pool(check_pool(root / "zero_shot.yaml"), progress=False, echo=lambda _: None)
+    assert built.protocol == "zero_shot"
+    assert [t.label_names for t in built.tasks] == [("negative", "positive"), ("science", "sports")]
+    assert all(isinstance(t.head, CosineHead) and t.head.out_features == 2 and t.probe is None for t in built.tasks)
 
 
 def test_documented_commands_parse():
