@@ -19,7 +19,7 @@ from mergesmith.errors import MergesmithError
 from mergesmith.io.parse import read_json
 
 # Bump when the JSON layout or the split procedure changes: it is part of every cache key.
-DATA_FORMAT_VERSION = 1
+DATA_FORMAT_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,9 @@ class TaskData:
     train: tuple[Example, ...]
     validation: tuple[Example, ...]
     test: tuple[Example, ...]
-    label_texts: tuple[str, ...] = ()  # one description per class, for the zero-shot head; () when there are none
+    # One short a-priori description per class, in label order ("a positive review of a food product"): the text a
+    # zero-shot head embeds. Empty when the task has none; then only the linear-probe protocol can score it.
+    label_texts: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if len(self.label_names) < 2:
@@ -70,6 +72,8 @@ class TaskData:
                         f"task {self.name}: {split} example labelled {example.label!r}, outside its "
                         f"{len(self.label_names)} labels {list(self.label_names)}; fix the label or the label list"
                     )
+        if self.label_texts:
+            check_label_texts(self.name, self.label_names, self.label_texts)
 
     @property
     def num_labels(self) -> int:
@@ -95,11 +99,11 @@ class TaskData:
             train=train,
             validation=validation,
             test=test,
-            label_texts=tuple(payload.get("label_texts", ())),
+            label_texts=tuple(payload["label_texts"]),
         )
 
     def fingerprint(self) -> str:
-        """sha256 of the name, labels and every split's content in order; equal fingerprints, equal data."""
+        """sha256 of the name, labels, label texts and every split's content in order; equal fingerprints, equal data."""
         canonical = json.dumps(self.to_json(), ensure_ascii=False, separators=(",", ":"), sort_keys=True)
         return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
 
@@ -108,6 +112,36 @@ class TaskData:
         for example in getattr(self, split):
             counts[example.label] += 1
         return counts
+
+
+def check_label_texts(task: str, label_names: Sequence[str], label_texts: Sequence[object]) -> None:
+    """One non-blank description per class, no two alike once case and whitespace are ignored: two classes with
+    the same description would get the same zero-shot head row, and the head could not tell them apart."""
+    for index, name in enumerate(label_names):
+        if index >= len(label_texts):
+            raise MergesmithError(
+                f"task {task}: class {name!r} has no label description ({len(label_texts)} texts for "
+                f"{len(label_names)} classes); give one text per class, in label order"
+            )
+        text = label_texts[index]
+        if not isinstance(text, str):
+            raise MergesmithError(f"task {task}: class {name!r} has label description {text!r}, not a text")
+        if not text.strip():
+            raise MergesmithError(f"task {task}: class {name!r} has a blank label description; give one text per class")
+    if len(label_texts) > len(label_names):
+        raise MergesmithError(
+            f"task {task}: {len(label_texts)} label descriptions for {len(label_names)} classes "
+            f"{list(label_names)}; the extra one is {label_texts[len(label_names)]!r}; give one text per class"
+        )
+    owner: dict[str, str] = {}
+    for name, text in zip(label_names, label_texts):
+        key = " ".join(str(text).lower().split())
+        if key in owner:
+            raise MergesmithError(
+                f"task {task}: classes {owner[key]!r} and {name!r} have the same label description {text!r}; "
+                "give each class its own"
+            )
+        owner[key] = name
 
 
 def unique_examples(examples: Iterable[Example]) -> list[Example]:
@@ -135,20 +169,55 @@ def split(
     train cap never moves an example out of validation or test. With ``test`` (a task's official test split),
     ``examples`` supplies train and validation only, and the official test examples are subsampled to the cap.
     """
+    if test is None:
+        return split_groups([[example] for example in examples], sizes, seed)
     rng = random.Random(seed)
     pool = _shuffled(examples, rng)
-    if test is None:
-        test_part = pool[: sizes.test]
-        pool = pool[sizes.test :]
-    else:
-        test_part = _shuffled(test, rng)[: sizes.test]
-    validation = pool[: sizes.validation]
-    train = pool[sizes.validation : sizes.validation + sizes.train]
-    return tuple(train), tuple(validation), tuple(test_part)
+    test_part = _shuffled(test, rng)[: sizes.test]
+    validation, train = _fill([[example] for example in pool], (sizes.validation, sizes.train))
+    return train, validation, tuple(test_part)
+
+
+def split_groups(
+    groups: Sequence[Sequence[Example]], sizes: SplitSizes, seed: int
+) -> tuple[tuple[Example, ...], tuple[Example, ...], tuple[Example, ...]]:
+    """Like ``split``, but the examples of one group (e.g. the snippets of one source file) all land in one split.
+
+    Whole groups are dealt in seeded order to test, then validation, then train; the group that reaches a split's
+    cap gives that split what fits and the rest of it is dropped, never passed to the next split. So a test example
+    never shares a group with a training example, and each split is still filled to its cap. With one example per
+    group this is exactly ``split``'s shuffle.
+    """
+    rng = random.Random(seed)
+    ordered = sorted(
+        (sorted(group, key=_sort_key) for group in groups if group), key=lambda g: [_sort_key(e) for e in g]
+    )
+    rng.shuffle(ordered)
+    test, validation, train = _fill(ordered, (sizes.test, sizes.validation, sizes.train))
+    return train, validation, test
+
+
+def _fill(groups: Sequence[Sequence[Example]], caps: Sequence[int]) -> list[tuple[Example, ...]]:
+    """Deal ``groups`` in order into one part per cap; a group never spans two parts."""
+    parts: list[tuple[Example, ...]] = []
+    remaining = iter(groups)
+    for cap in caps:
+        part: list[Example] = []
+        while len(part) < cap:
+            group = next(remaining, None)
+            if group is None:
+                break
+            part += group[: cap - len(part)]
+        parts.append(tuple(part))
+    return parts
+
+
+def _sort_key(example: Example) -> tuple[str, int]:
+    return (example.text, example.label)
 
 
 def _shuffled(examples: Sequence[Example], rng: random.Random) -> list[Example]:
-    ordered = sorted(examples, key=lambda e: (e.text, e.label))
+    ordered = sorted(examples, key=_sort_key)
     rng.shuffle(ordered)
     return ordered
 

@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from mergesmith.bench.data import Example
+from mergesmith.bench.data import Example, check_label_texts as check_descriptions
 from mergesmith.errors import MergesmithError
 
 HEAD_FILE = "task_head.safetensors"  # an expert directory's head, beside its weights
@@ -93,28 +93,13 @@ def load_head(path: Path) -> Head:
 
 
 def check_label_texts(task: str, label_names: Sequence[str], texts: Sequence[str]) -> None:
-    """One non-empty description per class, no two alike; the error names the task and the class."""
+    """The zero-shot protocol's rule: a task must have label descriptions; their shape is ``data.check_label_texts``'."""
     if not texts:
         raise MergesmithError(
             f"task {task}: the zero-shot protocol needs a description of each class and this task has none; "
             "give label_texts (one per class) or use the probe protocol (--protocol probe)"
         )
-    if len(texts) != len(label_names):
-        raise MergesmithError(
-            f"task {task}: {len(texts)} label descriptions for {len(label_names)} classes; give one per class, in the "
-            "order of the labels"
-        )
-    seen: dict[str, str] = {}
-    for name, text in zip(label_names, texts, strict=True):
-        key = " ".join(str(text).split()).casefold()
-        if not key:
-            raise MergesmithError(f"task {task}: class {name!r} has an empty label description; write one")
-        if key in seen:
-            raise MergesmithError(
-                f"task {task}: classes {seen[key]!r} and {name!r} have the same label description {text!r}; "
-                "describe each class differently"
-            )
-        seen[key] = name
+    check_descriptions(task, label_names, texts)
 
 
 def zero_shot_head(

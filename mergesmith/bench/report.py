@@ -6,8 +6,8 @@ Accuracies are fractions in [0, 1]; they are shown as percentages. ``None`` (JSO
 shown as "-": experts are often scored on their own task only, baselines have no merge time.
 
 The parts, one job each: ``report_schema`` (the results dict's keys and ``validate``), ``report_cells`` (cell texts
-shared by the table and the page), ``report_text`` (the terminal table, ``results.json``, ``results.csv``),
-``report_plots``, ``report_grids`` and ``report_labels`` (the PNG plots). This module renders the page, writes the
+shared by the table and the page), ``report_tasks`` (the page's Tasks table), ``report_text`` (the terminal table,
+``results.json``, ``results.csv``), ``report_plots``, ``report_grids`` and ``report_labels`` (the PNG plots). This module renders the page, writes the
 files (``write_outputs``) and is the one import for callers.
 """
 
@@ -22,7 +22,6 @@ from typing import Any
 
 from mergesmith.bench.report_cells import (
     compact_params as compact_params,
-    expert_own_accuracy,
     format_percent,
     table_model,
 )
@@ -35,6 +34,7 @@ from mergesmith.bench.report_grids import (
 from mergesmith.bench.report_labels import _overlaps as _overlaps, place_labels as place_labels
 from mergesmith.bench.report_plots import plot_cosine, plot_cost_quality, plot_normalized, plot_task_accuracy
 from mergesmith.bench.report_schema import ReportError as ReportError, validate
+from mergesmith.bench.report_tasks import tasks_table_html
 from mergesmith.bench.report_text import format_table as format_table, results_csv, results_json
 from mergesmith.errors import MergesmithError
 from mergesmith.figures import img_tag
@@ -136,27 +136,6 @@ def _machine_text(machine: Any) -> str:
     return " · ".join(parts)
 
 
-def _tasks_html(results: Mapping[str, Any]) -> str:
-    own = expert_own_accuracy(results)
-    lines = [
-        '<table><thead><tr><th class="text">task</th><th>labels</th><th>train</th><th>validation</th>'
-        "<th>test</th><th>majority class</th><th>expert (own task)</th></tr></thead><tbody>"
-    ]
-    for task in results["tasks"]:
-        sizes = task["sizes"] if isinstance(task["sizes"], Mapping) else {}
-        cells = [
-            task["num_labels"],
-            *(sizes.get(split, "-") for split in ("train", "validation", "test")),
-            format_percent(task["majority"]),
-            format_percent(own.get(task["name"])),
-        ]
-        lines.append(
-            f'<tr><td class="text">{_e(task["name"])}</td>' + "".join(f"<td>{_e(c)}</td>" for c in cells) + "</tr>"
-        )
-    lines.append("</tbody></table>")
-    return "\n".join(lines)
-
-
 def _results_html(results: Mapping[str, Any]) -> str:
     headers, rows = table_model(results)
     last = len(headers) - 1
@@ -207,7 +186,7 @@ def render_html(results: Mapping[str, Any], plots: Sequence[tuple[str, str, byte
             f"<h1>mergesmith bench: profile {_e(results['profile'])}</h1>",
             '<dl class="meta">' + "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in meta) + "</dl>",
             "<h2>Tasks</h2>",
-            _tasks_html(results),
+            tasks_table_html(results),
             "<h2>Results</h2>",
             '<p class="note">Test accuracy per task. Normalized = merged accuracy / the expert\'s accuracy on the same '
             "task, averaged over tasks. Highlighted: the best merge in each column. &ldquo;-&rdquo;: not measured.</p>",

@@ -119,7 +119,7 @@ def run_bench(
     from mergesmith.api import merge, merge_state_dicts
     from mergesmith.bench.report import format_table, write_outputs
     from mergesmith.bench.sources import default_cache_dir, ensure_writable
-    from mergesmith.bench.tasks import PROFILES, build_tasks
+    from mergesmith.bench.tasks import PROFILES, build_tasks, task_facts
 
     hf_logging.disable_progress_bar()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -134,6 +134,7 @@ def run_bench(
         if profile_name not in PROFILES:
             raise MergesmithError(f"unknown profile {profile_name!r}; choose one of {', '.join(PROFILES)}")
         cache = ensure_writable(cache)
+    facts: dict[str, dict] = {}  # source, licence, class counts: known for built-in tasks only
     if run_dir.exists() and any(run_dir.iterdir()):
         raise MergesmithError(f"run directory {run_dir} exists and is not empty; choose another with --out")
     check_protocol(pool, protocol)
@@ -145,6 +146,7 @@ def run_bench(
             method_names, method_params or {}, len(PROFILES[profile_name].tasks), progress=progress
         )
         task_data = build_tasks(profile_name, cache, seed=seed, progress=progress)
+        facts = {t.name: task_facts(t) for t in task_data}
         torch.set_num_threads(os.cpu_count() or 1)
         bench_pool = profile_pool(
             profile_name, task_data, cache, seed, progress, echo, protocol=protocol or DEFAULT_PROTOCOL
@@ -299,7 +301,14 @@ def run_bench(
         "base_model": bench_pool.base_model,
         "trained": bench_pool.trained,
         "tasks": [
-            {"name": t.name, "num_labels": t.num_labels, "sizes": t.sizes, "majority": t.majority} for t in tasks
+            {
+                "name": t.name,
+                "num_labels": t.num_labels,
+                "sizes": t.sizes,
+                "majority": t.majority,
+                **facts.get(t.name, {"source": None, "licence": None}),
+            }
+            for t in tasks
         ],
         "rows": rows,
         "expert_average": _average(expert_acc),

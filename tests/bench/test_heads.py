@@ -67,8 +67,8 @@ def test_zero_shot_head_rows_are_the_label_descriptions_features():
     ("texts", "message"),
     [
         ((), "task t: the zero-shot protocol needs a description of each class"),
-        (("a cat",), "task t: 1 label descriptions for 2 classes"),
-        (("a cat", "  "), "task t: class 'dog' has an empty label description"),
+        (("a cat",), "task t: class .dog. has no label description"),
+        (("a cat", "  "), "task t: class .dog. has a blank label description"),
         (("a cat", "A  Cat"), "task t: classes 'cat' and 'dog' have the same label description"),
     ],
 )

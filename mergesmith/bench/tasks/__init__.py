@@ -1,8 +1,9 @@
-"""The bench's six text-classification tasks, its profiles, and the cached builder.
+"""The bench's eight text-classification tasks, its profiles, and the cached builder.
 
 ``TASKS`` maps a task name to its module; each module has ``NAME``, ``VERSION`` (part of the cache key: bump it
-when the builder's output changes) and ``build(cache_dir, sizes, seed) -> TaskData``. Importing this package
-fetches nothing; data is downloaded on the first ``build``.
+when the builder's output changes), ``SOURCE`` (the package(s) the data comes from), ``LICENCE``, ``LABEL_TEXTS``
+(one plain description per class, for zero-shot heads) and ``build(cache_dir, sizes, seed) -> TaskData``.
+Importing this package fetches nothing; data is downloaded on the first ``build``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,16 @@ from mergesmith.bench.data import (
     save_cached_task,
 )
 from mergesmith.bench.sources import default_cache_dir, ensure_writable
-from mergesmith.bench.tasks import austen, food_reviews, fortunes, tweet_sentiment, wordnet_nouns, wordnet_verbs
+from mergesmith.bench.tasks import (
+    austen,
+    code_lang,
+    food_reviews,
+    fortunes,
+    langid_ui,
+    tweet_sentiment,
+    wordnet_nouns,
+    wordnet_verbs,
+)
 from mergesmith.errors import MergesmithError
 
 TASKS = {
@@ -29,6 +39,8 @@ TASKS = {
     "wordnet_verbs": wordnet_verbs,
     "austen": austen,
     "fortunes": fortunes,
+    "langid_ui": langid_ui,
+    "code_lang": code_lang,
 }
 
 
@@ -76,3 +88,17 @@ def build_tasks(profile: str, cache_dir: Path | None = None, seed: int = 0, *, p
             bar.set_postfix_str(name)
             tasks.append(build_task(name, cache_dir, sizes, seed))
     return tasks
+
+
+def task_facts(task: TaskData) -> dict:
+    """What the report states about a built-in task: where its data comes from, its licence, its split sizes and
+    its class counts per split (the class balance)."""
+    if task.name not in TASKS:
+        raise MergesmithError(f"{task.name!r} is not a built-in bench task; only those have a known source")
+    module = TASKS[task.name]
+    return {
+        "source": module.SOURCE,
+        "licence": module.LICENCE,
+        "sizes": {split: len(examples) for split, examples in task.splits().items()},
+        "class_counts": {split: task.label_counts(split) for split in task.splits()},
+    }

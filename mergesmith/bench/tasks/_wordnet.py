@@ -22,6 +22,8 @@ from mergesmith.errors import MergesmithError
 
 VERSION = 1
 DEBIAN_PACKAGE = "wordnet-base"
+SOURCE = f"Debian {DEBIAN_PACKAGE} (WordNet 3.0)"
+LICENCE = "WordNet 3.0 licence (BSD-like)"
 DATA_DIR = "usr/share/wordnet"
 
 # WordNet 3.0's lexicographer files in file-number order (lexnames(5WN)); the position is lex_filenum.
@@ -81,12 +83,14 @@ def label_names(pos: str) -> tuple[str, ...]:
     return tuple(name for name in LEXNAMES if name.startswith(pos + "."))
 
 
-def build_supersense(task: str, pos: str, cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
+def build_supersense(
+    task: str, pos: str, label_texts: tuple[str, ...], cache_dir: Path, sizes: SplitSizes, seed: int
+) -> TaskData:
     path = debian_package(DEBIAN_PACKAGE, cache_dir) / DATA_DIR / f"data.{pos}"
     names = label_names(pos)
     examples = unique_examples(read_synsets(path, task, names))
     train, validation, test = split(examples, sizes, seed)
-    return TaskData(task, names, train, validation, test)
+    return TaskData(task, names, train, validation, test, label_texts)
 
 
 def read_synsets(path: Path, task: str, names: tuple[str, ...]) -> list[Example]:

@@ -30,7 +30,22 @@ NOVELS = (
     ("northangerabbey", "Northanger Abbey"),
     ("persuasion", "Persuasion"),
 )
+SOURCE = f"Debian {DEBIAN_PACKAGE} (R package janeaustenr)"
+LICENCE = "MIT (the novels are in the public domain)"
 LABEL_NAMES = tuple(label for _, label in NOVELS)
+# The titles only, written out. Listing each novel's main characters would double zero-shot accuracy, because the
+# names occur in the passages, but that is tuning the head to the test rather than describing the class a priori.
+LABEL_TEXTS = tuple(
+    f"a passage from Jane Austen's novel {title}"
+    for title in (
+        "Sense and Sensibility",
+        "Pride and Prejudice",
+        "Mansfield Park",
+        "Emma",
+        "Northanger Abbey",
+        "Persuasion",
+    )
+)
 
 _HEADING = re.compile(r"^(chapter|volume)\s+([0-9]+|[ivxlc]+)\.?$", re.IGNORECASE)
 _END_MARK = re.compile(r"^(the end|finis)$", re.IGNORECASE)
@@ -43,7 +58,7 @@ def build(cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
         lines = [str(line) for line in read_lazyload_object(package, r_name)]
         examples += [Example(passage, label) for passage in passages(lines)]
     train, validation, test = split(unique_examples(examples), sizes, seed)
-    return TaskData(NAME, LABEL_NAMES, train, validation, test)
+    return TaskData(NAME, LABEL_NAMES, train, validation, test, LABEL_TEXTS)
 
 
 def passages(lines: list[str]) -> list[str]:

