@@ -20,7 +20,9 @@ from dataclasses import dataclass
 
 import torch
 
-SAMPLES = 2000  # resamples; the interval's ends move by < 0.1 point between seeds at this count
+# Resamples. Measured on 8 tasks x 1000 examples: the interval's ends move by about 0.15 point of normalized
+# accuracy between seeds (max - min over 10 seeds) at 2000, 0.3 at 500; fewer would blur the "real" mark.
+SAMPLES = 2000
 CONFIDENCE = 0.95
 
 Hits = Mapping[str, torch.Tensor | None]  # task -> bool [n_test]: the row's head was right on each test example
@@ -55,6 +57,16 @@ def resample_indices(sizes: Mapping[str, int], samples: int, seed: int) -> dict[
     return {task: torch.randint(n, (samples, n), generator=generator) for task, n in sizes.items()}
 
 
+def resample_counts(sizes: Mapping[str, int], samples: int, seed: int) -> dict[str, torch.Tensor]:
+    """Task -> float32 [samples, n]: how often each example is drawn in each resample of ``resample_indices``. A
+    resample's mean of per-example values v is then ``counts @ v / n``: one matrix product per task for every row
+    compared (exact: the counts and sums are small integers)."""
+    counts = {}
+    for task, drawn in resample_indices(sizes, samples, seed).items():
+        counts[task] = torch.zeros(drawn.shape).scatter_add_(1, drawn, torch.ones(drawn.shape))
+    return counts
+
+
 def _interval(full: float, draws: torch.Tensor, confidence: float) -> Interval:
     tail = (1 - confidence) / 2
     low, high = torch.quantile(draws, torch.tensor([tail, 1 - tail], dtype=draws.dtype)).tolist()
@@ -69,9 +81,11 @@ def paired_difference(
     samples: int = SAMPLES,
     seed: int = 0,
     confidence: float = CONFIDENCE,
+    counts: Mapping[str, torch.Tensor] | None = None,
 ) -> PairedDifference | None:
     """``row`` minus ``reference`` over the tasks of ``expert`` (in its order); None when either row has no hits on
-    a task (a task without a head), since then neither row's average covers every task."""
+    a task (a task without a head), since then neither row's average covers every task. ``counts``: the
+    ``resample_counts`` for these sizes, samples and seed, when comparing many pairs (drawn here otherwise)."""
     tasks = list(expert)
     if any(row.get(t) is None or reference.get(t) is None for t in tasks):
         return None
@@ -83,10 +97,12 @@ def paired_difference(
             raise ValueError(
                 f"task {task!r}: the two rows' hit vectors have shapes {tuple(a.shape)} and {tuple(b.shape)}"
             )
-        per_example[task] = a.to(torch.float64) - b.to(torch.float64)  # +1, 0 or -1 per example: paired
-    indices = resample_indices({t: len(d) for t, d in per_example.items()}, samples, seed)
-    task_draws = torch.stack([per_example[t][indices[t]].mean(dim=1) for t in tasks])  # [tasks, samples]
-    task_full = torch.stack([per_example[t].mean() for t in tasks])
+        per_example[task] = a.to(torch.float32) - b.to(torch.float32)  # +1, 0 or -1 per example: paired
+    if counts is None:
+        counts = resample_counts({t: len(d) for t, d in per_example.items()}, samples, seed)
+    # [tasks, samples]: each resample's mean difference per task (float64 from exact integer sums)
+    task_draws = torch.stack([(counts[t] @ per_example[t]).double() / len(per_example[t]) for t in tasks])
+    task_full = torch.stack([per_example[t].double().mean() for t in tasks])
     average = _interval(float(task_full.mean()), task_draws.mean(dim=0), confidence)
     own = [expert[t] for t in tasks]
     if any(e is None or e == 0 for e in own):
@@ -130,11 +146,17 @@ def attach_comparisons(
     """Set every row's ``vs_task_arithmetic`` (against ``choose_reference``; None for a row without hits) and
     return the reference row's name."""
     reference = choose_reference(rows, hits)
+    counts = None
+    if reference is not None and all(hits[reference].get(t) is not None for t in expert):
+        sizes = {t: len(hit) for t in expert if (hit := hits[reference][t]) is not None}
+        counts = resample_counts(sizes, samples, seed)  # drawn once: every row sees the same resamples
     for row in rows:
         if reference is None or row["name"] not in hits:
             row["vs_task_arithmetic"] = None
             continue
-        difference = paired_difference(hits[row["name"]], hits[reference], expert, samples=samples, seed=seed)
+        difference = paired_difference(
+            hits[row["name"]], hits[reference], expert, samples=samples, seed=seed, counts=counts
+        )
         row["vs_task_arithmetic"] = comparison_field(difference)
     return reference
 
@@ -154,5 +176,6 @@ __all__ = [
     "comparison_field",
     "hit_rates",
     "paired_difference",
+    "resample_counts",
     "resample_indices",
 ]
