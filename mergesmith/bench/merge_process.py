@@ -8,7 +8,6 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,19 @@ MERGE_PROCESS_PEAK = "merge process peak"
 
 # ru_maxrss is in kilobytes on Linux and in bytes on macOS.
 _MAXRSS_BYTES = 1 if sys.platform == "darwin" else 1024
+
+# Runs the merge as its own child and prints that child's ru_maxrss and wall time. Linux carries a process's peak RSS
+# across exec, and a child forked from the bench starts as a copy of it: measured directly, a merge's peak would
+# be at least the bench's own RSS (measured: 774 MB for /bin/true started by a process holding 800 MB). Started
+# from this launcher, which imports nothing heavy (about 11 MB), the merge process's figure is its own.
+_LAUNCHER = (
+    "import os, subprocess, sys, time\n"
+    "started = time.perf_counter()\n"
+    "child = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)\n"
+    "_, status, usage = os.wait4(child.pid, 0)\n"
+    "print(usage.ru_maxrss, time.perf_counter() - started)\n"
+    "sys.exit(os.waitstatus_to_exitcode(status))\n"
+)
 
 
 @dataclass(frozen=True)
@@ -47,16 +59,15 @@ def measure_merge(config: Path, out: Path, *, threads: int = 2) -> MergeMeasurem
     one-line MergesmithError with the child's last error line."""
     command = [sys.executable, "-m", "mergesmith", "merge", str(config), str(out), "--threads", str(threads), "-q"]
     with tempfile.TemporaryFile() as stderr:
-        started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr, env=_child_env())
-        _, status, usage = os.wait4(process.pid, 0)
-        seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-        if process.returncode != 0:
+        launched = subprocess.run(
+            [sys.executable, "-c", _LAUNCHER, *command], stdout=subprocess.PIPE, stderr=stderr, env=_child_env()
+        )
+        if launched.returncode != 0:
             stderr.seek(0)
             line = _last_error_line(stderr.read().decode("utf-8", "replace"))
             raise MergesmithError(f"the merge of {config.name} failed in its own process: {line}")
-    return MergeMeasurement(seconds, usage.ru_maxrss * _MAXRSS_BYTES / 1e6)
+    maxrss, seconds = launched.stdout.split()
+    return MergeMeasurement(float(seconds), int(maxrss) * _MAXRSS_BYTES / 1e6)
 
 
 __all__ = ["MERGE_PROCESS_PEAK", "MergeMeasurement", "measure_merge"]
