@@ -84,9 +84,8 @@ def main() -> None:
         expert_acc = {t.name: test(pool.featurizer.load(t.expert))[t.name] for t in pool.tasks}
 
     for method in [m for m in args.methods.split(",") if m]:
-        rows.append(
-            adapt_row(method, pool, expert_acc, seed=args.seed, features=pool.featurizer, out_dir=None, echo=print)
-        )
+        row, _ = adapt_row(method, pool, expert_acc, seed=args.seed, features=pool.featurizer, out_dir=None, echo=print)
+        rows.append(row)
         (out / "results.json").write_text(
             json.dumps({"zoo": zoo, "seed": args.seed, "tasks": names, "rows": rows}, indent=2, default=str) + "\n"
         )

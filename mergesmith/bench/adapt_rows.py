@@ -14,6 +14,10 @@ from pathlib import Path
 
 import torch
 
+# What an adapt row's "peak_memory_mb" is: the method runs inside the bench's process, so the figure is the rise of
+# that process's RSS above its level at the start (heap trimmed first), sampled every 20 ms.
+from mergesmith.bench.report_cells import IN_PROCESS_RISE
+
 
 def is_adapt_method(name: str) -> bool:
     from mergesmith.adapt import ADAPT_METHODS
@@ -40,8 +44,8 @@ def adapt_row(
     out_dir: Path | None,
     echo: Callable[[str], None] = print,
     params=None,
-) -> dict:
-    """One results row of kind "adapt". ``features`` is the pool's featurizer; ``out_dir`` saves the result there;
+) -> tuple[dict, dict[str, torch.Tensor | None]]:
+    """One results row of kind "adapt" and its per-example test hits per task. ``features`` is the pool's featurizer; ``out_dir`` saves the result there;
     ``params`` the method's parameters object (default: its defaults)."""
     import gc
 
@@ -50,6 +54,7 @@ def adapt_row(
     from mergesmith.adapt.problem import check_needs
     from mergesmith.adapt.result import save_result
     from mergesmith.bench.adapt_problem import problem_from_pool
+    from mergesmith.bench.paired import hit_rates
     from mergesmith.bench.scoring import Evaluator, PeakRss, average, normalized
 
     spec = get_adapt_method(method)
@@ -72,10 +77,11 @@ def adapt_row(
     finally:
         torch.set_num_threads(threads)
     started = time.perf_counter()
-    scores: dict[str, float | None] = {}
+    hits: dict[str, torch.Tensor | None] = {}
     for task in pool.tasks:
         encoder = result.encoder_for(task.name)
-        scores.update(Evaluator([task], {task.name: task.test}, {task.name: task.head}, features)(encoder))
+        hits.update(Evaluator([task], {task.name: task.test}, {task.name: task.head}, features).correct(encoder))
+    scores = hit_rates(hits)
     eval_seconds = time.perf_counter() - started
     if out_dir is not None:
         save_result(result, problem, out_dir, force=True)
@@ -94,6 +100,8 @@ def adapt_row(
         "grid": [],
         "merge_seconds": seconds,
         "peak_memory_mb": rss.peak_mb,
+        "memory_measure": IN_PROCESS_RISE,
+        "single_model": result.kind == "weights",  # False: routers, per-task modules or per-task models
         "eval_seconds": eval_seconds,
         "paper": spec.paper,
         "info": _summary(result.info),
@@ -106,7 +114,7 @@ def adapt_row(
     )
     del result, problem
     gc.collect()
-    return row
+    return row, hits
 
 
 def _summary(info: dict) -> dict:

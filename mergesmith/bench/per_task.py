@@ -40,13 +40,15 @@ def validation_average(
     return sum(values) / len(values)
 
 
-def test_scores(out: Path, load: Callable[[Path], torch.nn.Module], evaluator) -> dict[str, float | None]:
-    """Every task's test score with its own model from the merged directory ``out`` (experts in task order)."""
+def test_hits(out: Path, load: Callable[[Path], torch.nn.Module], evaluator) -> dict[str, torch.Tensor | None]:
+    """Every task's per-example test hits with its own model from the merged directory ``out`` (experts in task
+    order)."""
     from mergesmith.engine.side_outputs import apply_task, read_tasks
 
     names = read_tasks(out)["tasks"]  # the expert directories' names, in the order of the bench's tasks
-    scores = {}
+    hits = {}
     for task, name in zip(evaluator.tasks, names, strict=True):
         model = apply_task(load(out), out, name)
-        scores[task.name] = _score_one(evaluator, task, model)
-    return scores
+        one = type(evaluator)([task], evaluator.splits, evaluator.heads, evaluator.features)
+        hits[task.name] = one.correct(model)[task.name]
+    return hits

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from mergesmith.bench.report_cells import (
+    MEMORY_HEADER_NOTE,
     compact_params as compact_params,
     format_percent,
     table_model,
@@ -32,6 +33,7 @@ from mergesmith.bench.report_grids import (
     plot_grids,
 )
 from mergesmith.bench.report_labels import _overlaps as _overlaps, place_labels as place_labels
+from mergesmith.bench.report_papers import papers_html
 from mergesmith.bench.report_plots import plot_cosine, plot_cost_quality, plot_normalized, plot_task_accuracy
 from mergesmith.bench.report_schema import ReportError as ReportError, validate
 from mergesmith.bench.report_tasks import tasks_table_html
@@ -140,8 +142,13 @@ def _results_html(results: Mapping[str, Any]) -> str:
     headers, rows = table_model(results)
     last = len(headers) - 1
     # <wbr> after "_": six task names wrap in their headers instead of pushing the table off the page.
+    titles = {"peak memory": MEMORY_HEADER_NOTE}  # a tooltip: what the column measures
+    if results.get("reference") is not None:
+        titles[f"vs {results['reference']}"] = _interval_note(results)
     head = "".join(
-        f'<th class="text">{_e(h)}</th>' if i in (0, last) else f"<th>{_e(h).replace('_', '_<wbr>')}</th>"
+        f'<th class="text">{_e(h)}</th>'
+        if i in (0, last)
+        else f"<th{_title(titles.get(h))}>{_e(h).replace('_', '_<wbr>')}</th>"
         for i, h in enumerate(headers)
     )
     body, previous_kind = [], None
@@ -159,6 +166,20 @@ def _results_html(results: Mapping[str, Any]) -> str:
         body.append("<tr>" + "".join(tds) + "</tr>")
     body.append("</tbody>")
     return f'<div class="scroll"><table><thead><tr>{head}</tr></thead>\n' + "\n".join(body) + "\n</table></div>"
+
+
+def _title(text: str | None) -> str:
+    return "" if text is None else f' title="{_e(text)}"'
+
+
+def _interval_note(results: Mapping[str, Any]) -> str:
+    """The one sentence that says what the difference column's interval is."""
+    samples = results.get("bootstrap", {}).get("samples", "2000")
+    return (
+        f"vs {results['reference']}: the row's normalized accuracy minus {results['reference']}'s, in points, with "
+        f"its 95% paired-bootstrap interval ({samples} resamples of each task's test examples, the same examples for "
+        "both rows); \u2713 marks an interval that excludes 0, a difference the test set supports."
+    )
 
 
 def render_html(results: Mapping[str, Any], plots: Sequence[tuple[str, str, bytes]]) -> str:
@@ -190,7 +211,11 @@ def render_html(results: Mapping[str, Any], plots: Sequence[tuple[str, str, byte
             "<h2>Results</h2>",
             '<p class="note">Test accuracy per task. Normalized = merged accuracy / the expert\'s accuracy on the same '
             "task, averaged over tasks. Highlighted: the best merge in each column. &ldquo;-&rdquo;: not measured.</p>",
+            *([f'<p class="note">{_e(_interval_note(results))}</p>'] if results.get("reference") is not None else []),
+            f'<p class="note">{_e(MEMORY_HEADER_NOTE[0].upper() + MEMORY_HEADER_NOTE[1:])}.</p>',
             _results_html(results),
+            "<h2>Papers vs this bench</h2>",
+            papers_html(results),
             *figures,
             "</body></html>",
             "",

@@ -26,6 +26,40 @@ def format_megabytes(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f} MB"
 
 
+# An adapt row's memory is the rise of the bench's own RSS while it ran (``adapt_rows.IN_PROCESS_RISE``), a merge
+# row's the peak RSS of its own ``mergesmith merge`` process: the cell says which, so the two are not confused.
+IN_PROCESS_RISE = "in-process rise"
+MEMORY_HEADER_NOTE = (
+    "peak memory: for a tensor-wise merge, the peak resident memory of its own `mergesmith merge` process (what a "
+    "user would see); for a data-driven (adapt) method, marked 'in-process rise', how far the bench process's "
+    "resident memory rose above its level at the start while the method ran"
+)
+REAL_MARK = "\u2713"  # a difference whose interval excludes 0
+
+
+def format_memory(row: Mapping[str, Any]) -> str:
+    text = format_megabytes(row["peak_memory_mb"])
+    return f"{text} {IN_PROCESS_RISE}" if row.get("memory_measure") == IN_PROCESS_RISE and text != "-" else text
+
+
+def format_difference(row: Mapping[str, Any], reference: str | None) -> str:
+    """``+3.1 [+2.0, +4.2] ✓``: the row's normalized accuracy minus the reference row's, in points, with its 95 %
+    paired-bootstrap interval; the mark when the interval excludes 0."""
+    if row["name"] == reference:
+        return "reference"
+    field = row.get("vs_task_arithmetic")
+    if not isinstance(field, Mapping) or field.get("difference") is None:
+        return "-"
+    d, low, high = (100 * field[key] for key in ("difference", "low", "high"))
+    return f"{d:+.1f} [{low:+.1f}, {high:+.1f}]" + (f" {REAL_MARK}" if field.get("real") else "")
+
+
+def difference_header(results: Mapping[str, Any]) -> str | None:
+    """The difference column's header, ``vs task_arithmetic``; None for results without comparisons."""
+    reference = results.get("reference")
+    return None if reference is None else f"vs {reference}"
+
+
 def format_scalar(value: Any) -> str:
     if isinstance(value, bool) or value is None:
         return json.dumps(value)
@@ -70,7 +104,9 @@ def _best_merge_values(results: Mapping[str, Any]) -> dict[str, float]:
 def table_model(results: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, list[tuple[str, bool]]]]]:
     """The results table as text: (headers, [(row kind, [(cell text, is best merge in its column)])])."""
     tasks = task_names(results)
-    headers = ["method", *tasks, "average", "normalized", "merge time", "peak memory", "params"]
+    versus = difference_header(results)
+    headers = ["method", *tasks, "average", "normalized", *([versus] if versus else []), "merge time"]
+    headers += ["peak memory", "params"]
     best = _best_merge_values(results)
     rows = []
     for row in results["rows"]:
@@ -83,9 +119,11 @@ def table_model(results: Mapping[str, Any]) -> tuple[list[str], list[tuple[str, 
             # Ties share the mark: two merges with the same accuracy are equally best.
             is_best = row["kind"] in MERGED_KINDS and value is not None and value == best.get(column)
             cells.append((format_percent(value), is_best))
+        if versus:
+            cells.append((format_difference(row, results["reference"]), False))
         cells += [
             (format_seconds(row["merge_seconds"]), False),
-            (format_megabytes(row["peak_memory_mb"]), False),
+            (format_memory(row), False),
             (compact_params(row["params"]), False),
         ]
         rows.append((row["kind"], cells))

@@ -35,6 +35,17 @@ REQUIRED_ROW_KEYS = (
     "peak_memory_mb",
 )
 REQUIRED_GRID_KEYS = ("params", "validation_average")
+# Optional keys a bench run writes (a results dict without them still renders, without what they feed):
+# - top level "reference": the row every row's "vs_task_arithmetic" is against: "task_arithmetic" when it ran, else
+#   the first merge row (e.g. "linear"); null when no merge row has hits. "bootstrap": {"samples", "confidence",
+#   "seed"} of those intervals (``mergesmith.bench.paired``). The per-example hits they were computed from are in the
+#   run directory's predictions.safetensors (``mergesmith.bench.predictions``).
+# - per row "vs_task_arithmetic": {"difference", "low", "high", "real"}: normalized accuracy minus the reference
+#   row's (fractions), its 95 % paired-bootstrap interval, and whether the interval excludes 0; "average": the same
+#   for average accuracy. null for a row not scored on every task.
+# - per merge/adapt row "memory_measure": what "peak_memory_mb" is: "merge process peak" (the peak RSS of the
+#   row's own `mergesmith merge` process) or "in-process rise" (the bench process's RSS rise while an adapt method
+#   ran); "single_model": whether the row is one model for every task (false: routers, per-task modules or models).
 ROW_KINDS = ("baseline", "expert", "merge", "adapt")
 MERGED_KINDS = ("merge", "adapt")  # rows that are one merged model per method (adapt: data-driven methods)
 

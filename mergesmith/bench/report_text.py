@@ -8,7 +8,14 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from mergesmith.bench.report_cells import compact_params, format_percent, table_model, task_names
+from mergesmith.bench.report_cells import (
+    MEMORY_HEADER_NOTE,
+    REAL_MARK,
+    compact_params,
+    format_percent,
+    table_model,
+    task_names,
+)
 from mergesmith.bench.report_schema import validate
 
 # Marks the best merge in a column, in the terminal table (no colour there when piped to a file).
@@ -103,6 +110,12 @@ def format_table(results: Mapping[str, Any], width: int | None = None) -> str:
         f"{BEST_MARK} best merge in the column. normalized = merged / expert accuracy per task, averaged. "
         f"Experts on their own tasks average {format_percent(results['expert_average'])}."
     )
+    if results.get("reference") is not None:
+        lines.append(
+            f"vs {results['reference']}: normalized accuracy minus {results['reference']}'s, in points, [95% paired "
+            f"bootstrap interval]; {REAL_MARK} the interval excludes 0."
+        )
+    lines.append(MEMORY_HEADER_NOTE + ".")
     return "\n".join(lines).strip("\n") + "\n"
 
 

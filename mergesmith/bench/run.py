@@ -6,8 +6,11 @@ everything after that is the same code path.
 Protocol (DESIGN.md section 4):
 - the encoder is merged, heads stay task-specific: a merged model is scored on task t with expert t's head;
 - a method's grid point is chosen on the validation split (in-memory merges with the same method functions);
-  the chosen point is then merged through the streaming engine from a YAML config, timed, its peak memory sampled,
-  and scored once on the test split; no test label is seen before that;
+  the chosen point is then merged through the streaming engine from a YAML config in its own process
+  (``mergesmith merge``; its wall time and peak RSS are the row's cost), and scored once on the test split; no test
+  label is seen before that;
+- every row keeps its per-example test hits (``predictions.safetensors``) and carries a paired-bootstrap interval
+  of its difference from task arithmetic (``mergesmith.bench.paired``);
 - normalized accuracy = merged accuracy / the task's expert accuracy, averaged over tasks.
 """
 
@@ -29,8 +32,11 @@ from mergesmith.bench import per_task
 from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
 from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, choose_point, grid_points
 from mergesmith.bench.load import DEFAULT_PROTOCOL, check_protocol, profile_pool
+from mergesmith.bench.merge_process import MERGE_PROCESS_PEAK, measure_merge
 from mergesmith.bench.method_args import grid_with, method_parameters
-from mergesmith.bench.scoring import Evaluator, PeakRss, average as _average, normalized as _normalized
+from mergesmith.bench.paired import CONFIDENCE, SAMPLES, attach_comparisons, hit_rates
+from mergesmith.bench.predictions import FILE_NAME as PREDICTIONS_FILE, write_predictions
+from mergesmith.bench.scoring import Evaluator, average as _average, normalized as _normalized
 from mergesmith.errors import MergesmithError
 
 
@@ -116,7 +122,7 @@ def run_bench(
     tensor-wise method's grid, or an adapt method's parameters."""
     from transformers.utils import logging as hf_logging
 
-    from mergesmith.api import merge, merge_state_dicts
+    from mergesmith.api import merge_state_dicts
     from mergesmith.bench.report import format_table, write_outputs
     from mergesmith.bench.sources import default_cache_dir, ensure_writable
     from mergesmith.bench.tasks import PROFILES, build_tasks, task_facts
@@ -171,6 +177,7 @@ def run_bench(
     base_state = {k: v.clone() for k, v in base_model.state_dict().items()}
     expert_states = {t.name: load(t.expert).state_dict() for t in tasks}
     rows: list[dict] = []
+    hits: dict[str, dict[str, torch.Tensor | None]] = {}  # row name -> task -> per-example test hits
 
     # Zero-shot protocol: the pretrained model is scored with the same fixed heads as every other row (zero-shot
     # accuracy, as in the papers); probe protocol: with linear probes trained on its frozen features.
@@ -181,17 +188,17 @@ def run_bench(
         "every task"
     )
     pretrained_heads = heads if zero_shot else {t.name: t.probe for t in tasks}
-    pretrained = (
-        Evaluator(tasks, test.splits, pretrained_heads, featurizer)(base_model)
-        if any(p is not None for p in pretrained_heads.values())
-        else None
-    )
+    pretrained = None
+    if any(p is not None for p in pretrained_heads.values()):
+        hits[pretrained_name] = Evaluator(tasks, test.splits, pretrained_heads, featurizer).correct(base_model)
+        pretrained = hit_rates(hits[pretrained_name])
     expert_acc: dict[str, float | None] = {}
     expert_rows: list[dict[str, Any]] = []
     for t in tasks:
         model = load(t.expert)
         started = time.perf_counter()
-        scores = test(model)
+        hits[f"expert: {t.name}"] = test.correct(model)
+        scores = hit_rates(hits[f"expert: {t.name}"])
         eval_seconds = time.perf_counter() - started
         expert_acc[t.name] = scores[t.name]
         expert_rows.append(
@@ -234,18 +241,17 @@ def run_bench(
     experts_in_order = [expert_states[t.name] for t in tasks]
     for method in method_names:
         if is_adapt_method(method):  # data-driven methods run on the pool itself (mergesmith.bench.adapt_rows)
-            rows.append(
-                adapt_row(
-                    method,
-                    bench_pool,
-                    expert_acc,
-                    seed=seed,
-                    features=featurizer,
-                    params=fixed[method],
-                    out_dir=run_dir / "merged" / method if keep_models else None,
-                    echo=echo,
-                )
+            row, hits[method] = adapt_row(
+                method,
+                bench_pool,
+                expert_acc,
+                seed=seed,
+                features=featurizer,
+                params=fixed[method],
+                out_dir=run_dir / "merged" / method if keep_models else None,
+                echo=echo,
             )
+            rows.append(row)
             continue
         grid: list[dict[str, Any]] = []
         points = [_params_with_defaults(method, p) for p in grid_with(grid_points(method), fixed[method])]
@@ -264,12 +270,12 @@ def run_bench(
         config_path = run_dir / "configs" / f"{method}.yaml"
         config_path.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
         out = run_dir / "merged" / method
-        with PeakRss() as rss:
-            started = time.perf_counter()
-            merge(config_path, out, threads=2)
-            merge_seconds = time.perf_counter() - started
+        cost = measure_merge(config_path, out, threads=2)  # in its own process: what `mergesmith merge` costs
         started = time.perf_counter()
-        scores = per_task.test_scores(out, load, test) if per_task.has_task_models(method) else test(load(out))
+        hits[method] = (
+            per_task.test_hits(out, load, test) if per_task.has_task_models(method) else test.correct(load(out))
+        )
+        scores = hit_rates(hits[method])
         eval_seconds = time.perf_counter() - started
         if not keep_models:
             shutil.rmtree(out)
@@ -283,8 +289,10 @@ def run_bench(
                 "normalized": _normalized(scores, expert_acc),
                 "params": chosen,
                 "grid": grid,
-                "merge_seconds": merge_seconds,
-                "peak_memory_mb": rss.peak_mb,
+                "merge_seconds": cost.seconds,
+                "peak_memory_mb": cost.peak_memory_mb,
+                "memory_measure": MERGE_PROCESS_PEAK,
+                "single_model": not per_task.has_task_models(method),
                 "eval_seconds": eval_seconds,
             }
         )
@@ -292,6 +300,10 @@ def run_bench(
         echo(f"{method:18s} test average {_average(scores):.3f}  normalized {normalized}  ({_fmt(chosen)})")
     if not keep_models and (run_dir / "merged").exists():
         shutil.rmtree(run_dir / "merged")
+    reference = attach_comparisons(rows, hits, expert_acc, samples=SAMPLES, seed=seed)
+    write_predictions(
+        run_dir / PREDICTIONS_FILE, {row["name"]: hits[row["name"]] for row in rows if row["name"] in hits}
+    )
 
     results = {
         "profile": bench_pool.profile,
@@ -313,6 +325,8 @@ def run_bench(
         "rows": rows,
         "expert_average": _average(expert_acc),
         "cosine": _cosine(base_state, expert_states, [t.name for t in tasks]),
+        "reference": reference,
+        "bootstrap": {"samples": SAMPLES, "confidence": CONFIDENCE, "seed": seed},
         **bench_pool.provenance,
     }
     write_outputs(results, run_dir)

@@ -8,6 +8,7 @@ import json
 import pytest
 
 from mergesmith.bench.grids import TIE_TOLERANCE, choose_point
+from mergesmith.bench.predictions import read_predictions
 from tests.helpers import run_cli
 
 pytestmark = pytest.mark.e2e
@@ -43,5 +44,16 @@ def test_mini_bench(cache_dir, tmp_path):
     html = (run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 4
     assert (run / "configs" / "ties.yaml").is_file()
+    # every row's paired interval against task arithmetic, from the per-example hits saved beside the results
+    assert results["reference"] == "task_arithmetic"
+    hits = read_predictions(run / "predictions.safetensors")
+    assert list(hits) == [row["name"] for row in results["rows"]]
+    for row in results["rows"]:
+        field = row["vs_task_arithmetic"]
+        assert field["low"] <= field["difference"] <= field["high"], row["name"]
+        if row["kind"] == "merge":
+            assert row["memory_measure"] == "merge process peak" and row["peak_memory_mb"] > 10
+            assert [float(hits[row["name"]][t].float().mean()) for t in tasks] == [row["accuracy"][t] for t in tasks]
+    assert "Papers vs this bench" in html
     # the table is printed
     assert "task_arithmetic" in result.output and "normalized" in result.output.lower()

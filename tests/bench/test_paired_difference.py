@@ -31,12 +31,12 @@ def test_paired_bootstrap_separates_a_real_gain_from_a_relabelling():
         b[extra] = True
         better[t] = b
     expert = {"a": 0.8, "b": 0.8}
-    table = pd.bootstrap({"ref": reference, "shuffled": shuffled, "better": better}, expert, 400, 0)
+    table = pd.compare({"ref": reference, "shuffled": shuffled, "better": better}, expert, 400, 0)
     score, vs_first, vs_previous = table["better"]
-    assert abs(score - table["ref"][0] - 0.06 / 0.8) < 1e-6
-    assert vs_first[0] > 0  # the whole interval above zero
-    low, high = table["shuffled"][1]
-    assert low < 0 < high and table["shuffled"][0] == table["ref"][0]
+    assert abs(score - table["ref"][0] - 0.06 / 0.8) < 1e-6 and abs(vs_first.difference - 0.06 / 0.8) < 1e-6
+    assert vs_first.low > 0 and vs_first.real  # the whole interval above zero
+    shuffled_vs_ref = table["shuffled"][1]
+    assert shuffled_vs_ref.low < 0 < shuffled_vs_ref.high and table["shuffled"][0] == table["ref"][0]
     text = pd.report(table, 400, 1000)
     assert "vs ref" in text and "better" in text and "no difference" in text
 
