@@ -17,6 +17,7 @@ Protocol (DESIGN.md section 4):
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import os
 import platform
 import shutil
@@ -30,6 +31,7 @@ import yaml
 
 from mergesmith.bench import per_task
 from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
+from mergesmith.bench.fixed_rows import cache_file, fixed_row_hits
 from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, choose_point, grid_points
 from mergesmith.bench.load import DEFAULT_PROTOCOL, check_protocol, profile_pool
 from mergesmith.bench.merge_process import MERGE_PROCESS_PEAK, measure_merge
@@ -188,18 +190,22 @@ def run_bench(
         "every task"
     )
     pretrained_heads = heads if zero_shot else {t.name: t.probe for t in tasks}
-    pretrained = None
+    scorers: dict[str, Callable[[], dict[str, torch.Tensor | None]]] = {}
     if any(p is not None for p in pretrained_heads.values()):
-        hits[pretrained_name] = Evaluator(tasks, test.splits, pretrained_heads, featurizer).correct(base_model)
-        pretrained = hit_rates(hits[pretrained_name])
+        scorers[pretrained_name] = lambda: Evaluator(tasks, test.splits, pretrained_heads, featurizer).correct(
+            base_model
+        )
+    for t in tasks:
+        scorers[f"expert: {t.name}"] = functools.partial(lambda path: test.correct(load(path)), t.expert)
+    fixed_hits, fixed_seconds = fixed_row_hits(
+        cache_file(bench_pool, bench_pool.protocol), scorers, {t.name: len(t.test) for t in tasks}, echo
+    )
+    hits.update(fixed_hits)
+    pretrained = hit_rates(hits[pretrained_name]) if pretrained_name in hits else None
     expert_acc: dict[str, float | None] = {}
     expert_rows: list[dict[str, Any]] = []
     for t in tasks:
-        model = load(t.expert)
-        started = time.perf_counter()
-        hits[f"expert: {t.name}"] = test.correct(model)
         scores = hit_rates(hits[f"expert: {t.name}"])
-        eval_seconds = time.perf_counter() - started
         expert_acc[t.name] = scores[t.name]
         expert_rows.append(
             {
@@ -213,7 +219,7 @@ def run_bench(
                 "merge_seconds": None,
                 "peak_memory_mb": None,
                 "train_seconds": t.train_seconds,
-                "eval_seconds": eval_seconds,
+                "eval_seconds": fixed_seconds[f"expert: {t.name}"],
             }
         )
     for row in expert_rows:
