@@ -32,7 +32,15 @@ import yaml
 from mergesmith.bench import per_task
 from mergesmith.bench.adapt_rows import adapt_row, is_adapt_method
 from mergesmith.bench.fixed_rows import cache_file, fixed_row_hits
-from mergesmith.bench.grids import DEFAULT_METHODS, MINI_METHODS, choose_point, grid_points
+from mergesmith.bench.grids import (
+    DEFAULT_METHODS,
+    GRID_EXAMPLES_PER_TASK,
+    METHOD_SETS,
+    MINI_METHODS,
+    choose_point,
+    expand_method_sets,
+    grid_points,
+)
 from mergesmith.bench.load import DEFAULT_PROTOCOL, check_protocol, profile_pool
 from mergesmith.bench.merge_process import MERGE_PROCESS_PEAK, measure_merge
 from mergesmith.bench.method_args import grid_with, method_parameters
@@ -46,7 +54,11 @@ def resolve_methods(requested: list[str] | None, profile: str, n_experts: int) -
     from mergesmith.adapt import ADAPT_METHODS
     from mergesmith.methods import METHODS
 
-    methods = list(requested) if requested else list(MINI_METHODS if profile == "mini" else DEFAULT_METHODS)
+    methods = (
+        expand_method_sets(list(requested))
+        if requested
+        else list(MINI_METHODS if profile == "mini" else DEFAULT_METHODS)
+    )
     for name in methods:
         if name in ADAPT_METHODS:  # data-driven methods: mergesmith.bench.adapt_rows
             continue
@@ -151,7 +163,7 @@ def run_bench(
             methods, profile_name, len(PROFILES[profile_name].tasks)
         )  # before any data is built
         fixed = method_parameters(
-            method_names, method_params or {}, len(PROFILES[profile_name].tasks), progress=progress
+            method_names, check_method_sets(method_params), len(PROFILES[profile_name].tasks), progress=progress
         )
         task_data = build_tasks(profile_name, cache, seed=seed, progress=progress)
         facts = {t.name: task_facts(t) for t in task_data}
@@ -164,14 +176,16 @@ def run_bench(
 
         checked = check_pool(pool)  # every input checked before any model is loaded
         method_names = resolve_methods(methods, "custom", len(checked.tasks))
-        fixed = method_parameters(method_names, method_params or {}, len(checked.tasks), progress=progress)
+        fixed = method_parameters(method_names, check_method_sets(method_params), len(checked.tasks), progress=progress)
         torch.set_num_threads(os.cpu_count() or 1)
         bench_pool = build_pool(checked, seed=seed, progress=progress, echo=echo)
 
     tasks = bench_pool.tasks
     featurizer = bench_pool.featurizer
     heads = {t.name: t.head for t in tasks}
-    validation = Evaluator(tasks, {t.name: t.validation for t in tasks}, heads, featurizer)
+    validation = Evaluator(
+        tasks, {t.name: _first(featurizer, t.validation, GRID_EXAMPLES_PER_TASK) for t in tasks}, heads, featurizer
+    )
     test = Evaluator(tasks, {t.name: t.test for t in tasks}, heads, featurizer)
     load = featurizer.load
 
@@ -340,6 +354,22 @@ def run_bench(
     echo(format_table(results))
     echo(f"\nresults: {run_dir / 'results.json'}  {run_dir / 'results.csv'}  report: {run_dir / 'report.html'}")
     return results
+
+
+def _first(featurizer, split, count: int):
+    """The first ``count`` examples of ``split`` (all of it when it is smaller)."""
+    return split if len(split) <= count else featurizer.select(split, torch.arange(count))
+
+
+def check_method_sets(method_params: dict[str, dict] | None) -> dict[str, dict]:
+    """``--methods`` parameters keyed by method; a set name (``METHOD_SETS``) takes none."""
+    given = dict(method_params or {})
+    for name in METHOD_SETS:
+        if given.pop(name, None):
+            raise MergesmithError(
+                f"--methods: {name} is a set of methods and takes no parameters; list its methods with theirs"
+            )
+    return given
 
 
 def _fmt(params: dict) -> str:

@@ -50,3 +50,22 @@ def test_grid_plot_has_no_offset_and_shows_noise_flat():
     assert all(float(label.replace("\N{MINUS SIGN}", "-")) > 70 for label in labels)  # the values, not offsets from one
     low, high = ax.get_ylim()
     assert high - low >= report.MIN_GRID_SPAN_POINTS
+
+
+def test_method_sets_expand_in_order_without_repeats():
+    from mergesmith.bench.grids import METHOD_SETS, expand_method_sets
+
+    assert expand_method_sets(["ties", "default"]) == ["ties"] + [m for m in METHOD_SETS["default"] if m != "ties"]
+    assert expand_method_sets(["papers"])[-1] == "wemoe"
+    assert expand_method_sets(["regmean"]) == ["regmean"]
+
+
+def test_a_method_set_takes_no_parameters():
+    import pytest
+
+    from mergesmith.bench.run import check_method_sets
+    from mergesmith.errors import MergesmithError
+
+    assert check_method_sets({"default": {}, "ties": {"density": 0.3}}) == {"ties": {"density": 0.3}}
+    with pytest.raises(MergesmithError, match="papers is a set of methods and takes no parameters"):
+        check_method_sets({"papers": {"lambda": 1.0}})
