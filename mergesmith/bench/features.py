@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from mergesmith.bench.buckets import LengthBuckets, bucket_by_length
 from mergesmith.bench.encoder import EncodedSplit, encode_split, pad_batch, split_features
 from mergesmith.errors import MergesmithError
 from mergesmith.io.parse import read_json
@@ -125,6 +126,11 @@ class TextFeaturizer:
 
     def __call__(self, encoder: nn.Module, split: EncodedSplit) -> Tensor:
         return split_features(encoder, split, self.pad_id)
+
+    def length_buckets(self, splits: Mapping[str, EncodedSplit]) -> LengthBuckets:
+        """Batches over the rows of several splits by token length, for ``bench.buckets.bucketed_features`` (the
+        same mean-pooled features as ``__call__``, up to float rounding, for all the splits in one pass)."""
+        return bucket_by_length(splits, self.pad_id)
 
     # --- mergesmith.adapt.featurizer.Featurizer ---
 
