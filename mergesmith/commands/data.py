@@ -22,7 +22,7 @@ from mergesmith.commands.library_output import library_output
 @click.option(
     "--methods",
     default=None,
-    help="Comma-separated methods, each METHOD or METHOD:KEY=VALUE (more KEY=VALUE after commas), e.g. ties:density=0.3,lambda=1.0,regmean; or a set: default (linear, task_arithmetic, ties, dare_ties, tsv_m, iso_c), data-free (every tensor-wise method), papers (the papers' eight-task rows, data-driven ones included).",
+    help="Comma-separated methods, each METHOD or METHOD:KEY=VALUE (more KEY=VALUE after commas), e.g. ties:density=0.3,lambda=1.0,regmean; or a set: default (linear, task_arithmetic, ties, tsv_m, iso_c), data-free (every tensor-wise method), papers (the papers' eight-task rows, data-driven ones included).",
 )
 @click.option(
     "--out",
