@@ -21,7 +21,7 @@ def main() -> None:
     \b
     mergesmith merge config.yaml OUT_DIR   stream a merge of checkpoints (mergekit YAML accepted)
     mergesmith plan config.yaml            validate and print the per-tensor plan (reads headers only)
-    mergesmith bench [--profile mini]      offline benchmark: experts vs merges on six real text tasks
+    mergesmith bench [--profile mini]      offline benchmark: experts vs merges on eight real text tasks
     mergesmith bench --pool POOL.yaml      the same benchmark on your own checkpoints and data
     mergesmith methods                     list the merge methods and their parameters
     mergesmith adapt METHOD --pool P OUT   data-driven merging (fisher, regmean, bmm, adamerging, ...)

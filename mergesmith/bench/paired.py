@@ -113,7 +113,7 @@ def paired_difference(
 
 
 def comparison_field(difference: PairedDifference | None) -> dict | None:
-    """A row's ``vs_task_arithmetic`` value in results.json: the normalized-accuracy difference at the top level,
+    """A row's ``vs_reference`` value in results.json: the normalized-accuracy difference at the top level,
     the average-accuracy difference under "average"."""
     if difference is None:
         return None
@@ -143,7 +143,7 @@ def attach_comparisons(
     samples: int = SAMPLES,
     seed: int = 0,
 ) -> str | None:
-    """Set every row's ``vs_task_arithmetic`` (against ``choose_reference``; None for a row without hits) and
+    """Set every row's ``vs_reference`` (against ``choose_reference``; None for a row without hits) and
     return the reference row's name."""
     reference = choose_reference(rows, hits)
     counts = None
@@ -152,12 +152,12 @@ def attach_comparisons(
         counts = resample_counts(sizes, samples, seed)  # drawn once: every row sees the same resamples
     for row in rows:
         if reference is None or row["name"] not in hits:
-            row["vs_task_arithmetic"] = None
+            row["vs_reference"] = None
             continue
         difference = paired_difference(
             hits[row["name"]], hits[reference], expert, samples=samples, seed=seed, counts=counts
         )
-        row["vs_task_arithmetic"] = comparison_field(difference)
+        row["vs_reference"] = comparison_field(difference)
     return reference
 
 

@@ -47,11 +47,18 @@ def format_difference(row: Mapping[str, Any], reference: str | None) -> str:
     paired-bootstrap interval; the mark when the interval excludes 0."""
     if row["name"] == reference:
         return "reference"
-    field = row.get("vs_task_arithmetic")
+    field = row.get("vs_reference")
     if not isinstance(field, Mapping) or field.get("difference") is None:
         return "-"
     d, low, high = (100 * field[key] for key in ("difference", "low", "high"))
-    return f"{d:+.1f} [{low:+.1f}, {high:+.1f}]" + (f" {REAL_MARK}" if field.get("real") else "")
+    return f"{d:+.1f} [{_bound(low)}, {_bound(high)}]" + (f" {REAL_MARK}" if field.get("real") else "")
+
+
+def _bound(points: float) -> str:
+    """One decimal, or two when one would print a nonzero bound as 0.0 (an interval that excludes 0 by 0.03 points
+    must not read as touching it)."""
+    text = f"{points:+.1f}"
+    return f"{points:+.2f}" if points != 0 and float(text) == 0 else text
 
 
 def difference_header(results: Mapping[str, Any]) -> str | None:

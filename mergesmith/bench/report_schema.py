@@ -36,11 +36,11 @@ REQUIRED_ROW_KEYS = (
 )
 REQUIRED_GRID_KEYS = ("params", "validation_average")
 # Optional keys a bench run writes (a results dict without them still renders, without what they feed):
-# - top level "reference": the row every row's "vs_task_arithmetic" is against: "task_arithmetic" when it ran, else
+# - top level "reference": the row every row's "vs_reference" is against: "task_arithmetic" when it ran, else
 #   the first merge row (e.g. "linear"); null when no merge row has hits. "bootstrap": {"samples", "confidence",
 #   "seed"} of those intervals (``mergesmith.bench.paired``). The per-example hits they were computed from are in the
 #   run directory's predictions.safetensors (``mergesmith.bench.predictions``).
-# - per row "vs_task_arithmetic": {"difference", "low", "high", "real"}: normalized accuracy minus the reference
+# - per row "vs_reference": {"difference", "low", "high", "real"}: normalized accuracy minus the reference
 #   row's (fractions), its 95 % paired-bootstrap interval, and whether the interval excludes 0; "average": the same
 #   for average accuracy. null for a row not scored on every task.
 # - per merge/adapt row "memory_measure": what "peak_memory_mb" is: "merge process peak" (the peak RSS of the

@@ -11,7 +11,7 @@ from mergesmith.commands.library_output import library_output
 
 
 @click.command()
-@click.option("--profile", default=None, help="default (6 tasks; the default) or mini (3 small tasks, a few minutes).")
+@click.option("--profile", default=None, help="default (8 tasks; the default) or mini (3 small tasks, a few minutes).")
 @click.option(
     "--pool",
     "pool",
@@ -91,7 +91,9 @@ def bench(
     \b
     --pool POOL.yaml runs the same protocol on your own checkpoints and data:
       base_model: DIR        a text encoder (BERT-like) or a CLIP vision model
-      tasks: [{name, expert: DIR, head: FILE, data: {format: csv|jsonl|imagefolder, train, validation, test}}]
+      protocol: probe        or zero_shot (heads built from each task's label_texts)
+      tasks: [{name, expert: DIR, head: FILE (probe), label_texts: [...] (zero_shot),
+               data: {format: csv|jsonl|imagefolder, train, validation, test, labels}}]
     (full format and a complete example: docs/pools.md in the repository)
     """
     import time as _time

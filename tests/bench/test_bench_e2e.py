@@ -49,7 +49,7 @@ def test_mini_bench(cache_dir, tmp_path):
     hits = read_predictions(run / "predictions.safetensors")
     assert list(hits) == [row["name"] for row in results["rows"]]
     for row in results["rows"]:
-        field = row["vs_task_arithmetic"]
+        field = row["vs_reference"]
         assert field["low"] <= field["difference"] <= field["high"], row["name"]
         if row["kind"] == "merge":
             assert row["memory_measure"] == "merge process peak" and row["peak_memory_mb"] > 10

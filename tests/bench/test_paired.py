@@ -79,7 +79,7 @@ def test_every_row_gets_its_difference_from_task_arithmetic():
     hits = {r["name"]: _random_hits(i) for i, r in enumerate(rows)}
     reference = attach_comparisons(rows, hits, EXPERT, samples=100)
     assert reference == "task_arithmetic"
-    by_name = {r["name"]: r["vs_task_arithmetic"] for r in rows}
+    by_name = {r["name"]: r["vs_reference"] for r in rows}
     assert by_name["task_arithmetic"]["difference"] == 0 and not by_name["task_arithmetic"]["real"]
     for name in ("pretrained", "linear", "fisher"):
         field = by_name[name]
@@ -92,7 +92,7 @@ def test_without_task_arithmetic_the_first_merge_row_is_the_reference():
     rows = _rows(("pretrained", "baseline"), ("fisher", "adapt"), ("linear", "merge"), ("ties", "merge"))
     hits = {r["name"]: _random_hits(i) for i, r in enumerate(rows)}
     assert attach_comparisons(rows, hits, EXPERT, samples=100) == "linear"
-    assert rows[2]["vs_task_arithmetic"]["difference"] == 0
+    assert rows[2]["vs_reference"]["difference"] == 0
     assert choose_reference(_rows(("pretrained", "baseline"), ("fisher", "adapt")), hits) == "fisher"
     alone = _rows(("pretrained", "baseline"))
-    assert attach_comparisons(alone, hits, EXPERT) is None and alone[0]["vs_task_arithmetic"] is None
+    assert attach_comparisons(alone, hits, EXPERT) is None and alone[0]["vs_reference"] is None

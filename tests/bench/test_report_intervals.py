@@ -21,11 +21,11 @@ def results() -> dict:
     results["reference"] = "task_arithmetic"
     results["bootstrap"] = {"samples": 2000, "confidence": 0.95, "seed": 0}
     for row in results["rows"]:
-        row["vs_task_arithmetic"] = None
+        row["vs_reference"] = None
     by_name = {row["name"]: row for row in results["rows"]}
-    by_name["task_arithmetic"]["vs_task_arithmetic"] = _interval(0.0, 0.0, 0.0)
-    by_name["ties"]["vs_task_arithmetic"] = {**_interval(0.031, 0.020, 0.042), "average": _interval(0.02, 0.01, 0.03)}
-    by_name["average <weights>"]["vs_task_arithmetic"] = _interval(0.008, -0.004, 0.019)
+    by_name["task_arithmetic"]["vs_reference"] = _interval(0.0, 0.0, 0.0)
+    by_name["ties"]["vs_reference"] = {**_interval(0.031, 0.020, 0.042), "average": _interval(0.02, 0.01, 0.03)}
+    by_name["average <weights>"]["vs_reference"] = _interval(0.008, -0.004, 0.019)
     results["rows"].append(
         {
             "name": "regmean",
@@ -40,7 +40,7 @@ def results() -> dict:
             "peak_memory_mb": 412.0,
             "memory_measure": "in-process rise",
             "single_model": True,
-            "vs_task_arithmetic": _interval(0.061, 0.05, 0.07),
+            "vs_reference": _interval(0.061, 0.05, 0.07),
         }
     )
     return results
@@ -91,3 +91,12 @@ def test_per_task_models_and_routers_count_as_routing(results):
     del results["rows"][-1]["single_model"]  # older results: added parameters decide
     results["rows"][-1]["params"]["added_parameters"] = 1000
     assert best_rows(results)["routing"][0] == "regmean"
+
+
+def test_a_bound_that_excludes_zero_never_prints_as_zero():
+    from mergesmith.bench.report_cells import format_difference
+
+    row = {"name": "ties", "vs_reference": {"difference": -0.035, "low": -0.078, "high": -0.0003, "real": True}}
+    assert format_difference(row, "task_arithmetic") == "-3.5 [-7.8, -0.03] \u2713"
+    row["vs_reference"] = {"difference": 0.01, "low": -0.002, "high": 0.02, "real": False}
+    assert format_difference(row, "task_arithmetic") == "+1.0 [-0.2, +2.0]"
