@@ -18,6 +18,9 @@ from pathlib import Path
 from mergesmith.errors import MergesmithError
 from mergesmith.io.parse import read_json
 
+# A label description is a short phrase embedded by the encoder, which reads at most 64 tokens of it.
+MAX_LABEL_TEXT_CHARS = 300
+
 # Bump when the JSON layout or the split procedure changes: it is part of every cache key.
 DATA_FORMAT_VERSION = 2
 
@@ -128,6 +131,11 @@ def check_label_texts(task: str, label_names: Sequence[str], label_texts: Sequen
             raise MergesmithError(f"task {task}: class {name!r} has label description {text!r}, not a text")
         if not text.strip():
             raise MergesmithError(f"task {task}: class {name!r} has a blank label description; give one text per class")
+        if len(text) > MAX_LABEL_TEXT_CHARS:
+            raise MergesmithError(
+                f"task {task}: class {name!r} has a label description of {len(text)} characters; write a short "
+                f"phrase (at most {MAX_LABEL_TEXT_CHARS} characters: the encoder reads only its first 64 tokens)"
+            )
     if len(label_texts) > len(label_names):
         raise MergesmithError(
             f"task {task}: {len(label_texts)} label descriptions for {len(label_names)} classes "

@@ -425,8 +425,12 @@ def _task_with_texts(label_texts) -> TaskData:
         (("Emma", "Persuasion", "Mansfield Park", "Sanditon"), "4 label descriptions for 3 classes"),
         (("A  novel", "Persuasion", "a novel"), "classes 'Emma' and 'Mansfield Park' have the same label description"),
         (("Emma", 7, "Mansfield Park"), "class 'Persuasion' has label description 7, not a text"),
+        (
+            ("Emma", "x" * 1_000_000, "Mansfield Park"),
+            "class 'Persuasion' has a label description of 1000000 characters",
+        ),
     ],
-    ids=["missing", "blank", "extra", "duplicate", "not-text"],
+    ids=["missing", "blank", "extra", "duplicate", "not-text", "too-long"],
 )
 def test_bad_label_texts_are_refused_naming_task_and_class(label_texts, expected):
     with pytest.raises(MergesmithError) as excinfo:
