@@ -188,6 +188,12 @@ def apply_task(model: torch.nn.Module, directory: str | Path, task: str) -> torc
     tensors = task_tensors(directory, task)
     names = set(model.state_dict())
     unknown = sorted(set(tensors) - names)
+    prefix = getattr(model, "base_model_prefix", "")
+    if unknown and prefix and not any(n.startswith(f"{prefix}.") for n in names):
+        # A bare encoder (``AutoModel``) of a checkpoint saved with its task head (e.g. BertForMaskedLM), as
+        # transformers loads it: the encoder's tensors lose the prefix and the head's are not part of the model.
+        tensors = {n.removeprefix(f"{prefix}."): t for n, t in tensors.items() if n.startswith(f"{prefix}.")}
+        unknown = sorted(set(tensors) - names)
     if unknown:
         raise MergesmithError(
             f"{directory}: the model class {type(model).__name__} has no parameter {unknown[0]!r}; load the directory "

@@ -142,3 +142,24 @@ def test_bad_parameters_are_plan_errors(llama_family, tmp_path, cfg_update, mess
     result = run_cli("merge", write_yaml(tmp_path / "c.yaml", cfg), tmp_path / "out")
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("method", ["emr", "tall_masks"])
+def test_a_task_applies_to_the_bare_encoder_of_a_checkpoint_saved_with_its_head(bert_family, tmp_path, method):
+    """A BertForMaskedLM merge read back as a bare BertModel (what the bench's text featurizer loads): each task's
+    tensors land on the encoder without the ``bert.`` prefix, equal to load_merged's full model."""
+    from transformers import AutoModel
+
+    import mergesmith
+    from mergesmith.engine.side_outputs import apply_task, read_tasks
+
+    out = tmp_path / "out"
+    result = run_cli("merge", write_yaml(tmp_path / "c.yaml", _config(bert_family, method)), out, "--quiet")
+    assert result.exit_code == 0, result.output
+    task = read_tasks(out)["tasks"][1]
+    encoder = apply_task(AutoModel.from_pretrained(out), out, task)
+    full = mergesmith.load_merged(out, task=task)
+    expected = {k.removeprefix("bert."): v for k, v in full.state_dict().items() if k.startswith("bert.")}
+    got = encoder.state_dict()
+    assert got and all(torch.equal(got[k], expected[k]) for k in got if k in expected)
+    assert any(not torch.equal(got[k], AutoModel.from_pretrained(out).state_dict()[k]) for k in got)
