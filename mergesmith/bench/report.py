@@ -172,6 +172,13 @@ def _title(text: str | None) -> str:
     return "" if text is None else f' title="{_e(text)}"'
 
 
+_PROTOCOLS = {
+    "zero_shot": "zero-shot: every row is scored with each task's fixed head, the pretrained encoder's embeddings of "
+    "its label descriptions (the task-arithmetic papers' protocol); the pretrained row is zero-shot accuracy",
+    "probe": "probe: each expert is scored with its own trained head; the pretrained row is a linear probe",
+}
+
+
 def _interval_note(results: Mapping[str, Any]) -> str:
     """The one sentence that says what the difference column's interval is."""
     samples = results.get("bootstrap", {}).get("samples", "2000")
@@ -190,6 +197,7 @@ def render_html(results: Mapping[str, Any], plots: Sequence[tuple[str, str, byte
         ("date", results["date"]),
         ("machine", _machine_text(results["machine"])),
         ("base model", results["base_model"]),
+        *([("protocol", _PROTOCOLS.get(results["protocol"], results["protocol"]))] if "protocol" in results else []),
         ("what was trained", results["trained"]),
         ("experts on their own tasks", f"{format_percent(results['expert_average'])} average test accuracy"),
     ]

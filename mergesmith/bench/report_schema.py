@@ -36,6 +36,8 @@ REQUIRED_ROW_KEYS = (
 )
 REQUIRED_GRID_KEYS = ("params", "validation_average")
 # Optional keys a bench run writes (a results dict without them still renders, without what they feed):
+# - top level "protocol": "zero_shot" (every row scored with the tasks' fixed heads made from label descriptions; the
+#   pretrained row is zero-shot) or "probe" (each expert with its own head; the pretrained row a linear probe).
 # - top level "reference": the row every row's "vs_reference" is against: "task_arithmetic" when it ran, else
 #   the first merge row (e.g. "linear"); null when no merge row has hits. "bootstrap": {"samples", "confidence",
 #   "seed"} of those intervals (``mergesmith.bench.paired``). The per-example hits they were computed from are in the

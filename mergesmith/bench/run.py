@@ -330,6 +330,7 @@ def run_bench(
         "seed": seed,
         "date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "machine": _machine(),
+        "protocol": bench_pool.protocol,
         "base_model": bench_pool.base_model,
         "trained": bench_pool.trained,
         "tasks": [

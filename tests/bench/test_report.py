@@ -348,3 +348,12 @@ def test_point_labels_cover_no_marker_and_no_other_label():
     for i, box in enumerate(labels):
         assert not any(report._overlaps(box, other) for other in labels[:i] + labels[i + 1 :] + markers), i
     assert labels[-1][3] <= 1.0  # no room above the top point: its label goes beside it, inside the plot
+
+
+def test_the_page_names_the_protocol_when_the_results_do():
+    results = synthetic_results()
+    assert "zero-shot: every row is scored" not in report.render_html(results, [])
+    results["protocol"] = "zero_shot"
+    assert "zero-shot: every row is scored with each task&#x27;s fixed head" in report.render_html(results, [])
+    results["protocol"] = "probe"
+    assert "the pretrained row is a linear probe" in report.render_html(results, [])
