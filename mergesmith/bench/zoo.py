@@ -167,13 +167,23 @@ def _run_jobs(todo: list[_ExpertJob], workers: int) -> Iterator[tuple[str, float
             yield job.task, _train_expert(job)
         return
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
 
     # spawn: a forked child would inherit the parent's torch thread pool and whatever it holds
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = {pool.submit(_train_expert, job): job.task for job in todo}
-        for future in as_completed(futures):
-            yield futures[future], future.result()
+    pool = multiprocessing.get_context("spawn").Pool(workers)
+    try:
+        yield from pool.imap_unordered(_train_named_expert, todo)
+        pool.close()
+    except BaseException:
+        # an error, Ctrl-C or SIGTERM: stop the other experts now rather than let them train to the end; their
+        # half-written directories are never used (``_publish_expert``)
+        pool.terminate()
+        raise
+    finally:
+        pool.join()
+
+
+def _train_named_expert(job: _ExpertJob) -> tuple[str, float]:
+    return job.task, _train_expert(job)
 
 
 def _train_expert(job: _ExpertJob) -> float:

@@ -212,3 +212,28 @@ def test_merge_config_splits_per_model_and_global_parameters(tmp_path):
     from mergesmith.config import load_config
 
     load_config(config)  # what the bench writes is a valid merge config
+
+
+def test_a_failing_expert_stops_the_others_and_publishes_nothing(tiny_bert_dir, tmp_path):
+    """One expert's error (or Ctrl-C / SIGTERM) stops the other training processes at once: the expert that was
+    still training is never published, and no worker process is left behind."""
+    import multiprocessing
+
+    from mergesmith.bench.zoo import _ExpertJob, _run_jobs
+
+    long = _task("long", 6000, 1)
+    heads = tmp_path / "heads"
+    heads.mkdir()
+    save_head(CosineHead(torch.randn(2, 64), 20.0), heads / "long.safetensors")
+    recipe = dataclasses.replace(RECIPES["zero_shot"], epochs=50)  # far longer than the failing job takes to fail
+    jobs = [
+        _ExpertJob(
+            tiny_bert_dir, tmp_path / "experts" / "long", "long", long.train, heads / "long.safetensors", recipe, 0
+        ),
+        _ExpertJob(tmp_path / "missing", tmp_path / "experts" / "bad", "bad", long.train[:8], heads / "x", recipe, 1),
+    ]
+    (tmp_path / "experts").mkdir()
+    with pytest.raises(Exception):  # noqa: B017 (transformers' own error for a missing directory)
+        list(_run_jobs(jobs, 2))
+    assert not (tmp_path / "experts" / "long").exists()
+    assert multiprocessing.active_children() == []
