@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 
 from mergesmith.errors import MergesmithError
+from mergesmith.io.parse import parse_json
 
 FILE_NAME = "predictions.safetensors"
 FORMAT = "mergesmith-bench-predictions/1"
@@ -41,10 +42,14 @@ def write_predictions(path: str | os.PathLike, hits: Mapping[str, Mapping[str, t
 
 
 def _names(metadata: Mapping[str, str], key: str, path: Path) -> list[str]:
-    try:
-        names = json.loads(metadata.get(key, "null"))
-    except json.JSONDecodeError:
-        names = None
+    names = parse_json(
+        metadata.get(key, "null"),
+        f"{path}: header {key!r}",
+        what="the list of names",
+        error=MergesmithError,
+        top=None,
+        fix="is it a bench predictions file?",
+    )
     if not isinstance(names, list) or not all(isinstance(n, str) for n in names) or len(names) > MAX_ROWS:
         raise MergesmithError(f"{path}: the header's {key!r} is not a list of names; is it a bench predictions file?")
     return names
