@@ -72,13 +72,23 @@ class SurgeryParams(BaseModel):
     merge_method: str = Field(
         "task_arithmetic", description="the merge the modules sit on: a tensor method or a weights adapt method"
     )
-    merge_params: dict[str, Any] = Field(default_factory=lambda: {"lambda": 0.3}, description="its parameters")
+    merge_params: dict[str, Any] | None = Field(
+        None, description="its parameters (default: lambda 0.3 for task_arithmetic, the method's defaults otherwise)"
+    )
     rank: int = Field(16, ge=1, description="r: the modules' rank")
     activation: Literal["relu", "none"] = "relu"
     steps: int = Field(1000, ge=0, description="Adam steps per task")
     lr: float = Field(1e-3, gt=0)
     batch_size: int = Field(16, ge=1)
     progress: bool = Field(True, description="show a progress bar")
+
+
+def anchor_params(params: SurgeryParams) -> dict[str, Any]:
+    """The parameters of the merge the modules sit on: those given, else Surgery's own choice for task arithmetic
+    (lambda 0.3, the papers' value for eight tasks) and the method's defaults for any other method."""
+    if params.merge_params is not None:
+        return params.merge_params
+    return {"lambda": 0.3} if params.merge_method == "task_arithmetic" else {}
 
 
 class SurgeryV2Params(SurgeryParams):
@@ -338,7 +348,7 @@ def _run(problem: AdaptProblem, params: SurgeryParams, seed: int, deep: bool) ->
 
     name = "surgery_v2" if deep else "surgery"
     check_needs(problem, name, frozenset({"unlabeled"}))
-    floating, merge_info = anchor_merge(problem, params.merge_method, params.merge_params, seed)
+    floating, merge_info = anchor_merge(problem, params.merge_method, anchor_params(params), seed)
     merged = problem.encoder_with(floating)
     merged.requires_grad_(False)
     kind = representation_kind(problem)

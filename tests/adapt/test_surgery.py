@@ -151,3 +151,13 @@ def test_image_representations_are_corrected_where_the_bench_reads_them(kind):
     fixed = corrected(bare, "pooler_output", bias)
     torch.testing.assert_close(fixed.last_hidden_state[:, 0], hidden[:, 0] - bias)
     torch.testing.assert_close(fixed.last_hidden_state[:, 1:], hidden[:, 1:])
+
+
+def test_another_merge_method_needs_no_task_arithmetic_parameters():
+    """Surgery's default lambda belongs to task arithmetic; asked to sit on another method, Surgery gives that
+    method its own defaults instead of a parameter it does not have."""
+    from mergesmith.adapt.surgery import anchor_params
+
+    assert anchor_params(SurgeryParams()) == {"lambda": 0.3}
+    assert anchor_params(SurgeryParams(merge_method="adamerging_layerwise")) == {}
+    assert anchor_params(SurgeryParams(merge_method="ties", merge_params={"density": 0.5})) == {"density": 0.5}
