@@ -9,6 +9,17 @@ import click
 from mergesmith.cli_errors import check_output_early, pool_models, user_errors
 from mergesmith.commands.library_output import library_output
 
+# The zoo's protocol, for bench and adapt alike (the choices are mergesmith.bench.finetune.PROTOCOLS, not imported
+# here so the CLI starts without torch).
+protocol_option = click.option(
+    "--protocol",
+    type=click.Choice(["zero_shot", "probe"]),
+    default=None,
+    help="Built-in profiles: zero_shot (default; every row scored with fixed heads built from label descriptions, "
+    "the papers' protocol) or probe (each expert with its own head, the pretrained row a linear probe). A pool file "
+    "names its own.",
+)
+
 
 @click.command()
 @click.option("--profile", default=None, help="default (8 tasks; the default) or mini (3 small tasks, a few minutes).")
@@ -37,14 +48,7 @@ from mergesmith.commands.library_output import library_output
     default=None,
     help="Where data and the expert zoo are cached (default: $MERGESMITH_CACHE or ~/.cache/mergesmith).",
 )
-@click.option(
-    "--protocol",
-    type=click.Choice(["zero_shot", "probe"]),
-    default=None,
-    help="Built-in profiles: zero_shot (default; every row scored with fixed heads built from label descriptions, "
-    "the papers' protocol) or probe (each expert with its own head, the pretrained row a linear probe). A pool file "
-    "names its own.",
-)
+@protocol_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--keep-models", is_flag=True, help="Keep the merged models in the run directory.")
 @click.option(
@@ -195,14 +199,7 @@ def bench(
     metavar="KEY=VALUE",
     help="A method parameter (repeatable); the keys of the method's parameters (an unknown key lists them).",
 )
-@click.option(
-    "--protocol",
-    type=click.Choice(["zero_shot", "probe"]),
-    default=None,
-    help="Built-in profiles: zero_shot (default; every row scored with fixed heads built from label descriptions, "
-    "the papers' protocol) or probe (each expert with its own head, the pretrained row a linear probe). A pool file "
-    "names its own.",
-)
+@protocol_option
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--force", is_flag=True, help="Replace OUT_DIR if it exists and is not empty.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")

@@ -70,3 +70,11 @@ def test_a_method_set_takes_no_parameters():
     assert check_method_sets({"default": {}, "ties": {"density": 0.3}}) == {"ties": {"density": 0.3}}
     with pytest.raises(MergesmithError, match="papers is a set of methods and takes no parameters"):
         check_method_sets({"papers": {"lambda": 1.0}})
+
+
+def test_the_cli_offers_every_protocol():
+    from mergesmith.bench.finetune import PROTOCOLS
+    from mergesmith.commands.data import bench
+
+    option = next(p for p in bench.params if p.name == "protocol")
+    assert tuple(option.type.choices) == PROTOCOLS
